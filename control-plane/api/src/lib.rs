@@ -1,0 +1,23 @@
+//! Wire types shared by `tether-proxy` and `tether-control`.
+//!
+//! This crate is serde only: no runtime, no network, no TLS. The proxy's
+//! `discovery` module is the only proxy code that reads these types; it turns
+//! them into domain state. Every struct denies unknown fields so that a typo in
+//! a hand-written snapshot file is an error, not a silently ignored key.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod control;
+mod policy;
+mod snapshot;
+
+pub use control::{
+    ProxyReport, ProxyStatus, StatusResponse, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX,
+};
+pub use policy::{
+    Backoff, CircuitBreaker, LoadBalancer, RetryBudget, RetryOn, RetryPolicy, TrafficPolicy,
+};
+pub use snapshot::{
+    Endpoint, MeshSettings, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget,
+    SubsetSelector, TracingSettings,
+};

@@ -1,0 +1,173 @@
+//! The snapshot: everything one proxy needs to route, in one versioned document.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::TrafficPolicy;
+
+/// Everything one proxy needs: its upstream services with their endpoints and
+/// policy. A snapshot replaces the previous one whole; versions only grow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Monotonic version assigned by the control plane (or the file's author).
+    #[serde(default)]
+    pub version: u64,
+    /// The service this proxy fronts, if any (inbound side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Mesh-wide settings.
+    #[serde(default)]
+    pub mesh: MeshSettings,
+    /// Upstream services by name, as the app addresses them (`Host: api`).
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSnapshot>,
+}
+
+/// Mesh-wide settings carried in every snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSettings {
+    /// SPIFFE trust domain, e.g. `tether.local`.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// Tracing export settings; `None` disables tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
+}
+
+fn default_trust_domain() -> String {
+    "tether.local".to_owned()
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self { trust_domain: default_trust_domain(), tracing: None }
+    }
+}
+
+/// Where and how much to trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSettings {
+    /// OTLP collector endpoint, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces sampled, 0.0 to 1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+/// Application protocol spoken to a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// HTTP/1.1 to the endpoint.
+    #[default]
+    Http,
+    /// HTTP/2 (prior knowledge) to the endpoint.
+    Http2,
+    /// gRPC: HTTP/2 to the endpoint.
+    Grpc,
+    /// Opaque TCP (not yet routed by the proxy).
+    Tcp,
+}
+
+/// One upstream service as a proxy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSnapshot {
+    /// Protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Timeouts, retries, balancing and circuit breaking (nested, not
+    /// flattened: serde cannot deny unknown keys through `flatten`).
+    #[serde(default)]
+    pub policy: TrafficPolicy,
+    /// Healthy endpoints (already filtered by the catalog's health).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Named subsets of the endpoints, selected by tags and metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subsets: BTreeMap<String, SubsetSelector>,
+    /// Default traffic split over subsets; empty means all endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitTarget>,
+    /// Route rules, first match wins; a request matching none uses `split`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port` the proxy connects to (the peer sidecar's inbound port, or the app).
+    pub address: String,
+    /// Relative weight for the `weighted` balancer (Consul `Weights.Passing`).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Catalog tags, used by subset selectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Catalog metadata, used by subset selectors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Selects the endpoints that carry all the given tags and metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetSelector {
+    /// Every tag listed must be present on the endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Every key must be present with the given value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// A share of traffic sent to one subset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// Subset name (a key of `subsets`).
+    pub subset: String,
+    /// Relative weight of this share.
+    pub weight: u32,
+}
+
+/// A route rule: requests that match go to the rule's split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// What a request must look like.
+    #[serde(rename = "match", default)]
+    pub matches: RouteMatch,
+    /// Where matching requests go.
+    pub split: Vec<SplitTarget>,
+    /// Whole-request timeout for matching requests, overriding the service's.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// Request matching: all given conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// The path starts with this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Each header is present with exactly this value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}

@@ -1,0 +1,117 @@
+//! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`.
+//! Loopback by default; it reveals topology, so never expose it publicly.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use crate::body::Body;
+use crate::discovery::Applier;
+use crate::metrics::Metrics;
+use crate::outbound::{Req, Rsp};
+use crate::state::MeshState;
+
+/// What the admin endpoints report on.
+#[derive(Clone)]
+pub struct Admin {
+    state: Arc<ArcSwap<MeshState>>,
+    metrics: Metrics,
+    applier: Applier,
+    draining: Arc<AtomicBool>,
+}
+
+impl Admin {
+    /// Admin over the proxy's state.
+    pub fn new(
+        state: Arc<ArcSwap<MeshState>>,
+        metrics: Metrics,
+        applier: Applier,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        Self { state, metrics, applier, draining }
+    }
+
+    /// Serves one admin request.
+    pub async fn handle(&self, request: Req) -> Rsp {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints answer GET only\n");
+        }
+        match request.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/ready" => self.ready(),
+            "/metrics" => {
+                let mut response = Response::new(Body::full(self.metrics.render()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            "/config" => json(&*self.state.load().snapshot),
+            "/endpoints" => json(&self.endpoints()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "unknown admin path; try /live /ready /metrics /config /endpoints\n",
+            ),
+        }
+    }
+
+    fn ready(&self) -> Rsp {
+        if self.draining.load(Ordering::Acquire) {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
+        } else if !self.applier.loaded() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot loaded yet\n")
+        } else {
+            text(StatusCode::OK, "ready\n")
+        }
+    }
+
+    fn endpoints(&self) -> serde_json::Value {
+        let state = self.state.load();
+        let services: serde_json::Map<String, serde_json::Value> = state
+            .services
+            .iter()
+            .map(|(name, service)| {
+                let endpoints: Vec<_> = service
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "address": e.address(),
+                            "weight": e.weight(),
+                            "in_flight": e.in_flight(),
+                            "rtt_estimate_ms": e.rtt_estimate().as_secs_f64() * 1e3,
+                            "ejected": e.is_ejected(),
+                        })
+                    })
+                    .collect();
+                (name.clone(), serde_json::json!({ "endpoints": endpoints }))
+            })
+            .collect();
+        serde_json::json!({ "version": state.version(), "services": services })
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Rsp {
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Rsp {
+    match serde_json::to_vec_pretty(value) {
+        Ok(bytes) => {
+            let mut response = Response::new(Body::full(bytes));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode JSON\n"),
+    }
+}

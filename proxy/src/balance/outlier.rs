@@ -1,0 +1,140 @@
+//! Outlier detection: eject an endpoint after a streak of failures, but never
+//! more than `max_ejection_percent` of the service's endpoints at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tether_api::CircuitBreaker;
+
+use super::EndpointState;
+use crate::metrics::ServiceMetrics;
+
+/// Per-service ejection bookkeeping.
+#[derive(Debug)]
+pub struct OutlierDetector {
+    consecutive_failures: u32,
+    base_ejection: Duration,
+    max_ejection: Duration,
+    max_ejected: usize,
+    ejected: AtomicUsize,
+    metrics: ServiceMetrics,
+}
+
+impl OutlierDetector {
+    /// A detector for a service with `endpoints` endpoints. At least one
+    /// endpoint may be ejected whenever the percentage is above zero (as
+    /// Envoy does), so a two-endpoint service at 10 % still ejects.
+    pub fn new(policy: &CircuitBreaker, endpoints: usize, metrics: ServiceMetrics) -> Self {
+        let percent = policy.max_ejection_percent.min(100) as usize;
+        let max_ejected = if percent == 0 { 0 } else { (endpoints * percent / 100).max(1) };
+        Self {
+            consecutive_failures: policy.consecutive_failures,
+            base_ejection: policy.base_ejection,
+            max_ejection: policy.max_ejection,
+            max_ejected,
+            ejected: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// Starts the count of ejected endpoints at `n` (endpoints still ejected
+    /// when a new snapshot carries them over).
+    pub fn with_ejected(self, n: usize) -> Self {
+        self.ejected.store(n, Ordering::Relaxed);
+        self
+    }
+
+    /// Endpoints ejected now.
+    pub fn ejected(&self) -> usize {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// An ejected endpoint was restored.
+    pub fn restored(&self) {
+        // Saturating: a snapshot swap may have reset the count under us.
+        let _ = self.ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Records the outcome of one request to `endpoint`.
+    pub fn record(&self, endpoint: &EndpointState, failed: bool) {
+        if !failed {
+            endpoint.record_success();
+            return;
+        }
+        let streak = endpoint.record_failure();
+        if self.consecutive_failures == 0 || streak < self.consecutive_failures {
+            return;
+        }
+        // Reserve a slot under the cap before ejecting.
+        let reserved = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_ejected).then_some(n + 1))
+            .is_ok();
+        if !reserved {
+            return;
+        }
+        if endpoint.eject(self.base_ejection, self.max_ejection) {
+            self.metrics.ejection();
+            tracing::warn!(endpoint = endpoint.address(), streak, "endpoint ejected after consecutive failures");
+        } else {
+            self.restored();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Direction, Metrics};
+
+    fn detector(endpoints: usize, percent: u32) -> OutlierDetector {
+        let policy = CircuitBreaker {
+            consecutive_failures: 3,
+            max_ejection_percent: percent,
+            ..CircuitBreaker::default()
+        };
+        OutlierDetector::new(&policy, endpoints, Metrics::new().service(Direction::Outbound, "t"))
+    }
+
+    fn ep(port: u16) -> EndpointState {
+        EndpointState::new(&format!("127.0.0.1:{port}"), 1).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn ejects_after_streak_only() {
+        let d = detector(4, 50);
+        let a = ep(1);
+        d.record(&a, true);
+        d.record(&a, true);
+        d.record(&a, false);
+        d.record(&a, true);
+        d.record(&a, true);
+        assert!(!a.is_ejected());
+        d.record(&a, true);
+        assert!(a.is_ejected());
+        assert_eq!(d.ejected(), 1);
+    }
+
+    #[tokio::test]
+    async fn never_ejects_more_than_the_cap() {
+        let d = detector(4, 50);
+        let eps: Vec<_> = (0..4).map(ep).collect();
+        for e in &eps {
+            for _ in 0..3 {
+                d.record(e, true);
+            }
+        }
+        assert_eq!(eps.iter().filter(|e| e.is_ejected()).count(), 2);
+        assert_eq!(d.ejected(), 2);
+    }
+
+    #[tokio::test]
+    async fn zero_percent_disables_ejection() {
+        let d = detector(4, 0);
+        let a = ep(1);
+        for _ in 0..10 {
+            d.record(&a, true);
+        }
+        assert!(!a.is_ejected());
+    }
+}

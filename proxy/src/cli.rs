@@ -1,0 +1,168 @@
+//! Command line. Every flag can also be set as a `TETHER_*` environment
+//! variable; flags win.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{ProxyConfig, SnapshotSource};
+use crate::transport::ServerSettings;
+
+/// Tether's sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "tether-proxy", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// A helper command instead of running the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Proxy flags.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// Helper commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Wait until the proxy's /ready answers 200 (run before the app starts).
+    WaitReady(WaitReadyArgs),
+}
+
+/// `tether-proxy wait-ready`.
+#[derive(Debug, Args)]
+pub struct WaitReadyArgs {
+    /// The proxy's admin address.
+    #[arg(long, env = "TETHER_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Give up after this long (exit 1).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Protocol the local app speaks.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AppProtocol {
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// Flags of the proxy itself.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Snapshot file (YAML or JSON) to run from; edits are picked up.
+    #[arg(long, env = "TETHER_SNAPSHOT")]
+    pub snapshot: Option<PathBuf>,
+    /// How often to check the snapshot file for edits.
+    #[arg(long, env = "TETHER_SNAPSHOT_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub snapshot_poll_interval: Duration,
+    /// Admin listener (/live /ready /metrics /config /endpoints).
+    #[arg(long, env = "TETHER_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Outbound listener: the app sends its mesh requests here.
+    #[arg(long, env = "TETHER_OUTBOUND", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// Inbound listener: other sidecars send here.
+    #[arg(long, env = "TETHER_INBOUND", default_value = "0.0.0.0:15443")]
+    pub inbound: SocketAddr,
+    /// The local app behind the inbound listener.
+    #[arg(long, env = "TETHER_APP", default_value = "127.0.0.1:8080")]
+    pub app: http::uri::Authority,
+    /// Protocol the local app speaks.
+    #[arg(long, env = "TETHER_APP_PROTOCOL", value_enum, default_value = "http")]
+    pub app_protocol: AppProtocol,
+    /// HTTP/1 headers must arrive within this long; idle keep-alive
+    /// connections close after it too.
+    #[arg(long, env = "TETHER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes (HTTP/1 at least 8192).
+    #[arg(long, env = "TETHER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Downstream connections served at once per listener.
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Requests in flight to the local app at once.
+    #[arg(long, env = "TETHER_INBOUND_MAX_REQUESTS", default_value_t = 10_000)]
+    pub inbound_max_requests: u32,
+    /// Requests queued for the local app beyond that, before fast 503s.
+    #[arg(long, env = "TETHER_INBOUND_MAX_PENDING", default_value_t = 1_024)]
+    pub inbound_max_pending: u32,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A flag combination that cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl ProxyArgs {
+    /// The proxy configuration these flags describe.
+    pub fn into_config(self) -> Result<ProxyConfig, UsageError> {
+        let source = match self.snapshot {
+            Some(path) => SnapshotSource::File { path, poll_interval: self.snapshot_poll_interval },
+            None => {
+                return Err(UsageError(
+                    "no snapshot source: pass --snapshot FILE (or set TETHER_SNAPSHOT)".into(),
+                ))
+            }
+        };
+        if self.max_header_bytes < 8192 {
+            return Err(UsageError("--max-header-bytes must be at least 8192".into()));
+        }
+        Ok(ProxyConfig {
+            source,
+            admin_addr: self.admin,
+            outbound_addr: self.outbound,
+            inbound_addr: self.inbound,
+            app: self.app,
+            app_http2: matches!(self.app_protocol, AppProtocol::Http2),
+            server: ServerSettings {
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes,
+                max_connections: self.max_connections.max(1),
+            },
+            inbound_max_requests: self.inbound_max_requests.max(1),
+            inbound_max_pending: self.inbound_max_pending,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+/// `wait-ready`: polls the admin `/ready` until 200 or the timeout.
+pub async fn wait_ready(args: &WaitReadyArgs) -> bool {
+    let client = crate::transport::UpstreamClient::new(crate::transport::ClientSettings {
+        http2: false,
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(5),
+    });
+    let uri = format!("http://{}/ready", args.admin);
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    while tokio::time::Instant::now() < deadline {
+        let request = http::Request::get(&uri).body(crate::body::Body::Empty);
+        if let Ok(request) = request {
+            if let Ok(response) = client.request(request).await {
+                if response.status().is_success() {
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -1,0 +1,47 @@
+//! The proxy's own settings (listeners, limits, lifecycle). Built by the CLI;
+//! everything below takes this struct, never flags or the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::transport::ServerSettings;
+
+/// Where snapshots come from.
+#[derive(Debug, Clone)]
+pub enum SnapshotSource {
+    /// A YAML or JSON file, polled for edits.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// How often to look for edits.
+        poll_interval: Duration,
+    },
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where snapshots come from.
+    pub source: SnapshotSource,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// Outbound listener (the app sends here).
+    pub outbound_addr: SocketAddr,
+    /// Inbound listener (other sidecars send here).
+    pub inbound_addr: SocketAddr,
+    /// The local app behind the inbound listener.
+    pub app: Authority,
+    /// Speak HTTP/2 to the local app.
+    pub app_http2: bool,
+    /// Limits on downstream connections.
+    pub server: ServerSettings,
+    /// Requests in flight to the local app at once.
+    pub inbound_max_requests: u32,
+    /// Requests queued for the local app beyond that.
+    pub inbound_max_pending: u32,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}

@@ -1,0 +1,284 @@
+//! Builds [`MeshState`] from a snapshot, validating it and carrying live
+//! state (endpoint statistics, ejections, connection pools, limiters,
+//! budgets) over from the previous state wherever the inputs are unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use tether_api::{Protocol, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector};
+use tower::retry::budget::TpsBudget;
+
+use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
+use crate::metrics::{Direction, Metrics, UNKNOWN_SERVICE};
+use crate::resilience::ConcurrencyLimiter;
+use crate::state::{MeshState, RouteRule, Service, Split};
+use crate::transport::{ClientSettings, UpstreamClient};
+
+/// Builds the state for `snapshot`, or lists every problem found in it.
+pub fn build(
+    snapshot: Arc<Snapshot>,
+    previous: &MeshState,
+    metrics: &Metrics,
+) -> Result<MeshState, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut services = HashMap::with_capacity(snapshot.services.len());
+    for (name, spec) in &snapshot.services {
+        if spec.protocol == Protocol::Tcp {
+            tracing::warn!(service = %name, "tcp services are not proxied yet; skipping");
+            continue;
+        }
+        let before = problems.len();
+        let service = build_service(name, spec, previous.services.get(name), metrics, &mut problems);
+        if problems.len() == before {
+            services.insert(name.to_ascii_lowercase(), Arc::new(service));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(MeshState {
+        snapshot,
+        services,
+        unknown_metrics: previous.unknown_metrics.clone(),
+    })
+}
+
+/// The unknown-service metric handles for an empty state.
+pub fn unknown_metrics(metrics: &Metrics) -> crate::metrics::ServiceMetrics {
+    metrics.service(Direction::Outbound, UNKNOWN_SERVICE)
+}
+
+fn build_service(
+    name: &str,
+    spec: &ServiceSnapshot,
+    previous: Option<&Arc<Service>>,
+    metrics: &Metrics,
+    problems: &mut Vec<String>,
+) -> Service {
+    let policy = &spec.policy;
+    check_policy(name, spec, problems);
+
+    let service_metrics = previous
+        .map(|p| p.metrics.clone())
+        .unwrap_or_else(|| metrics.service(Direction::Outbound, name));
+
+    // Endpoints: keep the live state of any endpoint whose address and
+    // weight are unchanged, so EWMA and ejections survive the update.
+    let old: HashMap<&str, &Arc<EndpointState>> = previous
+        .map(|p| p.endpoints.iter().map(|e| (e.address(), e)).collect())
+        .unwrap_or_default();
+    let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+    for (i, endpoint) in spec.endpoints.iter().enumerate() {
+        match old.get(endpoint.address.as_str()) {
+            Some(kept) if kept.weight() == endpoint.weight => endpoints.push(Arc::clone(kept)),
+            _ => match EndpointState::new(&endpoint.address, endpoint.weight) {
+                Ok(state) => endpoints.push(Arc::new(state)),
+                Err(_) => problems.push(format!(
+                    "services.{name}.endpoints[{i}].address: `{}` is not host:port",
+                    endpoint.address
+                )),
+            },
+        }
+    }
+    let still_ejected = endpoints.iter().filter(|e| e.is_ejected()).count();
+    let outliers = Arc::new(
+        OutlierDetector::new(&policy.circuit_breaker, endpoints.len(), service_metrics.clone())
+            .with_ejected(still_ejected),
+    );
+
+    let subset_set = |selector: Option<&SubsetSelector>| {
+        let members = endpoints
+            .iter()
+            .zip(&spec.endpoints)
+            .filter(|(_, wire)| selector.is_none_or(|s| selects(s, wire)))
+            .map(|(state, _)| Arc::clone(state))
+            .collect();
+        Arc::new(EndpointSet::new(members, policy.load_balancer, Arc::clone(&outliers)))
+    };
+    let all = subset_set(None);
+    let subsets: HashMap<&str, Arc<EndpointSet>> =
+        spec.subsets.iter().map(|(n, s)| (n.as_str(), subset_set(Some(s)))).collect();
+    let split_of = |targets: &[SplitTarget], at: &str, problems: &mut Vec<String>| {
+        if targets.is_empty() {
+            return Split::new(vec![(Arc::clone(&all), 1)]);
+        }
+        let mut chosen = Vec::with_capacity(targets.len());
+        for t in targets {
+            match subsets.get(t.subset.as_str()) {
+                Some(set) => chosen.push((Arc::clone(set), t.weight)),
+                None => problems.push(format!("services.{name}.{at}: unknown subset `{}`", t.subset)),
+            }
+        }
+        Split::new(chosen)
+    };
+    let default_split = split_of(&spec.split, "split", problems);
+    let mut routes = Vec::with_capacity(spec.routes.len());
+    for (i, route) in spec.routes.iter().enumerate() {
+        let mut headers = Vec::with_capacity(route.matches.headers.len());
+        for (key, value) in &route.matches.headers {
+            match (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(value)) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                _ => problems.push(format!("services.{name}.routes[{i}].match.headers: `{key}: {value}` is not a valid header")),
+            }
+        }
+        routes.push(RouteRule {
+            path_prefix: route.matches.path_prefix.clone(),
+            headers,
+            split: split_of(&route.split, &format!("routes[{i}].split"), problems),
+            timeout: route.timeout,
+        });
+    }
+
+    let settings = ClientSettings {
+        http2: matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc),
+        connect_timeout: policy.connect_timeout,
+        idle_timeout: policy.idle_timeout,
+    };
+    let client = previous
+        .filter(|p| p.client.settings() == settings)
+        .map(|p| p.client.clone())
+        .unwrap_or_else(|| UpstreamClient::new(settings));
+    let cb = &policy.circuit_breaker;
+    let limiter = previous
+        .filter(|p| p.limiter.limits() == (cb.max_requests, cb.max_pending_requests))
+        .map(|p| Arc::clone(&p.limiter))
+        .unwrap_or_else(|| Arc::new(ConcurrencyLimiter::new(cb.max_requests, cb.max_pending_requests)));
+    let budget_spec = &policy.retries.budget;
+    let budget = match previous.filter(|p| p.retries.budget == *budget_spec) {
+        Some(p) => Arc::clone(&p.budget),
+        None if budget_valid(budget_spec) => Arc::new(TpsBudget::new(
+            budget_spec.ttl,
+            budget_spec.min_per_second,
+            budget_spec.ratio,
+        )),
+        // Reported by check_policy; any value keeps the build going.
+        None => Arc::new(TpsBudget::new(Duration::from_secs(10), 0, 0.0)),
+    };
+
+    Service {
+        name: name.to_owned(),
+        timeout: policy.timeout,
+        retries: policy.retries.clone(),
+        budget,
+        limiter,
+        client,
+        outliers,
+        endpoints,
+        default_split,
+        routes,
+        metrics: service_metrics,
+    }
+}
+
+fn selects(selector: &SubsetSelector, endpoint: &tether_api::Endpoint) -> bool {
+    selector.tags.iter().all(|t| endpoint.tags.contains(t))
+        && selector.meta.iter().all(|(k, v)| endpoint.meta.get(k) == Some(v))
+}
+
+fn budget_valid(budget: &tether_api::RetryBudget) -> bool {
+    (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.ttl)
+        && (0.0..=1000.0).contains(&budget.ratio)
+        && budget.min_per_second < i32::MAX as u32
+}
+
+fn check_policy(name: &str, spec: &ServiceSnapshot, problems: &mut Vec<String>) {
+    let policy = &spec.policy;
+    if !budget_valid(&policy.retries.budget) {
+        problems.push(format!(
+            "services.{name}.policy.retries.budget: ttl must be 1s to 60s and ratio 0 to 1000"
+        ));
+    }
+    if policy.circuit_breaker.max_requests == 0 {
+        problems.push(format!("services.{name}.policy.circuit_breaker.max_requests must be at least 1"));
+    }
+    for (label, d) in [
+        ("timeout", policy.timeout),
+        ("connect_timeout", policy.connect_timeout),
+        ("retries.per_try_timeout", policy.retries.per_try_timeout),
+    ] {
+        if d.is_zero() {
+            problems.push(format!("services.{name}.policy.{label} must be greater than zero"));
+        }
+    }
+    if spec.split.iter().chain(spec.routes.iter().flat_map(|r| &r.split)).all(|t| t.weight == 0)
+        && (!spec.split.is_empty() || spec.routes.iter().any(|r| !r.split.is_empty()))
+    {
+        problems.push(format!("services.{name}: split weights sum to zero"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::file::parse;
+    use std::path::Path;
+
+    fn snapshot(text: &str) -> Arc<Snapshot> {
+        Arc::new(parse(Path::new("t.yaml"), text).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn empty(metrics: &Metrics) -> MeshState {
+        MeshState::empty(unknown_metrics(metrics))
+    }
+
+    #[tokio::test]
+    async fn builds_subsets_and_routes() {
+        let metrics = Metrics::new();
+        let s = snapshot(
+            r#"
+services:
+  api:
+    endpoints:
+      - { address: "127.0.0.1:1", tags: [v1] }
+      - { address: "127.0.0.1:2", tags: [v2], meta: { version: "2" } }
+    subsets: { v1: { tags: [v1] }, v2: { meta: { version: "2" } } }
+    split: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 } ]
+    routes:
+      - match: { path_prefix: /admin, headers: { x-canary: "1" } }
+        split: [ { subset: v2, weight: 100 } ]
+        timeout: 2s
+"#,
+        );
+        let state = build(s, &empty(&metrics), &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let api = &state.services["api"];
+        assert_eq!(api.endpoints.len(), 2);
+        assert_eq!(api.routes.len(), 1);
+        let routed = api.routes[0].split.choose().map(|s| s.endpoints()[0].address().to_owned());
+        assert_eq!(routed.as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(api.routes[0].timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test]
+    async fn reports_every_problem_at_once() {
+        let metrics = Metrics::new();
+        let s = snapshot(
+            r#"
+services:
+  api:
+    endpoints: [ { address: "nope nope" } ]
+    split: [ { subset: missing, weight: 1 } ]
+    policy: { circuit_breaker: { max_requests: 0 } }
+"#,
+        );
+        let problems = build(s, &empty(&metrics), &metrics).err().unwrap_or_default();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("unknown subset `missing`")));
+        assert!(problems.iter().any(|p| p.contains("not host:port")));
+    }
+
+    #[tokio::test]
+    async fn keeps_endpoint_state_and_pool_across_updates() {
+        let metrics = Metrics::new();
+        let text = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:2\" } ]\n";
+        let first = build(snapshot(text), &empty(&metrics), &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let text2 = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:3\" } ]\n";
+        let second = build(snapshot(text2), &first, &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let (a, b) = (&first.services["api"], &second.services["api"]);
+        assert!(Arc::ptr_eq(&a.endpoints[0], &b.endpoints[0]));
+        assert!(!Arc::ptr_eq(&a.endpoints[1], &b.endpoints[1]));
+        assert!(Arc::ptr_eq(&a.limiter, &b.limiter));
+        assert!(Arc::ptr_eq(&a.budget, &b.budget));
+    }
+}

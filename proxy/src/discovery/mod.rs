@@ -1,0 +1,73 @@
+//! Discovery: where snapshots come from and how they become [`MeshState`].
+//!
+//! This is the only module that reads `tether-api`'s snapshot structure. A
+//! source (a file today; the control plane next) produces snapshots one after
+//! another; [`Applier::apply`] validates each, builds the domain state and
+//! swaps it in. A snapshot that fails leaves the last good one in force.
+
+pub mod build;
+mod file;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tether_api::Snapshot;
+
+use crate::metrics::Metrics;
+use crate::state::MeshState;
+
+pub use build::build;
+pub use file::{load_file, watch_file, SnapshotError};
+
+/// Applies snapshots to the shared state.
+#[derive(Clone)]
+pub struct Applier {
+    state: Arc<ArcSwap<MeshState>>,
+    metrics: Metrics,
+    loaded: Arc<AtomicBool>,
+    sequence: Arc<AtomicU64>,
+}
+
+impl Applier {
+    /// An applier over `state`.
+    pub fn new(state: Arc<ArcSwap<MeshState>>, metrics: Metrics) -> Self {
+        Self {
+            state,
+            metrics,
+            loaded: Arc::new(AtomicBool::new(false)),
+            sequence: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether a snapshot has been applied.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Validates and applies `snapshot`. A snapshot without a version (0)
+    /// gets the next local sequence number, so `/config` always tells
+    /// successive hand-written files apart.
+    pub fn apply(&self, mut snapshot: Snapshot) -> Result<u64, SnapshotError> {
+        if snapshot.version == 0 {
+            snapshot.version = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        let previous = self.state.load();
+        let next = build(Arc::new(snapshot), &previous, &self.metrics).map_err(|problems| {
+            self.metrics.config_errors.inc();
+            SnapshotError::Invalid(problems)
+        })?;
+        let version = next.version();
+        self.state.store(Arc::new(next));
+        self.metrics.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.loaded.store(true, Ordering::Release);
+        tracing::info!(version, "snapshot applied");
+        Ok(version)
+    }
+
+    /// Counts a snapshot that could not even be read.
+    pub fn refused(&self, error: &SnapshotError) {
+        self.metrics.config_errors.inc();
+        tracing::error!(%error, "snapshot refused; keeping the last good one");
+    }
+}

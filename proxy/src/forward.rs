@@ -1,0 +1,105 @@
+//! Rewrites a downstream request for an upstream connection, and cleans an
+//! upstream response for the downstream one.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+
+use crate::body::Body;
+use crate::errors::ProxyError;
+
+/// Connection-specific headers (RFC 9110 §7.6.1) that never cross a hop.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    // `te: trailers` is the one TE value allowed to pass (gRPC needs it).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// Points `request` at `authority`, in the HTTP version the upstream speaks,
+/// keeping the original authority in `Host`.
+pub fn to_upstream(
+    mut request: Request<Body>,
+    authority: &Authority,
+    http2: bool,
+) -> Result<Request<Body>, ProxyError> {
+    if !request.headers().contains_key(header::HOST) {
+        if let Some(original) = request.uri().authority() {
+            let host = HeaderValue::from_str(original.as_str())
+                .map_err(|_| ProxyError::BadRequest("authority is not a valid Host".into()))?;
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path);
+    *request.uri_mut() = Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+    *request.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    strip_hop_by_hop(request.headers_mut());
+    Ok(request)
+}
+
+/// Converts an upstream response for the downstream connection.
+pub fn from_upstream(response: Response<hyper::body::Incoming>) -> Response<Body> {
+    let mut response = response.map(Body::from);
+    strip_hop_by_hop(response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_uri_and_keeps_host() {
+        let request = Request::builder()
+            .uri("http://api.mesh/v1/x?q=1")
+            .version(Version::HTTP_2)
+            .header("connection", "close, x-secret")
+            .header("x-secret", "1")
+            .header("te", "trailers")
+            .header("x-keep", "yes")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let authority: Authority = "127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let out = to_upstream(request, &authority, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.uri(), "http://127.0.0.1:9000/v1/x?q=1");
+        assert_eq!(out.version(), Version::HTTP_11);
+        assert_eq!(out.headers()["host"], "api.mesh");
+        assert!(out.headers().get("connection").is_none());
+        assert!(out.headers().get("x-secret").is_none());
+        assert_eq!(out.headers()["te"], "trailers");
+        assert_eq!(out.headers()["x-keep"], "yes");
+    }
+}

@@ -1,0 +1,79 @@
+//! The inbound path: requests from the mesh to the local app.
+//!
+//! ```text
+//! accept (transport::server)   — mTLS and peer identity slot in here
+//!   → limit    concurrency limit for the local app
+//!   → forward  to the app, over a pooled connection
+//! ```
+
+use std::sync::Arc;
+
+use http::uri::Authority;
+use tokio::time::Instant;
+
+use crate::errors::ProxyError;
+use crate::forward::{from_upstream, to_upstream};
+use crate::metrics::ServiceMetrics;
+use crate::outbound::{Req, Rsp};
+use crate::resilience::ConcurrencyLimiter;
+use crate::transport::UpstreamClient;
+
+/// Settings of the inbound path.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    /// The local app, `host:port`.
+    pub app: Authority,
+    /// Requests in flight to the app at once.
+    pub max_requests: u32,
+    /// Requests queued beyond `max_requests` before fast 503s.
+    pub max_pending: u32,
+}
+
+/// The inbound path, ready to handle requests from other sidecars.
+#[derive(Clone)]
+pub struct Inbound {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    app: Authority,
+    client: UpstreamClient,
+    limiter: ConcurrencyLimiter,
+    metrics: ServiceMetrics,
+}
+
+impl Inbound {
+    /// The inbound path to the local app.
+    pub fn new(settings: InboundSettings, client: UpstreamClient, metrics: ServiceMetrics) -> Self {
+        let limiter = ConcurrencyLimiter::new(settings.max_requests, settings.max_pending);
+        Self { inner: Arc::new(Inner { app: settings.app, client, limiter, metrics }) }
+    }
+
+    /// Handles one request from the mesh; errors become responses.
+    pub async fn handle(&self, request: Req) -> Rsp {
+        let started = Instant::now();
+        let response = match self.forward(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, "inbound request failed");
+                self.inner.metrics.proxy_error(error.reason());
+                error.into_response()
+            }
+        };
+        self.inner.metrics.record(response.status(), started.elapsed());
+        response
+    }
+
+    async fn forward(&self, request: Req) -> Result<Rsp, ProxyError> {
+        let inner = &self.inner;
+        let _permit = inner.limiter.acquire().await.map_err(|_| ProxyError::Overloaded("local app".into()))?;
+        let request = to_upstream(request, &inner.app, inner.client.is_http2())?;
+        match inner.client.request(request).await {
+            Ok(response) => Ok(from_upstream(response)),
+            Err(source) if source.is_connect() => {
+                Err(ProxyError::UpstreamConnect { endpoint: inner.app.to_string(), source })
+            }
+            Err(source) => Err(ProxyError::UpstreamReset { endpoint: inner.app.to_string(), source }),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `tether-proxy`: Tether's sidecar.
+//!
+//! Start-up order (see [`run`]): load the first snapshot, bind every
+//! listener, then spawn tasks — a bad snapshot or a taken port stops the
+//! proxy before it serves anything. Shutdown: stop accepting, let in-flight
+//! requests finish up to the drain deadline, exit.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod errors;
+pub mod forward;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod resilience;
+pub mod state;
+pub mod transport;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::Instrument;
+
+use crate::admin::Admin;
+use crate::config::{ProxyConfig, SnapshotSource};
+use crate::discovery::{load_file, watch_file, Applier, SnapshotError};
+use crate::inbound::{Inbound, InboundSettings};
+use crate::metrics::{Direction, Metrics};
+use crate::outbound::Outbound;
+use crate::state::MeshState;
+use crate::transport::{bind, ClientSettings, Servers, UpstreamClient};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The first snapshot could not be loaded.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A listener could not be bound.
+    #[error("{0}")]
+    Bind(#[source] std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// Process exit code: 2 for bad configuration, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Snapshot(_) => 2,
+            RunError::Bind(_) | RunError::Signals(_) => 1,
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(discovery::build::unknown_metrics(
+        &metrics,
+    ))));
+    let applier = Applier::new(Arc::clone(&state), metrics.clone());
+
+    // 1. The first snapshot, before anything listens.
+    let source = match &config.source {
+        SnapshotSource::File { path, poll_interval } => {
+            let (snapshot, text) = load_file(path).await?;
+            applier.apply(snapshot)?;
+            watch_file(path.clone(), *poll_interval, applier.clone(), text)
+        }
+    };
+
+    // 2. Every listener, before any task: a taken port stops start-up.
+    let admin_listener = bind(config.admin_addr).await.map_err(RunError::Bind)?;
+    let outbound_listener = bind(config.outbound_addr).await.map_err(RunError::Bind)?;
+    let inbound_listener = bind(config.inbound_addr).await.map_err(RunError::Bind)?;
+    let mut signals = Signals::install().map_err(RunError::Signals)?;
+
+    // 3. Serve.
+    tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Admin::new(Arc::clone(&state), metrics.clone(), applier, Arc::clone(&draining));
+    let mut admin_server = Servers::default();
+    admin_server.spawn(admin_listener, None, config.server, metrics.clone(), move |request| {
+        let admin = admin.clone();
+        async move { admin.handle(request).await }
+    });
+
+    let mut servers = Servers::default();
+    let outbound = Outbound::new(Arc::clone(&state));
+    servers.spawn(outbound_listener, Some(Direction::Outbound), config.server, metrics.clone(), move |request| {
+        let outbound = outbound.clone();
+        async move { outbound.handle(request).await }
+    });
+    let inbound = Inbound::new(
+        InboundSettings {
+            app: config.app.clone(),
+            max_requests: config.inbound_max_requests,
+            max_pending: config.inbound_max_pending,
+        },
+        UpstreamClient::new(ClientSettings {
+            http2: config.app_http2,
+            connect_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(60),
+        }),
+        metrics.service(Direction::Inbound, "local"),
+    );
+    servers.spawn(inbound_listener, Some(Direction::Inbound), config.server, metrics.clone(), move |request| {
+        let inbound = inbound.clone();
+        async move { inbound.handle(request).await }
+    });
+    tracing::info!(
+        admin = %config.admin_addr,
+        outbound = %config.outbound_addr,
+        inbound = %config.inbound_addr,
+        app = %config.app,
+        "tether-proxy serving"
+    );
+
+    // 4. Shutdown.
+    let signal = signals.recv().await;
+    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests");
+    draining.store(true, Ordering::Release);
+    if servers.drain(config.drain_timeout).await {
+        tracing::info!("drained cleanly");
+    } else {
+        tracing::warn!("drain deadline passed with requests still in flight");
+    }
+    drop(admin_server);
+    Ok(())
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `tether-proxy` binary: parses flags, sets up logging, runs the proxy.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tether_proxy::cli::{wait_ready, Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tether-proxy: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(Command::WaitReady(args)) = &cli.command {
+        return if runtime.block_on(wait_ready(args)) {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("tether-proxy: {} did not become ready within {:?}", args.admin, args.timeout);
+            ExitCode::from(1)
+        };
+    }
+    init_logging(cli.proxy.log_format);
+    let config = match cli.proxy.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tether-proxy: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(tether_proxy::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "tether-proxy stopped");
+            eprintln!("tether-proxy: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("TETHER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,292 @@
+//! Prometheus metrics of the proxy.
+//!
+//! Families are registered once, here. The request path never looks a label
+//! set up by name: per-service handles ([`ServiceMetrics`]) are resolved when a
+//! snapshot is applied and kept in the service's state. Label values are
+//! bounded: directions, service names from the snapshot, status classes and
+//! the fixed set of error reasons — never raw paths or hosts.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets from 100 µs to 30 s: sub-millisecond resolution for proxy
+/// overhead, and room for slow upstreams up to the longest sane timeout.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Label value used for requests whose authority names no known service.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Every metric family the proxy exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    proxy_errors: IntCounterVec,
+    retries: IntCounterVec,
+    retries_skipped: IntCounterVec,
+    ejections: IntCounterVec,
+    /// Version of the snapshot in force.
+    pub config_version: IntGauge,
+    /// Snapshots refused (bad file, bad content).
+    pub config_errors: IntCounter,
+    /// 1 while connected to the control plane.
+    pub control_plane_connected: IntGauge,
+    connections_open: IntGaugeVec,
+    connections_total: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
+    vec
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = counter_vec(
+            &registry,
+            "tether_requests_total",
+            "Requests handled, by direction, service and response status class.",
+            &["direction", "service", "status_class"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tether_request_duration_seconds",
+                "Time from request arrival to response headers, all tries included.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["direction", "service"],
+        )
+        .unwrap_or_else(|e| unreachable!("static histogram definition: {e}"));
+        registry
+            .register(Box::new(duration.clone()))
+            .unwrap_or_else(|e| unreachable!("histogram registered twice: {e}"));
+        let proxy_errors = counter_vec(
+            &registry,
+            "tether_proxy_errors_total",
+            "Responses the proxy made itself, by reason (the tether-error header).",
+            &["direction", "service", "reason"],
+        );
+        let retries = counter_vec(
+            &registry,
+            "tether_retries_total",
+            "Retries sent, by service.",
+            &["service"],
+        );
+        let retries_skipped = counter_vec(
+            &registry,
+            "tether_retries_skipped_total",
+            "Retries wanted but not made, by reason: budget-exhausted, body-not-replayable, non-idempotent.",
+            &["service", "reason"],
+        );
+        let ejections = counter_vec(
+            &registry,
+            "tether_endpoint_ejections_total",
+            "Endpoints ejected by outlier detection.",
+            &["service"],
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)
+                .unwrap_or_else(|e| unreachable!("static gauge definition {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| unreachable!("gauge {name} registered twice: {e}"));
+            g
+        };
+        let config_version = gauge("tether_config_version", "Version of the snapshot in force.");
+        let control_plane_connected = gauge(
+            "tether_control_plane_connected",
+            "1 while the proxy holds a working connection to the control plane.",
+        );
+        let config_errors = IntCounter::new(
+            "tether_config_errors_total",
+            "Snapshots refused because they could not be read or applied.",
+        )
+        .unwrap_or_else(|e| unreachable!("static counter definition: {e}"));
+        registry
+            .register(Box::new(config_errors.clone()))
+            .unwrap_or_else(|e| unreachable!("counter registered twice: {e}"));
+        let connections_open = IntGaugeVec::new(
+            Opts::new("tether_connections_open", "Downstream connections open now."),
+            &["direction"],
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge definition: {e}"));
+        registry
+            .register(Box::new(connections_open.clone()))
+            .unwrap_or_else(|e| unreachable!("gauge registered twice: {e}"));
+        let connections_total = counter_vec(
+            &registry,
+            "tether_connections_total",
+            "Downstream connections accepted.",
+            &["direction"],
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            proxy_errors,
+            retries,
+            retries_skipped,
+            ejections,
+            config_version,
+            config_errors,
+            control_plane_connected,
+            connections_open,
+            connections_total,
+        }
+    }
+
+    /// Handles for one service in one direction, resolved once per snapshot.
+    pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
+        let d = direction.as_str();
+        let class = |c: &str| self.requests.with_label_values(&[d, service, c]);
+        ServiceMetrics {
+            direction,
+            service: service.to_owned(),
+            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            duration: self.duration.with_label_values(&[d, service]),
+            retries: self.retries.with_label_values(&[service]),
+            ejections: self.ejections.with_label_values(&[service]),
+            errors: self.proxy_errors.clone(),
+            skipped: self.retries_skipped.clone(),
+        }
+    }
+
+    /// Counts an accepted connection; the returned guard counts it closed.
+    pub fn connection_opened(&self, direction: Direction) -> ConnectionGuard {
+        let d = direction.as_str();
+        self.connections_total.with_label_values(&[d]).inc();
+        let open = self.connections_open.with_label_values(&[d]);
+        open.inc();
+        ConnectionGuard(open)
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a failure would be a bad
+        // family, which the registry already refused at registration.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Which way a request crosses the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the local app to the mesh.
+    Outbound,
+    /// From the mesh to the local app.
+    Inbound,
+}
+
+impl Direction {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Metric handles of one service, resolved once per snapshot.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    direction: Direction,
+    service: String,
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+    retries: IntCounter,
+    ejections: IntCounter,
+    errors: IntCounterVec,
+    skipped: IntCounterVec,
+}
+
+impl std::fmt::Debug for ServiceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMetrics").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl ServiceMetrics {
+    /// Records a finished request: its status and how long until headers.
+    pub fn record(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a response the proxy made itself.
+    pub fn proxy_error(&self, reason: &str) {
+        self.errors.with_label_values(&[self.direction.as_str(), &self.service, reason]).inc();
+    }
+
+    /// Counts one retry sent.
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// Counts a retry that was wanted but not made.
+    pub fn retry_skipped(&self, reason: &str) {
+        self.skipped.with_label_values(&[&self.service, reason]).inc();
+    }
+
+    /// Counts an endpoint ejection.
+    pub fn ejection(&self) {
+        self.ejections.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_recorded_requests_with_labels() {
+        let metrics = Metrics::new();
+        let api = metrics.service(Direction::Outbound, "api");
+        api.record(http::StatusCode::OK, std::time::Duration::from_millis(2));
+        api.record(http::StatusCode::SERVICE_UNAVAILABLE, std::time::Duration::from_millis(2));
+        api.proxy_error("timeout");
+        let text = String::from_utf8(metrics.render()).unwrap_or_default();
+        assert!(text.contains(
+            r#"tether_requests_total{direction="outbound",service="api",status_class="2xx"} 1"#
+        ));
+        assert!(text.contains(
+            r#"tether_requests_total{direction="outbound",service="api",status_class="5xx"} 1"#
+        ));
+        assert!(text.contains(
+            r#"tether_proxy_errors_total{direction="outbound",reason="timeout",service="api"} 1"#
+        ));
+        assert!(text.contains("tether_request_duration_seconds_bucket"));
+    }
+}

@@ -1,0 +1,64 @@
+//! The innermost layer: pick an endpoint, send one try with the per-try
+//! timeout, and feed the outcome to the balancer and outlier detection.
+
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+use super::{BoxFuture, Req, Rsp, Target};
+use crate::errors::ProxyError;
+use crate::forward::{from_upstream, to_upstream};
+
+/// Sends one try to one endpoint of the request's target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forward;
+
+impl Service<Req> for Forward {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> BoxFuture {
+        Box::pin(forward(request))
+    }
+}
+
+async fn forward(request: Req) -> Result<Rsp, ProxyError> {
+    let target = Target::of(&request)?;
+    let service = &target.service;
+    let endpoint = target
+        .endpoints
+        .pick()
+        .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
+    let in_flight = endpoint.start();
+    let request = to_upstream(request, endpoint.authority(), service.client.is_http2())?;
+    let per_try = service.retries.per_try_timeout;
+    let result = tokio::time::timeout(per_try, service.client.request(request)).await;
+    let outcome = match result {
+        Err(_) => Err(ProxyError::PerTryTimeout(per_try)),
+        Ok(Ok(response)) => Ok(from_upstream(response)),
+        Ok(Err(source)) if source.is_connect() => Err(ProxyError::UpstreamConnect {
+            endpoint: endpoint.address().to_owned(),
+            source,
+        }),
+        Ok(Err(source)) => {
+            Err(ProxyError::UpstreamReset { endpoint: endpoint.address().to_owned(), source })
+        }
+    };
+    let failed = match &outcome {
+        Ok(response) => response.status().is_server_error(),
+        Err(_) => true,
+    };
+    if outcome.is_ok() {
+        endpoint.observe_rtt(in_flight.elapsed());
+    }
+    service.outliers.record(endpoint, failed);
+    if let Err(error) = &outcome {
+        tracing::debug!(endpoint = endpoint.address(), %error, "try failed");
+    }
+    outcome
+}

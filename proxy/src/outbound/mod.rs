@@ -1,0 +1,99 @@
+//! The outbound path: the local app's requests out to the mesh.
+//!
+//! ```text
+//! accept (transport::server: HTTP/1.1 or h2c, header limits)
+//!   → route     authority → service; route rules; traffic split  (route.rs)
+//!   → timeout   whole request, over queue and all tries           (timeout.rs)
+//!   → limit     per-service max_requests + max_pending            (limit.rs)
+//!   → retry     budget, backoff, bounded replay buffer            (retry.rs)
+//!   → forward   balancer pick, per-try timeout, outlier record    (endpoint.rs)
+//!   → pool      pooled connection to the endpoint                 (transport::client)
+//! ```
+//!
+//! `route` runs in [`Outbound::handle`], which also records metrics and turns
+//! errors into responses; the rest is a tower stack, outermost first.
+
+mod endpoint;
+mod limit;
+mod retry;
+mod route;
+mod target;
+mod timeout;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::body::Body;
+use crate::errors::ProxyError;
+use crate::state::MeshState;
+
+pub use endpoint::Forward;
+pub use limit::LimitLayer;
+pub use retry::RetryLayer;
+pub use target::Target;
+pub use timeout::TimeoutLayer;
+
+/// A request inside the proxy.
+pub type Req = http::Request<Body>;
+/// A response inside the proxy.
+pub type Rsp = http::Response<Body>;
+/// The future every outbound layer returns.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send>>;
+
+/// The outbound path, ready to handle requests from the local app.
+#[derive(Clone)]
+pub struct Outbound {
+    state: Arc<ArcSwap<MeshState>>,
+    stack: Stack,
+}
+
+/// The layers below `route`. Every layer is a zero-sized struct, so cloning
+/// the stack per request costs nothing (a boxed service would allocate).
+type Stack = timeout::Timeout<limit::Limit<retry::Retry<Forward>>>;
+
+impl Outbound {
+    /// Builds the outbound stack over the (swappable) mesh state.
+    pub fn new(state: Arc<ArcSwap<MeshState>>) -> Self {
+        // Request order, outermost first.
+        let stack = ServiceBuilder::new()
+            .layer(TimeoutLayer) // whole request: queue + all tries
+            .layer(LimitLayer) // per-service in-flight + pending limits
+            .layer(RetryLayer) // budget, backoff, replay buffer
+            .service(Forward); // balancer, per-try timeout, outliers
+        Self { state, stack }
+    }
+
+    /// Handles one request from the app; never fails: errors become responses
+    /// with `tether-error`.
+    pub async fn handle(&self, mut request: Req) -> Rsp {
+        let started = Instant::now();
+        let state = self.state.load();
+        let target = match route::resolve(&state, &request) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::debug!(%error, "not routed");
+                state.unknown_metrics.proxy_error(error.reason());
+                let response = error.into_response();
+                state.unknown_metrics.record(response.status(), started.elapsed());
+                return response;
+            }
+        };
+        drop(state);
+        let metrics = target.service.metrics.clone();
+        request.extensions_mut().insert(target);
+        let response = match self.stack.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                metrics.proxy_error(error.reason());
+                error.into_response()
+            }
+        };
+        metrics.record(response.status(), started.elapsed());
+        response
+    }
+}

@@ -1,0 +1,248 @@
+//! Retries: budgeted, with backoff, replaying a bounded copy of the body.
+//!
+//! A try is retried when it failed in a way the service's `retry_on` names
+//! and all of these hold:
+//! - the method is idempotent, or the failure was `connect-failure` (nothing
+//!   reached the upstream), or `retry_non_idempotent` is set;
+//! - the body could be kept for replay: empty, or a declared length within
+//!   `replay_buffer_bytes` (a body of unknown length streams and is never
+//!   buffered, so slow or streaming uploads are not held back);
+//! - the service's retry budget allows it.
+//!
+//! A wanted retry that is not made is counted in `tether_retries_skipped_total`
+//! and named in the `tether-retry-skipped` response header. The final answer
+//! carries `tether-attempts` when more than one try was made.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tether_api::RetryOn;
+use tower::retry::budget::Budget;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{BoxFuture, Req, Rsp, Target};
+use crate::body::Body;
+use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
+use crate::resilience::backoff;
+
+/// Adds retries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryLayer;
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner }
+    }
+}
+
+/// See [`RetryLayer`].
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+}
+
+impl<S> Service<Req> for Retry<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> BoxFuture {
+        Box::pin(retry(self.inner.clone(), request))
+    }
+}
+
+/// Why a failed try was not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    BudgetExhausted,
+    BodyNotReplayable,
+    NonIdempotent,
+}
+
+impl Skip {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::BudgetExhausted => "budget-exhausted",
+            Skip::BodyNotReplayable => "body-not-replayable",
+            Skip::NonIdempotent => "non-idempotent",
+        }
+    }
+}
+
+async fn retry<S>(inner: S, request: Req) -> Result<Rsp, ProxyError>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let target = Target::of(&request)?;
+    let service = &target.service;
+    let policy = &service.retries;
+    service.budget.deposit();
+    if policy.attempts == 0 {
+        return inner.oneshot(request).await;
+    }
+    let idempotent = is_idempotent(request.method());
+    let (mut first, template) = keep_for_replay(request, policy.replay_buffer_bytes).await?;
+    let mut tries = 1u32;
+    loop {
+        let this_try = match first.take() {
+            Some(request) => request,
+            None => match &template {
+                Some(template) => template.clone().map(|bytes| Body::full(bytes)),
+                None => return Err(ProxyError::NotReady("retry without a replayable body")),
+            },
+        };
+        let result = inner.clone().oneshot(this_try).await;
+        let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
+            return finish(result, tries, None, &target);
+        };
+        let skip = if tries > policy.attempts {
+            return finish(result, tries, None, &target);
+        } else if !(idempotent || connect_only || policy.retry_non_idempotent) {
+            Some(Skip::NonIdempotent)
+        } else if template.is_none() {
+            Some(Skip::BodyNotReplayable)
+        } else if !service.budget.withdraw() {
+            Some(Skip::BudgetExhausted)
+        } else {
+            None
+        };
+        if let Some(skip) = skip {
+            service.metrics.retry_skipped(skip.as_str());
+            return finish(result, tries, Some(skip), &target);
+        }
+        service.metrics.retry();
+        tracing::debug!(service = %service.name, try_number = tries + 1, "retrying");
+        tokio::time::sleep(backoff(&policy.backoff, tries)).await;
+        tries += 1;
+    }
+}
+
+/// If the try failed retryably, whether only `connect-failure` applies
+/// (`Some(true)`: safe for any method) or another condition (`Some(false)`).
+fn wants_retry(result: &Result<Rsp, ProxyError>, retry_on: &[RetryOn]) -> Option<bool> {
+    match result {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            retry_on.iter().any(|c| c.matches_status(code)).then_some(false)
+        }
+        Err(error) if error.is_connect_failure() => {
+            retry_on.contains(&RetryOn::ConnectFailure).then_some(true)
+        }
+        Err(ProxyError::UpstreamReset { .. } | ProxyError::PerTryTimeout(_)) => {
+            retry_on.contains(&RetryOn::Reset).then_some(false)
+        }
+        Err(_) => None,
+    }
+}
+
+fn finish(
+    result: Result<Rsp, ProxyError>,
+    tries: u32,
+    skip: Option<Skip>,
+    target: &Target,
+) -> Result<Rsp, ProxyError> {
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            target.service.metrics.proxy_error(error.reason());
+            error.into_response()
+        }
+    };
+    if tries > 1 {
+        response.headers_mut().insert(TETHER_ATTEMPTS, HeaderValue::from(tries));
+    }
+    if let Some(skip) = skip {
+        response.headers_mut().insert(TETHER_RETRY_SKIPPED, HeaderValue::from_static(skip.as_str()));
+    }
+    Ok(response)
+}
+
+/// RFC 9110 §9.2.2 idempotent methods.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Returns the request to send first and, when the body can be replayed, a
+/// template to rebuild later tries from. Buffers at most `cap` bytes, and
+/// only when the body's length is declared.
+async fn keep_for_replay(
+    request: Req,
+    cap: usize,
+) -> Result<(Option<Req>, Option<Request<Bytes>>), ProxyError> {
+    let body = request.body();
+    let replayable = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= cap as u64);
+    if !replayable {
+        return Ok((Some(request), None));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        body.collect()
+            .await
+            .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
+            .to_bytes()
+    };
+    let template = Request::from_parts(parts, bytes);
+    let first = template.clone().map(|bytes| Body::full(bytes));
+    Ok((Some(first), Some(template)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn classifies_statuses_and_errors() {
+        let on = [RetryOn::ConnectFailure, RetryOn::Status(503)];
+        let status = |code: u16| {
+            let mut r = Rsp::new(Body::Empty);
+            *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or_default();
+            Ok(r)
+        };
+        assert_eq!(wants_retry(&status(503), &on), Some(false));
+        assert_eq!(wants_retry(&status(500), &on), None);
+        assert_eq!(wants_retry(&status(200), &on), None);
+        let timeout = Err(ProxyError::PerTryTimeout(std::time::Duration::from_secs(1)));
+        assert_eq!(wants_retry(&timeout, &on), None);
+        assert_eq!(wants_retry(&timeout, &[RetryOn::Reset]), Some(false));
+    }
+
+    #[tokio::test]
+    async fn keeps_small_declared_bodies_only() {
+        let small = Request::builder()
+            .method(Method::POST)
+            .body(Body::full("abc"))
+            .unwrap_or_default();
+        let (first, template) = keep_for_replay(small, 8).await.unwrap_or((None, None));
+        assert!(first.is_some());
+        assert_eq!(template.map(|t| t.into_body()), Some(Bytes::from_static(b"abc")));
+        let big = Request::builder().body(Body::full(vec![0u8; 9])).unwrap_or_default();
+        let (first, template) = keep_for_replay(big, 8).await.unwrap_or((None, None));
+        assert!(first.is_some() && template.is_none());
+    }
+}

@@ -1,0 +1,119 @@
+//! The domain state the request path reads: services, their endpoint sets,
+//! routes and policy. Built by `discovery` from a snapshot and swapped whole
+//! behind an `ArcSwap`; the request path never locks it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use rand::Rng;
+use tether_api::{RetryPolicy, Snapshot};
+use tower::retry::budget::TpsBudget;
+
+use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
+use crate::metrics::ServiceMetrics;
+use crate::resilience::ConcurrencyLimiter;
+use crate::transport::UpstreamClient;
+
+/// Everything the proxy routes by, from one snapshot.
+#[derive(Debug)]
+pub struct MeshState {
+    /// The snapshot this state was built from (served by `/config`).
+    pub snapshot: Arc<Snapshot>,
+    /// Upstream services by name.
+    pub services: HashMap<String, Arc<Service>>,
+    /// Metrics for requests to names that are not services.
+    pub unknown_metrics: ServiceMetrics,
+}
+
+impl MeshState {
+    /// State before any snapshot: routes nothing.
+    pub fn empty(unknown_metrics: ServiceMetrics) -> Self {
+        Self { snapshot: Arc::new(Snapshot::default()), services: HashMap::new(), unknown_metrics }
+    }
+
+    /// Version of the snapshot in force (0 before the first).
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+}
+
+/// One upstream service, ready to route to.
+#[derive(Debug)]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retries: RetryPolicy,
+    /// Retry budget shared by every request to the service.
+    pub budget: Arc<TpsBudget>,
+    /// Concurrency and pending limits.
+    pub limiter: Arc<ConcurrencyLimiter>,
+    /// Connection pool to the endpoints.
+    pub client: UpstreamClient,
+    /// Ejection bookkeeping.
+    pub outliers: Arc<OutlierDetector>,
+    /// Every endpoint, for the admin API.
+    pub endpoints: Vec<Arc<EndpointState>>,
+    /// Where requests go when no route matches.
+    pub default_split: Split,
+    /// Route rules, first match wins.
+    pub routes: Vec<RouteRule>,
+    /// Metric handles.
+    pub metrics: ServiceMetrics,
+}
+
+/// A weighted choice among endpoint sets (subsets).
+#[derive(Debug, Clone)]
+pub struct Split {
+    targets: Vec<(Arc<EndpointSet>, u32)>,
+    total: u32,
+}
+
+impl Split {
+    /// A split over `targets` with their weights. Zero-weight targets never
+    /// receive traffic; a split whose weights sum to zero sends to the first.
+    pub fn new(targets: Vec<(Arc<EndpointSet>, u32)>) -> Self {
+        let total = targets.iter().map(|(_, w)| *w).sum();
+        Self { targets, total }
+    }
+
+    /// Draws a set in proportion to the weights.
+    pub fn choose(&self) -> Option<&Arc<EndpointSet>> {
+        if self.targets.len() <= 1 || self.total == 0 {
+            return self.targets.first().map(|(set, _)| set);
+        }
+        let mut point = rand::thread_rng().gen_range(0..self.total);
+        for (set, weight) in &self.targets {
+            if point < *weight {
+                return Some(set);
+            }
+            point -= *weight;
+        }
+        self.targets.last().map(|(set, _)| set)
+    }
+}
+
+/// One route rule.
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    /// Required path prefix.
+    pub path_prefix: Option<String>,
+    /// Required headers with exact values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Where matching requests go.
+    pub split: Split,
+    /// Timeout override.
+    pub timeout: Option<Duration>,
+}
+
+impl RouteRule {
+    /// Whether a request matches this rule.
+    pub fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
+        self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            && self.headers.iter().all(|(name, value)| headers.get(name) == Some(value))
+    }
+}

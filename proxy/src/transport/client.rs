@@ -1,0 +1,61 @@
+//! The pooled HTTP client to upstream endpoints.
+
+use std::time::Duration;
+
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+
+/// What a connection pool is built with; equal settings share a pool across
+/// snapshots so an update drops no pooled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    pub http2: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections close after this long.
+    pub idle_timeout: Duration,
+}
+
+/// A connection pool to the endpoints of one service.
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    settings: ClientSettings,
+    client: Client<HttpConnector, Body>,
+}
+
+impl UpstreamClient {
+    /// A new pool.
+    pub fn new(settings: ClientSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .http2_only(settings.http2);
+        Self { settings, client: builder.build(connector) }
+    }
+
+    /// The settings this pool was built with.
+    pub fn settings(&self) -> ClientSettings {
+        self.settings
+    }
+
+    /// Whether this pool speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.settings.http2
+    }
+
+    /// Sends a request whose URI is absolute (`http://ip:port/path`).
+    pub fn request(
+        &self,
+        request: http::Request<Body>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(request)
+    }
+}
