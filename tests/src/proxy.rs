@@ -1,0 +1,189 @@
+//! The real `tether-proxy` binary, started on free loopback ports with a
+//! snapshot file the test can edit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::{eventually, free_port, Client};
+
+/// Path of the built `tether-proxy` binary: `TETHER_PROXY_BIN`, or the one
+/// cargo built beside this test (`cargo test --workspace` builds it, because
+/// the proxy package has integration tests of its own).
+pub fn proxy_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TETHER_PROXY_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test> → target/<profile>/tether-proxy
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tether-proxy"))
+        .unwrap_or_default();
+    assert!(
+        bin.exists(),
+        "tether-proxy binary not found at {}: run the suite with `cargo test --workspace` \
+         (or set TETHER_PROXY_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Options for starting a proxy.
+pub struct ProxyBuilder {
+    snapshot: String,
+    app: Option<SocketAddr>,
+    args: Vec<String>,
+}
+
+impl ProxyBuilder {
+    /// Sets the local app behind the inbound listener.
+    pub fn app(mut self, app: SocketAddr) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// Adds a command-line flag.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Starts the proxy and waits until `/ready` answers 200.
+    pub async fn start(self) -> Proxy {
+        let proxy = self.spawn();
+        let admin = proxy.admin;
+        let client = Client::http1();
+        let ready = eventually(Duration::from_secs(15), || {
+            let client = client.clone();
+            async move {
+                client
+                    .try_send(http::Method::GET, admin, "admin", "/ready", bytes::Bytes::new(), &[])
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
+        })
+        .await;
+        assert!(ready, "proxy never became ready; log:\n{}", proxy.log());
+        proxy
+    }
+
+    /// Starts the proxy without waiting for readiness.
+    pub fn spawn(self) -> Proxy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let snapshot_path = dir.path().join("snapshot.yaml");
+        std::fs::write(&snapshot_path, &self.snapshot).unwrap_or_else(|e| panic!("write: {e}"));
+        let log_path = dir.path().join("proxy.log");
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log: {e}"));
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let outbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let app = self.app.unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
+        let child = Command::new(proxy_bin())
+            .arg("--snapshot")
+            .arg(&snapshot_path)
+            .args(["--snapshot-poll-interval", "100ms"])
+            .args(["--admin", &admin.to_string()])
+            .args(["--outbound", &outbound.to_string()])
+            .args(["--inbound", &inbound.to_string()])
+            .args(["--app", &app.to_string()])
+            .args(&self.args)
+            .env("TETHER_LOG", "info,tether_proxy=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tether-proxy: {e}"));
+        Proxy { child, admin, outbound, inbound, snapshot_path, log_path, _dir: dir }
+    }
+}
+
+/// A running proxy; killed when dropped.
+pub struct Proxy {
+    child: Child,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Outbound listener.
+    pub outbound: SocketAddr,
+    /// Inbound listener.
+    pub inbound: SocketAddr,
+    snapshot_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// A proxy running from this snapshot (YAML).
+    pub fn builder(snapshot: &str) -> ProxyBuilder {
+        ProxyBuilder { snapshot: snapshot.to_owned(), app: None, args: Vec::new() }
+    }
+
+    /// Starts a proxy with default options.
+    pub async fn start(snapshot: &str) -> Proxy {
+        Self::builder(snapshot).start().await
+    }
+
+    /// Replaces the snapshot file (the proxy polls it every 100 ms).
+    pub fn write_snapshot(&self, snapshot: &str) {
+        // Write then rename, so the proxy never reads half a file.
+        let tmp = self.snapshot_path.with_extension("tmp");
+        std::fs::write(&tmp, snapshot).unwrap_or_else(|e| panic!("write: {e}"));
+        std::fs::rename(&tmp, &self.snapshot_path).unwrap_or_else(|e| panic!("rename: {e}"));
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `GET` an admin path, returning the body.
+    pub async fn admin_get(&self, path: &str) -> String {
+        Client::http1().get(self.admin, "admin", path).await.body
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await
+    }
+
+    /// The version in `/config`.
+    pub async fn config_version(&self) -> u64 {
+        let body = self.admin_get("/config").await;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["version"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
