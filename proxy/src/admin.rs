@@ -30,13 +30,21 @@ impl Admin {
         applier: Applier,
         draining: Arc<AtomicBool>,
     ) -> Self {
-        Self { state, metrics, applier, draining }
+        Self {
+            state,
+            metrics,
+            applier,
+            draining,
+        }
     }
 
     /// Serves one admin request.
     pub async fn handle(&self, request: Req) -> Rsp {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints answer GET only\n");
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admin endpoints answer GET only\n",
+            );
         }
         match request.uri().path() {
             "/live" => text(StatusCode::OK, "live\n"),
@@ -62,7 +70,10 @@ impl Admin {
         if self.draining.load(Ordering::Acquire) {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
         } else if !self.applier.loaded() {
-            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot loaded yet\n")
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no snapshot loaded yet\n",
+            )
         } else {
             text(StatusCode::OK, "ready\n")
         }
@@ -97,9 +108,10 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Rsp {
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -107,9 +119,10 @@ fn json<T: serde::Serialize>(value: &T) -> Rsp {
     match serde_json::to_vec_pretty(value) {
         Ok(bytes) => {
             let mut response = Response::new(Body::full(bytes));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             response
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode JSON\n"),

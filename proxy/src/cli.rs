@@ -12,7 +12,12 @@ use crate::transport::ServerSettings;
 
 /// Tether's sidecar proxy.
 #[derive(Debug, Parser)]
-#[command(name = "tether-proxy", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "tether-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// A helper command instead of running the proxy.
     #[command(subcommand)]
@@ -52,7 +57,21 @@ pub enum AppProtocol {
 /// Flags of the proxy itself.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Snapshot file (YAML or JSON) to run from; edits are picked up.
+    /// The service this proxy fronts (required with --control-plane).
+    #[arg(long, env = "TETHER_SERVICE")]
+    pub service: Option<String>,
+    /// Control plane URL to subscribe to, e.g. http://127.0.0.1:15010.
+    #[arg(long, env = "TETHER_CONTROL_PLANE", conflicts_with = "snapshot")]
+    pub control_plane: Option<String>,
+    /// Where the last good snapshot is kept, to serve from when the control
+    /// plane is unreachable (also across restarts).
+    #[arg(long, env = "TETHER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This proxy's id in the control plane's status (default: SERVICE-PID-RANDOM).
+    #[arg(long, env = "TETHER_PROXY_ID")]
+    pub proxy_id: Option<String>,
+    /// Snapshot file (YAML or JSON) to run from, without a control plane;
+    /// edits are picked up.
     #[arg(long, env = "TETHER_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,
     /// How often to check the snapshot file for edits.
@@ -115,7 +134,10 @@ impl ProxyArgs {
     /// The proxy configuration these flags describe.
     pub fn into_config(self) -> Result<ProxyConfig, UsageError> {
         let source = match self.snapshot {
-            Some(path) => SnapshotSource::File { path, poll_interval: self.snapshot_poll_interval },
+            Some(path) => SnapshotSource::File {
+                path,
+                poll_interval: self.snapshot_poll_interval,
+            },
             None => {
                 return Err(UsageError(
                     "no snapshot source: pass --snapshot FILE (or set TETHER_SNAPSHOT)".into(),
@@ -123,10 +145,13 @@ impl ProxyArgs {
             }
         };
         if self.max_header_bytes < 8192 {
-            return Err(UsageError("--max-header-bytes must be at least 8192".into()));
+            return Err(UsageError(
+                "--max-header-bytes must be at least 8192".into(),
+            ));
         }
         Ok(ProxyConfig {
             source,
+            service: self.service,
             admin_addr: self.admin,
             outbound_addr: self.outbound,
             inbound_addr: self.inbound,

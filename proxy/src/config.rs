@@ -19,6 +19,8 @@ pub enum SnapshotSource {
         /// How often to look for edits.
         poll_interval: Duration,
     },
+    /// The control plane's long-poll API.
+    ControlPlane(crate::discovery::ControlPlaneSettings),
 }
 
 /// Everything `run` needs.
@@ -26,6 +28,8 @@ pub enum SnapshotSource {
 pub struct ProxyConfig {
     /// Where snapshots come from.
     pub source: SnapshotSource,
+    /// The service this proxy fronts (labels inbound metrics).
+    pub service: Option<String>,
     /// Admin listener.
     pub admin_addr: SocketAddr,
     /// Outbound listener (the app sends here).

@@ -65,7 +65,11 @@ pub fn to_upstream(
     parts.path_and_query = Some(path);
     *request.uri_mut() = Uri::from_parts(parts)
         .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
-    *request.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    *request.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     strip_hop_by_hop(request.headers_mut());
     Ok(request)
 }

@@ -65,17 +65,35 @@ impl RunError {
 /// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     let metrics = Metrics::new();
-    let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(discovery::build::unknown_metrics(
-        &metrics,
-    ))));
+    let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(
+        discovery::build::unknown_metrics(&metrics),
+    )));
     let applier = Applier::new(Arc::clone(&state), metrics.clone());
 
-    // 1. The first snapshot, before anything listens.
-    let source = match &config.source {
-        SnapshotSource::File { path, poll_interval } => {
+    // 1. The first snapshot, before anything listens: a bad file stops
+    //    start-up; a control plane is subscribed to in the background after
+    //    restoring the last good snapshot from the state directory.
+    let source: SourceTask = match &config.source {
+        SnapshotSource::File {
+            path,
+            poll_interval,
+        } => {
             let (snapshot, text) = load_file(path).await?;
             applier.apply(snapshot)?;
-            watch_file(path.clone(), *poll_interval, applier.clone(), text)
+            Box::pin(watch_file(
+                path.clone(),
+                *poll_interval,
+                applier.clone(),
+                text,
+            ))
+        }
+        SnapshotSource::ControlPlane(settings) => {
+            discovery::restore(settings, &applier).await;
+            Box::pin(discovery::subscribe(
+                settings.clone(),
+                applier.clone(),
+                metrics.clone(),
+            ))
         }
     };
 
@@ -88,19 +106,36 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     // 3. Serve.
     tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Admin::new(Arc::clone(&state), metrics.clone(), applier, Arc::clone(&draining));
+    let admin = Admin::new(
+        Arc::clone(&state),
+        metrics.clone(),
+        applier,
+        Arc::clone(&draining),
+    );
     let mut admin_server = Servers::default();
-    admin_server.spawn(admin_listener, None, config.server, metrics.clone(), move |request| {
-        let admin = admin.clone();
-        async move { admin.handle(request).await }
-    });
+    admin_server.spawn(
+        admin_listener,
+        None,
+        config.server,
+        metrics.clone(),
+        move |request| {
+            let admin = admin.clone();
+            async move { admin.handle(request).await }
+        },
+    );
 
     let mut servers = Servers::default();
     let outbound = Outbound::new(Arc::clone(&state));
-    servers.spawn(outbound_listener, Some(Direction::Outbound), config.server, metrics.clone(), move |request| {
-        let outbound = outbound.clone();
-        async move { outbound.handle(request).await }
-    });
+    servers.spawn(
+        outbound_listener,
+        Some(Direction::Outbound),
+        config.server,
+        metrics.clone(),
+        move |request| {
+            let outbound = outbound.clone();
+            async move { outbound.handle(request).await }
+        },
+    );
     let inbound = Inbound::new(
         InboundSettings {
             app: config.app.clone(),
@@ -112,12 +147,21 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(60),
         }),
-        metrics.service(Direction::Inbound, "local"),
+        metrics.service(
+            Direction::Inbound,
+            config.service.as_deref().unwrap_or("local"),
+        ),
     );
-    servers.spawn(inbound_listener, Some(Direction::Inbound), config.server, metrics.clone(), move |request| {
-        let inbound = inbound.clone();
-        async move { inbound.handle(request).await }
-    });
+    servers.spawn(
+        inbound_listener,
+        Some(Direction::Inbound),
+        config.server,
+        metrics.clone(),
+        move |request| {
+            let inbound = inbound.clone();
+            async move { inbound.handle(request).await }
+        },
+    );
     tracing::info!(
         admin = %config.admin_addr,
         outbound = %config.outbound_addr,
@@ -139,6 +183,9 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The task that keeps snapshots coming.
+type SourceTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// SIGTERM and SIGINT.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -148,7 +195,10 @@ struct Signals {
 impl Signals {
     fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 
     async fn recv(&mut self) -> &'static str {

@@ -8,7 +8,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tether-proxy: cannot start the runtime: {error}");
@@ -19,7 +22,10 @@ fn main() -> ExitCode {
         return if runtime.block_on(wait_ready(args)) {
             ExitCode::SUCCESS
         } else {
-            eprintln!("tether-proxy: {} did not become ready within {:?}", args.admin, args.timeout);
+            eprintln!(
+                "tether-proxy: {} did not become ready within {:?}",
+                args.admin, args.timeout
+            );
             ExitCode::from(1)
         };
     }
@@ -45,7 +51,9 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TETHER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -118,7 +118,10 @@ impl Metrics {
             .register(Box::new(config_errors.clone()))
             .unwrap_or_else(|e| unreachable!("counter registered twice: {e}"));
         let connections_open = IntGaugeVec::new(
-            Opts::new("tether_connections_open", "Downstream connections open now."),
+            Opts::new(
+                "tether_connections_open",
+                "Downstream connections open now.",
+            ),
             &["direction"],
         )
         .unwrap_or_else(|e| unreachable!("static gauge definition: {e}"));
@@ -154,7 +157,13 @@ impl Metrics {
         ServiceMetrics {
             direction,
             service: service.to_owned(),
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             duration: self.duration.with_label_values(&[d, service]),
             retries: self.retries.with_label_values(&[service]),
             ejections: self.ejections.with_label_values(&[service]),
@@ -233,7 +242,9 @@ pub struct ServiceMetrics {
 
 impl std::fmt::Debug for ServiceMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceMetrics").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("ServiceMetrics")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -247,7 +258,9 @@ impl ServiceMetrics {
 
     /// Counts a response the proxy made itself.
     pub fn proxy_error(&self, reason: &str) {
-        self.errors.with_label_values(&[self.direction.as_str(), &self.service, reason]).inc();
+        self.errors
+            .with_label_values(&[self.direction.as_str(), &self.service, reason])
+            .inc();
     }
 
     /// Counts one retry sent.
@@ -257,7 +270,9 @@ impl ServiceMetrics {
 
     /// Counts a retry that was wanted but not made.
     pub fn retry_skipped(&self, reason: &str) {
-        self.skipped.with_label_values(&[&self.service, reason]).inc();
+        self.skipped
+            .with_label_values(&[&self.service, reason])
+            .inc();
     }
 
     /// Counts an endpoint ejection.
@@ -275,7 +290,10 @@ mod tests {
         let metrics = Metrics::new();
         let api = metrics.service(Direction::Outbound, "api");
         api.record(http::StatusCode::OK, std::time::Duration::from_millis(2));
-        api.record(http::StatusCode::SERVICE_UNAVAILABLE, std::time::Duration::from_millis(2));
+        api.record(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            std::time::Duration::from_millis(2),
+        );
         api.proxy_error("timeout");
         let text = String::from_utf8(metrics.render()).unwrap_or_default();
         assert!(text.contains(

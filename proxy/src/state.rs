@@ -30,7 +30,11 @@ pub struct MeshState {
 impl MeshState {
     /// State before any snapshot: routes nothing.
     pub fn empty(unknown_metrics: ServiceMetrics) -> Self {
-        Self { snapshot: Arc::new(Snapshot::default()), services: HashMap::new(), unknown_metrics }
+        Self {
+            snapshot: Arc::new(Snapshot::default()),
+            services: HashMap::new(),
+            unknown_metrics,
+        }
     }
 
     /// Version of the snapshot in force (0 before the first).
@@ -113,7 +117,12 @@ pub struct RouteRule {
 impl RouteRule {
     /// Whether a request matches this rule.
     pub fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
-        self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-            && self.headers.iter().all(|(name, value)| headers.get(name) == Some(value))
+        self.path_prefix
+            .as_deref()
+            .is_none_or(|p| path.starts_with(p))
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| headers.get(name) == Some(value))
     }
 }

@@ -12,17 +12,31 @@ fn a_bad_snapshot_file_exits_2_naming_file_line_and_column() {
     let dir = std::env::temp_dir().join(format!("tether-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let path = dir.join("bad.yaml");
-    std::fs::write(&path, "services:\n  api:\n    endpoints: [ { adress: x } ]\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &path,
+        "services:\n  api:\n    endpoints: [ { adress: x } ]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let output = proxy()
         .args(["--snapshot"])
         .arg(&path)
-        .args(["--admin", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0"])
+        .args([
+            "--admin",
+            "127.0.0.1:0",
+            "--outbound",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bad.yaml:3:20: "), "{stderr}");
-    assert!(stderr.contains("unknown field `adress`, expected one of `address`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown field `adress`, expected one of `address`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -32,12 +46,16 @@ fn a_missing_snapshot_file_exits_2() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/snap.yaml: cannot read snapshot"));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("/nonexistent/snap.yaml: cannot read snapshot"));
 }
 
 #[test]
 fn no_snapshot_source_is_a_usage_error() {
-    let output = proxy().env_remove("TETHER_SNAPSHOT").output().unwrap_or_else(|e| panic!("{e}"));
+    let output = proxy()
+        .env_remove("TETHER_SNAPSHOT")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--snapshot"));
 }

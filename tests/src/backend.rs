@@ -32,7 +32,13 @@ pub struct Behavior {
 
 impl Default for Behavior {
     fn default() -> Self {
-        Self { status: 200, delay: Duration::ZERO, fail_first: 0, reset: false, body_size: 0 }
+        Self {
+            status: 200,
+            delay: Duration::ZERO,
+            fail_first: 0,
+            reset: false,
+            body_size: 0,
+        }
     }
 }
 
@@ -61,8 +67,12 @@ impl Backend {
 
     /// Starts a backend with the given behaviour.
     pub async fn with(name: &str, behavior: Behavior) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
         let state = Arc::new(State {
             name: name.to_owned(),
             hits: AtomicUsize::new(0),
@@ -70,7 +80,12 @@ impl Backend {
             behavior: Mutex::new(behavior),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&state)));
-        Self { addr, name: name.to_owned(), state, task }
+        Self {
+            addr,
+            name: name.to_owned(),
+            state,
+            task,
+        }
     }
 
     /// Requests received so far.
@@ -100,7 +115,9 @@ impl Drop for Backend {
 async fn serve(listener: TcpListener, state: Arc<State>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = Arc::clone(&state);
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
@@ -114,11 +131,24 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-async fn answer(state: &State, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+async fn answer(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let n = state.hits.fetch_add(1, Ordering::SeqCst);
     let behavior = state.behavior.lock().map(|b| b.clone()).unwrap_or_default();
-    let host = request.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
-    let body = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let host = request
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     if !behavior.delay.is_zero() {
         tokio::time::sleep(behavior.delay).await;
     }
@@ -146,4 +176,3 @@ async fn answer(state: &State, request: Request<Incoming>) -> Result<Response<Fu
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
     Ok::<_, std::io::Error>(response)
 }
-

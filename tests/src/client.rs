@@ -22,7 +22,10 @@ pub struct Reply {
 impl Reply {
     /// A header's value as text ("" if absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -41,17 +44,24 @@ impl Default for Client {
 impl Client {
     /// HTTP/1.1 with keep-alive.
     pub fn http1() -> Self {
-        Self { inner: Legacy::builder(TokioExecutor::new()).build_http() }
+        Self {
+            inner: Legacy::builder(TokioExecutor::new()).build_http(),
+        }
     }
 
     /// HTTP/2 with prior knowledge (h2c): one connection, many streams.
     pub fn http2() -> Self {
-        Self { inner: Legacy::builder(TokioExecutor::new()).http2_only(true).build_http() }
+        Self {
+            inner: Legacy::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
     }
 
     /// `GET http://{addr}{path}` with `Host: {host}`.
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Reply {
-        self.send(Method::GET, addr, host, path, Bytes::new(), &[]).await
+        self.send(Method::GET, addr, host, path, Bytes::new(), &[])
+            .await
     }
 
     /// Sends a request; panics only if the connection itself fails.
@@ -79,13 +89,19 @@ impl Client {
         body: Bytes,
         headers: &[(&str, &str)],
     ) -> Result<Reply, String> {
-        let mut request = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
         request = request.header("host", host);
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let response = self.inner.request(request).await.map_err(|e| format!("{e:?}"))?;
+        let response = self
+            .inner
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Reply {
@@ -106,11 +122,15 @@ pub struct H2Connection {
 impl H2Connection {
     /// Connects with prior knowledge.
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
         tokio::spawn(connection);
         Self { sender }
     }
@@ -120,9 +140,22 @@ impl H2Connection {
         let request = Request::get(format!("http://{authority}{path}"))
             .body(Full::new(Bytes::new()))
             .unwrap_or_else(|e| panic!("request: {e}"));
-        let response = self.sender.clone().send_request(request).await.unwrap_or_else(|e| panic!("h2 request: {e}"));
+        let response = self
+            .sender
+            .clone()
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("h2 request: {e}"));
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
     }
 }

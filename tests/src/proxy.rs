@@ -60,7 +60,14 @@ impl ProxyBuilder {
             let client = client.clone();
             async move {
                 client
-                    .try_send(http::Method::GET, admin, "admin", "/ready", bytes::Bytes::new(), &[])
+                    .try_send(
+                        http::Method::GET,
+                        admin,
+                        "admin",
+                        "/ready",
+                        bytes::Bytes::new(),
+                        &[],
+                    )
                     .await
                     .is_ok_and(|r| r.status == 200)
             }
@@ -80,7 +87,9 @@ impl ProxyBuilder {
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let outbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let app = self.app.unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
+        let app = self
+            .app
+            .unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
         let child = Command::new(proxy_bin())
             .arg("--snapshot")
             .arg(&snapshot_path)
@@ -95,7 +104,15 @@ impl ProxyBuilder {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tether-proxy: {e}"));
-        Proxy { child, admin, outbound, inbound, snapshot_path, log_path, _dir: dir }
+        Proxy {
+            child,
+            admin,
+            outbound,
+            inbound,
+            snapshot_path,
+            log_path,
+            _dir: dir,
+        }
     }
 }
 
@@ -116,7 +133,11 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy running from this snapshot (YAML).
     pub fn builder(snapshot: &str) -> ProxyBuilder {
-        ProxyBuilder { snapshot: snapshot.to_owned(), app: None, args: Vec::new() }
+        ProxyBuilder {
+            snapshot: snapshot.to_owned(),
+            app: None,
+            args: Vec::new(),
+        }
     }
 
     /// Starts a proxy with default options.

@@ -7,19 +7,42 @@ use http::Method;
 use tether_e2e::{assert_eventually, free_port, metric, Backend, Behavior, Client, Proxy};
 
 fn service(policy: &str, endpoints: &[String]) -> String {
-    let list: Vec<String> = endpoints.iter().map(|a| format!("{{ address: \"{a}\" }}")).collect();
-    format!("services:\n  api:\n    policy: {policy}\n    endpoints: [ {} ]\n", list.join(", "))
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!(
+        "services:\n  api:\n    policy: {policy}\n    endpoints: [ {} ]\n",
+        list.join(", ")
+    )
 }
 
 #[tokio::test]
 async fn a_retry_turns_a_503_into_a_success() {
-    let api = Backend::with("api", Behavior { fail_first: 1, ..Behavior::default() }).await;
-    let proxy = Proxy::start(&service("{ retries: { attempts: 2, backoff: { base: 1ms, max: 5ms } } }", &[api.address()])).await;
+    let api = Backend::with(
+        "api",
+        Behavior {
+            fail_first: 1,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let proxy = Proxy::start(&service(
+        "{ retries: { attempts: 2, backoff: { base: 1ms, max: 5ms } } }",
+        &[api.address()],
+    ))
+    .await;
     let reply = Client::http1().get(proxy.outbound, "api", "/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("tether-attempts"), "2");
     assert_eq!(api.hits(), 2);
-    assert_eq!(metric(&proxy.metrics().await, r#"tether_retries_total{service="api"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &proxy.metrics().await,
+            r#"tether_retries_total{service="api"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -31,16 +54,36 @@ async fn a_retry_turns_a_refused_connection_into_a_success() {
     let client = Client::http1();
     // A POST too: nothing reached the upstream, so any method is safe to retry.
     for method in [Method::GET, Method::POST, Method::GET, Method::POST] {
-        let reply = client.send(method, proxy.outbound, "api", "/", Bytes::from_static(b"body"), &[]).await;
+        let reply = client
+            .send(
+                method,
+                proxy.outbound,
+                "api",
+                "/",
+                Bytes::from_static(b"body"),
+                &[],
+            )
+            .await;
         assert_eq!(reply.status, 200, "{reply:?}");
-        assert_eq!(reply.header("x-body-len"), "4", "the body is replayed whole");
+        assert_eq!(
+            reply.header("x-body-len"),
+            "4",
+            "the body is replayed whole"
+        );
     }
     assert_eq!(good.hits(), 4);
 }
 
 #[tokio::test]
 async fn retries_stay_within_the_budget_when_everything_fails() {
-    let api = Backend::with("api", Behavior { status: 503, ..Behavior::default() }).await;
+    let api = Backend::with(
+        "api",
+        Behavior {
+            status: 503,
+            ..Behavior::default()
+        },
+    )
+    .await;
     let policy = "{ retries: { attempts: 3, backoff: { base: 1ms, max: 1ms }, budget: { ratio: 0.1, min_per_second: 1, ttl: 10s } }, circuit_breaker: { consecutive_failures: 0 } }";
     let proxy = Proxy::start(&service(policy, &[api.address()])).await;
     let client = Client::http1();
@@ -53,19 +96,42 @@ async fn retries_stay_within_the_budget_when_everything_fails() {
             skipped += 1;
         }
     }
-    let retries = metric(&proxy.metrics().await, r#"tether_retries_total{service="api"}"#).unwrap_or(0.0);
+    let retries = metric(
+        &proxy.metrics().await,
+        r#"tether_retries_total{service="api"}"#,
+    )
+    .unwrap_or(0.0);
     // Without a budget: 300 retries. With 10 % of 100 requests plus a
     // reserve of 1/s × 10 s: at most ~20.
     assert!(retries <= 25.0, "retries {retries}");
     assert_eq!(api.hits(), requests + retries as usize);
-    assert!(skipped >= 75, "budget exhaustion is reported in tether-retry-skipped ({skipped})");
+    assert!(
+        skipped >= 75,
+        "budget exhaustion is reported in tether-retry-skipped ({skipped})"
+    );
 }
 
 #[tokio::test]
 async fn post_is_not_retried_after_it_reached_the_upstream() {
-    let api = Backend::with("api", Behavior { fail_first: 1, ..Behavior::default() }).await;
+    let api = Backend::with(
+        "api",
+        Behavior {
+            fail_first: 1,
+            ..Behavior::default()
+        },
+    )
+    .await;
     let proxy = Proxy::start(&service("{ retries: { attempts: 2 } }", &[api.address()])).await;
-    let reply = Client::http1().send(Method::POST, proxy.outbound, "api", "/", Bytes::from_static(b"x"), &[]).await;
+    let reply = Client::http1()
+        .send(
+            Method::POST,
+            proxy.outbound,
+            "api",
+            "/",
+            Bytes::from_static(b"x"),
+            &[],
+        )
+        .await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("tether-retry-skipped"), "non-idempotent");
     assert_eq!(api.hits(), 1);
@@ -73,16 +139,29 @@ async fn post_is_not_retried_after_it_reached_the_upstream() {
 
 #[tokio::test]
 async fn a_body_over_the_replay_buffer_is_not_retried_and_says_so() {
-    let api = Backend::with("api", Behavior { fail_first: 1, ..Behavior::default() }).await;
-    let policy = "{ retries: { attempts: 2, replay_buffer_bytes: 1024, retry_non_idempotent: true } }";
+    let api = Backend::with(
+        "api",
+        Behavior {
+            fail_first: 1,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let policy =
+        "{ retries: { attempts: 2, replay_buffer_bytes: 1024, retry_non_idempotent: true } }";
     let proxy = Proxy::start(&service(policy, &[api.address()])).await;
     let big = Bytes::from(vec![b'x'; 4096]);
-    let reply = Client::http1().send(Method::PUT, proxy.outbound, "api", "/", big, &[]).await;
+    let reply = Client::http1()
+        .send(Method::PUT, proxy.outbound, "api", "/", big, &[])
+        .await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("tether-retry-skipped"), "body-not-replayable");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, r#"tether_retries_skipped_total{reason="body-not-replayable",service="api"}"#),
+        metric(
+            &metrics,
+            r#"tether_retries_skipped_total{reason="body-not-replayable",service="api"}"#
+        ),
         Some(1.0),
         "{metrics}"
     );
@@ -90,7 +169,14 @@ async fn a_body_over_the_replay_buffer_is_not_retried_and_says_so() {
 
 #[tokio::test]
 async fn the_request_timeout_answers_504() {
-    let api = Backend::with("api", Behavior { delay: Duration::from_secs(3), ..Behavior::default() }).await;
+    let api = Backend::with(
+        "api",
+        Behavior {
+            delay: Duration::from_secs(3),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let policy = "{ timeout: 200ms, retries: { attempts: 0, per_try_timeout: 10s } }";
     let proxy = Proxy::start(&service(policy, &[api.address()])).await;
     let reply = Client::http1().get(proxy.outbound, "api", "/").await;
@@ -100,7 +186,14 @@ async fn the_request_timeout_answers_504() {
 
 #[tokio::test]
 async fn the_per_try_timeout_retries_on_another_endpoint() {
-    let slow = Backend::with("slow", Behavior { delay: Duration::from_secs(3), ..Behavior::default() }).await;
+    let slow = Backend::with(
+        "slow",
+        Behavior {
+            delay: Duration::from_secs(3),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let fast = Backend::start("fast").await;
     let policy = "{ load_balancer: round-robin, timeout: 5s, retries: { attempts: 1, per_try_timeout: 200ms, backoff: { base: 1ms, max: 1ms } } }";
     let proxy = Proxy::start(&service(policy, &[slow.address(), fast.address()])).await;
@@ -110,7 +203,10 @@ async fn the_per_try_timeout_retries_on_another_endpoint() {
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.header("x-backend"), "fast");
     }
-    assert!(slow.hits() >= 1, "the slow endpoint was tried and timed out");
+    assert!(
+        slow.hits() >= 1,
+        "the slow endpoint was tried and timed out"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +214,9 @@ async fn the_connect_timeout_fires_against_a_full_accept_queue() {
     // A listener that never accepts, its backlog filled: further SYNs are
     // dropped, so a connect hangs until the proxy's connect timeout.
     let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket.bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
     let _listener = socket.listen(0).unwrap_or_else(|e| panic!("{e}"));
     let mut fillers = Vec::new();
@@ -134,12 +232,22 @@ async fn the_connect_timeout_fires_against_a_full_accept_queue() {
     let reply = Client::http1().get(proxy.outbound, "api", "/").await;
     assert_eq!(reply.status, 502, "{reply:?}");
     assert_eq!(reply.header("tether-error"), "upstream-connect");
-    assert!(started.elapsed() < Duration::from_secs(4), "answered by the connect timeout, not the request timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered by the connect timeout, not the request timeout"
+    );
 }
 
 #[tokio::test]
 async fn the_concurrency_limit_fails_fast_when_full() {
-    let api = Backend::with("api", Behavior { delay: Duration::from_millis(500), ..Behavior::default() }).await;
+    let api = Backend::with(
+        "api",
+        Behavior {
+            delay: Duration::from_millis(500),
+            ..Behavior::default()
+        },
+    )
+    .await;
     let policy = "{ circuit_breaker: { max_requests: 1, max_pending_requests: 0 } }";
     let proxy = Proxy::start(&service(policy, &[api.address()])).await;
     let client = Client::http1();
@@ -149,18 +257,32 @@ async fn the_concurrency_limit_fails_fast_when_full() {
         async move { client.get(outbound, "api", "/").await }
     });
     let api_ref = &api;
-    assert_eventually!(Duration::from_secs(5), || async move { api_ref.hits() == 1 }, "first request never arrived");
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async move { api_ref.hits() == 1 },
+        "first request never arrived"
+    );
     let started = std::time::Instant::now();
     let second = client.get(outbound, "api", "/").await;
     assert_eq!(second.status, 503);
     assert_eq!(second.header("tether-error"), "overloaded");
-    assert!(started.elapsed() < Duration::from_millis(400), "refused without waiting");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "refused without waiting"
+    );
     assert_eq!(first.await.map(|r| r.status.as_u16()).ok(), Some(200));
 }
 
 #[tokio::test]
 async fn a_failing_endpoint_is_ejected_and_later_restored() {
-    let bad = Backend::with("bad", Behavior { status: 500, ..Behavior::default() }).await;
+    let bad = Backend::with(
+        "bad",
+        Behavior {
+            status: 500,
+            ..Behavior::default()
+        },
+    )
+    .await;
     let good = Backend::start("good").await;
     let policy = "{ load_balancer: round-robin, retries: { attempts: 0 }, circuit_breaker: { consecutive_failures: 3, base_ejection: 1s, max_ejection_percent: 50 } }";
     let proxy = Proxy::start(&service(policy, &[bad.address(), good.address()])).await;
@@ -170,24 +292,60 @@ async fn a_failing_endpoint_is_ejected_and_later_restored() {
     }
     assert_eq!(bad.hits(), 3, "ejected after 3 failures in a row");
     let metrics = proxy.metrics().await;
-    assert_eq!(metric(&metrics, r#"tether_endpoint_ejections_total{service="api"}"#), Some(1.0), "{metrics}");
-    assert!(proxy.admin_get("/endpoints").await.contains("\"ejected\": true"));
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"tether_endpoint_ejections_total{service="api"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(proxy
+        .admin_get("/endpoints")
+        .await
+        .contains("\"ejected\": true"));
     for _ in 0..10 {
-        assert_eq!(client.get(proxy.outbound, "api", "/").await.header("x-backend"), "good");
+        assert_eq!(
+            client
+                .get(proxy.outbound, "api", "/")
+                .await
+                .header("x-backend"),
+            "good"
+        );
     }
     assert_eq!(bad.hits(), 3, "no traffic while ejected");
     bad.set(|b| b.status = 200);
     assert_eventually!(
         Duration::from_secs(5),
-        || async { client.get(proxy.outbound, "api", "/").await.header("x-backend") == "bad" },
+        || async {
+            client
+                .get(proxy.outbound, "api", "/")
+                .await
+                .header("x-backend")
+                == "bad"
+        },
         "endpoint never restored"
     );
 }
 
 #[tokio::test]
 async fn never_ejects_more_than_max_ejection_percent() {
-    let a = Backend::with("a", Behavior { status: 500, ..Behavior::default() }).await;
-    let b = Backend::with("b", Behavior { status: 500, ..Behavior::default() }).await;
+    let a = Backend::with(
+        "a",
+        Behavior {
+            status: 500,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let b = Backend::with(
+        "b",
+        Behavior {
+            status: 500,
+            ..Behavior::default()
+        },
+    )
+    .await;
     let policy = "{ load_balancer: round-robin, retries: { attempts: 0 }, circuit_breaker: { consecutive_failures: 2, base_ejection: 30s, max_ejection_percent: 50 } }";
     let proxy = Proxy::start(&service(policy, &[a.address(), b.address()])).await;
     let client = Client::http1();
@@ -195,5 +353,12 @@ async fn never_ejects_more_than_max_ejection_percent() {
         assert_eq!(client.get(proxy.outbound, "api", "/").await.status, 500);
     }
     let metrics = proxy.metrics().await;
-    assert_eq!(metric(&metrics, r#"tether_endpoint_ejections_total{service="api"}"#), Some(1.0), "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"tether_endpoint_ejections_total{service="api"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 }

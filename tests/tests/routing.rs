@@ -8,9 +8,14 @@ use http::Method;
 use tether_e2e::{assert_eventually, metric, Backend, Client, H2Connection, Proxy};
 
 fn one_service(name: &str, endpoints: &[&Backend]) -> String {
-    let list: Vec<String> =
-        endpoints.iter().map(|b| format!("{{ address: \"{}\" }}", b.address())).collect();
-    format!("services:\n  {name}:\n    endpoints: [ {} ]\n", list.join(", "))
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|b| format!("{{ address: \"{}\" }}", b.address()))
+        .collect();
+    format!(
+        "services:\n  {name}:\n    endpoints: [ {} ]\n",
+        list.join(", ")
+    )
 }
 
 #[tokio::test]
@@ -22,7 +27,11 @@ async fn routes_by_host_in_every_spelling() {
         let reply = client.get(proxy.outbound, host, "/hello").await;
         assert_eq!(reply.status, 200, "host {host}: {reply:?}");
         assert_eq!(reply.header("x-backend"), "api");
-        assert_eq!(reply.header("x-host"), host, "the original Host reaches the backend");
+        assert_eq!(
+            reply.header("x-host"),
+            host,
+            "the original Host reaches the backend"
+        );
     }
     assert_eq!(api.hits(), 5);
 }
@@ -38,7 +47,10 @@ async fn unknown_service_is_503_that_names_it() {
     assert_eq!(api.hits(), 0);
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, r#"tether_proxy_errors_total{direction="outbound",reason="unknown-service",service="unknown"}"#),
+        metric(
+            &metrics,
+            r#"tether_proxy_errors_total{direction="outbound",reason="unknown-service",service="unknown"}"#
+        ),
         Some(1.0),
         "{metrics}"
     );
@@ -66,7 +78,10 @@ async fn http2_multiplexes_many_streams_over_one_connection() {
     assert_eq!(api.hits(), 64);
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, r#"tether_connections_total{direction="outbound"}"#),
+        metric(
+            &metrics,
+            r#"tether_connections_total{direction="outbound"}"#
+        ),
         Some(1.0),
         "all 64 streams share one downstream connection:\n{metrics}"
     );
@@ -77,7 +92,14 @@ async fn inbound_forwards_to_the_local_app() {
     let app = Backend::start("app").await;
     let proxy = Proxy::builder("services: {}\n").app(app.addr).start().await;
     let reply = Client::http1()
-        .send(Method::POST, proxy.inbound, "api", "/in", Bytes::from_static(b"12345"), &[])
+        .send(
+            Method::POST,
+            proxy.inbound,
+            "api",
+            "/in",
+            Bytes::from_static(b"12345"),
+            &[],
+        )
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-backend"), "app");
@@ -108,7 +130,14 @@ services:
     let client = Client::http1();
     for _ in 0..20 {
         let reply = client
-            .send(Method::GET, proxy.outbound, "api", "/admin/x", Bytes::new(), &[("x-canary", "1")])
+            .send(
+                Method::GET,
+                proxy.outbound,
+                "api",
+                "/admin/x",
+                Bytes::new(),
+                &[("x-canary", "1")],
+            )
             .await;
         assert_eq!(reply.header("x-backend"), "v2");
     }
@@ -128,15 +157,32 @@ async fn snapshot_edits_apply_without_dropping_connections() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(&one_service("api", &[&a])).await;
     let client = Client::http1();
-    assert_eq!(client.get(proxy.outbound, "api", "/").await.header("x-backend"), "a");
+    assert_eq!(
+        client
+            .get(proxy.outbound, "api", "/")
+            .await
+            .header("x-backend"),
+        "a"
+    );
     let version = proxy.config_version().await;
     proxy.write_snapshot(&one_service("api", &[&b]));
-    assert_eventually!(Duration::from_secs(5), || async { proxy.config_version().await != version }, "new snapshot never applied");
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async { proxy.config_version().await != version },
+        "new snapshot never applied"
+    );
     // The same pooled client connection keeps working and now reaches b.
     let reply = client.get(proxy.outbound, "api", "/").await;
     assert_eq!(reply.header("x-backend"), "b");
     let metrics = proxy.metrics().await;
-    assert_eq!(metric(&metrics, r#"tether_connections_total{direction="outbound"}"#), Some(1.0), "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"tether_connections_total{direction="outbound"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -150,9 +196,16 @@ async fn a_bad_edit_keeps_the_last_good_snapshot() {
         || async { metric(&proxy.metrics().await, "tether_config_errors_total") == Some(1.0) },
         "bad edit not counted"
     );
-    assert!(proxy.log().contains("snapshot.yaml:3:20"), "error names file:line:col:\n{}", proxy.log());
+    assert!(
+        proxy.log().contains("snapshot.yaml:3:20"),
+        "error names file:line:col:\n{}",
+        proxy.log()
+    );
     assert_eq!(proxy.config_version().await, version);
-    assert_eq!(Client::http1().get(proxy.outbound, "api", "/").await.status, 200);
+    assert_eq!(
+        Client::http1().get(proxy.outbound, "api", "/").await.status,
+        200
+    );
 }
 
 async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {

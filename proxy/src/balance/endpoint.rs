@@ -87,7 +87,10 @@ impl EndpointState {
     /// Marks a request as started; the guard marks it finished when dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint: Arc::clone(self), started: Instant::now() }
+        InFlight {
+            endpoint: Arc::clone(self),
+            started: Instant::now(),
+        }
     }
 
     /// The peak-EWMA round-trip estimate, decayed to now.
@@ -97,7 +100,9 @@ impl EndpointState {
             return DEFAULT_RTT;
         }
         let rtt = f64::from_bits(bits);
-        let elapsed = self.since_created_ns().saturating_sub(self.rtt_updated_ns.load(Ordering::Relaxed));
+        let elapsed = self
+            .since_created_ns()
+            .saturating_sub(self.rtt_updated_ns.load(Ordering::Relaxed));
         Duration::from_nanos((rtt * decay_weight(elapsed)) as u64)
     }
 
@@ -107,7 +112,9 @@ impl EndpointState {
     }
 
     fn since_created_ns(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.created).as_nanos() as u64
+        Instant::now()
+            .saturating_duration_since(self.created)
+            .as_nanos() as u64
     }
 
     /// Folds one observed round trip into the peak-EWMA estimate. A slower
@@ -125,11 +132,13 @@ impl EndpointState {
             if sample > current {
                 sample
             } else {
-                let w = decay_weight(now.saturating_sub(self.rtt_updated_ns.load(Ordering::Relaxed)));
+                let w =
+                    decay_weight(now.saturating_sub(self.rtt_updated_ns.load(Ordering::Relaxed)));
                 current * w + sample * (1.0 - w)
             }
         };
-        self.rtt_ns.store(next.max(1.0).to_bits(), Ordering::Relaxed);
+        self.rtt_ns
+            .store(next.max(1.0).to_bits(), Ordering::Relaxed);
         self.rtt_updated_ns.store(now, Ordering::Relaxed);
     }
 
@@ -150,7 +159,9 @@ impl EndpointState {
         if !self.ejected.load(Ordering::Acquire) {
             return true;
         }
-        let Ok(mut ejection) = self.ejection.lock() else { return false };
+        let Ok(mut ejection) = self.ejection.lock() else {
+            return false;
+        };
         match ejection.until {
             Some(until) if Instant::now() >= until => {
                 ejection.until = None;
@@ -171,7 +182,9 @@ impl EndpointState {
     /// Ejects the endpoint for `base × n` (capped at `max`) where n counts
     /// its ejections. Returns false if it was already ejected.
     pub fn eject(&self, base: Duration, max: Duration) -> bool {
-        let Ok(mut ejection) = self.ejection.lock() else { return false };
+        let Ok(mut ejection) = self.ejection.lock() else {
+            return false;
+        };
         if self.ejected.load(Ordering::Acquire) {
             return false;
         }
@@ -236,7 +249,10 @@ mod tests {
         ep.observe_rtt(Duration::from_millis(1));
         let est = ep.rtt_estimate();
         // One decay period keeps e^-1 ≈ 37 % of the old estimate.
-        assert!(est > Duration::from_millis(30) && est < Duration::from_millis(45), "{est:?}");
+        assert!(
+            est > Duration::from_millis(30) && est < Duration::from_millis(45),
+            "{est:?}"
+        );
         ep.observe_rtt(Duration::from_millis(200));
         assert_eq!(ep.rtt_estimate(), Duration::from_millis(200));
     }
@@ -257,7 +273,10 @@ mod tests {
         let ep = endpoint();
         let mut restored = false;
         assert!(ep.eject(Duration::from_secs(10), Duration::from_secs(25)));
-        assert!(!ep.eject(Duration::from_secs(10), Duration::from_secs(25)), "already ejected");
+        assert!(
+            !ep.eject(Duration::from_secs(10), Duration::from_secs(25)),
+            "already ejected"
+        );
         assert!(!ep.is_available(&mut restored));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(ep.is_available(&mut restored) && restored);

@@ -36,8 +36,17 @@ impl EndpointSet {
         algorithm: LoadBalancer,
         outliers: Arc<OutlierDetector>,
     ) -> Self {
-        let start = if endpoints.is_empty() { 0 } else { rand::thread_rng().gen_range(0..endpoints.len()) };
-        Self { endpoints, algorithm, next: AtomicUsize::new(start), outliers }
+        let start = if endpoints.is_empty() {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..endpoints.len())
+        };
+        Self {
+            endpoints,
+            algorithm,
+            next: AtomicUsize::new(start),
+            outliers,
+        }
     }
 
     /// The endpoints, ejected or not.
@@ -71,7 +80,9 @@ impl EndpointSet {
     fn pick_round_robin(&self) -> Option<&Arc<EndpointState>> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| self.available(e))
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| self.available(e))
     }
 
     /// Power of two random choices: the cheaper of two distinct random
@@ -142,14 +153,21 @@ mod tests {
             })
             .collect::<Vec<_>>();
         let metrics = Metrics::new().service(Direction::Outbound, "t");
-        let outliers = Arc::new(OutlierDetector::new(&CircuitBreaker::default(), endpoints.len(), metrics));
+        let outliers = Arc::new(OutlierDetector::new(
+            &CircuitBreaker::default(),
+            endpoints.len(),
+            metrics,
+        ));
         EndpointSet::new(endpoints, algorithm, outliers)
     }
 
     fn counts(set: &EndpointSet, n: usize) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for _ in 0..n {
-            let picked = set.pick().map(|e| e.address().to_owned()).unwrap_or_default();
+            let picked = set
+                .pick()
+                .map(|e| e.address().to_owned())
+                .unwrap_or_default();
             *counts.entry(picked).or_default() += 1;
         }
         counts

@@ -26,7 +26,11 @@ impl OutlierDetector {
     /// Envoy does), so a two-endpoint service at 10 % still ejects.
     pub fn new(policy: &CircuitBreaker, endpoints: usize, metrics: ServiceMetrics) -> Self {
         let percent = policy.max_ejection_percent.min(100) as usize;
-        let max_ejected = if percent == 0 { 0 } else { (endpoints * percent / 100).max(1) };
+        let max_ejected = if percent == 0 {
+            0
+        } else {
+            (endpoints * percent / 100).max(1)
+        };
         Self {
             consecutive_failures: policy.consecutive_failures,
             base_ejection: policy.base_ejection,
@@ -52,7 +56,9 @@ impl OutlierDetector {
     /// An ejected endpoint was restored.
     pub fn restored(&self) {
         // Saturating: a snapshot swap may have reset the count under us.
-        let _ = self.ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Records the outcome of one request to `endpoint`.
@@ -68,14 +74,20 @@ impl OutlierDetector {
         // Reserve a slot under the cap before ejecting.
         let reserved = self
             .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_ejected).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_ejected).then_some(n + 1)
+            })
             .is_ok();
         if !reserved {
             return;
         }
         if endpoint.eject(self.base_ejection, self.max_ejection) {
             self.metrics.ejection();
-            tracing::warn!(endpoint = endpoint.address(), streak, "endpoint ejected after consecutive failures");
+            tracing::warn!(
+                endpoint = endpoint.address(),
+                streak,
+                "endpoint ejected after consecutive failures"
+            );
         } else {
             self.restored();
         }
@@ -93,7 +105,11 @@ mod tests {
             max_ejection_percent: percent,
             ..CircuitBreaker::default()
         };
-        OutlierDetector::new(&policy, endpoints, Metrics::new().service(Direction::Outbound, "t"))
+        OutlierDetector::new(
+            &policy,
+            endpoints,
+            Metrics::new().service(Direction::Outbound, "t"),
+        )
     }
 
     fn ep(port: u16) -> EndpointState {

@@ -30,7 +30,13 @@ pub fn build(
             continue;
         }
         let before = problems.len();
-        let service = build_service(name, spec, previous.services.get(name), metrics, &mut problems);
+        let service = build_service(
+            name,
+            spec,
+            previous.services.get(name),
+            metrics,
+            &mut problems,
+        );
         if problems.len() == before {
             services.insert(name.to_ascii_lowercase(), Arc::new(service));
         }
@@ -84,8 +90,12 @@ fn build_service(
     }
     let still_ejected = endpoints.iter().filter(|e| e.is_ejected()).count();
     let outliers = Arc::new(
-        OutlierDetector::new(&policy.circuit_breaker, endpoints.len(), service_metrics.clone())
-            .with_ejected(still_ejected),
+        OutlierDetector::new(
+            &policy.circuit_breaker,
+            endpoints.len(),
+            service_metrics.clone(),
+        )
+        .with_ejected(still_ejected),
     );
 
     let subset_set = |selector: Option<&SubsetSelector>| {
@@ -95,11 +105,18 @@ fn build_service(
             .filter(|(_, wire)| selector.is_none_or(|s| selects(s, wire)))
             .map(|(state, _)| Arc::clone(state))
             .collect();
-        Arc::new(EndpointSet::new(members, policy.load_balancer, Arc::clone(&outliers)))
+        Arc::new(EndpointSet::new(
+            members,
+            policy.load_balancer,
+            Arc::clone(&outliers),
+        ))
     };
     let all = subset_set(None);
-    let subsets: HashMap<&str, Arc<EndpointSet>> =
-        spec.subsets.iter().map(|(n, s)| (n.as_str(), subset_set(Some(s)))).collect();
+    let subsets: HashMap<&str, Arc<EndpointSet>> = spec
+        .subsets
+        .iter()
+        .map(|(n, s)| (n.as_str(), subset_set(Some(s))))
+        .collect();
     let split_of = |targets: &[SplitTarget], at: &str, problems: &mut Vec<String>| {
         if targets.is_empty() {
             return Split::new(vec![(Arc::clone(&all), 1)]);
@@ -108,7 +125,10 @@ fn build_service(
         for t in targets {
             match subsets.get(t.subset.as_str()) {
                 Some(set) => chosen.push((Arc::clone(set), t.weight)),
-                None => problems.push(format!("services.{name}.{at}: unknown subset `{}`", t.subset)),
+                None => problems.push(format!(
+                    "services.{name}.{at}: unknown subset `{}`",
+                    t.subset
+                )),
             }
         }
         Split::new(chosen)
@@ -144,7 +164,12 @@ fn build_service(
     let limiter = previous
         .filter(|p| p.limiter.limits() == (cb.max_requests, cb.max_pending_requests))
         .map(|p| Arc::clone(&p.limiter))
-        .unwrap_or_else(|| Arc::new(ConcurrencyLimiter::new(cb.max_requests, cb.max_pending_requests)));
+        .unwrap_or_else(|| {
+            Arc::new(ConcurrencyLimiter::new(
+                cb.max_requests,
+                cb.max_pending_requests,
+            ))
+        });
     let budget_spec = &policy.retries.budget;
     let budget = match previous.filter(|p| p.retries.budget == *budget_spec) {
         Some(p) => Arc::clone(&p.budget),
@@ -174,7 +199,10 @@ fn build_service(
 
 fn selects(selector: &SubsetSelector, endpoint: &tether_api::Endpoint) -> bool {
     selector.tags.iter().all(|t| endpoint.tags.contains(t))
-        && selector.meta.iter().all(|(k, v)| endpoint.meta.get(k) == Some(v))
+        && selector
+            .meta
+            .iter()
+            .all(|(k, v)| endpoint.meta.get(k) == Some(v))
 }
 
 fn budget_valid(budget: &tether_api::RetryBudget) -> bool {
@@ -191,7 +219,9 @@ fn check_policy(name: &str, spec: &ServiceSnapshot, problems: &mut Vec<String>) 
         ));
     }
     if policy.circuit_breaker.max_requests == 0 {
-        problems.push(format!("services.{name}.policy.circuit_breaker.max_requests must be at least 1"));
+        problems.push(format!(
+            "services.{name}.policy.circuit_breaker.max_requests must be at least 1"
+        ));
     }
     for (label, d) in [
         ("timeout", policy.timeout),
@@ -199,10 +229,16 @@ fn check_policy(name: &str, spec: &ServiceSnapshot, problems: &mut Vec<String>) 
         ("retries.per_try_timeout", policy.retries.per_try_timeout),
     ] {
         if d.is_zero() {
-            problems.push(format!("services.{name}.policy.{label} must be greater than zero"));
+            problems.push(format!(
+                "services.{name}.policy.{label} must be greater than zero"
+            ));
         }
     }
-    if spec.split.iter().chain(spec.routes.iter().flat_map(|r| &r.split)).all(|t| t.weight == 0)
+    if spec
+        .split
+        .iter()
+        .chain(spec.routes.iter().flat_map(|r| &r.split))
+        .all(|t| t.weight == 0)
         && (!spec.split.is_empty() || spec.routes.iter().any(|r| !r.split.is_empty()))
     {
         problems.push(format!("services.{name}: split weights sum to zero"));
@@ -245,7 +281,10 @@ services:
         let api = &state.services["api"];
         assert_eq!(api.endpoints.len(), 2);
         assert_eq!(api.routes.len(), 1);
-        let routed = api.routes[0].split.choose().map(|s| s.endpoints()[0].address().to_owned());
+        let routed = api.routes[0]
+            .split
+            .choose()
+            .map(|s| s.endpoints()[0].address().to_owned());
         assert_eq!(routed.as_deref(), Some("127.0.0.1:2"));
         assert_eq!(api.routes[0].timeout, Some(Duration::from_secs(2)));
     }
@@ -262,9 +301,13 @@ services:
     policy: { circuit_breaker: { max_requests: 0 } }
 "#,
         );
-        let problems = build(s, &empty(&metrics), &metrics).err().unwrap_or_default();
+        let problems = build(s, &empty(&metrics), &metrics)
+            .err()
+            .unwrap_or_default();
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("unknown subset `missing`")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("unknown subset `missing`")));
         assert!(problems.iter().any(|p| p.contains("not host:port")));
     }
 
@@ -272,7 +315,8 @@ services:
     async fn keeps_endpoint_state_and_pool_across_updates() {
         let metrics = Metrics::new();
         let text = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:2\" } ]\n";
-        let first = build(snapshot(text), &empty(&metrics), &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let first =
+            build(snapshot(text), &empty(&metrics), &metrics).unwrap_or_else(|p| panic!("{p:?}"));
         let text2 = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:3\" } ]\n";
         let second = build(snapshot(text2), &first, &metrics).unwrap_or_else(|p| panic!("{p:?}"));
         let (a, b) = (&first.services["api"], &second.services["api"]);

@@ -46,7 +46,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Snapshot, SnapshotError> {
             Some(at) => message[..at].to_owned(),
             None => message,
         };
-        SnapshotError::Parse { path: path.to_owned(), line, column, message }
+        SnapshotError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        }
     })
 }
 
@@ -54,7 +59,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Snapshot, SnapshotError> {
 pub async fn load_file(path: &Path) -> Result<(Snapshot, String), SnapshotError> {
     let text = tokio::fs::read_to_string(path)
         .await
-        .map_err(|source| SnapshotError::Read { path: path.to_owned(), source })?;
+        .map_err(|source| SnapshotError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok((parse(path, &text)?, text))
 }
 
@@ -71,7 +79,10 @@ pub async fn watch_file(path: PathBuf, interval: Duration, applier: Applier, mut
             Err(source) => {
                 // A missing file mid-rename is common; report once per change.
                 if !last.is_empty() {
-                    applier.refused(&SnapshotError::Read { path: path.clone(), source });
+                    applier.refused(&SnapshotError::Read {
+                        path: path.clone(),
+                        source,
+                    });
                     last.clear();
                 }
                 continue;
@@ -79,7 +90,9 @@ pub async fn watch_file(path: PathBuf, interval: Duration, applier: Applier, mut
         };
         last.clone_from(&text);
         match parse(&path, &text).and_then(|s| applier.apply(s)) {
-            Ok(version) => tracing::info!(path = %path.display(), version, "snapshot file reloaded"),
+            Ok(version) => {
+                tracing::info!(path = %path.display(), version, "snapshot file reloaded")
+            }
             Err(error) => applier.refused(&error),
         }
     }
@@ -92,7 +105,10 @@ mod tests {
     #[test]
     fn parse_error_names_line_column_and_expectation() {
         let text = "services:\n  api:\n    policy:\n      timeot: 5s\n";
-        let error = parse(Path::new("snap.yaml"), text).err().map(|e| e.to_string()).unwrap_or_default();
+        let error = parse(Path::new("snap.yaml"), text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(error.starts_with("snap.yaml:4:7: "), "{error}");
         assert!(error.contains("unknown field `timeot`"), "{error}");
         assert!(error.contains("expected one of"), "{error}");
@@ -100,7 +116,10 @@ mod tests {
 
     #[test]
     fn parses_json_too() {
-        let snapshot = parse(Path::new("s.json"), r#"{"version": 3, "services": {"api": {"endpoints": [{"address": "127.0.0.1:1"}]}}}"#);
+        let snapshot = parse(
+            Path::new("s.json"),
+            r#"{"version": 3, "services": {"api": {"endpoints": [{"address": "127.0.0.1:1"}]}}}"#,
+        );
         assert_eq!(snapshot.map(|s| s.version).ok(), Some(3));
     }
 }

@@ -6,6 +6,7 @@
 //! swaps it in. A snapshot that fails leaves the last good one in force.
 
 pub mod build;
+mod control_plane;
 mod file;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::state::MeshState;
 
 pub use build::build;
+pub use control_plane::{restore, subscribe, ControlPlaneSettings};
 pub use file::{load_file, watch_file, SnapshotError};
 
 /// Applies snapshots to the shared state.
@@ -40,6 +42,11 @@ impl Applier {
         }
     }
 
+    /// Version in force (0 before the first snapshot).
+    pub fn version(&self) -> u64 {
+        self.state.load().version()
+    }
+
     /// Whether a snapshot has been applied.
     pub fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
@@ -59,7 +66,9 @@ impl Applier {
         })?;
         let version = next.version();
         self.state.store(Arc::new(next));
-        self.metrics.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.metrics
+            .config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);
         tracing::info!(version, "snapshot applied");
         Ok(version)

@@ -46,7 +46,14 @@ impl Inbound {
     /// The inbound path to the local app.
     pub fn new(settings: InboundSettings, client: UpstreamClient, metrics: ServiceMetrics) -> Self {
         let limiter = ConcurrencyLimiter::new(settings.max_requests, settings.max_pending);
-        Self { inner: Arc::new(Inner { app: settings.app, client, limiter, metrics }) }
+        Self {
+            inner: Arc::new(Inner {
+                app: settings.app,
+                client,
+                limiter,
+                metrics,
+            }),
+        }
     }
 
     /// Handles one request from the mesh; errors become responses.
@@ -60,20 +67,30 @@ impl Inbound {
                 error.into_response()
             }
         };
-        self.inner.metrics.record(response.status(), started.elapsed());
+        self.inner
+            .metrics
+            .record(response.status(), started.elapsed());
         response
     }
 
     async fn forward(&self, request: Req) -> Result<Rsp, ProxyError> {
         let inner = &self.inner;
-        let _permit = inner.limiter.acquire().await.map_err(|_| ProxyError::Overloaded("local app".into()))?;
+        let _permit = inner
+            .limiter
+            .acquire()
+            .await
+            .map_err(|_| ProxyError::Overloaded("local app".into()))?;
         let request = to_upstream(request, &inner.app, inner.client.is_http2())?;
         match inner.client.request(request).await {
             Ok(response) => Ok(from_upstream(response)),
-            Err(source) if source.is_connect() => {
-                Err(ProxyError::UpstreamConnect { endpoint: inner.app.to_string(), source })
-            }
-            Err(source) => Err(ProxyError::UpstreamReset { endpoint: inner.app.to_string(), source }),
+            Err(source) if source.is_connect() => Err(ProxyError::UpstreamConnect {
+                endpoint: inner.app.to_string(),
+                source,
+            }),
+            Err(source) => Err(ProxyError::UpstreamReset {
+                endpoint: inner.app.to_string(),
+                source,
+            }),
         }
     }
 }

@@ -45,9 +45,10 @@ async fn forward(request: Req) -> Result<Rsp, ProxyError> {
             endpoint: endpoint.address().to_owned(),
             source,
         }),
-        Ok(Err(source)) => {
-            Err(ProxyError::UpstreamReset { endpoint: endpoint.address().to_owned(), source })
-        }
+        Ok(Err(source)) => Err(ProxyError::UpstreamReset {
+            endpoint: endpoint.address().to_owned(),
+            source,
+        }),
     };
     let failed = match &outcome {
         Ok(response) => response.status().is_server_error(),

@@ -79,7 +79,9 @@ impl Outbound {
                 tracing::debug!(%error, "not routed");
                 state.unknown_metrics.proxy_error(error.reason());
                 let response = error.into_response();
-                state.unknown_metrics.record(response.status(), started.elapsed());
+                state
+                    .unknown_metrics
+                    .record(response.status(), started.elapsed());
                 return response;
             }
         };

@@ -100,7 +100,7 @@ where
         let this_try = match first.take() {
             Some(request) => request,
             None => match &template {
-                Some(template) => template.clone().map(|bytes| Body::full(bytes)),
+                Some(template) => template.clone().map(Body::full),
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
@@ -136,7 +136,10 @@ fn wants_retry(result: &Result<Rsp, ProxyError>, retry_on: &[RetryOn]) -> Option
     match result {
         Ok(response) => {
             let code = response.status().as_u16();
-            retry_on.iter().any(|c| c.matches_status(code)).then_some(false)
+            retry_on
+                .iter()
+                .any(|c| c.matches_status(code))
+                .then_some(false)
         }
         Err(error) if error.is_connect_failure() => {
             retry_on.contains(&RetryOn::ConnectFailure).then_some(true)
@@ -162,10 +165,15 @@ fn finish(
         }
     };
     if tries > 1 {
-        response.headers_mut().insert(TETHER_ATTEMPTS, HeaderValue::from(tries));
+        response
+            .headers_mut()
+            .insert(TETHER_ATTEMPTS, HeaderValue::from(tries));
     }
     if let Some(skip) = skip {
-        response.headers_mut().insert(TETHER_RETRY_SKIPPED, HeaderValue::from_static(skip.as_str()));
+        response.headers_mut().insert(
+            TETHER_RETRY_SKIPPED,
+            HeaderValue::from_static(skip.as_str()),
+        );
     }
     Ok(response)
 }
@@ -186,7 +194,8 @@ async fn keep_for_replay(
     cap: usize,
 ) -> Result<(Option<Req>, Option<Request<Bytes>>), ProxyError> {
     let body = request.body();
-    let replayable = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= cap as u64);
+    let replayable =
+        body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= cap as u64);
     if !replayable {
         return Ok((Some(request), None));
     }
@@ -200,7 +209,7 @@ async fn keep_for_replay(
             .to_bytes()
     };
     let template = Request::from_parts(parts, bytes);
-    let first = template.clone().map(|bytes| Body::full(bytes));
+    let first = template.clone().map(Body::full);
     Ok((Some(first), Some(template)))
 }
 
@@ -240,8 +249,13 @@ mod tests {
             .unwrap_or_default();
         let (first, template) = keep_for_replay(small, 8).await.unwrap_or((None, None));
         assert!(first.is_some());
-        assert_eq!(template.map(|t| t.into_body()), Some(Bytes::from_static(b"abc")));
-        let big = Request::builder().body(Body::full(vec![0u8; 9])).unwrap_or_default();
+        assert_eq!(
+            template.map(|t| t.into_body()),
+            Some(Bytes::from_static(b"abc"))
+        );
+        let big = Request::builder()
+            .body(Body::full(vec![0u8; 9]))
+            .unwrap_or_default();
         let (first, template) = keep_for_replay(big, 8).await.unwrap_or((None, None));
         assert!(first.is_some() && template.is_none());
     }

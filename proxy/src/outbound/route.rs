@@ -24,11 +24,12 @@ fn service_name(authority: &str) -> &str {
 /// The authority a request is addressed to: the URI's (HTTP/2, absolute
 /// form) or the `Host` header.
 fn authority<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
@@ -47,10 +48,14 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
     let path = request.uri().path();
-    let rule = service.routes.iter().find(|r| r.matches(path, request.headers()));
+    let rule = service
+        .routes
+        .iter()
+        .find(|r| r.matches(path, request.headers()));
     let split = rule.map_or(&service.default_split, |r| &r.split);
-    let endpoints =
-        split.choose().ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
+    let endpoints = split
+        .choose()
+        .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
     Ok(Target {
         service: Arc::clone(service),
         endpoints: Arc::clone(endpoints),

@@ -25,6 +25,8 @@ impl Target {
             .extensions()
             .get::<Target>()
             .cloned()
-            .ok_or(ProxyError::NotReady("request reached the outbound stack without a route"))
+            .ok_or(ProxyError::NotReady(
+                "request reached the outbound stack without a route",
+            ))
     }
 }

@@ -25,13 +25,19 @@ mod tests {
 
     #[test]
     fn grows_and_caps() {
-        let policy = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(35) };
+        let policy = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(35),
+        };
         for _ in 0..200 {
             assert!(backoff(&policy, 1) <= Duration::from_millis(10));
             assert!(backoff(&policy, 2) <= Duration::from_millis(20));
             assert!(backoff(&policy, 9) <= Duration::from_millis(35));
         }
-        let zero = Backoff { base: Duration::ZERO, max: Duration::ZERO };
+        let zero = Backoff {
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+        };
         assert_eq!(backoff(&zero, 3), Duration::ZERO);
     }
 }

@@ -46,13 +46,19 @@ impl ConcurrencyLimiter {
         }
         let queued = self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_pending).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
             .is_ok();
         if !queued {
             return Err(Overloaded);
         }
         let _dequeue = Dequeue(&self.pending);
-        Arc::clone(&self.slots).acquire_owned().await.map(Permit).map_err(|_| Overloaded)
+        Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map(Permit)
+            .map_err(|_| Overloaded)
     }
 }
 

@@ -38,7 +38,10 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .http2_only(settings.http2);
-        Self { settings, client: builder.build(connector) }
+        Self {
+            settings,
+            client: builder.build(connector),
+        }
     }
 
     /// The settings this pool was built with.

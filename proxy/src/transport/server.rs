@@ -47,7 +47,10 @@ pub struct Servers {
 
 impl Default for Servers {
     fn default() -> Self {
-        Self { tasks: JoinSet::new(), stop: watch::channel(false).0 }
+        Self {
+            tasks: JoinSet::new(),
+            stop: watch::channel(false).0,
+        }
     }
 }
 
@@ -82,7 +85,8 @@ impl Servers {
                 graceful.push(g);
             }
         }
-        let all = futures_util::future::join_all(graceful.into_iter().map(GracefulShutdown::shutdown));
+        let all =
+            futures_util::future::join_all(graceful.into_iter().map(GracefulShutdown::shutdown));
         tokio::time::timeout(deadline, all).await.is_ok()
     }
 }
@@ -138,7 +142,9 @@ where
             let response = handler(request.map(Body::from));
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         let span = tracing::debug_span!("connection", %peer);
         tokio::spawn(
@@ -154,4 +160,3 @@ where
     }
     graceful
 }
-

@@ -1,0 +1,235 @@
+//! Snapshots from the control plane: a long-poll subscription that applies
+//! each new version, keeps the last good one on disk, and reports back what
+//! it applied or refused.
+//!
+//! Start-up never waits for the control plane: a snapshot saved in the state
+//! directory is served at once; without one the proxy is up but not ready
+//! until the first snapshot arrives.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use rand::Rng;
+use tether_api::{ProxyReport, Snapshot, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX};
+
+use super::{Applier, SnapshotError};
+use crate::body::Body;
+use crate::metrics::Metrics;
+use crate::transport::{ClientSettings, UpstreamClient};
+
+/// How long one long-poll asks the control plane to hold the request.
+const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with full jitter.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest reconnect delay: a control plane that comes back is found within
+/// a few seconds, and a thousand proxies do not hammer one that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// File name of the last good snapshot in the state directory.
+const STATE_FILE: &str = "snapshot.json";
+
+/// Settings of the subscription.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneSettings {
+    /// Base URL, e.g. `http://127.0.0.1:15010`.
+    pub url: String,
+    /// The service this proxy fronts.
+    pub service: String,
+    /// This proxy's id in reports and status.
+    pub proxy_id: String,
+    /// Where the last good snapshot is kept.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Loads the snapshot saved in the state directory, if any, and applies it.
+pub async fn restore(settings: &ControlPlaneSettings, applier: &Applier) -> Option<u64> {
+    let path = settings.state_dir.as_deref()?.join(STATE_FILE);
+    let text = tokio::fs::read_to_string(&path).await.ok()?;
+    let result = super::file::parse(&path, &text).and_then(|s| applier.apply(s));
+    match result {
+        Ok(version) => {
+            tracing::info!(path = %path.display(), version, "serving the last good snapshot from the state directory");
+            Some(version)
+        }
+        Err(error) => {
+            applier.refused(&error);
+            None
+        }
+    }
+}
+
+/// Subscribes forever: long-polls, applies, saves, reports, reconnects.
+pub async fn subscribe(settings: ControlPlaneSettings, applier: Applier, metrics: Metrics) {
+    let client = UpstreamClient::new(ClientSettings {
+        http2: false,
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(90),
+    });
+    let base = settings.url.trim_end_matches('/').to_owned();
+    let mut failures = 0u32;
+    loop {
+        let current = applier.version();
+        match poll(&client, &base, &settings, current).await {
+            Ok(Some(snapshot)) => {
+                failures = 0;
+                metrics.control_plane_connected.set(1);
+                let offered = snapshot.version;
+                let report = match applier.apply(snapshot.clone()) {
+                    Ok(version) => {
+                        save(&settings, &snapshot).await;
+                        ProxyReport {
+                            applied_version: version,
+                            ..report_base(&settings, version)
+                        }
+                    }
+                    Err(error) => {
+                        applier.refused(&error);
+                        ProxyReport {
+                            rejected_version: Some(offered),
+                            error: Some(error.to_string()),
+                            ..report_base(&settings, applier.version())
+                        }
+                    }
+                };
+                send_report(&client, &base, &report).await;
+            }
+            Ok(None) => {
+                failures = 0;
+                metrics.control_plane_connected.set(1);
+            }
+            Err(error) => {
+                metrics.control_plane_connected.set(0);
+                failures = failures.saturating_add(1);
+                let delay = reconnect_delay(failures);
+                tracing::warn!(%error, retry_in = ?delay, "control plane unreachable; serving the last good snapshot");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn report_base(settings: &ControlPlaneSettings, applied: u64) -> ProxyReport {
+    ProxyReport {
+        proxy_id: settings.proxy_id.clone(),
+        service: settings.service.clone(),
+        applied_version: applied,
+        rejected_version: None,
+        error: None,
+    }
+}
+
+fn reconnect_delay(failures: u32) -> Duration {
+    let ceiling = MIN_BACKOFF
+        .saturating_mul(1 << failures.min(10))
+        .min(MAX_BACKOFF);
+    rand::thread_rng().gen_range(ceiling / 2..=ceiling)
+}
+
+/// Why one poll failed.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("control plane answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("snapshot from the control plane is not valid: {0}")]
+    Decode(#[from] SnapshotError),
+}
+
+/// One long-poll: `Some(snapshot)` for a new version, `None` when the wait
+/// ran out with nothing new.
+async fn poll(
+    client: &UpstreamClient,
+    base: &str,
+    settings: &ControlPlaneSettings,
+    current: u64,
+) -> Result<Option<Snapshot>, PollError> {
+    let uri = format!(
+        "{base}{SNAPSHOT_PATH_PREFIX}{}?version={current}&wait={}s",
+        settings.service,
+        LONG_POLL_WAIT.as_secs()
+    );
+    let request = Request::get(&uri)
+        .header(PROXY_ID_HEADER, settings.proxy_id.as_str())
+        .body(Body::Empty)
+        .map_err(|e| PollError::Transport(e.to_string()))?;
+    let response = tokio::time::timeout(
+        LONG_POLL_WAIT + Duration::from_secs(10),
+        client.request(request),
+    )
+    .await
+    .map_err(|_| PollError::Transport("long poll timed out".into()))?
+    .map_err(|e| PollError::Transport(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| PollError::Transport(e.to_string()))?
+        .to_bytes();
+    match status {
+        StatusCode::OK => {
+            let snapshot = super::file::parse(Path::new(&uri), &String::from_utf8_lossy(&body))?;
+            Ok(Some(snapshot))
+        }
+        StatusCode::NOT_MODIFIED => Ok(None),
+        status => Err(PollError::Status {
+            status,
+            body: String::from_utf8_lossy(&body).trim().to_owned(),
+        }),
+    }
+}
+
+async fn send_report(client: &UpstreamClient, base: &str, report: &ProxyReport) {
+    let Ok(body) = serde_json::to_vec(report) else {
+        return;
+    };
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{base}/v1/report"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::full(Bytes::from(body)));
+    let Ok(request) = request else { return };
+    match client.request(request).await {
+        Ok(response) if response.status().is_success() => {}
+        Ok(response) => {
+            tracing::warn!(status = %response.status(), "control plane refused the report")
+        }
+        Err(error) => tracing::warn!(%error, "could not report to the control plane"),
+    }
+}
+
+/// Writes the snapshot to the state directory atomically (write + rename).
+async fn save(settings: &ControlPlaneSettings, snapshot: &Snapshot) {
+    let Some(dir) = &settings.state_dir else {
+        return;
+    };
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let result = async {
+        tokio::fs::create_dir_all(dir).await?;
+        let bytes = serde_json::to_vec_pretty(snapshot).map_err(std::io::Error::other)?;
+        tokio::fs::write(&tmp, bytes).await?;
+        tokio::fs::rename(&tmp, &path).await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(path = %path.display(), %error, "could not save the snapshot to the state directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_to_the_cap() {
+        for _ in 0..50 {
+            assert!(reconnect_delay(1) <= Duration::from_millis(200));
+            assert!(reconnect_delay(30) <= MAX_BACKOFF);
+            assert!(reconnect_delay(30) >= MAX_BACKOFF / 2);
+        }
+    }
+}
