@@ -20,7 +20,7 @@ out=${OUT:-bench-results/proxy}
 mkdir -p "$out"
 rm -f "$out"/*.json
 
-fortio=$(deploy/scripts/install-fortio.sh)
+fortio=${FORTIO:-$(deploy/scripts/install-fortio.sh)}
 cargo build --release --quiet -p tether-proxy -p tether-examples
 bin=target/release
 pin0="taskset -c 0"; pin1="taskset -c 1"
@@ -38,7 +38,8 @@ cat >"$work/snapshot.yaml" <<YAML
 services:
   backend:
     endpoints: [ { address: "$backend" } ]
-    policy: { timeout: 10s, retries: { attempts: 0 } }
+    # Long timeouts: the 1 GiB upload is answered only after its last byte.
+    policy: { timeout: 120s, retries: { attempts: 0, per_try_timeout: 120s } }
 YAML
 $pin1 "$bin/tether-proxy" --snapshot "$work/snapshot.yaml" --admin 127.0.0.1:15900 \
   --outbound 127.0.0.1:15901 --inbound 127.0.0.1:15902 --app $backend >"$work/proxy.log" 2>&1 &
@@ -52,7 +53,7 @@ tick=$(getconf CLK_TCK)
 idle_rss=$(rss_kib $proxy_pid VmRSS)
 
 load() { # name url qps seconds conns
-  $pin0 "$fortio" load -quiet -qps "$3" -t "${4}s" -c "$5" -p "50,90,99,99.9" \
+  $pin0 "$fortio" load -quiet -qps "$3" -t "${4}s" -c "$5" -p "50,90,99,99.9" -r 0.00001 \
     -H "Host: backend" -json "$out/$1.json" "$2" >/dev/null 2>&1
 }
 # Warm-up (connections, allocator, page cache), not recorded.
@@ -79,8 +80,8 @@ loaded_hwm=$(rss_kib $proxy_pid VmHWM)
 # 1 GiB each way through the proxy; the proxy's peak RSS must not follow.
 gib=$((1024 * 1024 * 1024))
 curl -fsS -o /dev/null -H "Host: backend" "http://127.0.0.1:15901/bytes/$gib"
-head -c "$gib" /dev/zero | curl -fsS -o "$work/sunk" -H "Host: backend" -H "Expect:" \
-  --data-binary @- "http://127.0.0.1:15901/sink"
+head -c "$gib" /dev/zero | curl -fsS -o "$work/sunk" -H "Host: backend" -H "Expect:" -X POST -T - \
+  "http://127.0.0.1:15901/sink"
 stream_hwm=$(rss_kib $proxy_pid VmHWM)
 
 python3 - "$out" "$tick" "$idle_rss" "$loaded_hwm" "$stream_hwm" "$(cat "$work/sunk")" <<'PY'

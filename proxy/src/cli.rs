@@ -111,6 +111,9 @@ pub struct ProxyArgs {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Write one JSON line per request to stdout (access log).
+    #[arg(long, env = "TETHER_ACCESS_LOG")]
+    pub access_log: bool,
     /// Log format.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -165,6 +168,7 @@ impl ProxyArgs {
             inbound_max_requests: self.inbound_max_requests.max(1),
             inbound_max_pending: self.inbound_max_pending,
             drain_timeout: self.drain_timeout,
+            access_log: self.access_log,
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct ProxyConfig {
     pub inbound_max_requests: u32,
     /// Requests queued for the local app beyond that.
     pub inbound_max_pending: u32,
+    /// Write one JSON access log line per request to stdout.
+    pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
 }

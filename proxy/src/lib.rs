@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
@@ -18,9 +19,11 @@ pub mod errors;
 pub mod forward;
 pub mod inbound;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
 pub mod resilience;
 pub mod state;
+pub mod telemetry;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +32,16 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tracing::Instrument;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{ProxyConfig, SnapshotSource};
 use crate::discovery::{load_file, watch_file, Applier, SnapshotError};
 use crate::inbound::{Inbound, InboundSettings};
 use crate::metrics::{Direction, Metrics};
+use crate::observe::Observer;
 use crate::outbound::Outbound;
 use crate::state::MeshState;
+use crate::telemetry::Telemetry;
 use crate::transport::{bind, ClientSettings, Servers, UpstreamClient};
 
 /// Why the proxy could not start.
@@ -68,7 +74,25 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(
         discovery::build::unknown_metrics(&metrics),
     )));
-    let applier = Applier::new(Arc::clone(&state), metrics.clone());
+    let service = config
+        .service
+        .clone()
+        .unwrap_or_else(|| "tether-proxy".to_owned());
+    let instance = match &config.source {
+        SnapshotSource::ControlPlane(settings) => settings.proxy_id.clone(),
+        SnapshotSource::File { .. } => format!("{service}-{}", std::process::id()),
+    };
+    let telemetry = Telemetry::new(
+        telemetry::Identity {
+            service: service.clone(),
+            instance,
+        },
+        metrics.clone(),
+    );
+    let access_log = config
+        .access_log
+        .then(|| AccessLog::start(metrics.access_log_dropped.clone()));
+    let applier = Applier::new(Arc::clone(&state), metrics.clone(), Arc::clone(&telemetry));
 
     // 1. The first snapshot, before anything listens: a bad file stops
     //    start-up; a control plane is subscribed to in the background after
@@ -125,7 +149,14 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     );
 
     let mut servers = Servers::default();
-    let outbound = Outbound::new(Arc::clone(&state));
+    let outbound = Outbound::new(
+        Arc::clone(&state),
+        Observer::new(
+            Arc::clone(&telemetry),
+            access_log.clone(),
+            Direction::Outbound,
+        ),
+    );
     servers.spawn(
         outbound_listener,
         Some(Direction::Outbound),
@@ -138,6 +169,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     );
     let inbound = Inbound::new(
         InboundSettings {
+            service: service.clone(),
             app: config.app.clone(),
             max_requests: config.inbound_max_requests,
             max_pending: config.inbound_max_pending,
@@ -147,10 +179,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(60),
         }),
-        metrics.service(
-            Direction::Inbound,
-            config.service.as_deref().unwrap_or("local"),
-        ),
+        metrics.service(Direction::Inbound, &service),
+        Observer::new(telemetry, access_log, Direction::Inbound),
     );
     servers.spawn(
         inbound_listener,

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub control_plane_connected: IntGauge,
     connections_open: IntGaugeVec,
     connections_total: IntCounterVec,
+    /// Finished spans dropped because the export queue was full.
+    pub trace_spans_dropped: IntCounter,
+    /// Spans that failed to export.
+    pub trace_export_errors: IntCounter,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -134,7 +140,30 @@ impl Metrics {
             "Downstream connections accepted.",
             &["direction"],
         );
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)
+                .unwrap_or_else(|e| unreachable!("static counter definition {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("counter {name} registered twice: {e}"));
+            c
+        };
+        let trace_spans_dropped = counter(
+            "tether_trace_spans_dropped_total",
+            "Finished spans dropped because the export queue was full.",
+        );
+        let trace_export_errors = counter(
+            "tether_trace_export_errors_total",
+            "Spans the OTLP exporter failed to send.",
+        );
+        let access_log_dropped = counter(
+            "tether_access_log_dropped_total",
+            "Access log lines dropped because stdout could not keep up.",
+        );
         Self {
+            trace_spans_dropped,
+            trace_export_errors,
+            access_log_dropped,
             registry,
             requests,
             duration,

@@ -18,6 +18,6 @@ pub use policy::{
     Backoff, CircuitBreaker, LoadBalancer, RetryBudget, RetryOn, RetryPolicy, TrafficPolicy,
 };
 pub use snapshot::{
-    Endpoint, MeshSettings, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget,
-    SubsetSelector, TracingSettings,
+    Endpoint, MeshSettings, OtlpProtocol, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot,
+    SplitTarget, SubsetSelector, TracingSettings,
 };

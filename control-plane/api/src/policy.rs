@@ -114,7 +114,11 @@ fn default_per_try_timeout() -> Duration {
     Duration::from_secs(1)
 }
 fn default_retry_on() -> Vec<RetryOn> {
-    vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::Status(503)]
+    vec![
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::Status(503),
+    ]
 }
 // 64 KiB: covers typical JSON RPC bodies while bounding memory per request.
 fn default_replay_buffer_bytes() -> usize {
@@ -156,7 +160,10 @@ fn default_backoff_max() -> Duration {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base: default_backoff_base(), max: default_backoff_max() }
+        Self {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
     }
 }
 
@@ -250,7 +257,9 @@ impl RetryOn {
         if (100..=599).contains(&code) {
             Ok(RetryOn::Status(code))
         } else {
-            Err(format!("retry_on status {code} is not an HTTP status (100-599)"))
+            Err(format!(
+                "retry_on status {code} is not an HTTP status (100-599)"
+            ))
         }
     }
 
@@ -350,8 +359,9 @@ mod tests {
 
     #[test]
     fn retry_on_reads_names_and_codes() {
-        let w: Wrap =
-            serde_yaml_like(r#"{"retry_on": ["connect-failure", "reset", "503", 502, "5xx", "gateway-error"]}"#);
+        let w: Wrap = serde_yaml_like(
+            r#"{"retry_on": ["connect-failure", "reset", "503", 502, "5xx", "gateway-error"]}"#,
+        );
         assert_eq!(
             w.retry_on,
             vec![

@@ -44,7 +44,10 @@ fn default_trust_domain() -> String {
 
 impl Default for MeshSettings {
     fn default() -> Self {
-        Self { trust_domain: default_trust_domain(), tracing: None }
+        Self {
+            trust_domain: default_trust_domain(),
+            tracing: None,
+        }
     }
 }
 
@@ -54,9 +57,32 @@ impl Default for MeshSettings {
 pub struct TracingSettings {
     /// OTLP collector endpoint, e.g. `http://127.0.0.1:4317`.
     pub otlp_endpoint: String,
-    /// Fraction of new traces sampled, 0.0 to 1.0.
+    /// Fraction of new traces sampled, 0.0 to 1.0. A caller's sampling
+    /// decision, when it sends one, wins (parent-based sampling).
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
+    /// OTLP transport: `grpc` (port 4317) or `http/protobuf` (port 4318).
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+}
+
+impl TracingSettings {
+    /// Whether spans go over OTLP/HTTP rather than gRPC.
+    pub fn protocol_is_http(&self) -> bool {
+        self.protocol == OtlpProtocol::HttpProtobuf
+    }
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC.
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 fn default_sample_ratio() -> f64 {
@@ -156,7 +182,11 @@ pub struct Route {
     /// Where matching requests go.
     pub split: Vec<SplitTarget>,
     /// Whole-request timeout for matching requests, overriding the service's.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
 }
 

@@ -17,6 +17,7 @@ use tether_api::Snapshot;
 
 use crate::metrics::Metrics;
 use crate::state::MeshState;
+use crate::telemetry::Telemetry;
 
 pub use build::build;
 pub use control_plane::{restore, subscribe, ControlPlaneSettings};
@@ -27,16 +28,22 @@ pub use file::{load_file, watch_file, SnapshotError};
 pub struct Applier {
     state: Arc<ArcSwap<MeshState>>,
     metrics: Metrics,
+    telemetry: Arc<Telemetry>,
     loaded: Arc<AtomicBool>,
     sequence: Arc<AtomicU64>,
 }
 
 impl Applier {
     /// An applier over `state`.
-    pub fn new(state: Arc<ArcSwap<MeshState>>, metrics: Metrics) -> Self {
+    pub fn new(
+        state: Arc<ArcSwap<MeshState>>,
+        metrics: Metrics,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Self {
             state,
             metrics,
+            telemetry,
             loaded: Arc::new(AtomicBool::new(false)),
             sequence: Arc::new(AtomicU64::new(0)),
         }
@@ -65,6 +72,8 @@ impl Applier {
             SnapshotError::Invalid(problems)
         })?;
         let version = next.version();
+        self.telemetry
+            .configure(next.snapshot.mesh.tracing.as_ref());
         self.state.store(Arc::new(next));
         self.metrics
             .config_version

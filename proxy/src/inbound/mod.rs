@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use http::uri::Authority;
-use tokio::time::Instant;
 
 use crate::errors::ProxyError;
 use crate::forward::{from_upstream, to_upstream};
 use crate::metrics::ServiceMetrics;
+use crate::observe::Observer;
 use crate::outbound::{Req, Rsp};
 use crate::resilience::ConcurrencyLimiter;
 use crate::transport::UpstreamClient;
@@ -21,6 +21,8 @@ use crate::transport::UpstreamClient;
 /// Settings of the inbound path.
 #[derive(Debug, Clone)]
 pub struct InboundSettings {
+    /// The service this sidecar fronts (span and log label).
+    pub service: String,
     /// The local app, `host:port`.
     pub app: Authority,
     /// Requests in flight to the app at once.
@@ -36,6 +38,8 @@ pub struct Inbound {
 }
 
 struct Inner {
+    service: String,
+    observer: Observer,
     app: Authority,
     client: UpstreamClient,
     limiter: ConcurrencyLimiter,
@@ -44,32 +48,41 @@ struct Inner {
 
 impl Inbound {
     /// The inbound path to the local app.
-    pub fn new(settings: InboundSettings, client: UpstreamClient, metrics: ServiceMetrics) -> Self {
+    pub fn new(
+        settings: InboundSettings,
+        client: UpstreamClient,
+        metrics: ServiceMetrics,
+        observer: Observer,
+    ) -> Self {
         let limiter = ConcurrencyLimiter::new(settings.max_requests, settings.max_pending);
+        let inner = Inner {
+            service: settings.service,
+            observer,
+            app: settings.app,
+            client,
+            limiter,
+            metrics,
+        };
         Self {
-            inner: Arc::new(Inner {
-                app: settings.app,
-                client,
-                limiter,
-                metrics,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
     /// Handles one request from the mesh; errors become responses.
-    pub async fn handle(&self, request: Req) -> Rsp {
-        let started = Instant::now();
+    pub async fn handle(&self, mut request: Req) -> Rsp {
+        let inner = &self.inner;
+        let observation = inner.observer.begin(&mut request, &inner.service, None);
         let response = match self.forward(request).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "inbound request failed");
-                self.inner.metrics.proxy_error(error.reason());
+                inner.metrics.proxy_error(error.reason());
                 error.into_response()
             }
         };
-        self.inner
-            .metrics
-            .record(response.status(), started.elapsed());
+        inner
+            .observer
+            .end(observation, &response, &inner.metrics, &inner.service, None);
         response
     }
 

@@ -8,6 +8,9 @@ use tower::Service;
 use super::{BoxFuture, Req, Rsp, Target};
 use crate::errors::ProxyError;
 use crate::forward::{from_upstream, to_upstream};
+use crate::telemetry::TraceCx;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
 
 /// Sends one try to one endpoint of the request's target.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +38,20 @@ async fn forward(request: Req) -> Result<Rsp, ProxyError> {
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
     let in_flight = endpoint.start();
+    TraceCx::event(
+        &request,
+        "try",
+        vec![KeyValue::new(
+            "tether.endpoint",
+            endpoint.address().to_owned(),
+        )],
+    );
+    if let Some(cx) = request.extensions().get::<TraceCx>() {
+        cx.0.span().set_attribute(KeyValue::new(
+            "tether.endpoint",
+            endpoint.address().to_owned(),
+        ));
+    }
     let request = to_upstream(request, endpoint.authority(), service.client.is_http2())?;
     let per_try = service.retries.per_try_timeout;
     let result = tokio::time::timeout(per_try, service.client.request(request)).await;

@@ -25,11 +25,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::Body;
 use crate::errors::ProxyError;
+use crate::metrics::UNKNOWN_SERVICE;
+use crate::observe::Observer;
 use crate::state::MeshState;
 
 pub use endpoint::Forward;
@@ -50,6 +51,7 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send
 pub struct Outbound {
     state: Arc<ArcSwap<MeshState>>,
     stack: Stack,
+    observer: Observer,
 }
 
 /// The layers below `route`. Every layer is a zero-sized struct, so cloning
@@ -58,44 +60,59 @@ type Stack = timeout::Timeout<limit::Limit<retry::Retry<Forward>>>;
 
 impl Outbound {
     /// Builds the outbound stack over the (swappable) mesh state.
-    pub fn new(state: Arc<ArcSwap<MeshState>>) -> Self {
+    pub fn new(state: Arc<ArcSwap<MeshState>>, observer: Observer) -> Self {
         // Request order, outermost first.
         let stack = ServiceBuilder::new()
             .layer(TimeoutLayer) // whole request: queue + all tries
             .layer(LimitLayer) // per-service in-flight + pending limits
             .layer(RetryLayer) // budget, backoff, replay buffer
             .service(Forward); // balancer, per-try timeout, outliers
-        Self { state, stack }
+        Self {
+            state,
+            stack,
+            observer,
+        }
     }
 
     /// Handles one request from the app; never fails: errors become responses
     /// with `tether-error`.
     pub async fn handle(&self, mut request: Req) -> Rsp {
-        let started = Instant::now();
         let state = self.state.load();
         let target = match route::resolve(&state, &request) {
             Ok(target) => target,
             Err(error) => {
                 tracing::debug!(%error, "not routed");
+                let observation = self.observer.begin(&mut request, UNKNOWN_SERVICE, None);
                 state.unknown_metrics.proxy_error(error.reason());
                 let response = error.into_response();
-                state
-                    .unknown_metrics
-                    .record(response.status(), started.elapsed());
+                self.observer.end(
+                    observation,
+                    &response,
+                    &state.unknown_metrics,
+                    UNKNOWN_SERVICE,
+                    None,
+                );
                 return response;
             }
         };
         drop(state);
-        let metrics = target.service.metrics.clone();
+        let service = Arc::clone(&target.service);
+        let observation = self.observer.begin(&mut request, &service.name, None);
         request.extensions_mut().insert(target);
         let response = match self.stack.clone().oneshot(request).await {
             Ok(response) => response,
             Err(error) => {
-                metrics.proxy_error(error.reason());
+                service.metrics.proxy_error(error.reason());
                 error.into_response()
             }
         };
-        metrics.record(response.status(), started.elapsed());
+        self.observer.end(
+            observation,
+            &response,
+            &service.metrics,
+            &service.name,
+            None,
+        );
         response
     }
 }

@@ -27,6 +27,8 @@ use super::{BoxFuture, Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
 use crate::resilience::backoff;
+use crate::telemetry::TraceCx;
+use opentelemetry::KeyValue;
 
 /// Adds retries.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,6 +106,13 @@ where
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
+        if tries > 1 {
+            TraceCx::event(
+                &this_try,
+                "retry",
+                vec![KeyValue::new("tether.try", i64::from(tries))],
+            );
+        }
         let result = inner.clone().oneshot(this_try).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
             return finish(result, tries, None, &target);

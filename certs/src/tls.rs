@@ -1,0 +1,131 @@
+//! rustls configs for the mesh: TLS 1.3 only, ring crypto, identities and
+//! trust read from an [`IdentityStore`] at handshake time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::NoServerSessionStorage;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::error::Result;
+use crate::spiffe::SpiffeId;
+use crate::store::IdentityStore;
+use crate::verify::{MeshClientVerifier, MeshServerVerifier};
+
+/// ALPN protocols offered and accepted on mesh connections, preferred first.
+pub const MESH_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Whether the inbound side demands a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a valid mesh certificate (the default).
+    Required,
+    /// A client may connect without a certificate; one it does present must
+    /// be valid. The caller must then treat the peer as unauthenticated.
+    Optional,
+}
+
+/// The crypto provider every mesh config uses: rustls' ring provider,
+/// chosen explicitly so the process-wide default (possibly aws-lc, possibly
+/// unset) never matters.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+fn alpn() -> Vec<Vec<u8>> {
+    MESH_ALPN.iter().map(|p| p.to_vec()).collect()
+}
+
+/// The inbound (server) config: presents the store's current certificate,
+/// verifies client chains against the store's current bundle and requires
+/// a SPIFFE identity in them. TLS 1.3 only; ALPN `h2`, `http/1.1`.
+///
+/// Session resumption is off, so every connection is verified against the
+/// bundle in force when it is made (connections are pooled, so this costs
+/// few handshakes).
+pub fn server_config(store: &Arc<IdentityStore>, auth: ClientAuth) -> Result<Arc<ServerConfig>> {
+    let verifier = Arc::new(MeshClientVerifier {
+        store: store.clone(),
+        mandatory: auth == ClientAuth::Required,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(store.clone());
+    config.alpn_protocols = alpn();
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The outbound (client) config for calling `expected`: presents the store's
+/// current certificate, verifies the server chain against the store's
+/// current bundle without any DNS-name check, and refuses the server unless
+/// its SPIFFE ID is `expected` ([`crate::Error::IdentityMismatch`]).
+/// TLS 1.3 only; ALPN `h2`, `http/1.1`; no session resumption.
+///
+/// Building one is cheap but not free; use [`ClientConfigs`] to keep one per
+/// target service.
+pub fn client_config(store: &Arc<IdentityStore>, expected: SpiffeId) -> Result<Arc<ClientConfig>> {
+    let verifier = Arc::new(MeshServerVerifier {
+        store: store.clone(),
+        expected,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(store.clone());
+    config.alpn_protocols = alpn();
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// Client configs cached per target identity. The configs read the store on
+/// every handshake, so cached entries never go stale on rotation.
+#[derive(Debug)]
+pub struct ClientConfigs {
+    store: Arc<IdentityStore>,
+    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+}
+
+impl ClientConfigs {
+    /// An empty cache over `store`.
+    pub fn new(store: Arc<IdentityStore>) -> Self {
+        ClientConfigs {
+            store,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The config for connections that must reach `expected`.
+    pub fn get(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>> {
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // map itself is still consistent.
+        let mut map = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(expected) {
+            return Ok(c.clone());
+        }
+        let c = client_config(&self.store, expected.clone())?;
+        map.insert(expected.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Drops the config for a target that left the mesh.
+    pub fn remove(&self, expected: &SpiffeId) {
+        self.configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(expected);
+    }
+
+    /// The store the configs read from.
+    pub fn store(&self) -> &Arc<IdentityStore> {
+        &self.store
+    }
+}

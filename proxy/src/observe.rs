@@ -1,0 +1,159 @@
+//! What happens around every request on either path: the hop's span, the
+//! access log line and the request metrics. Shared by inbound and outbound
+//! so both report the same way.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{header, Request, Response};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::KeyValue;
+use tokio::time::Instant;
+
+use crate::access_log::{timestamp, AccessLog, Entry};
+use crate::body::Body;
+use crate::errors::{TETHER_ATTEMPTS, TETHER_ERROR};
+use crate::metrics::{Direction, ServiceMetrics};
+use crate::telemetry::{HopSpan, Telemetry, TraceCx};
+
+/// Tracing and access logging for both paths.
+#[derive(Clone)]
+pub struct Observer {
+    telemetry: Arc<Telemetry>,
+    access_log: Option<AccessLog>,
+    direction: Direction,
+}
+
+/// One request being observed.
+pub struct Observation {
+    started: Instant,
+    arrived: SystemTime,
+    span: Option<HopSpan>,
+    trace_id: Option<String>,
+    line: Option<(String, String, String)>,
+}
+
+impl Observer {
+    /// An observer for one direction.
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        access_log: Option<AccessLog>,
+        direction: Direction,
+    ) -> Self {
+        Self {
+            telemetry,
+            access_log,
+            direction,
+        }
+    }
+
+    /// Starts observing a request to (outbound) or of (inbound) `service`.
+    pub fn begin(
+        &self,
+        request: &mut Request<Body>,
+        service: &str,
+        peer: Option<&str>,
+    ) -> Observation {
+        let started = Instant::now();
+        let arrived = SystemTime::now();
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("")
+            .to_owned();
+        let line = self.access_log.as_ref().map(|_| {
+            (
+                request.method().to_string(),
+                authority.clone(),
+                request.uri().path().to_owned(),
+            )
+        });
+        let kind = match self.direction {
+            Direction::Outbound => SpanKind::Client,
+            Direction::Inbound => SpanKind::Server,
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", request.method().to_string()),
+            KeyValue::new("url.path", request.uri().path().to_owned()),
+            KeyValue::new("server.address", authority),
+            KeyValue::new("tether.direction", self.direction.as_str()),
+            KeyValue::new("tether.service", service.to_owned()),
+        ];
+        if let Some(peer) = peer {
+            attributes.push(KeyValue::new("tether.peer.identity", peer.to_owned()));
+        }
+        let name = format!("{} {} {service}", request.method(), self.direction.as_str());
+        let span = self.telemetry.start(request, kind, name, attributes);
+        let trace_id = request
+            .extensions()
+            .get::<TraceCx>()
+            .map(|cx| cx.0.span().span_context().trace_id().to_string());
+        Observation {
+            started,
+            arrived,
+            span,
+            trace_id,
+            line,
+        }
+    }
+
+    /// Records the response: metrics, span, access log.
+    pub fn end(
+        &self,
+        observation: Observation,
+        response: &Response<Body>,
+        metrics: &ServiceMetrics,
+        service: &str,
+        peer: Option<&str>,
+    ) {
+        let elapsed = observation.started.elapsed();
+        metrics.record(response.status(), elapsed);
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        let error = header(TETHER_ERROR).and_then(known_reason);
+        let attempts = header(TETHER_ATTEMPTS);
+        if let Some(span) = observation.span {
+            span.finish(response.status(), error, attempts);
+        }
+        if let (Some(log), Some((method, authority, path))) = (&self.access_log, observation.line) {
+            log.log(Entry {
+                timestamp: timestamp(observation.arrived),
+                direction: self.direction.as_str(),
+                service: service.to_owned(),
+                peer_identity: peer.map(str::to_owned),
+                method,
+                authority,
+                path,
+                status: response.status().as_u16(),
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                retries: attempts
+                    .and_then(|a| a.parse::<u32>().ok())
+                    .map_or(0, |a| a.saturating_sub(1)),
+                error: error.map(str::to_owned),
+                trace_id: observation.trace_id,
+            });
+        }
+    }
+}
+
+/// The proxy's own reasons, as static strings (bounded label values).
+fn known_reason(reason: &str) -> Option<&'static str> {
+    const REASONS: [&str; 9] = [
+        "unknown-service",
+        "no-endpoints",
+        "timeout",
+        "overloaded",
+        "upstream-connect",
+        "upstream-reset",
+        "bad-request",
+        "not-ready",
+        "unauthorized",
+    ];
+    REASONS.iter().find(|r| **r == reason).copied()
+}

@@ -1,0 +1,121 @@
+//! B3 trace context (Zipkin), accepted on the way in: the single `b3` header
+//! (`{trace}-{span}[-{sampled}[-{parent}]]`) and the multi-header form
+//! (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`).
+//! Tether writes W3C `traceparent` on the way out, so a B3 trace continues
+//! as W3C from the first sidecar on.
+
+use http::HeaderMap;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+/// The remote span context carried by B3 headers, if any are valid.
+pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
+    single(headers).or_else(|| multi(headers))
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn trace_id(hex: &str) -> Option<TraceId> {
+    // 64-bit B3 trace ids are left-padded to 128 bits.
+    let id = match hex.len() {
+        16 => u128::from_str_radix(hex, 16).ok()?,
+        32 => u128::from_str_radix(hex, 16).ok()?,
+        _ => return None,
+    };
+    (id != 0).then(|| TraceId::from_bytes(id.to_be_bytes()))
+}
+
+fn span_id(hex: &str) -> Option<SpanId> {
+    if hex.len() != 16 {
+        return None;
+    }
+    let id = u64::from_str_radix(hex, 16).ok()?;
+    (id != 0).then(|| SpanId::from_bytes(id.to_be_bytes()))
+}
+
+fn flags(sampled: Option<&str>) -> TraceFlags {
+    match sampled {
+        Some("1" | "d" | "true") => TraceFlags::SAMPLED,
+        _ => TraceFlags::default(),
+    }
+}
+
+fn context(trace: TraceId, span: SpanId, sampled: TraceFlags) -> SpanContext {
+    SpanContext::new(trace, span, sampled, true, TraceState::default())
+}
+
+fn single(headers: &HeaderMap) -> Option<SpanContext> {
+    let value = text(headers, "b3")?;
+    let mut parts = value.split('-');
+    let trace = trace_id(parts.next()?)?;
+    let span = span_id(parts.next()?)?;
+    Some(context(trace, span, flags(parts.next())))
+}
+
+fn multi(headers: &HeaderMap) -> Option<SpanContext> {
+    let trace = trace_id(text(headers, "x-b3-traceid")?)?;
+    let span = span_id(text(headers, "x-b3-spanid")?)?;
+    let sampled = if text(headers, "x-b3-flags") == Some("1") {
+        Some("1")
+    } else {
+        text(headers, "x-b3-sampled")
+    };
+    Some(context(trace, span, flags(sampled)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, http::HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn reads_single_header() {
+        let cx = extract(&headers(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        )]));
+        let cx = cx.unwrap_or_else(SpanContext::empty_context);
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "80f198ee56343ba864fe8b2a57d3eff7"
+        );
+        assert_eq!(cx.span_id().to_string(), "e457b5a2e4d86bd1");
+        assert!(cx.is_sampled() && cx.is_remote());
+    }
+
+    #[test]
+    fn reads_multi_headers_and_pads_64_bit_ids() {
+        let cx = extract(&headers(&[
+            ("x-b3-traceid", "64fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "0"),
+        ]))
+        .unwrap_or_else(SpanContext::empty_context);
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "000000000000000064fe8b2a57d3eff7"
+        );
+        assert!(!cx.is_sampled());
+    }
+
+    #[test]
+    fn ignores_garbage() {
+        assert!(extract(&headers(&[("b3", "zzz-yyy")])).is_none());
+        assert!(
+            extract(&headers(&[("b3", "0")])).is_none(),
+            "b3: 0 is a sampling decision only"
+        );
+        assert!(extract(&HeaderMap::new()).is_none());
+    }
+}
