@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use crate::body::Body;
 use crate::discovery::Applier;
+use crate::identity::MeshIdentity;
 use crate::metrics::Metrics;
 use crate::outbound::{Req, Rsp};
 use crate::state::MeshState;
@@ -19,6 +20,7 @@ pub struct Admin {
     state: Arc<ArcSwap<MeshState>>,
     metrics: Metrics,
     applier: Applier,
+    identity: Option<Arc<MeshIdentity>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -28,12 +30,14 @@ impl Admin {
         state: Arc<ArcSwap<MeshState>>,
         metrics: Metrics,
         applier: Applier,
+        identity: Option<Arc<MeshIdentity>>,
         draining: Arc<AtomicBool>,
     ) -> Self {
         Self {
             state,
             metrics,
             applier,
+            identity,
             draining,
         }
     }
@@ -57,7 +61,7 @@ impl Admin {
                 );
                 response
             }
-            "/config" => json(&*self.state.load().snapshot),
+            "/config" => self.config(),
             "/endpoints" => json(&self.endpoints()),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -77,6 +81,15 @@ impl Admin {
         } else {
             text(StatusCode::OK, "ready\n")
         }
+    }
+
+    /// The snapshot in force, plus the identity (never the key).
+    fn config(&self) -> Rsp {
+        let mut value = serde_json::to_value(&*self.state.load().snapshot).unwrap_or_default();
+        if let (Some(object), Some(identity)) = (value.as_object_mut(), &self.identity) {
+            object.insert("identity".to_owned(), identity.describe());
+        }
+        json(&value)
     }
 
     fn endpoints(&self) -> serde_json::Value {

@@ -111,6 +111,17 @@ pub struct ProxyArgs {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Directory with this proxy's certificate chain (`identity.pem`) and
+    /// key (`identity-key.pem`): turns on mTLS, inbound and outbound.
+    #[arg(long, env = "TETHER_IDENTITY_DIR", requires = "trust_bundle")]
+    pub identity_dir: Option<PathBuf>,
+    /// PEM file with the mesh's trusted root certificate(s).
+    #[arg(long, env = "TETHER_TRUST_BUNDLE", requires = "identity_dir")]
+    pub trust_bundle: Option<PathBuf>,
+    /// With mTLS: also accept plaintext on the inbound listener. For
+    /// migrating a service into the mesh only; counted in metrics.
+    #[arg(long, env = "TETHER_INBOUND_PERMISSIVE")]
+    pub inbound_permissive: bool,
     /// Write one JSON line per request to stdout (access log).
     #[arg(long, env = "TETHER_ACCESS_LOG")]
     pub access_log: bool,
@@ -169,6 +180,11 @@ impl ProxyArgs {
             inbound_max_pending: self.inbound_max_pending,
             drain_timeout: self.drain_timeout,
             access_log: self.access_log,
+            identity: self
+                .identity_dir
+                .zip(self.trust_bundle)
+                .map(|(dir, bundle)| crate::identity::IdentityFiles { dir, bundle }),
+            inbound_permissive: self.inbound_permissive,
         })
     }
 }
@@ -179,6 +195,7 @@ pub async fn wait_ready(args: &WaitReadyArgs) -> bool {
         http2: false,
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(5),
+        expected_identity: None,
     });
     let uri = format!("http://{}/ready", args.admin);
     let deadline = tokio::time::Instant::now() + args.timeout;

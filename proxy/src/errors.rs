@@ -58,6 +58,14 @@ pub enum ProxyError {
     /// The request could not be forwarded as given.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Authorization policy refuses this caller.
+    #[error("`{caller}` may not call `{service}` with this method and path")]
+    Unauthorized {
+        /// The caller's identity, or `unauthenticated`.
+        caller: String,
+        /// The service called.
+        service: String,
+    },
     /// The proxy is shutting down or not ready.
     #[error("proxy is not ready: {0}")]
     NotReady(&'static str),
@@ -75,6 +83,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "upstream-reset",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::NotReady(_) => "not-ready",
+            ProxyError::Unauthorized { .. } => "unauthorized",
         }
     }
 
@@ -86,6 +95,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::BadRequest(_) | ProxyError::MissingAuthority => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
             ProxyError::UnknownService(_)
             | ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded(_)

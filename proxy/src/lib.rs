@@ -17,6 +17,7 @@ pub mod config;
 pub mod discovery;
 pub mod errors;
 pub mod forward;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod observe;
@@ -36,13 +37,14 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{ProxyConfig, SnapshotSource};
 use crate::discovery::{load_file, watch_file, Applier, SnapshotError};
+use crate::identity::{IdentityError, MeshIdentity};
 use crate::inbound::{Inbound, InboundSettings};
 use crate::metrics::{Direction, Metrics};
 use crate::observe::Observer;
 use crate::outbound::Outbound;
 use crate::state::MeshState;
 use crate::telemetry::Telemetry;
-use crate::transport::{bind, ClientSettings, Servers, UpstreamClient};
+use crate::transport::{bind, ClientSettings, InboundTls, Servers, UpstreamClient};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,9 @@ pub enum RunError {
     /// The first snapshot could not be loaded.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The mesh identity (certificate, key, trust bundle) could not be loaded.
+    #[error("mesh identity: {0}")]
+    Identity(#[from] IdentityError),
     /// A listener could not be bound.
     #[error("{0}")]
     Bind(#[source] std::io::Error),
@@ -62,7 +67,7 @@ impl RunError {
     /// Process exit code: 2 for bad configuration, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Snapshot(_) => 2,
+            RunError::Snapshot(_) | RunError::Identity(_) => 2,
             RunError::Bind(_) | RunError::Signals(_) => 1,
         }
     }
@@ -92,11 +97,21 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     let access_log = config
         .access_log
         .then(|| AccessLog::start(metrics.access_log_dropped.clone()));
-    let applier = Applier::new(Arc::clone(&state), metrics.clone(), Arc::clone(&telemetry));
 
-    // 1. The first snapshot, before anything listens: a bad file stops
-    //    start-up; a control plane is subscribed to in the background after
-    //    restoring the last good snapshot from the state directory.
+    // 1. Identity, then the first snapshot, before anything listens: a bad
+    //    certificate or snapshot file stops start-up. A control plane is
+    //    subscribed to in the background after restoring the last good
+    //    snapshot from the state directory.
+    let identity = match &config.identity {
+        Some(files) => Some(MeshIdentity::load(files.clone(), metrics.clone())?),
+        None => None,
+    };
+    let applier = Applier::new(
+        Arc::clone(&state),
+        metrics.clone(),
+        Arc::clone(&telemetry),
+        identity.clone(),
+    );
     let source: SourceTask = match &config.source {
         SnapshotSource::File {
             path,
@@ -120,6 +135,19 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             ))
         }
     };
+    let inbound_tls = match &identity {
+        Some(identity) => {
+            metrics
+                .inbound_permissive
+                .set(i64::from(config.inbound_permissive));
+            Some(InboundTls {
+                acceptor: identity.acceptor(config.inbound_permissive)?,
+                permissive: config.inbound_permissive,
+                handshake_timeout: config.server.header_read_timeout,
+            })
+        }
+        None => None,
+    };
 
     // 2. Every listener, before any task: a taken port stops start-up.
     let admin_listener = bind(config.admin_addr).await.map_err(RunError::Bind)?;
@@ -129,11 +157,16 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
 
     // 3. Serve.
     tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
+    if let Some(identity) = &identity {
+        let watch = Arc::clone(identity).watch(std::time::Duration::from_secs(2));
+        tokio::spawn(watch.instrument(tracing::info_span!("identity_files")));
+    }
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Admin::new(
         Arc::clone(&state),
         metrics.clone(),
         applier,
+        identity,
         Arc::clone(&draining),
     );
     let mut admin_server = Servers::default();
@@ -141,6 +174,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         admin_listener,
         None,
         config.server,
+        None,
         metrics.clone(),
         move |request| {
             let admin = admin.clone();
@@ -157,10 +191,12 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             Direction::Outbound,
         ),
     );
+    let outbound_settings = config.server;
     servers.spawn(
         outbound_listener,
         Some(Direction::Outbound),
-        config.server,
+        outbound_settings,
+        None,
         metrics.clone(),
         move |request| {
             let outbound = outbound.clone();
@@ -178,14 +214,18 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             http2: config.app_http2,
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(60),
+            expected_identity: None,
         }),
         metrics.service(Direction::Inbound, &service),
         Observer::new(telemetry, access_log, Direction::Inbound),
+        Arc::clone(&state),
+        &metrics,
     );
     servers.spawn(
         inbound_listener,
         Some(Direction::Inbound),
         config.server,
+        inbound_tls,
         metrics.clone(),
         move |request| {
             let inbound = inbound.clone();
@@ -197,6 +237,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         outbound = %config.outbound_addr,
         inbound = %config.inbound_addr,
         app = %config.app,
+        mtls = config.identity.is_some(),
         "tether-proxy serving"
     );
 

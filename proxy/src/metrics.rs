@@ -45,6 +45,16 @@ pub struct Metrics {
     pub trace_export_errors: IntCounter,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Plaintext connections accepted on an mTLS inbound (permissive mode).
+    pub inbound_plaintext: IntCounter,
+    /// 1 while the inbound listener also accepts plaintext.
+    pub inbound_permissive: IntGauge,
+    /// TLS handshakes that failed, by direction and reason.
+    pub tls_handshake_errors: IntCounterVec,
+    /// Inbound requests refused by authorization, by service.
+    pub authz_denied: IntCounterVec,
+    /// Expiry of the certificate in force (Unix seconds; 0 without mTLS).
+    pub identity_expiry: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -160,7 +170,36 @@ impl Metrics {
             "tether_access_log_dropped_total",
             "Access log lines dropped because stdout could not keep up.",
         );
+        let inbound_plaintext = counter(
+            "tether_inbound_plaintext_connections_total",
+            "Plaintext connections accepted by an mTLS inbound listener in permissive mode.",
+        );
+        let inbound_permissive = gauge(
+            "tether_inbound_permissive",
+            "1 while the inbound listener also accepts plaintext (permissive mode).",
+        );
+        let identity_expiry = gauge(
+            "tether_identity_expiry_timestamp_seconds",
+            "Unix time at which the certificate in force expires (0 without mTLS).",
+        );
+        let tls_handshake_errors = counter_vec(
+            &registry,
+            "tether_tls_handshake_errors_total",
+            "TLS handshakes that failed, by direction and reason (handshake, timeout, identity-mismatch).",
+            &["direction", "reason"],
+        );
+        let authz_denied = counter_vec(
+            &registry,
+            "tether_authz_denied_total",
+            "Inbound requests refused by authorization policy.",
+            &["service"],
+        );
         Self {
+            inbound_plaintext,
+            inbound_permissive,
+            identity_expiry,
+            tls_handshake_errors,
+            authz_denied,
             trace_spans_dropped,
             trace_export_errors,
             access_log_dropped,

@@ -12,6 +12,7 @@ use tether_api::{RetryPolicy, Snapshot};
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
+use crate::inbound::AuthzPolicy;
 use crate::metrics::ServiceMetrics;
 use crate::resilience::ConcurrencyLimiter;
 use crate::transport::UpstreamClient;
@@ -25,6 +26,8 @@ pub struct MeshState {
     pub services: HashMap<String, Arc<Service>>,
     /// Metrics for requests to names that are not services.
     pub unknown_metrics: ServiceMetrics,
+    /// Who may call this proxy's service; `None` lets everyone in.
+    pub authorization: Option<Arc<AuthzPolicy>>,
 }
 
 impl MeshState {
@@ -34,6 +37,7 @@ impl MeshState {
             snapshot: Arc::new(Snapshot::default()),
             services: HashMap::new(),
             unknown_metrics,
+            authorization: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub use policy::{
     Backoff, CircuitBreaker, LoadBalancer, RetryBudget, RetryOn, RetryPolicy, TrafficPolicy,
 };
 pub use snapshot::{
-    Endpoint, MeshSettings, OtlpProtocol, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot,
-    SplitTarget, SubsetSelector, TracingSettings,
+    Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,
+    Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector,
+    TracingSettings,
 };

@@ -24,6 +24,48 @@ pub struct Snapshot {
     /// Upstream services by name, as the app addresses them (`Host: api`).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSnapshot>,
+    /// Who may call this proxy's service (inbound). `None`: everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// Inbound authorization for the service a proxy fronts: the rules of
+/// mesh.yaml whose `to` is this service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    /// What happens to a request no rule allows.
+    #[serde(default)]
+    pub default: AuthorizationDefault,
+    /// Allow rules; a request allowed by any rule passes.
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRule>,
+}
+
+/// The verdict for requests no rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthorizationDefault {
+    /// Refuse (403, `tether-error: unauthorized`).
+    #[default]
+    Deny,
+    /// Let through.
+    Allow,
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRule {
+    /// Caller service names (from their SPIFFE identity); `*` is any
+    /// authenticated caller.
+    pub from: Vec<String>,
+    /// HTTP methods; empty means any (and the rule then also allows L4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Paths: exact (`/health`), prefix (`/v1/*`) or `*`; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// Mesh-wide settings carried in every snapshot.

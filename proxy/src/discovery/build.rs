@@ -11,6 +11,8 @@ use tether_api::{Protocol, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelecto
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
+use crate::identity::MeshIdentity;
+use crate::inbound::AuthzPolicy;
 use crate::metrics::{Direction, Metrics, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::{MeshState, RouteRule, Service, Split};
@@ -21,8 +23,19 @@ pub fn build(
     snapshot: Arc<Snapshot>,
     previous: &MeshState,
     metrics: &Metrics,
+    identity: Option<&MeshIdentity>,
 ) -> Result<MeshState, Vec<String>> {
     let mut problems = Vec::new();
+    let authorization = match &snapshot.authorization {
+        None => None,
+        Some(policy) => match AuthzPolicy::compile(policy) {
+            Ok(policy) => Some(Arc::new(policy)),
+            Err(mut found) => {
+                problems.append(&mut found);
+                None
+            }
+        },
+    };
     let mut services = HashMap::with_capacity(snapshot.services.len());
     for (name, spec) in &snapshot.services {
         if spec.protocol == Protocol::Tcp {
@@ -35,6 +48,7 @@ pub fn build(
             spec,
             previous.services.get(name),
             metrics,
+            identity,
             &mut problems,
         );
         if problems.len() == before {
@@ -48,6 +62,7 @@ pub fn build(
         snapshot,
         services,
         unknown_metrics: previous.unknown_metrics.clone(),
+        authorization,
     })
 }
 
@@ -61,6 +76,7 @@ fn build_service(
     spec: &ServiceSnapshot,
     previous: Option<&Arc<Service>>,
     metrics: &Metrics,
+    identity: Option<&MeshIdentity>,
     problems: &mut Vec<String>,
 ) -> Service {
     let policy = &spec.policy;
@@ -151,15 +167,25 @@ fn build_service(
         });
     }
 
+    let http2 = matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc);
+    let tls = match identity.map(|i| i.target(name, http2)) {
+        None => None,
+        Some(Ok(target)) => Some(target),
+        Some(Err(error)) => {
+            problems.push(format!("services.{name}: {error}"));
+            None
+        }
+    };
     let settings = ClientSettings {
-        http2: matches!(spec.protocol, Protocol::Http2 | Protocol::Grpc),
+        http2,
         connect_timeout: policy.connect_timeout,
         idle_timeout: policy.idle_timeout,
+        expected_identity: tls.as_ref().map(|(id, _)| id.clone()),
     };
     let client = previous
-        .filter(|p| p.client.settings() == settings)
+        .filter(|p| *p.client.settings() == settings)
         .map(|p| p.client.clone())
-        .unwrap_or_else(|| UpstreamClient::new(settings));
+        .unwrap_or_else(|| UpstreamClient::with_tls(settings, tls.map(|(_, t)| t)));
     let cb = &policy.circuit_breaker;
     let limiter = previous
         .filter(|p| p.limiter.limits() == (cb.max_requests, cb.max_pending_requests))
@@ -277,7 +303,7 @@ services:
         timeout: 2s
 "#,
         );
-        let state = build(s, &empty(&metrics), &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let state = build(s, &empty(&metrics), &metrics, None).unwrap_or_else(|p| panic!("{p:?}"));
         let api = &state.services["api"];
         assert_eq!(api.endpoints.len(), 2);
         assert_eq!(api.routes.len(), 1);
@@ -301,7 +327,7 @@ services:
     policy: { circuit_breaker: { max_requests: 0 } }
 "#,
         );
-        let problems = build(s, &empty(&metrics), &metrics)
+        let problems = build(s, &empty(&metrics), &metrics, None)
             .err()
             .unwrap_or_default();
         assert_eq!(problems.len(), 3, "{problems:?}");
@@ -315,10 +341,11 @@ services:
     async fn keeps_endpoint_state_and_pool_across_updates() {
         let metrics = Metrics::new();
         let text = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:2\" } ]\n";
-        let first =
-            build(snapshot(text), &empty(&metrics), &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let first = build(snapshot(text), &empty(&metrics), &metrics, None)
+            .unwrap_or_else(|p| panic!("{p:?}"));
         let text2 = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:3\" } ]\n";
-        let second = build(snapshot(text2), &first, &metrics).unwrap_or_else(|p| panic!("{p:?}"));
+        let second =
+            build(snapshot(text2), &first, &metrics, None).unwrap_or_else(|p| panic!("{p:?}"));
         let (a, b) = (&first.services["api"], &second.services["api"]);
         assert!(Arc::ptr_eq(&a.endpoints[0], &b.endpoints[0]));
         assert!(!Arc::ptr_eq(&a.endpoints[1], &b.endpoints[1]));

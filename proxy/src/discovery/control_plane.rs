@@ -66,6 +66,7 @@ pub async fn subscribe(settings: ControlPlaneSettings, applier: Applier, metrics
         http2: false,
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(90),
+        expected_identity: None,
     });
     let base = settings.url.trim_end_matches('/').to_owned();
     let mut failures = 0u32;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tether_api::Snapshot;
 
+use crate::identity::MeshIdentity;
 use crate::metrics::Metrics;
 use crate::state::MeshState;
 use crate::telemetry::Telemetry;
@@ -29,6 +30,7 @@ pub struct Applier {
     state: Arc<ArcSwap<MeshState>>,
     metrics: Metrics,
     telemetry: Arc<Telemetry>,
+    identity: Option<Arc<MeshIdentity>>,
     loaded: Arc<AtomicBool>,
     sequence: Arc<AtomicU64>,
 }
@@ -39,11 +41,13 @@ impl Applier {
         state: Arc<ArcSwap<MeshState>>,
         metrics: Metrics,
         telemetry: Arc<Telemetry>,
+        identity: Option<Arc<MeshIdentity>>,
     ) -> Self {
         Self {
             state,
             metrics,
             telemetry,
+            identity,
             loaded: Arc::new(AtomicBool::new(false)),
             sequence: Arc::new(AtomicU64::new(0)),
         }
@@ -67,7 +71,13 @@ impl Applier {
             snapshot.version = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         }
         let previous = self.state.load();
-        let next = build(Arc::new(snapshot), &previous, &self.metrics).map_err(|problems| {
+        let next = build(
+            Arc::new(snapshot),
+            &previous,
+            &self.metrics,
+            self.identity.as_deref(),
+        )
+        .map_err(|problems| {
             self.metrics.config_errors.inc();
             SnapshotError::Invalid(problems)
         })?;

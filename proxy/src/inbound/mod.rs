@@ -1,10 +1,15 @@
 //! The inbound path: requests from the mesh to the local app.
 //!
 //! ```text
-//! accept (transport::server)   — mTLS and peer identity slot in here
-//!   → limit    concurrency limit for the local app
-//!   → forward  to the app, over a pooled connection
+//! accept (transport::server)   mTLS: verify the caller's chain, read its SPIFFE ID
+//!   → authorize  caller identity, method, path against the snapshot's policy (authz.rs)
+//!   → limit      concurrency limit for the local app
+//!   → forward    to the app, over a pooled connection
 //! ```
+
+mod authz;
+
+pub use authz::AuthzPolicy;
 
 use std::sync::Arc;
 
@@ -12,11 +17,16 @@ use http::uri::Authority;
 
 use crate::errors::ProxyError;
 use crate::forward::{from_upstream, to_upstream};
-use crate::metrics::ServiceMetrics;
+use arc_swap::ArcSwap;
+use prometheus::IntCounter;
+
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::observe::Observer;
 use crate::outbound::{Req, Rsp};
 use crate::resilience::ConcurrencyLimiter;
+use crate::state::MeshState;
 use crate::transport::UpstreamClient;
+use crate::transport::{Peer, PeerIdentity};
 
 /// Settings of the inbound path.
 #[derive(Debug, Clone)]
@@ -38,6 +48,8 @@ pub struct Inbound {
 }
 
 struct Inner {
+    state: Arc<ArcSwap<MeshState>>,
+    denied: IntCounter,
     service: String,
     observer: Observer,
     app: Authority,
@@ -53,9 +65,16 @@ impl Inbound {
         client: UpstreamClient,
         metrics: ServiceMetrics,
         observer: Observer,
+        state: Arc<ArcSwap<MeshState>>,
+        all_metrics: &Metrics,
     ) -> Self {
+        let denied = all_metrics
+            .authz_denied
+            .with_label_values(&[&settings.service]);
         let limiter = ConcurrencyLimiter::new(settings.max_requests, settings.max_pending);
         let inner = Inner {
+            state,
+            denied,
             service: settings.service,
             observer,
             app: settings.app,
@@ -71,8 +90,19 @@ impl Inbound {
     /// Handles one request from the mesh; errors become responses.
     pub async fn handle(&self, mut request: Req) -> Rsp {
         let inner = &self.inner;
-        let observation = inner.observer.begin(&mut request, &inner.service, None);
-        let response = match self.forward(request).await {
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
+        let peer_text = peer.as_ref().map(|p| p.text.as_str());
+        let observation = inner
+            .observer
+            .begin(&mut request, &inner.service, peer_text);
+        let result = match self.authorize(peer.as_deref(), &request) {
+            Ok(()) => self.forward(request).await,
+            Err(error) => Err(error),
+        };
+        let response = match result {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "inbound request failed");
@@ -80,10 +110,29 @@ impl Inbound {
                 error.into_response()
             }
         };
-        inner
-            .observer
-            .end(observation, &response, &inner.metrics, &inner.service, None);
+        inner.observer.end(
+            observation,
+            &response,
+            &inner.metrics,
+            &inner.service,
+            peer_text,
+        );
         response
+    }
+
+    fn authorize(&self, peer: Option<&Peer>, request: &Req) -> Result<(), ProxyError> {
+        let state = self.inner.state.load();
+        let Some(policy) = &state.authorization else {
+            return Ok(());
+        };
+        if policy.allows(peer.map(|p| &p.id), request.method(), request.uri().path()) {
+            return Ok(());
+        }
+        self.inner.denied.inc();
+        Err(ProxyError::Unauthorized {
+            caller: peer.map_or_else(|| "unauthenticated".to_owned(), |p| p.text.clone()),
+            service: self.inner.service.clone(),
+        })
     }
 
     async fn forward(&self, request: Req) -> Result<Rsp, ProxyError> {

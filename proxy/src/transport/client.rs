@@ -5,48 +5,54 @@ use std::time::Duration;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::connector::{MeshConnector, TlsTarget};
 use crate::body::Body;
 
 /// What a connection pool is built with; equal settings share a pool across
 /// snapshots so an update drops no pooled connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
-    /// Speak HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    /// Speak HTTP/2 (prior knowledge, or ALPN `h2` over TLS).
     pub http2: bool,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Idle pooled connections close after this long.
     pub idle_timeout: Duration,
+    /// The SPIFFE ID the endpoints must prove (mTLS), or `None` for plaintext.
+    pub expected_identity: Option<String>,
 }
 
 /// A connection pool to the endpoints of one service.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     settings: ClientSettings,
-    client: Client<HttpConnector, Body>,
+    client: Client<MeshConnector, Body>,
 }
 
 impl UpstreamClient {
-    /// A new pool.
+    /// A new plaintext pool.
     pub fn new(settings: ClientSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
+        Self::with_tls(settings, None)
+    }
+
+    /// A new pool; with `tls`, every connection is mTLS to the target identity.
+    pub fn with_tls(settings: ClientSettings, tls: Option<TlsTarget>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .http2_only(settings.http2);
-        Self {
-            settings,
-            client: builder.build(connector),
-        }
+        let client = builder.build(MeshConnector::new(http, tls));
+        Self { settings, client }
     }
 
     /// The settings this pool was built with.
-    pub fn settings(&self) -> ClientSettings {
-        self.settings
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
     }
 
     /// Whether this pool speaks HTTP/2.

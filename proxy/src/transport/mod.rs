@@ -1,9 +1,12 @@
-//! Connections: the upstream connection pool and the downstream acceptor.
-//! mTLS slots in here (a TLS connector and acceptor) without touching the
-//! stacks above.
+//! Connections: the upstream connection pool (plain or mTLS) and the
+//! downstream acceptor (plain, mTLS, or permissive).
 
 mod client;
+mod connector;
 mod server;
+mod stream;
 
 pub use client::{ClientSettings, UpstreamClient};
-pub use server::{bind, ServerSettings, Servers};
+pub use connector::{MeshConnector, TlsTarget};
+pub use server::{bind, InboundTls, Peer, PeerIdentity, ServerSettings, Servers};
+pub use stream::MeshStream;

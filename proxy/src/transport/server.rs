@@ -1,5 +1,6 @@
-//! Downstream acceptor: binds, accepts, serves HTTP/1.1 and HTTP/2 (prior
-//! knowledge, detected per connection), and drains gracefully.
+//! Downstream acceptor: binds, accepts, optionally terminates mTLS (and
+//! reads the caller's SPIFFE ID), serves HTTP/1.1 and HTTP/2 (detected per
+//! connection), and drains gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::stream::MeshStream;
 use crate::body::Body;
 use crate::metrics::{Direction, Metrics};
 
@@ -30,6 +32,32 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+}
+
+/// mTLS on a listener.
+#[derive(Clone)]
+pub struct InboundTls {
+    /// Terminates TLS with our identity; verifies the caller's chain.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Also accept plaintext (migration mode). Visible in metrics.
+    pub permissive: bool,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// The caller's mesh identity, put in each request's extensions by the
+/// acceptor: `None` for plaintext (permissive mode) or no client cert.
+/// Resolved once per connection; each request clones an `Arc`.
+#[derive(Clone, Debug, Default)]
+pub struct PeerIdentity(pub Option<Arc<Peer>>);
+
+/// An authenticated caller.
+#[derive(Debug)]
+pub struct Peer {
+    /// Its SPIFFE ID.
+    pub id: tether_certs::SpiffeId,
+    /// The same, as text for logs and spans.
+    pub text: String,
 }
 
 /// Binds a listener, with an error that names the address.
@@ -61,6 +89,7 @@ impl Servers {
         listener: TcpListener,
         direction: Option<Direction>,
         settings: ServerSettings,
+        tls: Option<InboundTls>,
         metrics: Metrics,
         handler: H,
     ) where
@@ -71,7 +100,8 @@ impl Servers {
         let name = direction.map_or("admin", Direction::as_str);
         let span = tracing::info_span!("listener", %name, addr = ?listener.local_addr().ok());
         self.tasks.spawn(
-            accept_loop(listener, direction, settings, metrics, handler, stop).instrument(span),
+            accept_loop(listener, direction, settings, tls, metrics, handler, stop)
+                .instrument(span),
         );
     }
 
@@ -91,10 +121,12 @@ impl Servers {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop<H, F>(
     listener: TcpListener,
     direction: Option<Direction>,
     settings: ServerSettings,
+    tls: Option<InboundTls>,
     metrics: Metrics,
     handler: H,
     mut stop: watch::Receiver<bool>,
@@ -115,6 +147,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -138,18 +171,30 @@ where
         let _ = stream.set_nodelay(true);
         let guard = direction.map(|d| metrics.connection_opened(d));
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let response = handler(request.map(Body::from));
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let metrics = metrics.clone();
         let span = tracing::debug_span!("connection", %peer);
         tokio::spawn(
             async move {
-                if let Err(error) = connection.await {
+                let Some((stream, identity)) = secure(stream, tls.as_ref(), &metrics).await else {
+                    return;
+                };
+                let identity = PeerIdentity(identity.map(|id| {
+                    Arc::new(Peer {
+                        text: id.to_string(),
+                        id,
+                    })
+                }));
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let mut request = request.map(Body::from);
+                    request.extensions_mut().insert(identity.clone());
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection).await {
                     tracing::debug!(%error, "connection closed with error");
                 }
                 drop(guard);
@@ -159,4 +204,49 @@ where
         );
     }
     graceful
+}
+
+/// Terminates TLS when configured. Permissive mode lets plaintext through
+/// (a TLS record starts with 0x16). Returns `None` for a failed handshake.
+async fn secure(
+    stream: tokio::net::TcpStream,
+    tls: Option<&InboundTls>,
+    metrics: &Metrics,
+) -> Option<(MeshStream, Option<tether_certs::SpiffeId>)> {
+    let Some(tls) = tls else {
+        return Some((MeshStream::Plain(stream), None));
+    };
+    if tls.permissive {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(tls.handshake_timeout, stream.peek(&mut first)).await;
+        if !matches!(peeked, Ok(Ok(1))) || first[0] != 0x16 {
+            metrics.inbound_plaintext.inc();
+            return Some((MeshStream::Plain(stream), None));
+        }
+    }
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| tether_certs::peer_spiffe_id(certs).ok());
+            Some((MeshStream::Server(Box::new(stream)), identity))
+        }
+        Ok(Err(error)) => {
+            metrics
+                .tls_handshake_errors
+                .with_label_values(&["inbound", "handshake"])
+                .inc();
+            tracing::debug!(%error, "inbound TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics
+                .tls_handshake_errors
+                .with_label_values(&["inbound", "timeout"])
+                .inc();
+            None
+        }
+    }
 }
