@@ -118,6 +118,9 @@ pub struct ProxyArgs {
     /// PEM file with the mesh's trusted root certificate(s).
     #[arg(long, env = "TETHER_TRUST_BUNDLE", requires = "identity_dir")]
     pub trust_bundle: Option<PathBuf>,
+    /// How often the identity files are checked for a renewed certificate.
+    #[arg(long, env = "TETHER_IDENTITY_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub identity_reload_interval: Duration,
     /// With mTLS: also accept plaintext on the inbound listener. For
     /// migrating a service into the mesh only; counted in metrics.
     #[arg(long, env = "TETHER_INBOUND_PERMISSIVE")]
@@ -183,7 +186,11 @@ impl ProxyArgs {
             identity: self
                 .identity_dir
                 .zip(self.trust_bundle)
-                .map(|(dir, bundle)| crate::identity::IdentityFiles { dir, bundle }),
+                .map(|(dir, bundle)| crate::identity::IdentityFiles {
+                    dir,
+                    bundle,
+                    reload_interval: self.identity_reload_interval,
+                }),
             inbound_permissive: self.inbound_permissive,
         })
     }

@@ -48,6 +48,8 @@ pub struct IdentityFiles {
     pub dir: PathBuf,
     /// PEM file with the trusted root(s).
     pub bundle: PathBuf,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// The proxy's identity and TLS configuration factory.
@@ -155,7 +157,8 @@ impl MeshIdentity {
 
     /// Re-reads the files every `every` and swaps in what changed. A bad
     /// file is logged; the identity in force stays.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
+    pub async fn watch(self: Arc<Self>) {
+        let every = self.files.reload_interval;
         let mut last = self.fingerprint();
         loop {
             tokio::time::sleep(every).await;

@@ -158,7 +158,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     // 3. Serve.
     tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
     if let Some(identity) = &identity {
-        let watch = Arc::clone(identity).watch(std::time::Duration::from_secs(2));
+        let watch = Arc::clone(identity).watch();
         tokio::spawn(watch.instrument(tracing::info_span!("identity_files")));
     }
     let draining = Arc::new(AtomicBool::new(false));

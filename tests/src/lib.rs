@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod pki;
 pub mod proxy;
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use backend::{Backend, Behavior};
 pub use client::{Client, H2Connection, Reply};
+pub use pki::TestPki;
 pub use proxy::{Proxy, ProxyBuilder};
 
 /// Polls `check` every 20 ms until it returns true or `within` passes.

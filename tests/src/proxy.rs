@@ -45,6 +45,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Runs with mTLS: the identity in `dir`, trusting `bundle`.
+    pub fn identity(self, dir: &Path, bundle: &Path) -> Self {
+        self.arg("--identity-dir")
+            .arg(&dir.display().to_string())
+            .arg("--trust-bundle")
+            .arg(&bundle.display().to_string())
+    }
+
     /// Adds a command-line flag.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
@@ -53,7 +61,8 @@ impl ProxyBuilder {
 
     /// Starts the proxy and waits until `/ready` answers 200.
     pub async fn start(self) -> Proxy {
-        let proxy = self.spawn();
+        let mut proxy = self.spawn();
+        let spawned = std::time::Instant::now();
         let admin = proxy.admin;
         let client = Client::http1();
         let ready = eventually(Duration::from_secs(15), || {
@@ -73,7 +82,14 @@ impl ProxyBuilder {
             }
         })
         .await;
-        assert!(ready, "proxy never became ready; log:\n{}", proxy.log());
+        if !ready {
+            let exited = proxy.child.try_wait().ok().flatten();
+            panic!(
+                "proxy never became ready ({:?} after spawn, process exit status {exited:?}); log:\n{}",
+                spawned.elapsed(),
+                proxy.log()
+            );
+        }
         proxy
     }
 
