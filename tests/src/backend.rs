@@ -137,12 +137,12 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let n = state.hits.fetch_add(1, Ordering::SeqCst);
     let behavior = state.behavior.lock().map(|b| b.clone()).unwrap_or_default();
-    let host = request
-        .headers()
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let header = |name: &str| {
+        let value = request.headers().get(name).and_then(|h| h.to_str().ok());
+        value.unwrap_or("").to_owned()
+    };
+    let host = header("host");
+    let traceparent = header("traceparent");
     let body = request
         .into_body()
         .collect()
@@ -171,6 +171,7 @@ async fn answer(
         .status(status)
         .header("x-backend", state.name.as_str())
         .header("x-host", host)
+        .header("x-traceparent", traceparent)
         .header("x-body-len", body.len())
         .body(Full::new(payload))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));

@@ -100,6 +100,8 @@ impl ProxyBuilder {
         std::fs::write(&snapshot_path, &self.snapshot).unwrap_or_else(|e| panic!("write: {e}"));
         let log_path = dir.path().join("proxy.log");
         let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log: {e}"));
+        let stdout_path = dir.path().join("stdout.log");
+        let stdout = std::fs::File::create(&stdout_path).unwrap_or_else(|e| panic!("stdout: {e}"));
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let outbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let inbound: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -116,7 +118,7 @@ impl ProxyBuilder {
             .args(["--app", &app.to_string()])
             .args(&self.args)
             .env("TETHER_LOG", "info,tether_proxy=debug")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tether-proxy: {e}"));
@@ -127,6 +129,7 @@ impl ProxyBuilder {
             inbound,
             snapshot_path,
             log_path,
+            stdout_path,
             _dir: dir,
         }
     }
@@ -143,6 +146,7 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     snapshot_path: PathBuf,
     log_path: PathBuf,
+    stdout_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -172,6 +176,11 @@ impl Proxy {
     /// The proxy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// What the proxy wrote to stdout (access log lines).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
     /// `GET` an admin path, returning the body.
