@@ -11,29 +11,15 @@
 # Usage: deploy/scripts/bench-proxy.sh [RUNS=3] [SECONDS=15]
 # Env:   RATES="1000 5000"  CONNS=16  OUT=bench-results/proxy
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/bench-lib.sh"
 runs=${1:-3}
 secs=${2:-15}
 rates=${RATES:-"1000 5000"}
 conns=${CONNS:-16}
-out=${OUT:-bench-results/proxy}
-mkdir -p "$out"
-rm -f "$out"/*.json
-
-fortio=${FORTIO:-$(deploy/scripts/install-fortio.sh)}
-cargo build --release --quiet -p tether-proxy -p tether-examples
-bin=target/release
-pin0="taskset -c 0"; pin1="taskset -c 1"
-[ "$(nproc)" -ge 2 ] || { pin0=""; pin1=""; }
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
+bench_setup "${OUT:-bench-results/proxy}"
 
 backend=127.0.0.1:18090
-$pin0 "$bin/tether-sample" --name backend --listen $backend --body-size 1024 >"$work/backend.log" 2>&1 &
-pids+=($!)
+bench_start backend "$pin0" "$bin/tether-sample" --name backend --listen $backend --body-size 1024
 cat >"$work/snapshot.yaml" <<YAML
 services:
   backend:
@@ -41,21 +27,13 @@ services:
     # Long timeouts: the 1 GiB upload is answered only after its last byte.
     policy: { timeout: 120s, retries: { attempts: 0, per_try_timeout: 120s } }
 YAML
-$pin1 "$bin/tether-proxy" --snapshot "$work/snapshot.yaml" --admin 127.0.0.1:15900 \
-  --outbound 127.0.0.1:15901 --inbound 127.0.0.1:15902 --app $backend >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-pids+=($proxy_pid)
+bench_start proxy "$pin1" "$bin/tether-proxy" --snapshot "$work/snapshot.yaml" --admin 127.0.0.1:15900 \
+  --outbound 127.0.0.1:15901 --inbound 127.0.0.1:15902 --app $backend
+proxy_pid=$last_pid
 "$bin/tether-proxy" wait-ready --admin 127.0.0.1:15900 --timeout 20s
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 tick=$(getconf CLK_TCK)
 idle_rss=$(rss_kib $proxy_pid VmRSS)
 
-load() { # name url qps seconds conns
-  $pin0 "$fortio" load -quiet -qps "$3" -t "${4}s" -c "$5" -p "50,90,99,99.9" -r 0.00001 \
-    -H "Host: backend" -json "$out/$1.json" "$2" >/dev/null 2>&1
-}
 # Warm-up (connections, allocator, page cache), not recorded.
 load warm-direct "http://$backend/" 500 3 "$conns"; load warm-proxy "http://127.0.0.1:15901/" 500 3 "$conns"
 rm -f "$out"/warm-*.json
