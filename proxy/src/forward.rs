@@ -18,8 +18,18 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Whether a header never crosses a hop.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::TE
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
+/// One pass over the names first: most requests carry none, and then no
+/// header is hashed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         if let Ok(names) = connection.to_str() {
             for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {

@@ -56,6 +56,18 @@ impl Observer {
     ) -> Observation {
         let started = Instant::now();
         let arrived = SystemTime::now();
+        // Nothing to build when neither tracing nor the access log is on:
+        // the common case pays for two clock reads only.
+        let tracing = self.telemetry.is_on();
+        if !tracing && self.access_log.is_none() {
+            return Observation {
+                started,
+                arrived,
+                span: None,
+                trace_id: None,
+                line: None,
+            };
+        }
         let authority = request
             .uri()
             .authority()
@@ -75,6 +87,31 @@ impl Observer {
                 request.uri().path().to_owned(),
             )
         });
+        let span = if tracing {
+            self.start_span(request, service, peer, authority)
+        } else {
+            None
+        };
+        let trace_id = request
+            .extensions()
+            .get::<TraceCx>()
+            .map(|cx| cx.0.span().span_context().trace_id().to_string());
+        Observation {
+            started,
+            arrived,
+            span,
+            trace_id,
+            line,
+        }
+    }
+
+    fn start_span(
+        &self,
+        request: &mut Request<Body>,
+        service: &str,
+        peer: Option<&str>,
+        authority: String,
+    ) -> Option<HopSpan> {
         let kind = match self.direction {
             Direction::Outbound => SpanKind::Client,
             Direction::Inbound => SpanKind::Server,
@@ -90,18 +127,7 @@ impl Observer {
             attributes.push(KeyValue::new("tether.peer.identity", peer.to_owned()));
         }
         let name = format!("{} {} {service}", request.method(), self.direction.as_str());
-        let span = self.telemetry.start(request, kind, name, attributes);
-        let trace_id = request
-            .extensions()
-            .get::<TraceCx>()
-            .map(|cx| cx.0.span().span_context().trace_id().to_string());
-        Observation {
-            started,
-            arrived,
-            span,
-            trace_id,
-            line,
-        }
+        self.telemetry.start(request, kind, name, attributes)
     }
 
     /// Records the response: metrics, span, access log.

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod jaeger;
 pub mod pki;
 pub mod proxy;
 

@@ -158,6 +158,11 @@ impl Telemetry {
         })
     }
 
+    /// Whether tracing is on (one atomic load).
+    pub fn is_on(&self) -> bool {
+        self.active.load().is_some()
+    }
+
     /// Starts the span of one hop if tracing is on: reads the caller's
     /// context (W3C, else B3), writes this span's context into the request
     /// as `traceparent`, and carries it in the request's extensions.
