@@ -62,17 +62,32 @@ fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
     match args.command {
         Command::Init { dir, trust_domain } => {
             CertificateAuthority::init_dir(&dir, &trust_domain)?;
-            Ok(format!("CA for {trust_domain} written to {}", dir.display()))
+            Ok(format!(
+                "CA for {trust_domain} written to {}",
+                dir.display()
+            ))
         }
-        Command::Issue { dir, service, out, lifetime } => {
+        Command::Issue {
+            dir,
+            service,
+            out,
+            lifetime,
+        } => {
             let ca = CertificateAuthority::load_dir(&dir)?;
-            let domain = ca.trust_domain().ok_or("the CA has no SPIFFE trust domain")?.to_owned();
+            let domain = ca
+                .trust_domain()
+                .ok_or("the CA has no SPIFFE trust domain")?
+                .to_owned();
             let id = SpiffeId::service(&domain, &service)?;
             let key = IdentityKey::generate()?;
             let issued = ca.sign_csr(&key.csr_pem(&id)?, &id, lifetime)?;
             std::fs::create_dir_all(&out)?;
             Identity::new(&key, &issued.chain_pem)?.write_dir(&out)?;
-            Ok(format!("{id} issued to {} (lifetime {})", out.display(), humantime::format_duration(lifetime)))
+            Ok(format!(
+                "{id} issued to {} (lifetime {})",
+                out.display(),
+                humantime::format_duration(lifetime)
+            ))
         }
     }
 }

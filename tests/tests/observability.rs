@@ -17,8 +17,14 @@ fn snapshot(backend: &Backend) -> String {
 /// `promtool`, from PATH or `PROMTOOL`; its absence fails the test.
 fn promtool() -> String {
     let candidate = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
-    let found = Command::new(&candidate).arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(found, "promtool not found: install Debian's `prometheus` package (or set PROMTOOL)");
+    let found = Command::new(&candidate)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "promtool not found: install Debian's `prometheus` package (or set PROMTOOL)"
+    );
     candidate
 }
 
@@ -30,18 +36,32 @@ fn promtool_accepts(text: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
+    child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(text.as_bytes()));
     let output = child.wait_with_output().map_err(|e| e.to_string())?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
 }
 
 #[tokio::test]
 async fn metrics_count_what_was_sent_and_pass_promtool() {
-    let api = Backend::with("api", Behavior { fail_first: 1, ..Behavior::default() }).await;
+    let api = Backend::with(
+        "api",
+        Behavior {
+            fail_first: 1,
+            ..Behavior::default()
+        },
+    )
+    .await;
     let proxy = Proxy::start(&snapshot(&api)).await;
     let client = Client::http1();
     for _ in 0..5 {
@@ -52,24 +72,55 @@ async fn metrics_count_what_was_sent_and_pass_promtool() {
     }
     let text = proxy.metrics().await;
     let series = |s: &str| metric(&text, s);
-    assert_eq!(series(r#"tether_requests_total{direction="outbound",service="api",status_class="2xx"}"#), Some(5.0), "{text}");
-    assert_eq!(series(r#"tether_requests_total{direction="outbound",service="unknown",status_class="5xx"}"#), Some(2.0));
-    assert_eq!(series(r#"tether_retries_total{service="api"}"#), Some(1.0), "the first try got a 503");
-    assert_eq!(series(r#"tether_request_duration_seconds_count{direction="outbound",service="api"}"#), Some(5.0));
-    assert_eq!(series(r#"tether_connections_total{direction="outbound"}"#), Some(1.0));
+    assert_eq!(
+        series(r#"tether_requests_total{direction="outbound",service="api",status_class="2xx"}"#),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            r#"tether_requests_total{direction="outbound",service="unknown",status_class="5xx"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        series(r#"tether_retries_total{service="api"}"#),
+        Some(1.0),
+        "the first try got a 503"
+    );
+    assert_eq!(
+        series(r#"tether_request_duration_seconds_count{direction="outbound",service="api"}"#),
+        Some(5.0)
+    );
+    assert_eq!(
+        series(r#"tether_connections_total{direction="outbound"}"#),
+        Some(1.0)
+    );
     assert_eq!(series("tether_config_version"), Some(1.0));
-    assert!(text.contains(r#"tether_request_duration_seconds_bucket{direction="outbound",service="api",le="0.0001"}"#));
-    promtool_accepts(&text).unwrap_or_else(|e| panic!("promtool refused the proxy's metrics:\n{e}\n{text}"));
+    assert!(text.contains(
+        r#"tether_request_duration_seconds_bucket{direction="outbound",service="api",le="0.0001"}"#
+    ));
+    promtool_accepts(&text)
+        .unwrap_or_else(|e| panic!("promtool refused the proxy's metrics:\n{e}\n{text}"));
 }
 
 #[tokio::test]
 async fn access_log_lines_are_json_with_every_field() {
     let api = Backend::start("api").await;
-    let proxy = Proxy::builder(&snapshot(&api)).arg("--access-log").start().await;
+    let proxy = Proxy::builder(&snapshot(&api))
+        .arg("--access-log")
+        .start()
+        .await;
     let client = Client::http1();
-    client.get(proxy.outbound, "api", "/v1/users?secret=1").await;
+    client
+        .get(proxy.outbound, "api", "/v1/users?secret=1")
+        .await;
     client.get(proxy.outbound, "nope", "/x").await;
-    assert_eventually!(Duration::from_secs(5), || async { proxy.stdout().lines().count() == 2 }, "two access log lines");
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async { proxy.stdout().lines().count() == 2 },
+        "two access log lines"
+    );
     let lines: Vec<serde_json::Value> = proxy
         .stdout()
         .lines()
@@ -80,7 +131,10 @@ async fn access_log_lines_are_json_with_every_field() {
     assert_eq!(ok["service"], "api");
     assert_eq!(ok["method"], "GET");
     assert_eq!(ok["authority"], "api");
-    assert_eq!(ok["path"], "/v1/users", "the query string stays out of logs");
+    assert_eq!(
+        ok["path"], "/v1/users",
+        "the query string stays out of logs"
+    );
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["retries"], 0);
     assert!(ok["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
@@ -95,7 +149,14 @@ async fn trace_headers_pass_through_untouched_when_tracing_is_off() {
     let proxy = Proxy::start(&snapshot(&api)).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let reply = Client::http1()
-        .send(http::Method::GET, proxy.outbound, "api", "/", bytes::Bytes::new(), &[("traceparent", traceparent)])
+        .send(
+            http::Method::GET,
+            proxy.outbound,
+            "api",
+            "/",
+            bytes::Bytes::new(),
+            &[("traceparent", traceparent)],
+        )
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-traceparent"), traceparent);
