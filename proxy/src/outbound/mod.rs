@@ -17,6 +17,7 @@ mod endpoint;
 mod limit;
 mod retry;
 mod route;
+mod step;
 mod target;
 mod timeout;
 
@@ -25,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 use crate::body::Body;
 use crate::errors::ProxyError;
@@ -34,10 +35,8 @@ use crate::observe::Observer;
 use crate::state::MeshState;
 
 pub use endpoint::Forward;
-pub use limit::LimitLayer;
-pub use retry::RetryLayer;
+pub use step::Step;
 pub use target::Target;
-pub use timeout::TimeoutLayer;
 
 /// A request inside the proxy.
 pub type Req = http::Request<Body>;
@@ -56,17 +55,16 @@ pub struct Outbound {
 
 /// The layers below `route`. Every layer is a zero-sized struct, so cloning
 /// the stack per request costs nothing (a boxed service would allocate).
-type Stack = timeout::Timeout<limit::Limit<retry::Retry<Forward>>>;
+type Stack = Step<Step<Step<Forward>>>;
 
 impl Outbound {
     /// Builds the outbound stack over the (swappable) mesh state.
     pub fn new(state: Arc<ArcSwap<MeshState>>, observer: Observer) -> Self {
-        // Request order, outermost first.
-        let stack = ServiceBuilder::new()
-            .layer(TimeoutLayer) // whole request: queue + all tries
-            .layer(LimitLayer) // per-service in-flight + pending limits
-            .layer(RetryLayer) // budget, backoff, replay buffer
-            .service(Forward); // balancer, per-try timeout, outliers
+        // Built innermost first: a request meets these bottom to top.
+        let stack = Forward; // balancer pick, per-try timeout, outlier detection
+        let stack = Step::new(retry::run, stack); // budget, backoff, replay buffer
+        let stack = Step::new(limit::run, stack); // per-service in-flight + pending limits
+        let stack = Step::new(timeout::run, stack); // whole request: queue + all tries
         Self {
             state,
             stack,

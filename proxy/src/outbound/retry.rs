@@ -13,16 +13,15 @@
 //! and named in the `tether-retry-skipped` response header. The final answer
 //! carries `tether-attempts` when more than one try was made.
 
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tether_api::RetryOn;
 use tower::retry::budget::Budget;
-use tower::{Layer, Service, ServiceExt};
+use tower::ServiceExt;
 
+use super::step::Inner;
 use super::{BoxFuture, Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
@@ -30,39 +29,9 @@ use crate::resilience::backoff;
 use crate::telemetry::TraceCx;
 use opentelemetry::KeyValue;
 
-/// Adds retries.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RetryLayer;
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry { inner }
-    }
-}
-
-/// See [`RetryLayer`].
-#[derive(Debug, Clone)]
-pub struct Retry<S> {
-    inner: S,
-}
-
-impl<S> Service<Req> for Retry<S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Req) -> BoxFuture {
-        Box::pin(retry(self.inner.clone(), request))
-    }
+/// Retries the rest of the stack per the target's policy.
+pub fn run<S: Inner>(inner: S, request: Req) -> BoxFuture {
+    Box::pin(retry(inner, request))
 }
 
 /// Why a failed try was not retried.
@@ -83,11 +52,7 @@ impl Skip {
     }
 }
 
-async fn retry<S>(inner: S, request: Req) -> Result<Rsp, ProxyError>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
-{
+async fn retry<S: Inner>(inner: S, request: Req) -> Result<Rsp, ProxyError> {
     let target = Target::of(&request)?;
     let service = &target.service;
     let policy = &service.retries;
