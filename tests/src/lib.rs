@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod client;
+pub mod consul;
+pub mod control;
 pub mod jaeger;
 pub mod pki;
 pub mod proxy;

@@ -33,7 +33,7 @@ pub fn proxy_bin() -> PathBuf {
 
 /// Options for starting a proxy.
 pub struct ProxyBuilder {
-    snapshot: String,
+    snapshot: Option<String>,
     app: Option<SocketAddr>,
     args: Vec<String>,
 }
@@ -97,7 +97,18 @@ impl ProxyBuilder {
     pub fn spawn(self) -> Proxy {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let snapshot_path = dir.path().join("snapshot.yaml");
-        std::fs::write(&snapshot_path, &self.snapshot).unwrap_or_else(|e| panic!("write: {e}"));
+        let mut args: Vec<String> = Vec::new();
+        match &self.snapshot {
+            Some(snapshot) => {
+                std::fs::write(&snapshot_path, snapshot).unwrap_or_else(|e| panic!("write: {e}"));
+                args.extend(["--snapshot".into(), snapshot_path.display().to_string()]);
+                args.extend(["--snapshot-poll-interval".into(), "100ms".into()]);
+            }
+            None => args.extend([
+                "--state-dir".into(),
+                dir.path().join("state").display().to_string(),
+            ]),
+        }
         let log_path = dir.path().join("proxy.log");
         let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log: {e}"));
         let stdout_path = dir.path().join("stdout.log");
@@ -108,22 +119,23 @@ impl ProxyBuilder {
         let app = self
             .app
             .unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
-        let child = Command::new(proxy_bin())
-            .arg("--snapshot")
-            .arg(&snapshot_path)
-            .args(["--snapshot-poll-interval", "100ms"])
-            .args(["--admin", &admin.to_string()])
-            .args(["--outbound", &outbound.to_string()])
-            .args(["--inbound", &inbound.to_string()])
-            .args(["--app", &app.to_string()])
-            .args(&self.args)
-            .env("TETHER_LOG", "info,tether_proxy=debug")
-            .stdout(stdout)
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tether-proxy: {e}"));
+        args.extend([
+            "--admin".into(),
+            admin.to_string(),
+            "--outbound".into(),
+            outbound.to_string(),
+        ]);
+        args.extend([
+            "--inbound".into(),
+            inbound.to_string(),
+            "--app".into(),
+            app.to_string(),
+        ]);
+        args.extend(self.args);
+        let child = launch(&args, stdout, log);
         Proxy {
             child,
+            args,
             admin,
             outbound,
             inbound,
@@ -138,6 +150,7 @@ impl ProxyBuilder {
 /// A running proxy; killed when dropped.
 pub struct Proxy {
     child: Child,
+    args: Vec<String>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// Outbound listener.
@@ -150,14 +163,67 @@ pub struct Proxy {
     _dir: tempfile::TempDir,
 }
 
+fn launch(args: &[String], stdout: std::fs::File, log: std::fs::File) -> Child {
+    Command::new(proxy_bin())
+        .args(args)
+        .env("TETHER_LOG", "info,tether_proxy=debug")
+        .stdout(stdout)
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tether-proxy: {e}"))
+}
+
 impl Proxy {
+    /// Kills the process and starts it again with the same flags, ports and
+    /// state directory (without waiting for readiness).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let open = |p: &PathBuf| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        self.child = launch(&self.args, open(&self.stdout_path), open(&self.log_path));
+    }
+
+    /// Whether `/ready` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        Client::http1()
+            .try_send(
+                http::Method::GET,
+                self.admin,
+                "admin",
+                "/ready",
+                bytes::Bytes::new(),
+                &[],
+            )
+            .await
+            .is_ok_and(|r| r.status == 200)
+    }
+
     /// A proxy running from this snapshot (YAML).
     pub fn builder(snapshot: &str) -> ProxyBuilder {
         ProxyBuilder {
-            snapshot: snapshot.to_owned(),
+            snapshot: Some(snapshot.to_owned()),
             app: None,
             args: Vec::new(),
         }
+    }
+
+    /// A proxy for `service` subscribed to the control plane at `url`, with
+    /// a state directory of its own (kept across [`Proxy::restart`]).
+    pub fn subscribed(url: &str, service: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            snapshot: None,
+            app: None,
+            args: Vec::new(),
+        }
+        .arg("--control-plane")
+        .arg(url)
+        .arg("--service")
+        .arg(service)
     }
 
     /// Starts a proxy with default options.
