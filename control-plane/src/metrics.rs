@@ -1,0 +1,107 @@
+//! The control plane's Prometheus metrics.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// Every metric of the control plane.
+#[derive(Clone)]
+pub struct ControlMetrics {
+    registry: Registry,
+    /// Long-polls open now.
+    pub subscribers: IntGauge,
+    /// Snapshots sent to proxies.
+    pub snapshots_served: IntCounter,
+    /// New snapshot versions computed (any service).
+    pub snapshot_updates: IntCounter,
+    /// Generation of the config in force (Unix seconds of its load).
+    pub config_loaded: IntGauge,
+    /// Config reloads refused.
+    pub config_errors: IntCounter,
+    /// Failed Consul queries.
+    pub consul_errors: IntCounter,
+    /// Consul query latency (blocking queries included).
+    pub consul_latency: Histogram,
+    /// Proxy reports that refused a snapshot.
+    pub proxy_rejections: IntCounter,
+}
+
+impl ControlMetrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: T,
+        ) -> T {
+            registry
+                .register(Box::new(metric.clone()))
+                .unwrap_or_else(|e| unreachable!("metric registered twice: {e}"));
+            metric
+        }
+        let gauge = |n: &str, h: &str| {
+            reg(
+                &registry,
+                IntGauge::new(n, h).unwrap_or_else(|e| unreachable!("{n}: {e}")),
+            )
+        };
+        let counter = |n: &str, h: &str| {
+            reg(
+                &registry,
+                IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{n}: {e}")),
+            )
+        };
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_control_consul_watch_latency_seconds",
+                "Time Consul took to answer a (blocking) query.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )
+        .unwrap_or_else(|e| unreachable!("histogram: {e}"));
+        Self {
+            subscribers: gauge("tether_control_subscribers", "Proxy long-polls open now."),
+            snapshots_served: counter(
+                "tether_control_snapshots_served_total",
+                "Snapshots sent to proxies.",
+            ),
+            snapshot_updates: counter(
+                "tether_control_snapshot_updates_total",
+                "New snapshot versions computed, over all services.",
+            ),
+            config_loaded: gauge(
+                "tether_control_config_loaded_timestamp_seconds",
+                "When the mesh.yaml in force was loaded (Unix seconds).",
+            ),
+            config_errors: counter(
+                "tether_control_config_reload_errors_total",
+                "mesh.yaml reloads refused; the last good config stays.",
+            ),
+            consul_errors: counter(
+                "tether_control_consul_watch_errors_total",
+                "Consul queries that failed.",
+            ),
+            consul_latency: reg(&registry, latency),
+            proxy_rejections: counter(
+                "tether_control_proxy_rejections_total",
+                "Snapshots that a proxy reported it refused.",
+            ),
+            registry,
+        }
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

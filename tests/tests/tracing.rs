@@ -1,0 +1,205 @@
+//! Every hop traced into a real Jaeger: web's sidecar → api's sidecar (mTLS)
+//! → api, with parent-child links, attributes, errors and B3 continuation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use tether_e2e::jaeger::{spans, Jaeger};
+use tether_e2e::{Backend, Behavior, Client, Proxy, TestPki};
+
+struct Traced {
+    jaeger: Jaeger,
+    _app: Backend,
+    _api: Proxy,
+    web: Proxy,
+    _pki: TestPki,
+}
+
+async fn traced_mesh(app: Behavior, retry: &str) -> Traced {
+    let jaeger = Jaeger::start().await;
+    let pki = TestPki::new();
+    let tracing = format!(
+        "mesh:\n  tracing: {{ otlp_endpoint: \"{}\", sample_ratio: 1.0 }}\n",
+        jaeger.otlp_grpc
+    );
+    let app = Backend::with("api-app", app).await;
+    let api = Proxy::builder(&format!("service: api\n{tracing}services: {{}}\n"))
+        .app(app.addr)
+        .identity(&pki.issue("api"), &pki.bundle())
+        .arg("--service")
+        .arg("api")
+        .start()
+        .await;
+    let web = Proxy::builder(&format!(
+        "service: web\n{tracing}services:\n  api:\n    policy: {retry}\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+        api.inbound
+    ))
+    .identity(&pki.issue("web"), &pki.bundle())
+    .arg("--service")
+    .arg("web")
+    .start()
+    .await;
+    Traced {
+        jaeger,
+        _app: app,
+        _api: api,
+        web,
+        _pki: pki,
+    }
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn a_request_is_one_trace_with_a_span_per_sidecar() {
+    let mesh = traced_mesh(Behavior::default(), "{}").await;
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let reply = Client::http1()
+        .send(
+            Method::GET,
+            mesh.web.outbound,
+            "api",
+            "/v1/users",
+            Bytes::new(),
+            &[("traceparent", &traceparent)],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    // The app sees the same trace, parented by api's SERVER span.
+    assert!(
+        reply
+            .header("x-traceparent")
+            .starts_with(&format!("00-{TRACE}-")),
+        "{reply:?}"
+    );
+    let trace = mesh
+        .jaeger
+        .trace(TRACE, 2)
+        .await
+        .unwrap_or_else(|| panic!("trace {TRACE} never reached Jaeger"));
+    let all = spans(&trace);
+    let web = all
+        .iter()
+        .find(|s| s.service == "web")
+        .unwrap_or_else(|| panic!("no web span"));
+    let api = all
+        .iter()
+        .find(|s| s.service == "api")
+        .unwrap_or_else(|| panic!("no api span"));
+    assert_eq!(
+        web.parent().as_deref(),
+        Some(CALLER_SPAN),
+        "web's span continues the caller's"
+    );
+    assert_eq!(
+        api.parent(),
+        Some(web.id()),
+        "api's span is the child of web's"
+    );
+    assert_eq!(web.tag("span.kind").as_deref(), Some("client"));
+    assert_eq!(api.tag("span.kind").as_deref(), Some("server"));
+    assert_eq!(web.tag("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(web.tag("url.path").as_deref(), Some("/v1/users"));
+    assert_eq!(web.tag("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        web.tag("tether.endpoint"),
+        Some(mesh._api.inbound.to_string())
+    );
+    assert_eq!(
+        api.tag("tether.peer.identity").as_deref(),
+        Some("spiffe://tether.local/service/web")
+    );
+    assert!(
+        reply.header("x-traceparent").contains(&api.id()),
+        "the app's parent is api's span"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_request_marks_its_spans_as_errors() {
+    let retry = "{ retries: { attempts: 1, retry_on: [5xx], backoff: { base: 1ms, max: 1ms } } }";
+    let mesh = traced_mesh(
+        Behavior {
+            status: 500,
+            ..Behavior::default()
+        },
+        retry,
+    )
+    .await;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-{CALLER_SPAN}-01");
+    let reply = Client::http1()
+        .send(
+            Method::GET,
+            mesh.web.outbound,
+            "api",
+            "/",
+            Bytes::new(),
+            &[("traceparent", &traceparent)],
+        )
+        .await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.header("tether-attempts"), "2");
+    let trace = mesh
+        .jaeger
+        .trace(trace_id, 3)
+        .await
+        .unwrap_or_else(|| panic!("trace never reached Jaeger"));
+    let all = spans(&trace);
+    let web = all
+        .iter()
+        .find(|s| s.service == "web")
+        .unwrap_or_else(|| panic!("no web span"));
+    assert_eq!(
+        web.tag("error").as_deref(),
+        Some("true"),
+        "web span is an error"
+    );
+    assert_eq!(web.tag("tether.retries").as_deref(), Some("1"));
+    let events = web.span["logs"].as_array().map_or(0, Vec::len);
+    assert!(
+        events >= 3,
+        "two `try` events and one `retry` event, got {events}"
+    );
+    let api_spans: Vec<_> = all.iter().filter(|s| s.service == "api").collect();
+    assert_eq!(api_spans.len(), 2, "one server span per try");
+    assert!(api_spans
+        .iter()
+        .all(|s| s.tag("error").as_deref() == Some("true")));
+}
+
+#[tokio::test]
+async fn a_b3_request_continues_its_trace() {
+    let mesh = traced_mesh(Behavior::default(), "{}").await;
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let b3 = format!("{trace_id}-{CALLER_SPAN}-1");
+    let reply = Client::http1()
+        .send(
+            Method::GET,
+            mesh.web.outbound,
+            "api",
+            "/",
+            Bytes::new(),
+            &[("b3", &b3)],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("x-traceparent")
+            .starts_with(&format!("00-{trace_id}-")),
+        "continued as W3C"
+    );
+    let trace = mesh
+        .jaeger
+        .trace(trace_id, 2)
+        .await
+        .unwrap_or_else(|| panic!("B3 trace never reached Jaeger"));
+    let all = spans(&trace);
+    assert!(all
+        .iter()
+        .any(|s| s.service == "web" && s.parent().as_deref() == Some(CALLER_SPAN)));
+    let _ = Duration::ZERO;
+}
