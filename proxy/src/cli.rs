@@ -150,14 +150,30 @@ pub struct UsageError(pub String);
 impl ProxyArgs {
     /// The proxy configuration these flags describe.
     pub fn into_config(self) -> Result<ProxyConfig, UsageError> {
-        let source = match self.snapshot {
-            Some(path) => SnapshotSource::File {
+        let source = match (self.snapshot, self.control_plane) {
+            (Some(path), _) => SnapshotSource::File {
                 path,
                 poll_interval: self.snapshot_poll_interval,
             },
-            None => {
+            (None, Some(url)) => {
+                let service = self.service.clone().ok_or_else(|| {
+                    UsageError("--control-plane needs --service NAME (or TETHER_SERVICE)".into())
+                })?;
+                let proxy_id = self.proxy_id.unwrap_or_else(|| {
+                    let suffix = rand::random::<u32>() & 0xff_ffff;
+                    format!("{service}-{}-{suffix:06x}", std::process::id())
+                });
+                SnapshotSource::ControlPlane(crate::discovery::ControlPlaneSettings {
+                    url,
+                    service,
+                    proxy_id,
+                    state_dir: self.state_dir,
+                })
+            }
+            (None, None) => {
                 return Err(UsageError(
-                    "no snapshot source: pass --snapshot FILE (or set TETHER_SNAPSHOT)".into(),
+                    "no snapshot source: pass --control-plane URL with --service NAME, or --snapshot FILE"
+                        .into(),
                 ))
             }
         };

@@ -22,6 +22,11 @@ const DEFAULT_RTT: Duration = Duration::from_millis(5);
 /// matter, and recover within a minute once they are fast again.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
+/// An endpoint address that is not `host:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("endpoint address is not host:port")]
+pub struct InvalidEndpoint;
+
 /// Live state of one endpoint, shared by every subset it belongs to and
 /// carried over from one snapshot to the next while its address stays.
 #[derive(Debug)]
@@ -48,8 +53,11 @@ struct Ejection {
 
 impl EndpointState {
     /// A fresh endpoint. `address` must be `host:port`.
-    pub fn new(address: &str, weight: u32) -> Result<Self, http::uri::InvalidUri> {
-        let authority: Authority = address.parse()?;
+    pub fn new(address: &str, weight: u32) -> Result<Self, InvalidEndpoint> {
+        let authority: Authority = address.parse().map_err(|_| InvalidEndpoint)?;
+        if authority.port_u16().is_none() {
+            return Err(InvalidEndpoint);
+        }
         Ok(Self {
             address: address.to_owned(),
             authority,
@@ -237,6 +245,11 @@ mod tests {
     #[test]
     fn rejects_bad_addresses() {
         assert!(EndpointState::new("not an address", 1).is_err());
+        assert!(
+            EndpointState::new("no-port", 1).is_err(),
+            "a port is required"
+        );
+        assert!(EndpointState::new("10.0.0.1:8080", 1).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

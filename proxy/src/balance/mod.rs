@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rand::Rng;
 use tether_api::LoadBalancer;
 
-pub use endpoint::{EndpointState, InFlight};
+pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
 pub use outlier::OutlierDetector;
 
 /// An immutable list of endpoints and the algorithm that picks among them.

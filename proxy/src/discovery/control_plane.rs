@@ -70,13 +70,16 @@ pub async fn subscribe(settings: ControlPlaneSettings, applier: Applier, metrics
     });
     let base = settings.url.trim_end_matches('/').to_owned();
     let mut failures = 0u32;
+    // The last version offered, applied or refused: polling with it means a
+    // refused snapshot is not sent again until the control plane has a new one.
+    let mut seen = applier.version();
     loop {
-        let current = applier.version();
-        match poll(&client, &base, &settings, current).await {
+        match poll(&client, &base, &settings, seen).await {
             Ok(Some(snapshot)) => {
                 failures = 0;
                 metrics.control_plane_connected.set(1);
                 let offered = snapshot.version;
+                seen = offered;
                 let report = match applier.apply(snapshot.clone()) {
                     Ok(version) => {
                         save(&settings, &snapshot).await;
