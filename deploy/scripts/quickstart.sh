@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Tether quickstart: builds Tether and runs a two-service mesh on loopback.
 #
+#   tether-control (:15010) ◄── mesh.yaml (+ Consul with --consul)
+#        │ snapshots (long-poll)
 #   curl → web app (:18080) → web's sidecar (outbound :15001)
 #        ══ mTLS, SPIFFE identities ══> api's sidecar (inbound :15543, authorizes web) → api app (:18081)
 #
 # A development CA (tether-pki) issues both sidecars their certificates.
+# With Jaeger already built (deploy/scripts/install-jaeger.sh), traces go there.
 #
-# Usage: deploy/scripts/quickstart.sh          # runs until Ctrl-C
-#        deploy/scripts/quickstart.sh --once   # sends traffic, prints, stops (CI)
+# Usage: deploy/scripts/quickstart.sh [--consul] [--once]
+#   --consul  use a local Consul dev agent as the catalog (examples/mesh-consul.yaml)
+#   --once    send traffic, print, stop (what CI runs); default: run until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-once=false
-[ "${1:-}" = "--once" ] && once=true
+once=false; consul=false
+for arg in "$@"; do
+  case $arg in
+    --once) once=true ;;
+    --consul) consul=true ;;
+    *) echo "usage: $0 [--consul] [--once]" >&2; exit 2 ;;
+  esac
+done
 
 echo "==> building (release)"
-cargo build --release --quiet -p tether-proxy -p tether-examples
+cargo build --release --quiet -p tether-proxy -p tether-control -p tether-examples
 bin=target/release
 work=$(mktemp -d)
 pids=()
@@ -27,25 +37,49 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 start() { local name=$1; shift; "$@" >"$work/$name.log" 2>&1 & pids+=($!); }
+wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; echo "$1 never answered"; tail -n 20 "$work"/*.log; exit 1; }
 
 "$bin/tether-pki" init --dir "$work/pki" >/dev/null
 for svc in web api; do "$bin/tether-pki" issue --dir "$work/pki" --service $svc --out "$work/pki/$svc" >/dev/null; done
-tls() { echo --identity-dir "$work/pki/$1" --trust-bundle "$work/pki/ca.pem"; }
 
+mesh=examples/mesh.yaml
+if $consul; then
+  consul_bin=$(deploy/scripts/install-consul.sh)
+  start consul "$consul_bin" agent -dev -bind=127.0.0.1 -client=127.0.0.1 -dns-port=-1 -grpc-port=-1
+  wait_http http://127.0.0.1:8500/v1/status/leader
+  for reg in '{"ID":"api-1","Name":"api","Address":"127.0.0.1","Port":15543,"Tags":["v1"]}' \
+             '{"ID":"web-1","Name":"web","Address":"127.0.0.1","Port":15443}'; do
+    curl -fsS -X PUT -d "$reg" http://127.0.0.1:8500/v1/agent/service/register
+  done
+  mesh=examples/mesh-consul.yaml
+fi
+cp "$mesh" "$work/mesh.yaml"
+tracing=false
+if jaeger=$(ls "${TETHER_CACHE:-$HOME/.cache/tether}"/jaeger-*/jaeger-all-in-one 2>/dev/null | head -1) && [ -n "$jaeger" ]; then
+  start jaeger deploy/scripts/run-jaeger.sh
+  wait_http http://127.0.0.1:16686/api/services
+  sed -i 's|^  # tracing: .*|  tracing: { otlp_endpoint: "http://127.0.0.1:4317", sample_ratio: 1.0 }|' "$work/mesh.yaml"
+  grep -q '^  tracing:' "$work/mesh.yaml" || sed -i 's|^mesh:|mesh:\n  tracing: { otlp_endpoint: "http://127.0.0.1:4317", sample_ratio: 1.0 }|' "$work/mesh.yaml"
+  tracing=true
+fi
+
+start control "$bin/tether-control" serve --config "$work/mesh.yaml" --listen 127.0.0.1:15010
+wait_http http://127.0.0.1:15010/ready
 start api-app "$bin/tether-sample" --name api --listen 127.0.0.1:18081
 start web-app "$bin/tether-sample" --name web --listen 127.0.0.1:18080 --call api --sidecar 127.0.0.1:15001
-# shellcheck disable=SC2046
-start api-proxy "$bin/tether-proxy" --service api --snapshot examples/standalone/api.yaml $(tls api) \
-  --admin 127.0.0.1:15100 --outbound 127.0.0.1:15101 --inbound 127.0.0.1:15543 --app 127.0.0.1:18081
-# shellcheck disable=SC2046
-start web-proxy "$bin/tether-proxy" --service web --snapshot examples/standalone/web.yaml $(tls web) \
-  --admin 127.0.0.1:15000 --outbound 127.0.0.1:15001 --inbound 127.0.0.1:15443 --app 127.0.0.1:18080
-
+sidecar() { # service admin outbound inbound app
+  start "$1-proxy" "$bin/tether-proxy" --service "$1" --control-plane http://127.0.0.1:15010 \
+    --state-dir "$work/state-$1" --identity-dir "$work/pki/$1" --trust-bundle "$work/pki/ca.pem" \
+    --admin "$2" --outbound "$3" --inbound "$4" --app "$5"
+}
+sidecar api 127.0.0.1:15100 127.0.0.1:15101 127.0.0.1:15543 127.0.0.1:18081
+sidecar web 127.0.0.1:15000 127.0.0.1:15001 127.0.0.1:15443 127.0.0.1:18080
 for admin in 127.0.0.1:15000 127.0.0.1:15100; do
   if ! "$bin/tether-proxy" wait-ready --admin "$admin" --timeout 20s; then
     echo "sidecar at $admin did not become ready; logs:"; tail -n 20 "$work"/*.log; exit 1
   fi
 done
+
 echo "==> sidecars ready; sending 20 requests through web → api"
 ok=0
 for _ in $(seq 20); do
@@ -60,16 +94,20 @@ echo "==> api's sidecar identity (from /config):"
 curl -fsS http://127.0.0.1:15100/config | grep -E '"spiffe_id"' || true
 echo "==> a plaintext client at api's sidecar is refused:"
 if curl -fsS -m 2 -H 'Host: api' http://127.0.0.1:15543/ >/dev/null 2>&1; then echo "    UNEXPECTED: answered"; exit 1; else echo "    refused (mTLS required)"; fi
+echo "==> proxies known to the control plane:"
+"$bin/tether-control" status --control-plane http://127.0.0.1:15010
 echo
 cat <<INFO
 Where to look:
+  control plane      http://127.0.0.1:15010/v1/status  /metrics      (tether-control status)
   web sidecar admin  http://127.0.0.1:15000/metrics  /config  /endpoints  /ready
   api sidecar admin  http://127.0.0.1:15100/metrics  /config  /endpoints  /ready
   try an unknown service:  curl -i -H 'Host: nope' http://127.0.0.1:15001/
-  api's policy only lets web GET: edit examples/standalone/api.yaml and watch 403s
-  edit examples/standalone/web.yaml: the change applies live (watch /config)
+  edit $work/mesh.yaml (e.g. api's timeout or the authorization rules): it applies live
 INFO
-[ "$ok" -eq 20 ] || { echo "some requests failed; logs in $work"; tail -n 20 "$work"/*.log; exit 1; }
+$tracing && echo "  traces: http://127.0.0.1:16686/api/traces?service=web  (Jaeger UI on :16686)"
+$consul && echo "  Consul: http://127.0.0.1:8500/v1/health/service/api  (deregister api-1 and watch /config)"
+[ "$ok" -eq 20 ] || { echo "some requests failed; logs:"; tail -n 20 "$work"/*.log; exit 1; }
 if $once; then exit 0; fi
 echo "Running; Ctrl-C to stop."
 wait
