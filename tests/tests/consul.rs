@@ -14,8 +14,11 @@ fn mesh(consul: &Consul, api: &str) -> String {
 const ROUND_ROBIN: &str = "{ policy: { load_balancer: round-robin, retries: { attempts: 0 } } }";
 
 async fn endpoints(web: &Proxy) -> usize {
-    let config: serde_json::Value = serde_json::from_str(&web.admin_get("/config").await).unwrap_or_default();
-    config["services"]["api"]["endpoints"].as_array().map_or(0, Vec::len)
+    let config: serde_json::Value =
+        serde_json::from_str(&web.admin_get("/config").await).unwrap_or_default();
+    config["services"]["api"]["endpoints"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 struct Setup {
@@ -30,15 +33,34 @@ async fn setup(api: &str, tags: &[&[&str]]) -> Setup {
     let mut apps = Vec::new();
     for (i, tags) in tags.iter().enumerate() {
         let app = Backend::start(&format!("api-{i}")).await;
-        consul.register(&format!("api-{i}"), "api", app.addr, tags, true).await;
+        consul
+            .register(&format!("api-{i}"), "api", app.addr, tags, true)
+            .await;
         apps.push(app);
     }
-    consul.register("web-0", "web", "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")), &[], false).await;
+    consul
+        .register(
+            "web-0",
+            "web",
+            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            &[],
+            false,
+        )
+        .await;
     let plane = ControlPlane::start(&mesh(&consul, api)).await;
     let web = Proxy::subscribed(&plane.url(), "web").start().await;
     let count = tags.len();
-    assert_eventually!(Duration::from_secs(10), || async { endpoints(&web).await == count }, "instances never reached the sidecar");
-    Setup { consul, _plane: plane, web, apps }
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async { endpoints(&web).await == count },
+        "instances never reached the sidecar"
+    );
+    Setup {
+        consul,
+        _plane: plane,
+        web,
+        apps,
+    }
 }
 
 #[tokio::test]
@@ -48,14 +70,21 @@ async fn every_registered_instance_is_reached() {
     for _ in 0..9 {
         assert_eq!(client.get(s.web.outbound, "api", "/").await.status, 200);
     }
-    assert_eq!(s.apps.iter().map(Backend::hits).collect::<Vec<_>>(), vec![3, 3, 3]);
+    assert_eq!(
+        s.apps.iter().map(Backend::hits).collect::<Vec<_>>(),
+        vec![3, 3, 3]
+    );
 }
 
 #[tokio::test]
 async fn a_deregistered_instance_is_gone_within_a_second() {
     let s = setup(ROUND_ROBIN, &[&[], &[], &[]]).await;
     s.consul.deregister("api-2").await;
-    assert_eventually!(Duration::from_secs(1), || async { endpoints(&s.web).await == 2 }, "still routed to after 1 s");
+    assert_eventually!(
+        Duration::from_secs(1),
+        || async { endpoints(&s.web).await == 2 },
+        "still routed to after 1 s"
+    );
     let client = Client::http1();
     for _ in 0..10 {
         assert_eq!(client.get(s.web.outbound, "api", "/").await.status, 200);
@@ -67,13 +96,27 @@ async fn a_deregistered_instance_is_gone_within_a_second() {
 async fn a_critical_instance_is_dropped_until_it_passes_again() {
     let s = setup(ROUND_ROBIN, &[&[], &[]]).await;
     s.consul.check("api-1", false).await;
-    assert_eventually!(Duration::from_secs(2), || async { endpoints(&s.web).await == 1 }, "critical instance not dropped");
+    assert_eventually!(
+        Duration::from_secs(2),
+        || async { endpoints(&s.web).await == 1 },
+        "critical instance not dropped"
+    );
     let client = Client::http1();
     for _ in 0..6 {
-        assert_eq!(client.get(s.web.outbound, "api", "/").await.header("x-backend"), "api-0");
+        assert_eq!(
+            client
+                .get(s.web.outbound, "api", "/")
+                .await
+                .header("x-backend"),
+            "api-0"
+        );
     }
     s.consul.check("api-1", true).await;
-    assert_eventually!(Duration::from_secs(2), || async { endpoints(&s.web).await == 2 }, "passing instance not restored");
+    assert_eventually!(
+        Duration::from_secs(2),
+        || async { endpoints(&s.web).await == 2 },
+        "passing instance not restored"
+    );
 }
 
 #[tokio::test]

@@ -172,16 +172,33 @@ async fn control_plane_metrics_count_subscribers_and_pass_promtool() {
     let plane = tether_e2e::control::ControlPlane::start(&mesh).await;
     let web = Proxy::subscribed(&plane.url(), "web").start().await;
     let api_proxy = Proxy::subscribed(&plane.url(), "api").start().await;
-    assert_eq!(Client::http1().get(web.outbound, "api", "/").await.status, 200);
+    assert_eq!(
+        Client::http1().get(web.outbound, "api", "/").await.status,
+        200
+    );
     assert_eventually!(
         Duration::from_secs(5),
-        || async { metric(&plane.get("/metrics").await, "tether_control_subscribers") == Some(2.0) },
+        || async {
+            metric(&plane.get("/metrics").await, "tether_control_subscribers") == Some(2.0)
+        },
         "two proxies long-polling"
     );
     let text = plane.get("/metrics").await;
-    assert_eq!(metric(&text, "tether_control_snapshots_served_total"), Some(2.0), "{text}");
-    assert_eq!(metric(&text, "tether_control_snapshot_updates_total"), Some(2.0), "one version per service");
-    assert_eq!(metric(&text, "tether_control_config_reload_errors_total"), Some(0.0));
-    promtool_accepts(&text).unwrap_or_else(|e| panic!("promtool refused the control plane's metrics:\n{e}\n{text}"));
+    assert_eq!(
+        metric(&text, "tether_control_snapshots_served_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tether_control_snapshot_updates_total"),
+        Some(2.0),
+        "one version per service"
+    );
+    assert_eq!(
+        metric(&text, "tether_control_config_reload_errors_total"),
+        Some(0.0)
+    );
+    promtool_accepts(&text)
+        .unwrap_or_else(|e| panic!("promtool refused the control plane's metrics:\n{e}\n{text}"));
     drop(api_proxy);
 }
