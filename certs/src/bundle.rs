@@ -55,6 +55,29 @@ impl TrustBundle {
             .collect()
     }
 
+    /// The trust domains the roots name in a `spiffe://<trust_domain>` URI
+    /// SAN (roots made by `tether-control ca init` carry one), without
+    /// duplicates, in root order. Roots without one add nothing.
+    pub fn trust_domains(&self) -> Vec<String> {
+        let mut domains: Vec<String> = Vec::new();
+        for root in &self.roots {
+            let Ok(info) = cert_info(root) else { continue };
+            for uri in info.uris {
+                let Some(domain) = uri.strip_prefix("spiffe://") else {
+                    continue;
+                };
+                if !domain.is_empty()
+                    && !domain.contains('/')
+                    && crate::spiffe::validate_trust_domain(domain).is_ok()
+                    && !domains.iter().any(|d| d == domain)
+                {
+                    domains.push(domain.to_owned());
+                }
+            }
+        }
+        domains
+    }
+
     /// Adds a root (ignored if already present). Refuses non-CA certificates.
     pub fn add(&mut self, root: CertificateDer<'static>) -> Result<()> {
         let info = cert_info(&root)?;

@@ -193,6 +193,24 @@ impl Identity {
         }
     }
 
+    /// When the certificate was issued, as far as renewal is concerned:
+    /// `notBefore` plus the [`crate::CLOCK_SKEW`] backdating the mesh CA
+    /// applies, so the backdated minute is not counted as life spent.
+    pub fn issued_at(&self) -> SystemTime {
+        (self.not_before + crate::CLOCK_SKEW).min(self.not_after)
+    }
+
+    /// When a proxy renews: `fraction` (0..=1, e.g. 2/3) of the way from
+    /// [`Identity::issued_at`] to `notAfter`. Out-of-range fractions clamp.
+    pub fn renewal_time(&self, fraction: f64) -> SystemTime {
+        let issued = self.issued_at();
+        let life = self
+            .not_after
+            .duration_since(issued)
+            .unwrap_or(Duration::ZERO);
+        issued + life.mul_f64(fraction.clamp(0.0, 1.0))
+    }
+
     /// Whether `now` is outside the validity period.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         now >= self.not_after || now < self.not_before

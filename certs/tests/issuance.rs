@@ -289,3 +289,40 @@ fn bundle_rejects_leaf_certs() {
     assert_eq!(b.len(), 1);
     assert_eq!(CA_CERT_FILE, "ca.pem");
 }
+
+#[test]
+fn renewal_time_counts_life_from_issue_not_from_the_backdated_start() {
+    let ca = ca();
+    let key = IdentityKey::generate().unwrap();
+    let csr = key.csr_pem(&id("api")).unwrap();
+    // A 30 s certificate: backdated 60 s, so 2/3 of the whole window would
+    // already lie in the past; renewal must still be ~20 s after issue.
+    let issued = ca
+        .sign_csr(&csr, &id("api"), Duration::from_secs(30))
+        .unwrap();
+    let ident = Identity::new(&key, &issued.chain_pem).unwrap();
+    assert_eq!(
+        ident.issued_at(),
+        ident.not_before() + tether_certs::CLOCK_SKEW
+    );
+    let due = ident.renewal_time(2.0 / 3.0);
+    assert_eq!(due.duration_since(ident.issued_at()).unwrap().as_secs(), 20);
+    assert_eq!(ident.renewal_time(5.0), ident.not_after());
+}
+
+#[test]
+fn bundle_names_the_trust_domains_of_its_roots() {
+    let first = ca();
+    let second = CertificateAuthority::generate("other.example", DAY).unwrap();
+    let pem = format!(
+        "{}{}{}",
+        first.cert_pem(),
+        second.cert_pem(),
+        first.cert_pem()
+    );
+    let bundle = TrustBundle::from_pem(&pem).unwrap();
+    assert_eq!(
+        bundle.trust_domains(),
+        vec![TD.to_owned(), "other.example".to_owned()]
+    );
+}

@@ -11,29 +11,50 @@
 
 pub mod catalog;
 pub mod config;
+pub mod issuer;
 pub mod locate;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod snapshot;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::catalog::CatalogState;
+use crate::catalog::consul::ConsulCatalog;
+use crate::catalog::{Catalog, StaticCatalog};
 use crate::config::{CatalogConfig, ConfigErrors, MeshConfig};
+use crate::issuer::{Issuer, IssuerError, IssuerSettings};
 use crate::metrics::ControlMetrics;
+use crate::reload::Reloader;
 use crate::snapshot::Snapshots;
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// mesh.yaml cannot be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// mesh.yaml is invalid.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// The CA could not be loaded or could not issue our own certificate.
+    #[error("{0}")]
+    Issuer(#[from] IssuerError),
+    /// The API's TLS settings could not be built.
+    #[error("API TLS: {0}")]
+    Tls(#[source] tether_certs::Error),
     /// The API could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -45,11 +66,44 @@ pub enum ServeError {
     },
 }
 
+/// What `tether-control serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// mesh.yaml.
+    pub config_path: PathBuf,
+    /// The proxy-facing API address.
+    pub listen: SocketAddr,
+    /// The mesh CA: with it the API is served over TLS and signs proxies'
+    /// certificates; without it the API is plaintext and issues nothing.
+    pub ca: Option<IssuerSettings>,
+}
+
 /// Runs the control plane until the process is stopped.
-pub async fn serve(config_path: PathBuf, listen: SocketAddr) -> Result<(), ServeError> {
+pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
+    let ServeSettings {
+        config_path,
+        listen,
+        ca,
+    } = settings;
     let metrics = ControlMetrics::new();
-    let config = config::load(&config_path)?;
-    metrics.config_loaded.set(unix_now());
+    let text = std::fs::read_to_string(&config_path).map_err(|source| ServeError::Read {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config = config::parse(&config_path, &text)?;
+    // The CA and the API's own certificate before binding: a missing CA
+    // stops start-up with what to run.
+    let tls = match &ca {
+        Some(ca) => {
+            let issuer = Arc::new(Issuer::load(ca, &config.trust_domain, metrics.clone())?);
+            let store = issuer.own_store()?;
+            let server = tether_certs::server_config(&store, tether_certs::ClientAuth::Optional)
+                .map_err(ServeError::Tls)?;
+            tokio::spawn(Arc::clone(&issuer).keep_own_fresh(store));
+            Some((issuer, tokio_rustls::TlsAcceptor::from(server)))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -58,36 +112,73 @@ pub async fn serve(config_path: PathBuf, listen: SocketAddr) -> Result<(), Serve
         })?;
     let snapshots = Snapshots::new(metrics.clone());
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
-    tokio::spawn(reload_loop(config_path, config_tx, metrics.clone()));
+    // Installed before anything runs, so an early SIGHUP cannot kill us.
+    let hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(error) => {
+            tracing::warn!(%error, "no SIGHUP handler; mesh.yaml is still re-read every second");
+            None
+        }
+    };
+    let reloader = Reloader::new(config_path, text, config_tx, metrics.clone());
+    tokio::spawn(reloader.run(hup));
     tokio::spawn(compute_loop(
         config_rx,
         Arc::clone(&snapshots),
         metrics.clone(),
     ));
-    tracing::info!(%listen, "tether-control serving");
-    server::Api::new(snapshots, metrics).serve(listener).await;
+    tracing::info!(%listen, tls = tls.is_some(), "tether-control serving");
+    let mut api = server::Api::new(snapshots, metrics);
+    let acceptor = match tls {
+        Some((issuer, acceptor)) => {
+            api = api.with_issuer(issuer);
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let api = api.serve(listener, acceptor);
+    tokio::select! {
+        () = api => {}
+        () = stop_signal() => tracing::info!("stopping"),
+    }
     Ok(())
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Starts the catalog a config names.
-fn start_catalog(
-    config: &MeshConfig,
-    metrics: &ControlMetrics,
-) -> watch::Receiver<Arc<CatalogState>> {
-    match &config.catalog {
-        CatalogConfig::Static { services } => catalog::fixed(services.clone()),
-        CatalogConfig::Consul(consul) => catalog::consul::watch(consul.clone(), metrics.clone()),
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; never, if neither can be watched.
+async fn stop_signal() {
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        () = interrupt => {}
     }
 }
 
-/// Recomputes snapshots whenever the config or the catalog changes. A
-/// config change that switches catalogs restarts the catalog watch.
+/// Starts the catalog a config names.
+fn start_catalog(config: &MeshConfig, metrics: &ControlMetrics) -> Box<dyn Catalog> {
+    match &config.catalog {
+        CatalogConfig::Static { services } => Box::new(StaticCatalog::new(services.clone())),
+        CatalogConfig::Consul(consul) => {
+            Box::new(ConsulCatalog::start(consul.clone(), metrics.clone()))
+        }
+    }
+}
+
+/// Recomputes snapshots whenever the config or the catalog changes, once the
+/// catalog has been read in full (a half-read Consul catalog would hand
+/// proxies empty endpoint lists). A config change that switches catalogs
+/// stops the old catalog's watches and starts the new one's.
 async fn compute_loop(
     mut configs: watch::Receiver<Arc<MeshConfig>>,
     snapshots: Arc<Snapshots>,
@@ -95,9 +186,12 @@ async fn compute_loop(
 ) {
     let mut config = configs.borrow_and_update().clone();
     let mut catalog = start_catalog(&config, &metrics);
+    let mut states = catalog.subscribe();
     loop {
-        let state = catalog.borrow_and_update().clone();
-        snapshots.update(&config, &state);
+        let state = states.borrow_and_update().clone();
+        if state.synced {
+            snapshots.update(&config, &state);
+        }
         tokio::select! {
             changed = configs.changed() => {
                 if changed.is_err() {
@@ -106,45 +200,14 @@ async fn compute_loop(
                 let next = configs.borrow_and_update().clone();
                 if next.catalog != config.catalog {
                     catalog = start_catalog(&next, &metrics);
+                    states = catalog.subscribe();
                 }
                 config = next;
             }
-            changed = catalog.changed() => {
+            changed = states.changed() => {
                 if changed.is_err() {
                     catalog = start_catalog(&config, &metrics);
-                }
-            }
-        }
-    }
-}
-
-/// Reloads mesh.yaml when its content changes (checked every second) or on
-/// SIGHUP. A bad edit keeps the last good config, logged with line:column.
-async fn reload_loop(path: PathBuf, tx: watch::Sender<Arc<MeshConfig>>, metrics: ControlMetrics) {
-    let mut last = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let forced = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
-            _ = async { match hup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => true,
-        };
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        if text == last && !forced {
-            continue;
-        }
-        last.clone_from(&text);
-        match config::parse(&path, &text) {
-            Ok(config) => {
-                metrics.config_loaded.set(unix_now());
-                tracing::info!(path = %path.display(), "mesh.yaml reloaded");
-                tx.send_replace(Arc::new(config));
-            }
-            Err(errors) => {
-                metrics.config_errors.inc();
-                for error in &errors.0 {
-                    tracing::error!(%error, "mesh.yaml refused; keeping the last good config");
+                    states = catalog.subscribe();
                 }
             }
         }

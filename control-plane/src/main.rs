@@ -1,11 +1,22 @@
-//! `tether-control` binary: `serve`, `validate`, `status`.
+//! `tether-control` binary: `serve`, `validate`, `status`, `ca init`,
+//! `token create|revoke|list`. The only code that reads flags and the
+//! environment.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tether_control::issuer::IssuerSettings;
+use tether_control::ServeSettings;
 use tracing_subscriber::EnvFilter;
+
+use crate::admin_cli::{CaCommand, TokenCommand};
 
 /// Tether's control plane.
 #[derive(Parser)]
@@ -17,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve snapshots to proxies.
+    /// Serve snapshots to proxies (and, with --ca-dir, sign their certificates).
     Serve {
         /// The mesh configuration.
         #[arg(long, env = "TETHER_CONFIG", default_value = "mesh.yaml")]
@@ -25,22 +36,39 @@ enum Command {
         /// Proxy-facing API address.
         #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:15010")]
         listen: SocketAddr,
+        /// The mesh CA (`ca init --dir`): serves the API over TLS and signs
+        /// proxies' certificates (join tokens from DIR/tokens.json).
+        #[arg(long, env = "TETHER_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+        /// Lifetime of the certificates issued; proxies renew at two thirds.
+        #[arg(long, env = "TETHER_CERT_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration, requires = "ca_dir")]
+        cert_lifetime: Duration,
     },
     /// Check a mesh.yaml; prints every problem as FILE:LINE:COL and exits 1.
     Validate {
         /// The file.
+        #[arg(env = "TETHER_CONFIG")]
         config: PathBuf,
     },
     /// List every proxy the control plane knows, with its applied version.
     Status {
-        /// The control plane.
+        /// The control plane (`https://` when it runs a CA).
         #[arg(
             long,
             env = "TETHER_CONTROL_PLANE",
             default_value = "http://127.0.0.1:15010"
         )]
         control_plane: String,
+        /// Roots to verify an https control plane with (the CA's ca.pem).
+        #[arg(long, env = "TETHER_TRUST_BUNDLE")]
+        trust_bundle: Option<PathBuf>,
     },
+    /// The mesh certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Join tokens: how a proxy proves its service for its first certificate.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,8 +92,21 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config, listen } => {
-            match runtime.block_on(tether_control::serve(config, listen)) {
+        Command::Serve {
+            config,
+            listen,
+            ca_dir,
+            cert_lifetime,
+        } => {
+            let settings = ServeSettings {
+                config_path: config,
+                listen,
+                ca: ca_dir.map(|ca_dir| IssuerSettings {
+                    ca_dir,
+                    cert_lifetime,
+                }),
+            };
+            match runtime.block_on(tether_control::serve(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("tether-control: {error}");
@@ -88,61 +129,37 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Status { control_plane } => runtime.block_on(status(&control_plane)),
+        Command::Status {
+            control_plane,
+            trust_bundle,
+        } => runtime.block_on(status(&control_plane, trust_bundle)),
+        Command::Ca(command) => admin_cli::ca(command),
+        Command::Token(command) => admin_cli::token(command),
     }
 }
 
-async fn status(base: &str) -> ExitCode {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let uri = format!("{}/v1/status", base.trim_end_matches('/'));
-    let body = match uri.parse::<http::Uri>() {
-        Ok(parsed) => match client.get(parsed).await {
-            Ok(response) => response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .ok(),
-            Err(error) => {
-                eprintln!("tether-control: {uri}: {error}");
-                None
-            }
+async fn status(base: &str, bundle: Option<PathBuf>) -> ExitCode {
+    let tls = match bundle.map(|path| admin_cli::read_bundle(&path)).transpose() {
+        Ok(bundle) => tether_control::status::StatusTls {
+            bundle,
+            trust_domain: None,
         },
         Err(error) => {
-            eprintln!("tether-control: bad URL {uri}: {error}");
-            None
+            eprintln!("tether-control: {error}");
+            return ExitCode::from(2);
         }
     };
-    let Some(status) =
-        body.and_then(|b| serde_json::from_slice::<tether_api::StatusResponse>(&b).ok())
-    else {
-        return ExitCode::from(1);
-    };
-    println!(
-        "{:<28} {:<14} {:>15} {:>9} {:<12} ERROR",
-        "PROXY", "SERVICE", "APPLIED", "CURRENT", "CONNECTED"
-    );
-    for proxy in &status.proxies {
-        let r = &proxy.report;
-        let current = status.versions.get(&r.service).copied().unwrap_or(0);
-        let error = match (&r.rejected_version, &r.error) {
-            (Some(v), Some(e)) => format!("refused {v}: {e}"),
-            _ => String::new(),
-        };
-        println!(
-            "{:<28} {:<14} {:>15} {:>9} {:<12} {error}",
-            r.proxy_id,
-            r.service,
-            r.applied_version,
-            if r.applied_version == current {
-                "yes"
-            } else {
-                "no"
-            },
-            proxy.connected
-        );
+    match tether_control::status::fetch(base, &tls).await {
+        Ok(status) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            print!("{}", tether_control::status::render(&status, now));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tether-control: {error}");
+            ExitCode::from(1)
+        }
     }
-    ExitCode::SUCCESS
 }

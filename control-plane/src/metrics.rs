@@ -1,6 +1,9 @@
 //! The control plane's Prometheus metrics.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric of the control plane.
 #[derive(Clone)]
@@ -14,14 +17,26 @@ pub struct ControlMetrics {
     pub snapshot_updates: IntCounter,
     /// Generation of the config in force (Unix seconds of its load).
     pub config_loaded: IntGauge,
+    /// Generation of the config in force: 1 at start, +1 per accepted reload.
+    pub config_version: IntGauge,
     /// Config reloads refused.
     pub config_errors: IntCounter,
     /// Failed Consul queries.
     pub consul_errors: IntCounter,
     /// Consul query latency (blocking queries included).
     pub consul_latency: Histogram,
+    /// Consul blocking queries kept open (service list + one per service).
+    pub consul_watches: IntGauge,
     /// Proxy reports that refused a snapshot.
     pub proxy_rejections: IntCounter,
+    /// Certificates signed, by how the caller authenticated (`token`, `certificate`).
+    pub certificates_issued: IntCounterVec,
+    /// Certificate requests refused, by reason.
+    pub certificate_refusals: IntCounterVec,
+    /// API requests refused for lack of the right client certificate, by path kind.
+    pub api_unauthorized: IntCounterVec,
+    /// TLS handshakes on the API that failed.
+    pub tls_handshake_errors: IntCounter,
 }
 
 impl ControlMetrics {
@@ -49,6 +64,13 @@ impl ControlMetrics {
                 IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("{n}: {e}")),
             )
         };
+        let counter_vec = |n: &str, h: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(n, h), labels)
+                    .unwrap_or_else(|e| unreachable!("{n}: {e}")),
+            )
+        };
         let latency = Histogram::with_opts(
             HistogramOpts::new(
                 "tether_control_consul_watch_latency_seconds",
@@ -73,6 +95,10 @@ impl ControlMetrics {
                 "tether_control_config_loaded_timestamp_seconds",
                 "When the mesh.yaml in force was loaded (Unix seconds).",
             ),
+            config_version: gauge(
+                "tether_control_config_version",
+                "Generation of the mesh.yaml in force: 1 at start, +1 per accepted reload.",
+            ),
             config_errors: counter(
                 "tether_control_config_reload_errors_total",
                 "mesh.yaml reloads refused; the last good config stays.",
@@ -82,9 +108,32 @@ impl ControlMetrics {
                 "Consul queries that failed.",
             ),
             consul_latency: reg(&registry, latency),
+            consul_watches: gauge(
+                "tether_control_consul_watches",
+                "Consul blocking queries kept open: the service list and one per service.",
+            ),
             proxy_rejections: counter(
                 "tether_control_proxy_rejections_total",
                 "Snapshots that a proxy reported it refused.",
+            ),
+            certificates_issued: counter_vec(
+                "tether_control_certificates_issued_total",
+                "Certificates signed, by how the caller proved its identity (token: join token, certificate: renewal).",
+                &["auth"],
+            ),
+            certificate_refusals: counter_vec(
+                "tether_control_certificate_refusals_total",
+                "Certificate requests refused, by reason (unauthenticated, bad-token, identity-not-authorized, bad-csr, reserved, token-store, other).",
+                &["reason"],
+            ),
+            api_unauthorized: counter_vec(
+                "tether_control_api_unauthorized_total",
+                "API requests refused because the client certificate was missing or for another service (path: snapshot, report).",
+                &["path"],
+            ),
+            tls_handshake_errors: counter(
+                "tether_control_tls_handshake_errors_total",
+                "TLS handshakes on the API that failed or timed out.",
             ),
             registry,
         }

@@ -1,6 +1,14 @@
 //! The proxy-facing API (contract in `tether_api::control`):
 //! `GET /v1/snapshot/<service>?version=N&wait=30s` (long-poll),
-//! `POST /v1/report`, `GET /v1/status`, `/metrics`, `/live`, `/ready`.
+//! `POST /v1/report`, `POST /v1/certificate` (with a CA), `GET /v1/status`,
+//! `/metrics`, `/live`, `/ready`.
+//!
+//! With a CA the API is served over TLS: the caller's client certificate
+//! ([`caller::Caller`]) decides which service's snapshot it may read and
+//! report for, and authenticates certificate renewals.
+
+mod caller;
+mod certificate;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -13,14 +21,27 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tether_api::{ProxyReport, ProxyStatus, StatusResponse, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX};
+use tether_api::{
+    ProxyReport, ProxyStatus, StatusResponse, CERTIFICATE_PATH, PROXY_ID_HEADER,
+    SNAPSHOT_PATH_PREFIX,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+pub use self::caller::Caller;
+use self::caller::{accept, Accepted};
+use crate::issuer::Issuer;
 use crate::metrics::ControlMetrics;
 use crate::snapshot::Snapshots;
 
 /// Longest a long-poll is held, whatever `wait` asks for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Body of `503`s before the first snapshots exist.
+const NOT_SYNCED: &str =
+    "not ready: the catalog has not been read in full yet (is Consul reachable?); retry\n";
+/// Pause after a failed accept (e.g. `EMFILE`), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 64 * 1024;
 
@@ -30,6 +51,7 @@ pub struct Api {
     snapshots: Arc<Snapshots>,
     metrics: ControlMetrics,
     proxies: Arc<Mutex<BTreeMap<String, Tracked>>>,
+    issuer: Option<Arc<Issuer>>,
 }
 
 #[derive(Clone)]
@@ -87,61 +109,111 @@ impl Api {
             snapshots,
             metrics,
             proxies: Arc::default(),
+            issuer: None,
         }
     }
 
-    /// Serves `listener` until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
+    /// Signs proxies' certificates with `issuer` (`POST /v1/certificate`).
+    pub fn with_issuer(mut self, issuer: Arc<Issuer>) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// Serves `listener` until the future is dropped; over TLS when `tls`
+    /// is set (client certificates optional, verified when presented).
+    pub async fn serve(self, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // E.g. out of file descriptors: pause instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let api = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(request).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let Some((connection, caller)) = accept(stream, tls.as_ref(), &api.metrics).await
+                else {
+                    return;
+                };
+                match connection {
+                    Accepted::Plain(io) => api.serve_connection(io, caller).await,
+                    Accepted::Tls(io) => api.serve_connection(*io, caller).await,
+                }
             });
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Rsp {
+    async fn serve_connection<S>(self, io: S, caller: Caller)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |request| {
+            let api = self.clone();
+            let caller = caller.clone();
+            async move { Ok::<_, Infallible>(api.handle(request, &caller).await) }
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+    }
+
+    async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Rsp {
         let path = request.uri().path().to_owned();
         match (request.method(), path.as_str()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-            (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
+            (&Method::GET, "/ready") if self.snapshots.is_ready() => {
+                text(StatusCode::OK, "ready\n")
+            }
+            (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED),
             (&Method::GET, "/metrics") => text(StatusCode::OK, self.metrics.render()),
             (&Method::GET, "/v1/status") => json(&self.status()),
-            (&Method::POST, "/v1/report") => self.report(request).await,
+            (&Method::POST, "/v1/report") => self.report(request, caller).await,
+            (&Method::POST, CERTIFICATE_PATH) => self.certificate(request, caller).await,
             (&Method::GET, p) if p.starts_with(SNAPSHOT_PATH_PREFIX) => {
-                let service = p[SNAPSHOT_PATH_PREFIX.len()..].to_owned();
-                self.snapshot(&service, &request).await
+                let service = &p[SNAPSHOT_PATH_PREFIX.len()..];
+                if let Err(refusal) = caller.may_act_for(service) {
+                    return self.unauthorized("snapshot", refusal);
+                }
+                let proxy = request
+                    .headers()
+                    .get(PROXY_ID_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                self.snapshot(service, request.uri().query(), proxy).await
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown path; see /v1/snapshot/<service>, /v1/report, /v1/status, /metrics\n",
+                "unknown path; see /v1/snapshot/<service>, /v1/report, /v1/certificate, /v1/status, /metrics\n",
             ),
         }
     }
 
-    async fn snapshot(&self, service: &str, request: &Request<Incoming>) -> Rsp {
-        let have: u64 = query(request.uri().query(), "version")
+    fn unauthorized(&self, path: &'static str, (status, message): (StatusCode, String)) -> Rsp {
+        self.metrics
+            .api_unauthorized
+            .with_label_values(&[path])
+            .inc();
+        tracing::warn!(path, %status, message = message.trim_end(), "API request refused");
+        text(status, message)
+    }
+
+    /// The long-poll: answers at once when the current version differs from
+    /// `version=`, else when it changes, else `304` once `wait=` runs out.
+    async fn snapshot(&self, service: &str, params: Option<&str>, proxy: Option<&str>) -> Rsp {
+        let have: u64 = query(params, "version")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let wait = query(request.uri().query(), "wait")
+        let wait = query(params, "wait")
             .and_then(|w| humantime::parse_duration(w).ok())
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
-        let proxy = request
-            .headers()
-            .get(PROXY_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let _poll = proxy.as_deref().map(|id| self.poll_opened(id, service));
+        if !self.snapshots.is_ready() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED);
+        }
+        let _poll = proxy.map(|id| self.poll_opened(id, service));
         let mut changed = self.snapshots.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -151,9 +223,14 @@ impl Api {
                     format!("unknown service `{service}`: not in mesh.yaml nor in the catalog\n"),
                 );
             };
-            if current.version != have {
+            if current.version() != have {
                 self.metrics.snapshots_served.inc();
-                return json(&*current);
+                let mut response = Response::new(Full::new(Bytes::from(current.to_json())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return response;
             }
             if tokio::time::timeout_at(deadline, changed.changed())
                 .await
@@ -187,7 +264,7 @@ impl Api {
         }
     }
 
-    async fn report(&self, request: Request<Incoming>) -> Rsp {
+    async fn report(&self, request: Request<Incoming>, caller: &Caller) -> Rsp {
         let body = match Limited::new(request.into_body(), MAX_REPORT_BYTES)
             .collect()
             .await
@@ -204,6 +281,24 @@ impl Api {
             Ok(report) => report,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a report: {e}\n")),
         };
+        if let Err(refusal) = caller.may_act_for(&report.service) {
+            return self.unauthorized("report", refusal);
+        }
+        self.record_report(report)
+    }
+
+    /// Records a report body (tests; the API goes through `report`).
+    #[cfg(test)]
+    fn record(&self, body: &[u8]) -> Rsp {
+        match serde_json::from_slice(body) {
+            Ok(report) => self.record_report(report),
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("not a report: {e}\n")),
+        }
+    }
+
+    /// Records a report; a refused version is kept apart from the applied
+    /// one, so it can never be shown as applied.
+    fn record_report(&self, report: ProxyReport) -> Rsp {
         if let Some(rejected) = report.rejected_version {
             self.metrics.proxy_rejections.inc();
             tracing::warn!(proxy = %report.proxy_id, service = %report.service, rejected, error = ?report.error, "a proxy refused a snapshot");
@@ -260,3 +355,6 @@ impl Drop for PollGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@
 //! they keep growing across control-plane restarts.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,11 +18,68 @@ use crate::catalog::CatalogState;
 use crate::config::MeshConfig;
 use crate::metrics::ControlMetrics;
 
+/// What every service's snapshot shares: all services with endpoints and
+/// policy, computed and encoded once per change, however many services and
+/// proxies there are.
+#[derive(Debug)]
+pub struct Shared {
+    services: BTreeMap<String, ServiceSnapshot>,
+    json: Box<serde_json::value::RawValue>,
+}
+
+/// One service's snapshot: a small header of its own plus the shared part.
+#[derive(Debug)]
+pub struct Published {
+    /// Version, service name, mesh settings, authorization (`services` empty).
+    pub header: Snapshot,
+    shared: Arc<Shared>,
+}
+
+impl Published {
+    /// The version.
+    pub fn version(&self) -> u64 {
+        self.header.version
+    }
+
+    /// The snapshot as JSON (the shared part is copied in verbatim).
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            version: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            service: Option<&'a str>,
+            mesh: &'a MeshSettings,
+            services: &'a serde_json::value::RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            authorization: Option<&'a Authorization>,
+        }
+        let h = &self.header;
+        let wire = Wire {
+            version: h.version,
+            service: h.service.as_deref(),
+            mesh: &h.mesh,
+            services: &self.shared.json,
+            authorization: h.authorization.as_ref(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// The full snapshot (for tests and tools; the server sends [`Self::to_json`]).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.shared.services.clone(),
+            ..self.header.clone()
+        }
+    }
+}
+
 /// Every service's current snapshot.
 pub struct Snapshots {
-    current: ArcSwap<BTreeMap<String, Arc<Snapshot>>>,
+    current: ArcSwap<BTreeMap<String, Arc<Published>>>,
     changed: watch::Sender<u64>,
     last_version: Mutex<u64>,
+    /// Set by the first [`Snapshots::update`]: until then nothing is served.
+    ready: AtomicBool,
     metrics: ControlMetrics,
 }
 
@@ -32,12 +90,18 @@ impl Snapshots {
             current: ArcSwap::from_pointee(BTreeMap::new()),
             changed: watch::channel(0).0,
             last_version: Mutex::new(0),
+            ready: AtomicBool::new(false),
             metrics,
         })
     }
 
+    /// Whether snapshots have been computed from a complete catalog.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// The snapshot of `service`, if the service is known.
-    pub fn get(&self, service: &str) -> Option<Arc<Snapshot>> {
+    pub fn get(&self, service: &str) -> Option<Arc<Published>> {
         self.current.load().get(service).cloned()
     }
 
@@ -46,7 +110,7 @@ impl Snapshots {
         self.current
             .load()
             .iter()
-            .map(|(k, v)| (k.clone(), v.version))
+            .map(|(k, v)| (k.clone(), v.version()))
             .collect()
     }
 
@@ -56,31 +120,54 @@ impl Snapshots {
     }
 
     /// Recomputes every service's snapshot; bumps versions only where the
-    /// content changed.
+    /// content changed. The shared part is compared and encoded once.
     pub fn update(&self, config: &MeshConfig, catalog: &CatalogState) {
         let previous = self.current.load_full();
+        let services = compute_services(config, catalog);
+        let old_shared = previous.values().next().map(|p| Arc::clone(&p.shared));
+        let shared = match old_shared {
+            Some(old) if old.services == services => old,
+            _ => {
+                let json =
+                    serde_json::value::to_raw_value(&services).unwrap_or_else(|_| empty_raw());
+                Arc::new(Shared { services, json })
+            }
+        };
         let mut next = BTreeMap::new();
         let mut changed = 0;
-        let services = compute_services(config, catalog);
-        for name in services.keys() {
-            let mut snapshot = compute(config, &services, name);
+        for name in shared.services.keys() {
+            let mut header = header(config, name);
             match previous.get(name) {
-                Some(old) if same_content(old, &snapshot) => {
+                Some(old)
+                    if Arc::ptr_eq(&old.shared, &shared) && same_content(&old.header, &header) =>
+                {
                     next.insert(name.clone(), Arc::clone(old));
                 }
                 _ => {
-                    snapshot.version = self.next_version();
-                    next.insert(name.clone(), Arc::new(snapshot));
+                    header.version = self.next_version();
+                    next.insert(
+                        name.clone(),
+                        Arc::new(Published {
+                            header,
+                            shared: Arc::clone(&shared),
+                        }),
+                    );
                     changed += 1;
                 }
             }
         }
         let removed = previous.keys().any(|k| !next.contains_key(k));
-        if changed > 0 || removed {
+        let first = !self.ready.load(Ordering::Acquire);
+        if changed > 0 || removed || first {
             self.metrics.snapshot_updates.inc_by(changed);
             self.current.store(Arc::new(next));
+            self.ready.store(true, Ordering::Release);
             self.changed.send_modify(|n| *n += 1);
-            tracing::info!(changed, services = services.len(), "snapshots updated");
+            tracing::info!(
+                changed,
+                services = shared.services.len(),
+                "snapshots updated"
+            );
         }
     }
 
@@ -94,6 +181,11 @@ impl Snapshots {
         *last = (*last + 1).max(now);
         *last
     }
+}
+
+fn empty_raw() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".to_owned())
+        .unwrap_or_else(|_| unreachable!("`{{}}` is JSON"))
 }
 
 fn same_content(old: &Snapshot, new: &Snapshot) -> bool {
@@ -132,12 +224,8 @@ fn compute_services(
         .collect()
 }
 
-/// The snapshot for the proxy of `service` (version 0: set by the store).
-pub fn compute(
-    config: &MeshConfig,
-    services: &BTreeMap<String, ServiceSnapshot>,
-    service: &str,
-) -> Snapshot {
+/// The per-service part of `service`'s snapshot (version 0: set by the store).
+pub fn header(config: &MeshConfig, service: &str) -> Snapshot {
     let authorization = config.authorization.as_ref().map(|authz| Authorization {
         default: authz.default,
         rules: authz
@@ -158,7 +246,7 @@ pub fn compute(
             trust_domain: config.trust_domain.clone(),
             tracing: config.tracing.clone(),
         },
-        services: services.clone(),
+        services: BTreeMap::new(),
         authorization,
     }
 }
@@ -183,9 +271,7 @@ mod tests {
                 meta: Default::default(),
             })
             .collect();
-        CatalogState {
-            services: [("api".to_owned(), endpoints)].into_iter().collect(),
-        }
+        CatalogState::synced([("api".to_owned(), endpoints)].into_iter().collect())
     }
 
     #[test]
@@ -204,16 +290,22 @@ mod tests {
         let second = store.versions();
         assert!(second["api"] > first["api"] && second["web"] > first["web"]);
         assert_eq!(
-            store.get("api").map(|s| s.services["api"].endpoints.len()),
+            store
+                .get("api")
+                .map(|s| s.snapshot().services["api"].endpoints.len()),
             Some(2)
         );
+        let wire = store.get("web").map(|s| s.to_json()).unwrap_or_default();
+        let json: tether_api::Snapshot = serde_json::from_slice(&wire)
+            .unwrap_or_else(|e| panic!("the wire JSON is a Snapshot: {e}"));
+        assert_eq!(json.services["api"].endpoints.len(), 2);
+        assert_eq!(json.service.as_deref(), Some("web"));
     }
 
     #[test]
     fn authorization_holds_the_rules_for_the_service_only() {
         let c = config("services:\n  web: {}\n  api: {}\nauthorization:\n  default: deny\n  rules:\n    - { to: api, from: [web], methods: [GET] }\n    - { to: web, from: [api] }\n");
-        let services = compute_services(&c, &CatalogState::default());
-        let api = compute(&c, &services, "api");
+        let api = header(&c, "api");
         let rules = api.authorization.map(|a| a.rules).unwrap_or_default();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].from, vec!["web".to_owned()]);

@@ -37,11 +37,11 @@ fn every_problem_is_listed_with_line_and_column() {
     let (code, _, err) = validate(text);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("mesh.yaml:4:5: split: unknown subset `v2` (expected one of: v1)"),
+        err.contains("mesh.yaml:4:16: split: unknown subset `v2` (expected one of: v1)"),
         "{err}"
     );
     assert!(
-        err.contains("mesh.yaml:6:3: rules[0]: unknown service `nobody`"),
+        err.contains("mesh.yaml:7:25: rules[0]: unknown service `nobody`"),
         "{err}"
     );
 }

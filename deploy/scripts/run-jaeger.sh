@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Runs Jaeger all-in-one in the foreground, in-memory storage, on loopback:
-#   OTLP gRPC  127.0.0.1:${JAEGER_OTLP_GRPC_PORT:-4317}
-#   OTLP HTTP  127.0.0.1:${JAEGER_OTLP_HTTP_PORT:-4318}
+# Runs Jaeger v2 in the foreground with in-memory storage, everything on loopback:
+#   OTLP gRPC         127.0.0.1:${JAEGER_OTLP_GRPC_PORT:-4317}
+#   OTLP HTTP         127.0.0.1:${JAEGER_OTLP_HTTP_PORT:-4318}   (POST /v1/traces)
 #   query API and UI  http://127.0.0.1:${JAEGER_QUERY_PORT:-16686}
-# Every other listener (admin, Jaeger-native collector, query gRPC) takes a
-# free port, so several can run side by side (the e2e tests do).
-# Builds Jaeger first if needed (deploy/scripts/install-jaeger.sh).
+#   query gRPC API    127.0.0.1:${JAEGER_QUERY_GRPC_PORT:-0}     (0 = any free port)
+# Nothing else listens, so several can run side by side (the e2e tests do).
+# Config: deploy/scripts/jaeger-config.yaml (ports via ${env:...} in it).
+# Builds Jaeger first if needed (deploy/scripts/install-jaeger.sh: minutes, once).
+# Stop it with SIGTERM/SIGINT; traces live only in memory.
 #
-# Query API used by the tests and worth knowing:
-#   GET /api/services                 -> {"data": ["web", "api", ...]}
-#   GET /api/traces/<trace-id>        -> {"data": [{"traceID", "spans": [{"spanID", "operationName",
-#        "references": [{"refType": "CHILD_OF", "spanID"}], "tags": [{"key", "value"}],
-#        "logs": [...], "processID"}], "processes": {"p1": {"serviceName"}}}]}
-#   GET /api/traces?service=web&limit=20  -> the same shape, newest traces of a service
+# Query API (the same JSON as Jaeger v1's UI API):
+#   GET /api/services                     -> {"data": ["web", "api", ...], "total": N, ...}
+#   GET /api/traces?service=web&limit=20  -> {"data": [TRACE, ...], ...}, newest first;
+#        also &operation=, &lookback=1h, &start=/&end= (µs), &tags={"k":"v"}
+#   GET /api/traces/<trace-id hex>        -> {"data": [TRACE]}  (404 when unknown)
+#   TRACE = {"traceID", "spans": [{"traceID", "spanID", "operationName",
+#            "references": [{"refType": "CHILD_OF", "traceID", "spanID"}],
+#            "startTime" (µs), "duration" (µs), "tags": [{"key", "type", "value"}],
+#            "logs": [...], "processID", "warnings"}],
+#            "processes": {"p1": {"serviceName", "tags": [...]}}, "warnings"}
 set -euo pipefail
-jaeger=$("$(dirname "$0")/install-jaeger.sh")
-exec "$jaeger" \
-  --memory.max-traces=100000 \
-  --collector.otlp.enabled=true \
-  --collector.otlp.grpc.host-port="127.0.0.1:${JAEGER_OTLP_GRPC_PORT:-4317}" \
-  --collector.otlp.http.host-port="127.0.0.1:${JAEGER_OTLP_HTTP_PORT:-4318}" \
-  --query.http-server.host-port="127.0.0.1:${JAEGER_QUERY_PORT:-16686}" \
-  --query.grpc-server.host-port=127.0.0.1:0 \
-  --collector.grpc-server.host-port=127.0.0.1:0 \
-  --collector.http-server.host-port=127.0.0.1:0 \
-  --admin.http.host-port=127.0.0.1:0
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+jaeger=$("$here/install-jaeger.sh")
+export JAEGER_OTLP_GRPC_PORT=${JAEGER_OTLP_GRPC_PORT:-4317}
+export JAEGER_OTLP_HTTP_PORT=${JAEGER_OTLP_HTTP_PORT:-4318}
+export JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686}
+export JAEGER_QUERY_GRPC_PORT=${JAEGER_QUERY_GRPC_PORT:-0}
+exec "$jaeger" --config "$here/jaeger-config.yaml"

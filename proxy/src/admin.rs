@@ -78,6 +78,11 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no snapshot loaded yet\n",
             )
+        } else if self.identity.as_ref().is_some_and(|i| !i.ready()) {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no valid mesh certificate (being issued, or expired; see the log)\n",
+            )
         } else {
             text(StatusCode::OK, "ready\n")
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ProxyConfig, SnapshotSource};
+use crate::identity::{IdentityFiles, IdentitySource, IssuanceSettings};
 use crate::transport::ServerSettings;
 
 /// Tether's sidecar proxy.
@@ -115,10 +116,22 @@ pub struct ProxyArgs {
     /// key (`identity-key.pem`): turns on mTLS, inbound and outbound.
     #[arg(long, env = "TETHER_IDENTITY_DIR", requires = "trust_bundle")]
     pub identity_dir: Option<PathBuf>,
-    /// PEM file with the mesh's trusted root certificate(s).
-    #[arg(long, env = "TETHER_TRUST_BUNDLE", requires = "identity_dir")]
+    /// PEM file with the mesh's trusted root certificate(s). With
+    /// --identity-dir, or with an https:// control plane (which then issues
+    /// this proxy's certificate).
+    #[arg(long, env = "TETHER_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
-    /// How often the identity files are checked for a renewed certificate.
+    /// Join token for the first certificate from an https:// control plane
+    /// (`tether-control token create --service NAME`).
+    #[arg(long, env = "TETHER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust domain (default: the one named by the trust bundle's roots).
+    #[arg(long, env = "TETHER_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Renew an issued certificate at this fraction of its life.
+    #[arg(long, env = "TETHER_RENEW_FRACTION", default_value_t = crate::identity::issuance::DEFAULT_RENEW_FRACTION)]
+    pub renew_fraction: f64,
+    /// How often the identity files (or the bundle) are checked for changes.
     #[arg(long, env = "TETHER_IDENTITY_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub identity_reload_interval: Duration,
     /// With mTLS: also accept plaintext on the inbound listener. For
@@ -131,6 +144,11 @@ pub struct ProxyArgs {
     /// Log format.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Threads that serve traffic (default: one per available CPU). `1`
+    /// runs everything on one thread, with no cross-thread hand-offs: the
+    /// cheapest setting for a sidecar with a small CPU limit.
+    #[arg(long, env = "TETHER_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 /// Log output format.
@@ -148,8 +166,66 @@ pub enum LogFormat {
 pub struct UsageError(pub String);
 
 impl ProxyArgs {
+    /// Where the identity comes from, if mTLS is on.
+    fn identity_source(&self) -> Result<Option<IdentitySource>, UsageError> {
+        let https = self
+            .control_plane
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+        if !(0.05..=0.95).contains(&self.renew_fraction) {
+            return Err(UsageError(
+                "--renew-fraction must be between 0.05 and 0.95".into(),
+            ));
+        }
+        match (&self.identity_dir, &self.trust_bundle) {
+            (Some(_), None) => Err(UsageError(
+                "--identity-dir needs --trust-bundle FILE (the mesh's root certificates)".into(),
+            )),
+            (Some(dir), Some(bundle)) => {
+                if self.token_file.is_some() {
+                    return Err(UsageError(
+                        "--token-file is for certificates issued by the control plane; with --identity-dir the certificate comes from files".into(),
+                    ));
+                }
+                Ok(Some(IdentitySource::Files(IdentityFiles {
+                    dir: dir.clone(),
+                    bundle: bundle.clone(),
+                    reload_interval: self.identity_reload_interval,
+                })))
+            }
+            (None, bundle) if https => {
+                let bundle = bundle.clone().ok_or_else(|| {
+                    UsageError("an https:// control plane needs --trust-bundle FILE (the mesh CA's ca.pem) to verify it".into())
+                })?;
+                if self.token_file.is_none() && self.state_dir.is_none() {
+                    return Err(UsageError(
+                        "an https:// control plane issues this proxy's certificate: pass --token-file (first start) and --state-dir (to keep it across restarts)".into(),
+                    ));
+                }
+                Ok(Some(IdentitySource::ControlPlane(IssuanceSettings {
+                    url: self.control_plane.clone().unwrap_or_default(),
+                    service: self.service.clone().unwrap_or_default(),
+                    bundle,
+                    trust_domain: self.trust_domain.clone(),
+                    token_file: self.token_file.clone(),
+                    state_dir: self.state_dir.clone(),
+                    renew_fraction: self.renew_fraction,
+                    bundle_reload_interval: self.identity_reload_interval,
+                })))
+            }
+            (None, Some(_)) => Err(UsageError(
+                "--trust-bundle needs --identity-dir, or an https:// control plane to issue the certificate".into(),
+            )),
+            (None, None) if self.token_file.is_some() => Err(UsageError(
+                "--token-file needs an https:// control plane (tether-control serve --ca-dir) and --trust-bundle".into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The proxy configuration these flags describe.
     pub fn into_config(self) -> Result<ProxyConfig, UsageError> {
+        let identity = self.identity_source()?;
         let source = match (self.snapshot, self.control_plane) {
             (Some(path), _) => SnapshotSource::File {
                 path,
@@ -199,14 +275,7 @@ impl ProxyArgs {
             inbound_max_pending: self.inbound_max_pending,
             drain_timeout: self.drain_timeout,
             access_log: self.access_log,
-            identity: self
-                .identity_dir
-                .zip(self.trust_bundle)
-                .map(|(dir, bundle)| crate::identity::IdentityFiles {
-                    dir,
-                    bundle,
-                    reload_interval: self.identity_reload_interval,
-                }),
+            identity,
             inbound_permissive: self.inbound_permissive,
         })
     }

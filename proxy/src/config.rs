@@ -46,8 +46,8 @@ pub struct ProxyConfig {
     pub inbound_max_requests: u32,
     /// Requests queued for the local app beyond that.
     pub inbound_max_pending: u32,
-    /// Mesh identity files; `None` runs without mTLS.
-    pub identity: Option<crate::identity::IdentityFiles>,
+    /// Where the mesh identity comes from; `None` runs without mTLS.
+    pub identity: Option<crate::identity::IdentitySource>,
     /// With an identity: also accept plaintext inbound (migration only).
     pub inbound_permissive: bool,
     /// Write one JSON access log line per request to stdout.

@@ -14,6 +14,7 @@ pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod control_client;
 pub mod discovery;
 pub mod errors;
 pub mod forward;
@@ -36,8 +37,9 @@ use tracing::Instrument;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{ProxyConfig, SnapshotSource};
+use crate::control_client::{ControlClientError, ControlPlaneClient};
 use crate::discovery::{load_file, watch_file, Applier, SnapshotError};
-use crate::identity::{IdentityError, MeshIdentity};
+use crate::identity::{IdentityError, IdentitySource, MeshIdentity};
 use crate::inbound::{Inbound, InboundSettings};
 use crate::metrics::{Direction, Metrics};
 use crate::observe::Observer;
@@ -55,6 +57,9 @@ pub enum RunError {
     /// The mesh identity (certificate, key, trust bundle) could not be loaded.
     #[error("mesh identity: {0}")]
     Identity(#[from] IdentityError),
+    /// The control-plane URL or its TLS settings are unusable.
+    #[error("{0}")]
+    ControlPlane(#[from] ControlClientError),
     /// A listener could not be bound.
     #[error("{0}")]
     Bind(#[source] std::io::Error),
@@ -67,7 +72,7 @@ impl RunError {
     /// Process exit code: 2 for bad configuration, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Snapshot(_) | RunError::Identity(_) => 2,
+            RunError::Snapshot(_) | RunError::Identity(_) | RunError::ControlPlane(_) => 2,
             RunError::Bind(_) | RunError::Signals(_) => 1,
         }
     }
@@ -103,9 +108,14 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     //    subscribed to in the background after restoring the last good
     //    snapshot from the state directory.
     let identity = match &config.identity {
-        Some(files) => Some(MeshIdentity::load(files.clone(), metrics.clone())?),
+        Some(source) => Some(MeshIdentity::start(source, metrics.clone())?),
         None => None,
     };
+    if let (Some(IdentitySource::ControlPlane(settings)), Some(identity)) =
+        (&config.identity, &identity)
+    {
+        identity::issuance::restore(identity, settings);
+    }
     let applier = Applier::new(
         Arc::clone(&state),
         metrics.clone(),
@@ -127,9 +137,16 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             ))
         }
         SnapshotSource::ControlPlane(settings) => {
+            let client = ControlPlaneClient::new(
+                &settings.url,
+                identity.as_deref(),
+                discovery::CONTROL_PLANE_IDLE_TIMEOUT,
+            )?;
             discovery::restore(settings, &applier).await;
             Box::pin(discovery::subscribe(
                 settings.clone(),
+                client,
+                identity.clone(),
                 applier.clone(),
                 metrics.clone(),
             ))
@@ -157,9 +174,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
 
     // 3. Serve.
     tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
-    if let Some(identity) = &identity {
-        let watch = Arc::clone(identity).watch();
-        tokio::spawn(watch.instrument(tracing::info_span!("identity_files")));
+    if let (Some(source), Some(identity)) = (&config.identity, &identity) {
+        spawn_identity_tasks(source, identity, &metrics);
     }
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Admin::new(
@@ -252,6 +268,34 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     }
     drop(admin_server);
     Ok(())
+}
+
+/// The tasks that keep the identity fresh: the file watch, and with
+/// control-plane issuance the request/renewal loop.
+fn spawn_identity_tasks(source: &IdentitySource, identity: &Arc<MeshIdentity>, metrics: &Metrics) {
+    match source {
+        IdentitySource::Files(files) => {
+            let watch = identity::files::watch(
+                Arc::clone(identity),
+                Some(files.dir.clone()),
+                files.bundle.clone(),
+                files.reload_interval,
+            );
+            tokio::spawn(watch.instrument(tracing::info_span!("identity_files")));
+        }
+        IdentitySource::ControlPlane(settings) => {
+            let watch = identity::files::watch(
+                Arc::clone(identity),
+                None,
+                settings.bundle.clone(),
+                settings.bundle_reload_interval,
+            );
+            tokio::spawn(watch.instrument(tracing::info_span!("trust_bundle_file")));
+            let issuance =
+                identity::issuance::run(Arc::clone(identity), settings.clone(), metrics.clone());
+            tokio::spawn(issuance.instrument(tracing::info_span!("certificate_issuance")));
+        }
+    }
 }
 
 /// The task that keeps snapshots coming.

@@ -8,10 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(cli.proxy.worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tether-proxy: cannot start the runtime: {error}");
@@ -44,6 +41,23 @@ fn main() -> ExitCode {
             eprintln!("tether-proxy: {error}");
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+/// The async runtime: one thread runs a current-thread runtime (no work
+/// stealing, no cross-thread wake-ups); more run a multi-thread one.
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub authz_denied: IntCounterVec,
     /// Expiry of the certificate in force (Unix seconds; 0 without mTLS).
     pub identity_expiry: IntGauge,
+    /// Certificate requests to the control plane's CA, by kind and result.
+    pub certificate_requests: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -188,6 +190,12 @@ impl Metrics {
             "TLS handshakes that failed, by direction and reason (handshake, timeout, identity-mismatch).",
             &["direction", "reason"],
         );
+        let certificate_requests = counter_vec(
+            &registry,
+            "tether_identity_certificate_requests_total",
+            "Certificate requests to the control plane's CA, by kind (issue: with the join token, renew: with the current certificate) and result (ok, error).",
+            &["kind", "result"],
+        );
         let authz_denied = counter_vec(
             &registry,
             "tether_authz_denied_total",
@@ -195,6 +203,7 @@ impl Metrics {
             &["service"],
         );
         Self {
+            certificate_requests,
             inbound_plaintext,
             inbound_permissive,
             identity_expiry,

@@ -22,6 +22,10 @@ pub fn control_bin() -> PathBuf {
     bin
 }
 
+fn control_command() -> Command {
+    Command::new(control_bin())
+}
+
 /// A running control plane; killed when dropped.
 pub struct ControlPlane {
     child: Option<Child>,
@@ -29,7 +33,9 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     config: PathBuf,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// With a CA: its directory and the certificate lifetime (`serve --ca-dir`).
+    ca: Option<(PathBuf, String)>,
+    dir: tempfile::TempDir,
 }
 
 impl ControlPlane {
@@ -43,10 +49,87 @@ impl ControlPlane {
             addr: ([127, 0, 0, 1], free_port()).into(),
             log: dir.path().join("control.log"),
             config,
-            _dir: dir,
+            ca: None,
+            dir,
         };
         plane.restart().await;
         plane
+    }
+
+    /// Starts `tether-control serve` with a mesh CA made by `ca init` (the
+    /// API is then https) issuing certificates valid for `cert_lifetime`.
+    pub async fn start_with_ca(mesh_yaml: &str, cert_lifetime: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ca_dir = dir.path().join("ca");
+        let init = control_command()
+            .args(["ca", "init", "--dir"])
+            .arg(&ca_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("ca init: {e}"));
+        assert!(
+            init.status.success(),
+            "ca init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let config = dir.path().join("mesh.yaml");
+        std::fs::write(&config, mesh_yaml).unwrap_or_else(|e| panic!("{e}"));
+        let mut plane = ControlPlane {
+            child: None,
+            addr: ([127, 0, 0, 1], free_port()).into(),
+            log: dir.path().join("control.log"),
+            config,
+            ca: Some((ca_dir, cert_lifetime.to_owned())),
+            dir,
+        };
+        plane.restart().await;
+        plane
+    }
+
+    /// The CA's root (`ca.pem`): the trust bundle for proxies.
+    pub fn bundle(&self) -> PathBuf {
+        match &self.ca {
+            Some((dir, _)) => dir.join("ca.pem"),
+            None => panic!("this control plane runs no CA"),
+        }
+    }
+
+    /// The CA directory.
+    pub fn ca_dir(&self) -> PathBuf {
+        match &self.ca {
+            Some((dir, _)) => dir.clone(),
+            None => panic!("this control plane runs no CA"),
+        }
+    }
+
+    /// A join token for `service`, written by `tether-control token create
+    /// --out` into a new file; returns the file.
+    pub fn token_file(&self, service: &str) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("token-{service}-{}", free_port()));
+        let out = control_command()
+            .args(["token", "create", "--service", service, "--ca-dir"])
+            .arg(self.ca_dir())
+            .arg("--out")
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("token create: {e}"));
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    /// The token in `token_file(service)`, as text.
+    pub fn token(&self, service: &str) -> String {
+        let path = self.token_file(service);
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .trim()
+            .to_owned()
     }
 
     /// (Re)starts the process on the same address and config.
@@ -57,35 +140,31 @@ impl ControlPlane {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(control_bin())
+        let mut command = control_command();
+        command
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
             .arg("--listen")
-            .arg(self.addr.to_string())
+            .arg(self.addr.to_string());
+        if let Some((dir, lifetime)) = &self.ca {
+            command
+                .arg("--ca-dir")
+                .arg(dir)
+                .arg("--cert-lifetime")
+                .arg(lifetime);
+        }
+        let child = command
             .env("TETHER_LOG", "info")
             .stderr(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
             .stdout(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tether-control: {e}"));
         self.child = Some(child);
-        let client = Client::http1();
-        let addr = self.addr;
-        let ready = eventually(Duration::from_secs(15), || {
-            let client = client.clone();
-            async move {
-                client
-                    .try_send(
-                        http::Method::GET,
-                        addr,
-                        "control",
-                        "/ready",
-                        bytes::Bytes::new(),
-                        &[],
-                    )
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-            }
+        let ready = eventually(Duration::from_secs(15), || async {
+            self.try_get("/ready")
+                .await
+                .is_some_and(|(status, _)| status == 200)
         })
         .await;
         assert!(
@@ -103,9 +182,10 @@ impl ControlPlane {
         }
     }
 
-    /// `http://ADDR`, for `tether-proxy --control-plane`.
+    /// `http://ADDR` (or `https://ADDR` with a CA), for `tether-proxy --control-plane`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Replaces mesh.yaml (the control plane polls it).
@@ -122,7 +202,43 @@ impl ControlPlane {
 
     /// `GET` a path, returning the body.
     pub async fn get(&self, path: &str) -> String {
-        Client::http1().get(self.addr, "control", path).await.body
+        match self.try_get(path).await {
+            Some((_, body)) => body,
+            None => panic!(
+                "GET {path} on the control plane failed; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// `GET` a path (over TLS, without a client certificate, with a CA).
+    pub async fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        match &self.ca {
+            None => Client::http1()
+                .try_send(
+                    http::Method::GET,
+                    self.addr,
+                    "control",
+                    path,
+                    bytes::Bytes::new(),
+                    &[],
+                )
+                .await
+                .ok()
+                .map(|r| (r.status.as_u16(), r.body)),
+            Some(_) => crate::mesh_tls::request(
+                self.addr,
+                &self.bundle(),
+                None,
+                http::Method::GET,
+                path,
+                &[],
+                Vec::new(),
+            )
+            .await
+            .ok()
+            .map(|r| (r.status, r.body)),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod consul;
 pub mod control;
 pub mod jaeger;
+pub mod mesh_tls;
 pub mod pki;
 pub mod proxy;
 

@@ -239,6 +239,11 @@ impl Proxy {
         std::fs::rename(&tmp, &self.snapshot_path).unwrap_or_else(|e| panic!("rename: {e}"));
     }
 
+    /// The state directory of a subscribed proxy (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self._dir.path().join("state")
+    }
+
     /// The proxy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

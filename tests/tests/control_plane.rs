@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tether_e2e::control::ControlPlane;
-use tether_e2e::{assert_eventually, metric, Backend, Client, Proxy};
+use tether_e2e::{assert_eventually, metric, Backend, Client, Proxy, TestPki};
 
 fn mesh(api: &[&Backend], timeout: &str) -> String {
     let list: Vec<String> = api
@@ -160,10 +160,20 @@ async fn routing_survives_the_control_plane_and_a_proxy_restart() {
 async fn a_refused_snapshot_is_reported_and_never_shown_as_applied() {
     let a = Backend::start("a").await;
     let plane = ControlPlane::start(&mesh(&[&a], "5s")).await;
-    let web = Proxy::subscribed(&plane.url(), "web").start().await;
+    // web holds a certificate in tether.local (identity files, so the api
+    // backend can stay plaintext: web's mTLS is to mesh endpoints only).
+    let pki = TestPki::new();
+    let web = Proxy::subscribed(&plane.url(), "web")
+        .identity(&pki.issue("web"), &pki.bundle())
+        .start()
+        .await;
     let good = web.config_version().await;
-    // Valid for the control plane, refused by the proxy: not host:port.
-    plane.write_config(&mesh(&[&a], "5s").replace(&a.address(), "not-an-address"));
+    // Valid for the control plane, refused by the proxy: a trust domain
+    // its certificate is not in, so it could verify no peer.
+    plane.write_config(&format!(
+        "mesh:\n  trust_domain: other.local\n{}",
+        mesh(&[&a], "5s").trim_start_matches("mesh:\n")
+    ));
     assert_eventually!(
         Duration::from_secs(5),
         || async {
@@ -186,7 +196,7 @@ async fn a_refused_snapshot_is_reported_and_never_shown_as_applied() {
             .report
             .error
             .as_deref()
-            .is_some_and(|e| e.contains("not host:port")),
+            .is_some_and(|e| e.contains("trust_domain is `other.local`")),
         "{:?}",
         proxy.report
     );
@@ -196,9 +206,9 @@ async fn a_refused_snapshot_is_reported_and_never_shown_as_applied() {
         "the control plane did move on"
     );
     assert_eq!(
-        Client::http1().get(web.outbound, "api", "/").await.status,
-        200,
-        "old snapshot still serves"
+        web.config_version().await,
+        good,
+        "the old snapshot stays in force"
     );
     assert_eq!(
         metric(

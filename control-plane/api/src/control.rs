@@ -9,6 +9,15 @@
 //! - Each snapshot request carries the proxy's id in the `tether-proxy-id` header.
 //! - `POST /v1/report` takes a [`ProxyReport`]: what a proxy applied or refused.
 //! - `GET /v1/status` answers a [`StatusResponse`].
+//! - `POST {CERTIFICATE_PATH}` takes a [`CertificateRequest`] and answers a
+//!   [`CertificateResponse`] (only when the control plane runs a CA and
+//!   serves over TLS). The caller proves which service it is either with a
+//!   join token (`Authorization: Bearer <token>`, first issue) or with its
+//!   current mesh certificate as the TLS client certificate (renewal).
+//!
+//! Over TLS, snapshot and report requests must come with a client
+//! certificate of the service they are about; status, metrics and health
+//! are open to any caller.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +26,31 @@ pub const SNAPSHOT_PATH_PREFIX: &str = "/v1/snapshot/";
 
 /// Header carrying the polling proxy's id on snapshot requests.
 pub const PROXY_ID_HEADER: &str = "tether-proxy-id";
+
+/// Path of the certificate-signing endpoint.
+pub const CERTIFICATE_PATH: &str = "/v1/certificate";
+
+/// `POST /v1/certificate`: a CSR for the caller's own identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// PEM `CERTIFICATE REQUEST` whose only SAN is the caller's SPIFFE ID
+    /// (`spiffe://<trust_domain>/service/<name>`), signed by a P-256 key the
+    /// caller generated and keeps.
+    pub csr_pem: String,
+}
+
+/// The answer to a [`CertificateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateResponse {
+    /// PEM chain: the leaf, then the root that signed it.
+    pub chain_pem: String,
+    /// The SPIFFE ID the leaf carries.
+    pub spiffe_id: String,
+    /// End of the leaf's validity, seconds since the Unix epoch.
+    pub not_after_unix: u64,
+}
 
 /// What a proxy tells the control plane after each snapshot it receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

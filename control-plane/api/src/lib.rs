@@ -12,7 +12,8 @@ mod policy;
 mod snapshot;
 
 pub use control::{
-    ProxyReport, ProxyStatus, StatusResponse, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX,
+    CertificateRequest, CertificateResponse, ProxyReport, ProxyStatus, StatusResponse,
+    CERTIFICATE_PATH, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX,
 };
 pub use policy::{
     Backoff, CircuitBreaker, LoadBalancer, RetryBudget, RetryOn, RetryPolicy, TrafficPolicy,

@@ -26,6 +26,15 @@ pub fn build(
     identity: Option<&MeshIdentity>,
 ) -> Result<MeshState, Vec<String>> {
     let mut problems = Vec::new();
+    if let Some(identity) = identity {
+        if snapshot.mesh.trust_domain != identity.trust_domain() {
+            problems.push(format!(
+                "mesh.trust_domain is `{}` but this proxy's identity is in `{}`: peers could not be verified; a trust-domain change needs certificates from that domain's CA",
+                snapshot.mesh.trust_domain,
+                identity.trust_domain()
+            ));
+        }
+    }
     let authorization = match &snapshot.authorization {
         None => None,
         Some(policy) => match AuthzPolicy::compile(policy) {

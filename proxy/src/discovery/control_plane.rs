@@ -7,6 +7,7 @@
 //! until the first snapshot arrives.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +18,9 @@ use tether_api::{ProxyReport, Snapshot, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX};
 
 use super::{Applier, SnapshotError};
 use crate::body::Body;
+use crate::control_client::ControlPlaneClient;
+use crate::identity::MeshIdentity;
 use crate::metrics::Metrics;
-use crate::transport::{ClientSettings, UpstreamClient};
 
 /// How long one long-poll asks the control plane to hold the request.
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -27,6 +29,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay: a control plane that comes back is found within
 /// a few seconds, and a thousand proxies do not hammer one that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Idle timeout of the pooled connection to the control plane: longer than
+/// a long-poll, so the connection is reused from one poll to the next.
+pub const CONTROL_PLANE_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// File name of the last good snapshot in the state directory.
 const STATE_FILE: &str = "snapshot.json";
 
@@ -61,14 +66,22 @@ pub async fn restore(settings: &ControlPlaneSettings, applier: &Applier) -> Opti
 }
 
 /// Subscribes forever: long-polls, applies, saves, reports, reconnects.
-pub async fn subscribe(settings: ControlPlaneSettings, applier: Applier, metrics: Metrics) {
-    let client = UpstreamClient::new(ClientSettings {
-        http2: false,
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(90),
-        expected_identity: None,
-    });
-    let base = settings.url.trim_end_matches('/').to_owned();
+/// Over TLS it first waits for a certificate: the control plane serves a
+/// snapshot only to a proxy that proves it is that service.
+pub async fn subscribe(
+    settings: ControlPlaneSettings,
+    client: ControlPlaneClient,
+    identity: Option<Arc<MeshIdentity>>,
+    applier: Applier,
+    metrics: Metrics,
+) {
+    if let (true, Some(identity)) = (client.is_tls(), &identity) {
+        if !identity.ready() {
+            tracing::info!("waiting for a certificate before subscribing to snapshots");
+            identity.wait_ready().await;
+        }
+    }
+    let base = client.base().to_owned();
     let mut failures = 0u32;
     // The last version offered, applied or refused: polling with it means a
     // refused snapshot is not sent again until the control plane has a new one.
@@ -145,7 +158,7 @@ enum PollError {
 /// One long-poll: `Some(snapshot)` for a new version, `None` when the wait
 /// ran out with nothing new.
 async fn poll(
-    client: &UpstreamClient,
+    client: &ControlPlaneClient,
     base: &str,
     settings: &ControlPlaneSettings,
     current: u64,
@@ -186,7 +199,7 @@ async fn poll(
     }
 }
 
-async fn send_report(client: &UpstreamClient, base: &str, report: &ProxyReport) {
+async fn send_report(client: &ControlPlaneClient, base: &str, report: &ProxyReport) {
     let Ok(body) = serde_json::to_vec(report) else {
         return;
     };

@@ -21,7 +21,7 @@ use crate::state::MeshState;
 use crate::telemetry::Telemetry;
 
 pub use build::build;
-pub use control_plane::{restore, subscribe, ControlPlaneSettings};
+pub use control_plane::{restore, subscribe, ControlPlaneSettings, CONTROL_PLANE_IDLE_TIMEOUT};
 pub use file::{load_file, watch_file, SnapshotError};
 
 /// Applies snapshots to the shared state.

@@ -1,0 +1,339 @@
+//! The few Consul HTTP API calls the watcher makes: blocking GETs with
+//! `index`/`wait`, `dc` and `X-Consul-Token`, and the health JSON turned into
+//! [`Endpoint`]s.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use serde::Deserialize;
+use tether_api::Endpoint;
+
+use crate::config::ConsulConfig;
+use crate::metrics::ControlMetrics;
+
+/// How long Consul may hold a blocking query (Consul adds up to 1/16 jitter).
+const WAIT: Duration = Duration::from_secs(30);
+/// Give up on an answer this long after `WAIT`: the agent or the network is gone.
+const ANSWER_GRACE: Duration = Duration::from_secs(15);
+/// Idle connections kept for reuse. Each watch holds its own connection
+/// while it blocks; between two queries it may briefly open a second one,
+/// and without this cap those would linger and count against Consul's
+/// per-client connection limit.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+/// First retry delay after an error; doubles up to [`MAX_BACKOFF`], jittered.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest retry delay: a restarted Consul is noticed within seconds.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A failed Consul query.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    /// The request could not be built (e.g. a token that is not a header value).
+    #[error("cannot build the request to {uri}: {source}")]
+    Request {
+        /// The URI.
+        uri: String,
+        /// Why.
+        #[source]
+        source: http::Error,
+    },
+    /// No connection, or the connection broke.
+    #[error("{uri}: {source}")]
+    Transport {
+        /// The URI.
+        uri: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No answer within the blocking wait plus a grace period.
+    #[error("{uri}: no answer within {:?}", WAIT + ANSWER_GRACE)]
+    Timeout {
+        /// The URI.
+        uri: String,
+    },
+    /// Consul answered with an error status.
+    #[error("{uri}: {status}: {body}")]
+    Status {
+        /// The URI.
+        uri: String,
+        /// The status.
+        status: http::StatusCode,
+        /// Consul's explanation.
+        body: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("{uri}: unexpected JSON: {source}")]
+    Json {
+        /// The URI.
+        uri: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A Consul agent's HTTP API, as the watcher uses it.
+#[derive(Clone)]
+pub struct ConsulApi {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    config: ConsulConfig,
+    metrics: ControlMetrics,
+}
+
+impl ConsulApi {
+    /// A client for the agent in `config`.
+    pub fn new(config: ConsulConfig, metrics: ControlMetrics) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+                .build_http(),
+            config,
+            metrics,
+        }
+    }
+
+    /// One blocking query: the decoded body and the index for the next one.
+    pub async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        index: u64,
+    ) -> Result<(T, u64), ConsulError> {
+        let uri = self.uri(path, index);
+        let mut request = http::Request::get(&uri);
+        if let Some(token) = &self.config.token {
+            request = request.header("x-consul-token", token);
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|source| ConsulError::Request {
+                uri: uri.clone(),
+                source,
+            })?;
+        let started = Instant::now();
+        let response = tokio::time::timeout(WAIT + ANSWER_GRACE, self.client.request(request))
+            .await
+            .map_err(|_| ConsulError::Timeout { uri: uri.clone() })?
+            .map_err(|e| ConsulError::Transport {
+                uri: uri.clone(),
+                source: Box::new(e),
+            })?;
+        let status = response.status();
+        let next = response
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ConsulError::Transport {
+                uri: uri.clone(),
+                source: Box::new(e),
+            })?
+            .to_bytes();
+        self.metrics
+            .consul_latency
+            .observe(started.elapsed().as_secs_f64());
+        if !status.is_success() {
+            let body = String::from_utf8_lossy(&body).trim().to_owned();
+            return Err(ConsulError::Status { uri, status, body });
+        }
+        let value = serde_json::from_slice(&body).map_err(|source| ConsulError::Json {
+            uri: uri.clone(),
+            source,
+        })?;
+        Ok((value, next_index(index, next)))
+    }
+
+    fn uri(&self, path: &str, index: u64) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut uri = format!(
+            "{}{path}{sep}index={index}&wait={}s",
+            self.config.address.trim_end_matches('/'),
+            WAIT.as_secs()
+        );
+        if let Some(dc) = &self.config.datacenter {
+            uri.push_str("&dc=");
+            uri.push_str(&escape(dc));
+        }
+        uri
+    }
+
+    /// The metrics this client reports to.
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
+    }
+
+    /// Counts and logs a failure, then sleeps a jittered, growing delay.
+    pub async fn backoff(&self, failures: &mut u32, error: &ConsulError) {
+        self.metrics.consul_errors.inc();
+        *failures = failures.saturating_add(1);
+        let delay = backoff_delay(*failures, &mut rand::thread_rng());
+        tracing::warn!(%error, retry_in = ?delay, "consul watch failed; snapshots keep their last content");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Consul's rules for the next index: start over when it went backwards,
+/// and never block on 0 (that answers at once, a busy loop).
+fn next_index(previous: u64, answered: u64) -> u64 {
+    if answered < previous {
+        0
+    } else {
+        answered.max(1)
+    }
+}
+
+/// The delay after `failures` failures in a row: a random time between half
+/// and all of `min(MAX_BACKOFF, MIN_BACKOFF · 2^failures)`, so watchers that
+/// failed together do not retry together.
+fn backoff_delay(failures: u32, rng: &mut impl Rng) -> Duration {
+    let ceiling = MIN_BACKOFF
+        .saturating_mul(1 << failures.min(10))
+        .min(MAX_BACKOFF);
+    rng.gen_range(ceiling / 2..=ceiling)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a
+/// service name in a path or a datacenter in the query.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// One entry of `/v1/health/service/<name>`.
+#[derive(Debug, Deserialize)]
+pub struct HealthEntry {
+    #[serde(rename = "Node")]
+    node: Node,
+    #[serde(rename = "Service")]
+    service: Service,
+}
+
+#[derive(Debug, Deserialize)]
+struct Node {
+    #[serde(rename = "Address")]
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Service {
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "Port")]
+    port: u16,
+    #[serde(rename = "Tags", default)]
+    tags: Option<Vec<String>>,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(rename = "Weights", default)]
+    weights: Option<Weights>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Weights {
+    #[serde(rename = "Passing")]
+    passing: u32,
+}
+
+impl From<HealthEntry> for Endpoint {
+    /// Address: `Service.Address`, else the node's, with `Service.Port`
+    /// (IPv6 hosts bracketed); weight: `Weights.Passing` (at least 1).
+    fn from(entry: HealthEntry) -> Self {
+        let host = if entry.service.address.is_empty() {
+            entry.node.address
+        } else {
+            entry.service.address
+        };
+        let address = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", entry.service.port)
+        } else {
+            format!("{host}:{}", entry.service.port)
+        };
+        Endpoint {
+            address,
+            weight: entry.service.weights.map_or(1, |w| w.passing.max(1)),
+            tags: entry.service.tags.unwrap_or_default(),
+            meta: entry.service.meta.unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Trimmed from a real Consul 1.14 answer.
+    const HEALTH: &str = r#"[
+      {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+       "Service": {"ID": "api-1", "Service": "api", "Address": "", "Port": 8080,
+                   "Tags": ["v1"], "Meta": {"version": "1"},
+                   "Weights": {"Passing": 3, "Warning": 1}},
+       "Checks": []},
+      {"Node": {"Node": "n2", "Address": "10.0.0.2"},
+       "Service": {"ID": "api-2", "Service": "api", "Address": "fd00::2", "Port": 8081,
+                   "Tags": null, "Meta": null, "Weights": {"Passing": 0, "Warning": 0}},
+       "Checks": []}
+    ]"#;
+
+    #[test]
+    fn health_entries_become_endpoints() {
+        let entries: Vec<HealthEntry> =
+            serde_json::from_str(HEALTH).unwrap_or_else(|e| panic!("{e}"));
+        let endpoints: Vec<Endpoint> = entries.into_iter().map(Endpoint::from).collect();
+        assert_eq!(
+            endpoints[0].address, "10.0.0.1:8080",
+            "node address fallback"
+        );
+        assert_eq!(endpoints[0].weight, 3);
+        assert_eq!(endpoints[0].tags, vec!["v1".to_owned()]);
+        assert_eq!(endpoints[0].meta["version"], "1");
+        assert_eq!(endpoints[1].address, "[fd00::2]:8081");
+        assert_eq!(endpoints[1].weight, 1, "a zero weight still gets traffic");
+        assert!(endpoints[1].tags.is_empty() && endpoints[1].meta.is_empty());
+    }
+
+    #[test]
+    fn the_index_resets_when_it_goes_backwards_and_is_never_zero() {
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(10, 9), 0);
+        assert_eq!(next_index(0, 0), 1);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap() {
+        let mut rng = rand::thread_rng();
+        for failures in 1..40 {
+            let delay = backoff_delay(failures, &mut rng);
+            let ceiling = MIN_BACKOFF
+                .saturating_mul(1 << failures.min(10))
+                .min(MAX_BACKOFF);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{failures}: {delay:?}"
+            );
+        }
+        assert!(backoff_delay(30, &mut rng) >= MAX_BACKOFF / 2);
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        assert_eq!(escape("api-v1.x_y~"), "api-v1.x_y~");
+        assert_eq!(escape("a b/c?d"), "a%20b%2Fc%3Fd");
+    }
+}

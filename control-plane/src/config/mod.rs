@@ -1,0 +1,283 @@
+//! mesh.yaml: parsing ([`parse`]), merging per-service policy over
+//! `defaults` ([`merge`]), and validation that reports every problem at
+//! once as `FILE:LINE:COL: what` ([`validate`]).
+
+mod merge;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+use tether_api::{
+    AuthorizationDefault, Endpoint, Protocol, Route, SplitTarget, SubsetSelector, TracingSettings,
+    TrafficPolicy,
+};
+
+use self::validate::Problems;
+
+/// The operator's mesh configuration, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Where endpoints come from.
+    pub catalog: CatalogConfig,
+    /// Tracing settings handed to every proxy.
+    pub tracing: Option<TracingSettings>,
+    /// Policy for services not listed under `services`.
+    pub defaults: TrafficPolicy,
+    /// Services with their merged policy.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Authorization rules.
+    pub authorization: Option<AuthorizationConfig>,
+}
+
+/// Where endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogConfig {
+    /// Instances written in the file (laptop, quickstart, tests).
+    Static {
+        /// Instances per service.
+        services: BTreeMap<String, Vec<Endpoint>>,
+    },
+    /// A Consul agent's catalog and health.
+    Consul(ConsulConfig),
+}
+
+/// How to reach Consul.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// HTTP API, e.g. `http://127.0.0.1:8500`.
+    pub address: String,
+    /// Datacenter (`dc=`); the agent's own when unset.
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// ACL token (`X-Consul-Token`).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// One service as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Defaults merged with the service's overrides.
+    pub policy: TrafficPolicy,
+    /// Subsets by tags/meta.
+    pub subsets: BTreeMap<String, SubsetSelector>,
+    /// Default split.
+    pub split: Vec<SplitTarget>,
+    /// Route rules.
+    pub routes: Vec<Route>,
+}
+
+/// `authorization:` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    /// Verdict for requests no rule allows.
+    #[serde(default)]
+    pub default: AuthorizationDefault,
+    /// Allow rules.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Called service (`*` for all).
+    pub to: String,
+    /// Callers (`*` for any authenticated caller).
+    pub from: Vec<String>,
+    /// Methods; empty is any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Paths; empty is any.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    mesh: MeshSection,
+    #[serde(default)]
+    defaults: TrafficPolicy,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceFile>,
+    #[serde(default)]
+    authorization: Option<AuthorizationConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshSection {
+    #[serde(default = "default_trust_domain")]
+    trust_domain: String,
+    #[serde(default)]
+    catalog: CatalogSection,
+    #[serde(default)]
+    tracing: Option<TracingSettings>,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            trust_domain: default_trust_domain(),
+            catalog: CatalogSection::default(),
+            tracing: None,
+        }
+    }
+}
+
+/// `catalog:` as written: exactly one of `static` or `consul`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogSection {
+    #[serde(default, rename = "static")]
+    fixed: Option<StaticCatalog>,
+    #[serde(default)]
+    consul: Option<ConsulConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticCatalog {
+    #[serde(default)]
+    services: BTreeMap<String, Vec<Endpoint>>,
+}
+
+fn default_trust_domain() -> String {
+    "tether.local".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    #[serde(default)]
+    protocol: Protocol,
+    /// Validated here; merged over `defaults` from the raw YAML below.
+    #[serde(default)]
+    #[allow(dead_code)]
+    policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    subsets: BTreeMap<String, SubsetSelector>,
+    #[serde(default)]
+    split: Vec<SplitTarget>,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+/// Problems found in a config file, each `FILE:LINE:COL: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Reads and validates a mesh.yaml file.
+pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+    parse(path, &text)
+}
+
+/// Parses and validates mesh.yaml text; `path` only names the file in errors.
+pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
+    let file: File = serde_yaml::from_str(text).map_err(|e| {
+        let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        let message = e.to_string();
+        // serde_yaml appends " at line L column C"; the prefix says it already.
+        let message = message
+            .find(" at line ")
+            .map_or(message.as_str(), |i| &message[..i]);
+        // humantime-serde's wording names no format.
+        let message = message.replace(
+            "expected a duration",
+            "expected a duration such as `250ms`, `5s` or `1m`",
+        );
+        ConfigErrors(vec![format!("{}:{line}:{col}: {message}", path.display())])
+    })?;
+    let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+    let mut problems = Problems::new(path, text);
+
+    validate::defaults(&mut problems, &file.defaults);
+    let mut services = BTreeMap::new();
+    for (name, service) in file.services {
+        validate::service_name(&mut problems, &["services", &name], &name);
+        let policy = merge::merged_policy(&raw, &name).unwrap_or_else(|e| {
+            problems.at(
+                &["services", &name, "policy"],
+                format!("policy does not merge over defaults: {e}"),
+            );
+            file.defaults.clone()
+        });
+        let service = ServiceConfig {
+            protocol: service.protocol,
+            policy,
+            subsets: service.subsets,
+            split: service.split,
+            routes: service.routes,
+        };
+        validate::service(&mut problems, &name, &service, &file.defaults);
+        services.insert(name, service);
+    }
+
+    let catalog = match (file.mesh.catalog.fixed, file.mesh.catalog.consul) {
+        (Some(_), Some(_)) => {
+            problems.at(
+                &["mesh", "catalog"],
+                "catalog: expected exactly one of `static` or `consul`, found both",
+            );
+            CatalogConfig::Static {
+                services: BTreeMap::new(),
+            }
+        }
+        (Some(fixed), None) => {
+            for (name, endpoints) in &fixed.services {
+                validate::static_service(&mut problems, name, endpoints);
+            }
+            CatalogConfig::Static {
+                services: fixed.services,
+            }
+        }
+        (None, Some(consul)) => {
+            validate::consul(&mut problems, &consul);
+            CatalogConfig::Consul(consul)
+        }
+        (None, None) => CatalogConfig::Static {
+            services: BTreeMap::new(),
+        },
+    };
+    if let Some(tracing) = &file.mesh.tracing {
+        validate::tracing(&mut problems, tracing);
+    }
+    if let Some(authz) = &file.authorization {
+        let known: BTreeSet<&str> = match &catalog {
+            CatalogConfig::Static { services: catalog } => services
+                .keys()
+                .chain(catalog.keys())
+                .map(String::as_str)
+                .collect(),
+            // Consul's services are only known at run time.
+            CatalogConfig::Consul(_) => BTreeSet::new(),
+        };
+        validate::authorization(&mut problems, authz, &known);
+    }
+    problems.finish()?;
+    Ok(MeshConfig {
+        trust_domain: file.mesh.trust_domain,
+        catalog,
+        tracing: file.mesh.tracing,
+        defaults: file.defaults,
+        services,
+        authorization: file.authorization,
+    })
+}
+
+#[cfg(test)]
+mod tests;

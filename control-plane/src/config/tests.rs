@@ -1,0 +1,142 @@
+//! Parsing, merging and every validation error with its exact position.
+
+use super::*;
+use std::time::Duration;
+
+fn parse_str(text: &str) -> Result<MeshConfig, ConfigErrors> {
+    parse(Path::new("mesh.yaml"), text)
+}
+
+#[test]
+fn merges_service_policy_over_defaults() {
+    let config = parse_str(
+        "defaults:\n  timeout: 3s\n  retries: { attempts: 4, per_try_timeout: 500ms }\nservices:\n  api:\n    policy:\n      retries: { attempts: 1 }\n  web: {}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let api = &config.services["api"].policy;
+    assert_eq!(api.timeout, Duration::from_secs(3));
+    assert_eq!(api.retries.attempts, 1);
+    assert_eq!(
+        api.retries.per_try_timeout,
+        Duration::from_millis(500),
+        "kept from defaults"
+    );
+    assert_eq!(config.services["web"].policy.retries.attempts, 4);
+}
+
+#[test]
+fn a_typo_names_file_line_column_and_expectation() {
+    let error = parse_str("services:\n  api:\n    policy:\n      timeot: 5s\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(error.starts_with("mesh.yaml:4:7: "), "{error}");
+    assert!(
+        error.contains("unknown field `timeot`, expected one of"),
+        "{error}"
+    );
+}
+
+fn errors(text: &str) -> Vec<String> {
+    parse_str(text).err().map(|e| e.0).unwrap_or_default()
+}
+
+#[test]
+fn reports_every_semantic_problem_with_its_location() {
+    let text = "mesh:\n  tracing: { otlp_endpoint: x, sample_ratio: 2.0 }\nservices:\n  api:\n    subsets: { v1: { tags: [v1] } }\n    split:\n      - { subset: v3, weight: 1 }\nauthorization:\n  rules:\n    - { to: api, from: [ghost] }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:7:11: split: unknown subset `v3` (expected one of: v1)",
+            "mesh.yaml:2:32: sample_ratio 2 is outside 0.0 to 1.0",
+            "mesh.yaml:2:14: otlp_endpoint `x`: expected http(s)://HOST:PORT",
+            "mesh.yaml:10:25: rules[0]: unknown service `ghost` (expected one of: api, or *)",
+        ]
+    );
+}
+
+#[test]
+fn splits_and_routes_are_checked() {
+    let text = "services:\n  api:\n    split: [ { subset: v1, weight: 0 } ]\n  web:\n    subsets: { a: {}, b: { tags: [b] } }\n    split: [ { subset: a, weight: 1 }, { subset: a, weight: 2 } ]\n    routes:\n      - match: { path_prefix: admin, headers: { \"bad header\": x } }\n        split: []\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:3:16: split: subset `v1` is not defined: a split needs `subsets` (expected e.g. `subsets: { v1: { tags: [v1] } }`)",
+            "mesh.yaml:3:5: split: weights sum to zero (expected at least one weight above 0)",
+            "mesh.yaml:6:42: split: subset `a` is listed twice: expected each subset once",
+            "mesh.yaml:9:9: routes[0].split is empty: expected at least one { subset, weight }",
+            "mesh.yaml:8:18: routes[0].match.path_prefix `admin`: expected a path starting with `/`",
+            "mesh.yaml:8:38: routes[0].match.headers: `bad header: x` is not a valid HTTP header: expected a token name and a visible-ASCII value",
+        ]
+    );
+}
+
+#[test]
+fn policies_are_checked_once_where_the_problem_is_written() {
+    let text = "defaults:\n  timeout: 0s\n  retries: { budget: { ttl: 2m } }\nservices:\n  api:\n    policy:\n      retries: { backoff: { base: 1s, max: 10ms } }\n      circuit_breaker: { max_requests: 0, max_ejection_percent: 101 }\n  web: {}\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:2:3: defaults.timeout is 0s: expected a duration above zero",
+            "mesh.yaml:3:24: defaults.retries.budget.ttl is 120s: expected 1s to 60s",
+            "mesh.yaml:7:18: policy.retries.backoff.base (1s) is above max (10ms): expected base <= max",
+            "mesh.yaml:8:26: policy.circuit_breaker.max_requests is 0: expected at least 1",
+            "mesh.yaml:8:43: policy.circuit_breaker.max_ejection_percent is 101: expected 0 to 100",
+        ]
+    );
+}
+
+#[test]
+fn catalogs_are_checked() {
+    let text = "mesh:\n  catalog:\n    static:\n      services:\n        api: [ { address: \"127.0.0.1\" }, { address: \"127.0.0.1:1\", weight: 0 } ]\n        Web_1: []\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:6:9: service name `Web_1` is not valid: expected lowercase letters, digits and `-` (a DNS label)",
+            "mesh.yaml:5:18: api[0].address `127.0.0.1`: expected host:port (e.g. 127.0.0.1:15443)",
+            "mesh.yaml:5:68: api[1].weight is 0: expected 1 or more (remove the instance to send it nothing)",
+        ]
+    );
+    let text =
+        "mesh:\n  catalog:\n    consul: { address: \"https://consul:8501\", datacenter: \"\" }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:3:5: consul.address `https://consul:8501`: expected http://HOST:PORT (https is not supported yet; use a local agent)",
+            "mesh.yaml:3:5: consul.datacenter is empty: expected a name, or leave it out for the agent's own",
+        ]
+    );
+    let both =
+        "mesh:\n  catalog:\n    static: {}\n    consul: { address: \"http://127.0.0.1:8500\" }\n";
+    assert_eq!(
+        errors(both),
+        ["mesh.yaml:2:3: catalog: expected exactly one of `static` or `consul`, found both"]
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_position_too() {
+    assert_eq!(
+        errors("defaults:\n  timeout: 5s\n  timeout: 6s\n"),
+        ["mesh.yaml:2:3: defaults: duplicate field `timeout`"]
+    );
+    assert_eq!(
+        errors("defaults:\n  timeout: soon\n"),
+        ["mesh.yaml:2:12: defaults.timeout: invalid value: string \"soon\", expected a duration such as `250ms`, `5s` or `1m`"]
+    );
+}
+
+#[test]
+fn reads_both_catalog_kinds() {
+    let config = parse_str(
+        "mesh:\n  catalog:\n    consul: { address: \"http://127.0.0.1:8500\", datacenter: dc1 }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(config.catalog, CatalogConfig::Consul(ConsulConfig { ref datacenter, .. }) if datacenter.as_deref() == Some("dc1"))
+    );
+    let config = parse_str("mesh:\n  catalog:\n    static:\n      services:\n        api: [ { address: \"127.0.0.1:1\", tags: [v1] } ]\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(config.catalog, CatalogConfig::Static { ref services } if services["api"].len() == 1)
+    );
+}

@@ -1,0 +1,220 @@
+//! `tether-control status`: fetches `GET /v1/status` and prints one line per
+//! proxy: service, applied version, whether that is the current one, last
+//! contact and the last refusal.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tether_api::StatusResponse;
+use tether_certs::{IdentityStore, SpiffeId, TrustBundle, CONTROL_PLANE_SERVICE};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Why the status could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The URL is not one.
+    #[error("bad control-plane URL {uri}: {reason}")]
+    Url {
+        /// The URL.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+    /// An https URL without a bundle to verify the control plane with.
+    #[error("{uri} is https: pass --trust-bundle FILE (the mesh CA's ca.pem) to verify the control plane")]
+    NeedBundle {
+        /// The URL.
+        uri: String,
+    },
+    /// The bundle does not say which trust domain the control plane is in.
+    #[error("the trust bundle names no trust domain (no spiffe:// URI SAN on its roots); pass --trust-domain")]
+    NoTrustDomain,
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[source] tether_certs::Error),
+    /// Nothing answered, or the answer broke off.
+    #[error("{uri}: {reason} (is `tether-control serve` running there?)")]
+    Transport {
+        /// The URL.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+    /// The answer was not a status.
+    #[error("{uri}: answered {status}, not a status document: {body}")]
+    NotStatus {
+        /// The URL.
+        uri: String,
+        /// HTTP status.
+        status: http::StatusCode,
+        /// The start of the body.
+        body: String,
+    },
+}
+
+/// How to reach the control plane.
+#[derive(Debug, Clone, Default)]
+pub struct StatusTls {
+    /// Roots to verify an https control plane against.
+    pub bundle: Option<TrustBundle>,
+    /// Its trust domain (default: the one the bundle's roots name).
+    pub trust_domain: Option<String>,
+}
+
+/// Fetches the status from the control plane at `base` (`http://host:port`,
+/// or `https://host:port` verified as `spiffe://<td>/service/tether-control`).
+pub async fn fetch(base: &str, tls: &StatusTls) -> Result<StatusResponse, StatusError> {
+    let uri = format!("{}/v1/status", base.trim_end_matches('/'));
+    let url_error = |reason: String| StatusError::Url {
+        uri: uri.clone(),
+        reason,
+    };
+    let parsed = uri
+        .parse::<http::Uri>()
+        .map_err(|e| url_error(e.to_string()))?;
+    let https = match parsed.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(url_error("use http:// or https://".into())),
+    };
+    let authority = parsed
+        .authority()
+        .ok_or_else(|| url_error("no host:port".into()))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let transport = |reason: String| StatusError::Transport {
+        uri: uri.clone(),
+        reason,
+    };
+    let tcp = TcpStream::connect((authority.host(), port))
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let request = http::Request::get(parsed.path())
+        .header(http::header::HOST, authority.as_str())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| url_error(e.to_string()))?;
+    let (status, body) = if https {
+        let bundle = tls
+            .bundle
+            .clone()
+            .ok_or_else(|| StatusError::NeedBundle { uri: uri.clone() })?;
+        let domain = match &tls.trust_domain {
+            Some(domain) => domain.clone(),
+            None => bundle
+                .trust_domains()
+                .into_iter()
+                .next()
+                .ok_or(StatusError::NoTrustDomain)?,
+        };
+        let expected =
+            SpiffeId::service(&domain, CONTROL_PLANE_SERVICE).map_err(StatusError::Tls)?;
+        let store = IdentityStore::new(bundle).map_err(StatusError::Tls)?;
+        let mut config = (*tether_certs::client_config(&store, expected.clone())
+            .map_err(StatusError::Tls)?)
+        .clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = expected.server_name().map_err(StatusError::Tls)?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| transport(format!("TLS: {e}")))?;
+        one_request(stream, request).await.map_err(transport)?
+    } else {
+        one_request(tcp, request).await.map_err(transport)?
+    };
+    serde_json::from_slice(&body).map_err(|_| StatusError::NotStatus {
+        uri: uri.clone(),
+        status,
+        body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+    })
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+async fn one_request<S>(
+    io: S,
+    request: http::Request<Empty<Bytes>>,
+) -> Result<(http::StatusCode, Bytes), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// The table `status` prints; `now` is Unix seconds.
+pub fn render(status: &StatusResponse, now: u64) -> String {
+    let mut out = format!(
+        "{:<28} {:<16} {:>15} {:<8} {:<9} {:>12}  LAST ERROR\n",
+        "PROXY", "SERVICE", "APPLIED", "CURRENT", "POLLING", "LAST CONTACT"
+    );
+    for proxy in &status.proxies {
+        let r = &proxy.report;
+        let current = status.versions.get(&r.service) == Some(&r.applied_version);
+        let error = match (&r.rejected_version, &r.error) {
+            (Some(v), Some(e)) => format!("refused {v}: {e}"),
+            (Some(v), None) => format!("refused {v}"),
+            _ => String::new(),
+        };
+        let ago = format!("{}s ago", now.saturating_sub(proxy.last_contact_unix));
+        out.push_str(&format!(
+            "{:<28} {:<16} {:>15} {:<8} {:<9} {:>12}  {error}\n",
+            r.proxy_id,
+            r.service,
+            r.applied_version,
+            if current { "yes" } else { "no" },
+            if proxy.connected { "yes" } else { "no" },
+            ago,
+        ));
+    }
+    if status.proxies.is_empty() {
+        out.push_str("(no proxy has polled or reported yet)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_api::{ProxyReport, ProxyStatus};
+
+    #[test]
+    fn a_refused_version_shows_as_an_error_and_not_as_current() {
+        let status = StatusResponse {
+            versions: [("web".to_owned(), 7)].into(),
+            proxies: vec![ProxyStatus {
+                report: ProxyReport {
+                    proxy_id: "web-1".into(),
+                    service: "web".into(),
+                    applied_version: 6,
+                    rejected_version: Some(7),
+                    error: Some("bad route".into()),
+                },
+                last_contact_unix: 100,
+                connected: true,
+            }],
+        };
+        let table = render(&status, 103);
+        let line = table.lines().nth(1).unwrap_or_default();
+        assert!(line.starts_with("web-1"), "{table}");
+        assert!(line.contains(" 6 no "), "{table}");
+        assert!(line.contains("3s ago  refused 7: bad route"), "{table}");
+        assert!(render(&StatusResponse::default(), 0).contains("no proxy"));
+    }
+}

@@ -1,0 +1,182 @@
+//! A real `consul agent -dev` on free loopback ports, and the agent API
+//! calls tests make (register with tags, meta, weights and a TTL check;
+//! deregister; pass/fail a check). The binary comes from `CONSUL_BIN`, else
+//! from `deploy/scripts/install-consul.sh`; without one the test fails.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use super::{eventually, free_port, Http};
+
+/// The Consul binary: `CONSUL_BIN`, else what the install script prints
+/// (run once per test binary).
+pub fn consul_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_consul).clone()
+}
+
+fn find_consul() -> PathBuf {
+    if let Some(path) = std::env::var_os("CONSUL_BIN") {
+        return PathBuf::from(path);
+    }
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/install-consul.sh");
+    let output = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); set CONSUL_BIN to a consul binary",
+                script.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "{} failed: Consul is required",
+        script.display()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let path = stdout.lines().last().unwrap_or_default().trim();
+    assert!(!path.is_empty(), "install-consul.sh printed no path");
+    PathBuf::from(path)
+}
+
+/// One instance to register.
+#[derive(Debug, Clone, Default)]
+pub struct Instance<'a> {
+    /// Service ID (also names its TTL check `check:<id>`).
+    pub id: &'a str,
+    /// Service name.
+    pub name: &'a str,
+    /// `Service.Address`; `None` leaves it empty so Consul's answer falls
+    /// back to the node's address.
+    pub address: Option<&'a str>,
+    /// Port.
+    pub port: u16,
+    /// Tags.
+    pub tags: &'a [&'a str],
+    /// `Meta`.
+    pub meta: &'a [(&'a str, &'a str)],
+    /// `Weights.Passing` (Consul's default is 1).
+    pub weight: Option<u32>,
+    /// Adds a passing TTL check `check:<id>`.
+    pub ttl_check: bool,
+}
+
+/// A running dev agent; killed when dropped.
+pub struct Consul {
+    child: Child,
+    /// HTTP API address.
+    pub http: SocketAddr,
+    client: Http,
+}
+
+impl Consul {
+    /// Starts a dev agent on free ports and waits for a leader.
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts a dev agent whose HTTP API listens on `http_port`.
+    pub async fn start_on(http_port: u16) -> Self {
+        let child = Command::new(consul_bin())
+            .args(["agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"])
+            .args([
+                "-log-level=warn",
+                "-dns-port=-1",
+                "-grpc-port=-1",
+                "-grpc-tls-port=-1",
+            ])
+            .arg(format!("-http-port={http_port}"))
+            .arg(format!("-serf-lan-port={}", free_port()))
+            .arg(format!("-serf-wan-port={}", free_port()))
+            .arg(format!("-server-port={}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", consul_bin().display()));
+        let consul = Consul {
+            child,
+            http: ([127, 0, 0, 1], http_port).into(),
+            client: Http::default(),
+        };
+        let up = eventually(Duration::from_secs(30), || async {
+            // `""` until a leader is elected.
+            let reply = consul
+                .client
+                .send(Method::GET, consul.http, "/v1/status/leader", "");
+            reply
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK && r.body.len() > 2)
+        })
+        .await;
+        assert!(
+            up,
+            "consul dev agent on :{http_port} never elected a leader"
+        );
+        consul
+    }
+
+    /// `http://ADDR`, for mesh.yaml.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    async fn put(&self, path: &str, body: String) {
+        let reply = self.client.send(Method::PUT, self.http, path, body).await;
+        let reply = reply.unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        assert_eq!(reply.status, StatusCode::OK, "PUT {path}: {}", reply.body);
+    }
+
+    /// Registers an instance with the agent.
+    pub async fn register(&self, instance: &Instance<'_>) {
+        let mut body = serde_json::json!({
+            "ID": instance.id,
+            "Name": instance.name,
+            "Port": instance.port,
+            "Tags": instance.tags,
+            "Meta": instance.meta.iter().copied().collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        if let Some(address) = instance.address {
+            body["Address"] = address.into();
+        }
+        if let Some(weight) = instance.weight {
+            body["Weights"] = serde_json::json!({ "Passing": weight, "Warning": 1 });
+        }
+        if instance.ttl_check {
+            let id = format!("check:{}", instance.id);
+            body["Check"] = serde_json::json!({ "CheckID": id, "TTL": "30s", "Status": "passing" });
+        }
+        self.put("/v1/agent/service/register", body.to_string())
+            .await;
+    }
+
+    /// Removes an instance.
+    pub async fn deregister(&self, id: &str) {
+        self.put(&format!("/v1/agent/service/deregister/{id}"), String::new())
+            .await;
+    }
+
+    /// Sets an instance's TTL check passing or critical.
+    pub async fn check(&self, id: &str, passing: bool) {
+        let verb = if passing { "pass" } else { "fail" };
+        self.put(&format!("/v1/agent/check/{verb}/check:{id}"), String::new())
+            .await;
+    }
+
+    /// Kills the agent.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Consul {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
