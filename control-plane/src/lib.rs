@@ -73,6 +73,8 @@ pub struct ServeSettings {
     pub config_path: PathBuf,
     /// The proxy-facing API address.
     pub listen: SocketAddr,
+    /// Plaintext admin listener (`/live /ready /metrics /v1/status`), if any.
+    pub admin: Option<SocketAddr>,
     /// The mesh CA: with it the API is served over TLS and signs proxies'
     /// certificates; without it the API is plaintext and issues nothing.
     pub ca: Option<IssuerSettings>,
@@ -83,6 +85,7 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
     let ServeSettings {
         config_path,
         listen,
+        admin,
         ca,
     } = settings;
     let metrics = ControlMetrics::new();
@@ -110,6 +113,14 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             addr: listen,
             source,
         })?;
+    let admin_listener = match admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let snapshots = Snapshots::new(metrics.clone());
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     // Installed before anything runs, so an early SIGHUP cannot kill us.
@@ -127,8 +138,11 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         Arc::clone(&snapshots),
         metrics.clone(),
     ));
-    tracing::info!(%listen, tls = tls.is_some(), "tether-control serving");
+    tracing::info!(%listen, ?admin, tls = tls.is_some(), "tether-control serving");
     let mut api = server::Api::new(snapshots, metrics);
+    if let Some(listener) = admin_listener {
+        tokio::spawn(api.clone().serve_admin(listener));
+    }
     let acceptor = match tls {
         Some((issuer, acceptor)) => {
             api = api.with_issuer(issuer);

@@ -36,6 +36,10 @@ enum Command {
         /// Proxy-facing API address.
         #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:15010")]
         listen: SocketAddr,
+        /// Plaintext admin listener for probes and Prometheus (GET /live
+        /// /ready /metrics /v1/status only); off unless set.
+        #[arg(long, env = "TETHER_ADMIN")]
+        admin: Option<SocketAddr>,
         /// The mesh CA (`ca init --dir`): serves the API over TLS and signs
         /// proxies' certificates (join tokens from DIR/tokens.json).
         #[arg(long, env = "TETHER_CA_DIR")]
@@ -95,12 +99,14 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            admin,
             ca_dir,
             cert_lifetime,
         } => {
             let settings = ServeSettings {
                 config_path: config,
                 listen,
+                admin,
                 ca: ca_dir.map(|ca_dir| IssuerSettings {
                     ca_dir,
                     cert_lifetime,

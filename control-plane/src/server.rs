@@ -122,6 +122,18 @@ impl Api {
     /// Serves `listener` until the future is dropped; over TLS when `tls`
     /// is set (client certificates optional, verified when presented).
     pub async fn serve(self, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        self.accept_loop(listener, Some(tls)).await;
+    }
+
+    /// Serves the plaintext admin listener: `/live`, `/ready`, `/metrics`
+    /// and `/v1/status` only, for probes and Prometheus (the TLS API's
+    /// certificate carries a SPIFFE ID, not a DNS name a scraper could check).
+    pub async fn serve_admin(self, listener: TcpListener) {
+        self.accept_loop(listener, None).await;
+    }
+
+    /// `api`: `Some(tls)` for the API (TLS when set), `None` for admin.
+    async fn accept_loop(self, listener: TcpListener, api: Option<Option<TlsAcceptor>>) {
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -132,16 +144,19 @@ impl Api {
                     continue;
                 }
             };
-            let api = self.clone();
-            let tls = tls.clone();
+            let server = self.clone();
+            let api = api.clone();
             tokio::spawn(async move {
-                let Some((connection, caller)) = accept(stream, tls.as_ref(), &api.metrics).await
-                else {
+                let accepted = match &api {
+                    Some(tls) => accept(stream, tls.as_ref(), &server.metrics).await,
+                    None => Some((Accepted::Plain(stream), Caller::Admin)),
+                };
+                let Some((connection, caller)) = accepted else {
                     return;
                 };
                 match connection {
-                    Accepted::Plain(io) => api.serve_connection(io, caller).await,
-                    Accepted::Tls(io) => api.serve_connection(*io, caller).await,
+                    Accepted::Plain(io) => server.serve_connection(io, caller).await,
+                    Accepted::Tls(io) => server.serve_connection(*io, caller).await,
                 }
             });
         }
@@ -163,6 +178,17 @@ impl Api {
 
     async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Rsp {
         let path = request.uri().path().to_owned();
+        let read_only = request.method() == Method::GET
+            && matches!(
+                path.as_str(),
+                "/live" | "/ready" | "/metrics" | "/v1/status"
+            );
+        if matches!(caller, Caller::Admin) && !read_only {
+            return text(
+                StatusCode::NOT_FOUND,
+                "the admin listener serves GET /live /ready /metrics /v1/status only\n",
+            );
+        }
         match (request.method(), path.as_str()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") if self.snapshots.is_ready() => {

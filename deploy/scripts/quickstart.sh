@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Tether quickstart: builds Tether and runs a two-service mesh on loopback.
 #
-#   tether-control (:15010) ◄── mesh.yaml (+ Consul with --consul)
-#        │ snapshots (long-poll)
+#   tether-control (https :15010, admin :15011) ◄── mesh.yaml (+ Consul with --consul)
+#        │ snapshots (long-poll)   ▲ CSRs (join token, then the current certificate)
 #   curl → web app (:18080) → web's sidecar (outbound :15001)
 #        ══ mTLS, SPIFFE identities ══> api's sidecar (inbound :15543, authorizes web) → api app (:18081)
 #
-# A development CA (tether-pki) issues both sidecars their certificates.
+# `tether-control ca init` makes the mesh CA; each sidecar gets a join token
+# and obtains its certificate from the control plane (its key never leaves it).
 # With Jaeger already built (deploy/scripts/install-jaeger.sh), traces go there.
 #
 # Usage: deploy/scripts/quickstart.sh [--consul] [--once]
@@ -39,8 +40,10 @@ trap cleanup EXIT INT TERM
 start() { local name=$1; shift; "$@" >"$work/$name.log" 2>&1 & pids+=($!); }
 wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; echo "$1 never answered"; tail -n 20 "$work"/*.log; exit 1; }
 
-"$bin/tether-pki" init --dir "$work/pki" >/dev/null
-for svc in web api; do "$bin/tether-pki" issue --dir "$work/pki" --service $svc --out "$work/pki/$svc" >/dev/null; done
+"$bin/tether-control" ca init --dir "$work/ca" --trust-domain tether.local >/dev/null
+for svc in web api; do
+  "$bin/tether-control" token create --service $svc --ca-dir "$work/ca" --out "$work/$svc.token" 2>/dev/null
+done
 
 mesh=examples/mesh.yaml
 if $consul; then
@@ -55,7 +58,7 @@ if $consul; then
 fi
 cp "$mesh" "$work/mesh.yaml"
 tracing=false
-if jaeger=$(ls "${TETHER_CACHE:-$HOME/.cache/tether}"/jaeger-*/jaeger-all-in-one 2>/dev/null | head -1) && [ -n "$jaeger" ]; then
+if ls "${TETHER_CACHE:-$HOME/.cache/tether}"/jaeger-*/jaeger >/dev/null 2>&1; then
   start jaeger deploy/scripts/run-jaeger.sh
   wait_http http://127.0.0.1:16686/api/services
   sed -i 's|^  # tracing: .*|  tracing: { otlp_endpoint: "http://127.0.0.1:4317", sample_ratio: 1.0 }|' "$work/mesh.yaml"
@@ -63,13 +66,14 @@ if jaeger=$(ls "${TETHER_CACHE:-$HOME/.cache/tether}"/jaeger-*/jaeger-all-in-one
   tracing=true
 fi
 
-start control "$bin/tether-control" serve --config "$work/mesh.yaml" --listen 127.0.0.1:15010
-wait_http http://127.0.0.1:15010/ready
+start control "$bin/tether-control" serve --config "$work/mesh.yaml" --listen 127.0.0.1:15010 \
+  --admin 127.0.0.1:15011 --ca-dir "$work/ca"
+wait_http http://127.0.0.1:15011/ready
 start api-app "$bin/tether-sample" --name api --listen 127.0.0.1:18081
 start web-app "$bin/tether-sample" --name web --listen 127.0.0.1:18080 --call api --sidecar 127.0.0.1:15001
 sidecar() { # service admin outbound inbound app
-  start "$1-proxy" "$bin/tether-proxy" --service "$1" --control-plane http://127.0.0.1:15010 \
-    --state-dir "$work/state-$1" --identity-dir "$work/pki/$1" --trust-bundle "$work/pki/ca.pem" \
+  start "$1-proxy" "$bin/tether-proxy" --service "$1" --control-plane https://127.0.0.1:15010 \
+    --state-dir "$work/state-$1" --token-file "$work/$1.token" --trust-bundle "$work/ca/ca.pem" \
     --admin "$2" --outbound "$3" --inbound "$4" --app "$5"
 }
 sidecar api 127.0.0.1:15100 127.0.0.1:15101 127.0.0.1:15543 127.0.0.1:18081
@@ -95,11 +99,12 @@ curl -fsS http://127.0.0.1:15100/config | grep -E '"spiffe_id"' || true
 echo "==> a plaintext client at api's sidecar is refused:"
 if curl -fsS -m 2 -H 'Host: api' http://127.0.0.1:15543/ >/dev/null 2>&1; then echo "    UNEXPECTED: answered"; exit 1; else echo "    refused (mTLS required)"; fi
 echo "==> proxies known to the control plane:"
-"$bin/tether-control" status --control-plane http://127.0.0.1:15010
+"$bin/tether-control" status --control-plane https://127.0.0.1:15010 --trust-bundle "$work/ca/ca.pem"
 echo
 cat <<INFO
 Where to look:
-  control plane      http://127.0.0.1:15010/v1/status  /metrics      (tether-control status)
+  control plane      https://127.0.0.1:15010 (proxies only; mTLS)   admin: http://127.0.0.1:15011/v1/status  /metrics
+  mesh CA            $work/ca (ca.pem = trust bundle; tether-control token create --service NAME --ca-dir $work/ca)
   web sidecar admin  http://127.0.0.1:15000/metrics  /config  /endpoints  /ready
   api sidecar admin  http://127.0.0.1:15100/metrics  /config  /endpoints  /ready
   try an unknown service:  curl -i -H 'Host: nope' http://127.0.0.1:15001/

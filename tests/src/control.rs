@@ -35,6 +35,8 @@ pub struct ControlPlane {
     log: PathBuf,
     /// With a CA: its directory and the certificate lifetime (`serve --ca-dir`).
     ca: Option<(PathBuf, String)>,
+    /// The plaintext admin listener (`serve --admin`), started with a CA.
+    pub admin: Option<SocketAddr>,
     dir: tempfile::TempDir,
 }
 
@@ -50,6 +52,7 @@ impl ControlPlane {
             log: dir.path().join("control.log"),
             config,
             ca: None,
+            admin: None,
             dir,
         };
         plane.restart().await;
@@ -79,6 +82,7 @@ impl ControlPlane {
             log: dir.path().join("control.log"),
             config,
             ca: Some((ca_dir, cert_lifetime.to_owned())),
+            admin: Some(([127, 0, 0, 1], free_port()).into()),
             dir,
         };
         plane.restart().await;
@@ -153,6 +157,9 @@ impl ControlPlane {
                 .arg(dir)
                 .arg("--cert-lifetime")
                 .arg(lifetime);
+        }
+        if let Some(admin) = self.admin {
+            command.arg("--admin").arg(admin.to_string());
         }
         let child = command
             .env("TETHER_LOG", "info")

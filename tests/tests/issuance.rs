@@ -192,6 +192,15 @@ async fn the_api_is_tls_and_serves_each_proxy_only_its_own_service() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(forged.status, 403, "{}", forged.body);
 
+    // The plaintext admin listener serves metrics and status, never a snapshot.
+    let admin = plane.admin.unwrap_or_else(|| panic!("no admin listener"));
+    let plain_get = |path: &'static str| async move {
+        Client::http1().get(admin, "control", path).await.status
+    };
+    assert_eq!(plain_get("/metrics").await, 200);
+    assert_eq!(plain_get("/v1/status").await, 200);
+    assert_eq!(plain_get("/v1/snapshot/web").await, 404);
+
     // Plaintext HTTP at the TLS port gets no HTTP answer.
     let plain = Client::http1()
         .try_send(

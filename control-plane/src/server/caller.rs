@@ -26,6 +26,8 @@ pub enum Caller {
     Anonymous,
     /// TLS with a verified mesh certificate for this identity.
     Service(Arc<SpiffeId>),
+    /// The plaintext admin listener (read-only endpoints).
+    Admin,
 }
 
 impl Caller {
@@ -33,7 +35,7 @@ impl Caller {
     pub fn identity(&self) -> Option<&SpiffeId> {
         match self {
             Caller::Service(id) => Some(id),
-            Caller::Plaintext | Caller::Anonymous => None,
+            Caller::Plaintext | Caller::Anonymous | Caller::Admin => None,
         }
     }
 
@@ -43,7 +45,7 @@ impl Caller {
     pub fn may_act_for(&self, service: &str) -> Result<(), (StatusCode, String)> {
         match self {
             Caller::Plaintext => Ok(()),
-            Caller::Anonymous => Err((
+            Caller::Anonymous | Caller::Admin => Err((
                 StatusCode::UNAUTHORIZED,
                 format!("a client certificate for `{service}` is required: present the proxy's mesh certificate\n"),
             )),
