@@ -35,7 +35,10 @@ pub use error::{find_identity_mismatch, Error, Result};
 pub use identity::{Identity, IdentityKey, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
 pub use spiffe::{validate_service_name, validate_trust_domain, SpiffeId};
 pub use store::IdentityStore;
-pub use tls::{client_config, server_config, ClientAuth, ClientConfigs, MESH_ALPN};
+pub use tls::{
+    client_config, server_config, ClientAuth, ClientConfigs, MESH_ALPN, MESH_SERVER_ALPN,
+    MESH_TCP_ALPN,
+};
 pub use token::{JoinToken, TokenRecord, TokenStore, TOKEN_BYTES};
 pub use verify::peer_spiffe_id;
 

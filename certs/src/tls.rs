@@ -14,8 +14,17 @@ use crate::spiffe::SpiffeId;
 use crate::store::IdentityStore;
 use crate::verify::{MeshClientVerifier, MeshServerVerifier};
 
-/// ALPN protocols offered and accepted on mesh connections, preferred first.
+/// ALPN protocols offered and accepted on mesh HTTP connections, preferred first.
 pub const MESH_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// ALPN protocol of an opaque TCP stream between sidecars: the inbound side
+/// sees it after the handshake and copies bytes instead of speaking HTTP.
+pub const MESH_TCP_ALPN: &[u8] = b"tether-tcp";
+
+/// What the inbound (server) side accepts: the HTTP protocols, then
+/// [`MESH_TCP_ALPN`]. The server picks the first of these the client offers;
+/// mesh clients offer exactly one.
+pub const MESH_SERVER_ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", MESH_TCP_ALPN];
 
 /// Whether the inbound side demands a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,13 +46,14 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-fn alpn() -> Vec<Vec<u8>> {
-    MESH_ALPN.iter().map(|p| p.to_vec()).collect()
+fn alpn(protocols: &[&[u8]]) -> Vec<Vec<u8>> {
+    protocols.iter().map(|p| p.to_vec()).collect()
 }
 
 /// The inbound (server) config: presents the store's current certificate,
 /// verifies client chains against the store's current bundle and requires
-/// a SPIFFE identity in them. TLS 1.3 only; ALPN `h2`, `http/1.1`.
+/// a SPIFFE identity in them. TLS 1.3 only; ALPN `h2`, `http/1.1`,
+/// `tether-tcp` ([`MESH_SERVER_ALPN`]).
 ///
 /// Session resumption is off, so every connection is verified against the
 /// bundle in force when it is made (connections are pooled, so this costs
@@ -57,7 +67,7 @@ pub fn server_config(store: &Arc<IdentityStore>, auth: ClientAuth) -> Result<Arc
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(store.clone());
-    config.alpn_protocols = alpn();
+    config.alpn_protocols = alpn(&MESH_SERVER_ALPN);
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
@@ -81,7 +91,7 @@ pub fn client_config(store: &Arc<IdentityStore>, expected: SpiffeId) -> Result<A
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(store.clone());
-    config.alpn_protocols = alpn();
+    config.alpn_protocols = alpn(&MESH_ALPN);
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
 }
@@ -127,5 +137,34 @@ impl ClientConfigs {
     /// The store the configs read from.
     pub fn store(&self) -> &Arc<IdentityStore> {
         &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{CertificateAuthority, TrustBundle};
+
+    fn store() -> Arc<IdentityStore> {
+        let ca = CertificateAuthority::generate("tether.local", Duration::from_secs(3600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bundle = TrustBundle::from_pem(ca.cert_pem()).unwrap_or_else(|e| panic!("{e}"));
+        IdentityStore::new(bundle).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn servers_also_accept_tcp_streams_but_http_clients_never_offer_it() {
+        let store = store();
+        let server = server_config(&store, ClientAuth::Required).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            server.alpn_protocols,
+            [&b"h2"[..], b"http/1.1", b"tether-tcp"],
+            "HTTP stays preferred when a client offers both"
+        );
+        let api = SpiffeId::service("tether.local", "api").unwrap_or_else(|e| panic!("{e}"));
+        let client = client_config(&store, api).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(client.alpn_protocols, [&b"h2"[..], b"http/1.1"]);
     }
 }

@@ -96,6 +96,27 @@ fn json<T: serde::Serialize>(value: &T) -> Rsp {
     }
 }
 
+/// Reads a JSON body of at most `max` bytes; a `400` naming `what` was
+/// expected otherwise.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+    max: usize,
+    what: &str,
+) -> Result<T, Rsp> {
+    let body = Limited::new(request.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body (at most {max} bytes): {e}\n"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("expected {what}: {e}\n")))
+}
+
 fn query<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     query?
         .split('&')
@@ -291,21 +312,9 @@ impl Api {
     }
 
     async fn report(&self, request: Request<Incoming>, caller: &Caller) -> Rsp {
-        let body = match Limited::new(request.into_body(), MAX_REPORT_BYTES)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read report: {e}\n"),
-                )
-            }
-        };
-        let report: ProxyReport = match serde_json::from_slice(&body) {
+        let report: ProxyReport = match read_json(request, MAX_REPORT_BYTES, "a report").await {
             Ok(report) => report,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a report: {e}\n")),
+            Err(refusal) => return refusal,
         };
         if let Err(refusal) = caller.may_act_for(&report.service) {
             return self.unauthorized("report", refusal);

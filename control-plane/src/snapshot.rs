@@ -207,6 +207,7 @@ fn compute_services(
             let service = match config.services.get(name) {
                 Some(c) => ServiceSnapshot {
                     protocol: c.protocol,
+                    outbound_port: c.outbound_port,
                     policy: c.policy.clone(),
                     endpoints,
                     subsets: c.subsets.clone(),
@@ -309,5 +310,18 @@ mod tests {
         let rules = api.authorization.map(|a| a.rules).unwrap_or_default();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].from, vec!["web".to_owned()]);
+    }
+
+    #[test]
+    fn a_tcp_service_carries_its_outbound_port_on_the_wire() {
+        let store = Snapshots::new(ControlMetrics::new());
+        let c = config("services:\n  web: {}\n  db: { protocol: tcp, outbound_port: 15306 }\n");
+        store.update(&c, &catalog(&[]));
+        let wire = store.get("web").map(|s| s.to_json()).unwrap_or_default();
+        let json: tether_api::Snapshot = serde_json::from_slice(&wire)
+            .unwrap_or_else(|e| panic!("the wire JSON is a Snapshot: {e}"));
+        assert_eq!(json.services["db"].outbound_port, Some(15306));
+        assert_eq!(json.services["db"].protocol, tether_api::Protocol::Tcp);
+        assert_eq!(json.services["web"].outbound_port, None);
     }
 }

@@ -1,4 +1,5 @@
-//! Opt-in access log: one JSON object per line on stdout.
+//! Opt-in access log: one JSON object per line on stdout, per HTTP request
+//! ([`Entry`]) or per opaque TCP connection ([`TcpEntry`]).
 //!
 //! Lines go through a bounded queue to one writer task, so a slow stdout
 //! never stalls requests: when the queue is full the line is dropped and
@@ -46,17 +47,54 @@ pub struct Entry {
     pub trace_id: Option<String>,
 }
 
+/// One opaque TCP connection, as logged when it closes.
+#[derive(Debug, Serialize)]
+pub struct TcpEntry {
+    /// RFC 3339 UTC time the connection was accepted.
+    pub timestamp: String,
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// Always `tcp`: tells these lines from HTTP ones.
+    pub protocol: &'static str,
+    /// The service: upstream (outbound) or this proxy's (inbound).
+    pub service: String,
+    /// The caller's mesh identity, when known (inbound with mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
+    /// The endpoint connected to (outbound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Bytes received from the client (the app outbound, the peer inbound).
+    pub bytes_received: u64,
+    /// Bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Accept to close, milliseconds.
+    pub duration_ms: f64,
+    /// Why the stream failed or was refused (`unauthorized`,
+    /// `upstream-connect`, `no-endpoints`, `reset`), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Line {
+    Http(Entry),
+    Tcp(TcpEntry),
+}
+
 /// The access log sink; `None` when access logs are off.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    queue: mpsc::Sender<Entry>,
+    queue: mpsc::Sender<Line>,
     dropped: IntCounter,
 }
 
 impl AccessLog {
     /// Starts the writer task. Must run inside the tokio runtime.
     pub fn start(dropped: IntCounter) -> Self {
-        let (queue, mut lines) = mpsc::channel::<Entry>(QUEUE);
+        let (queue, mut lines) = mpsc::channel::<Line>(QUEUE);
         tokio::task::spawn_blocking(move || {
             let stdout = std::io::stdout();
             while let Some(entry) = lines.blocking_recv() {
@@ -72,9 +110,18 @@ impl AccessLog {
         Self { queue, dropped }
     }
 
-    /// Queues one line; drops it (and counts) if the writer is behind.
+    /// Queues one request's line; drops it (and counts) if the writer is behind.
     pub fn log(&self, entry: Entry) {
-        if self.queue.try_send(entry).is_err() {
+        self.send(Line::Http(entry));
+    }
+
+    /// Queues one TCP connection's line, likewise.
+    pub fn log_tcp(&self, entry: TcpEntry) {
+        self.send(Line::Tcp(entry));
+    }
+
+    fn send(&self, line: Line) {
+        if self.queue.try_send(line).is_err() {
             self.dropped.inc();
         }
     }
@@ -89,6 +136,27 @@ pub fn timestamp(at: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn tcp_lines_say_so_and_leave_out_what_is_unknown() {
+        let line = Line::Tcp(TcpEntry {
+            timestamp: timestamp(SystemTime::UNIX_EPOCH),
+            direction: "inbound",
+            protocol: "tcp",
+            service: "db".into(),
+            peer_identity: None,
+            endpoint: None,
+            bytes_received: 3,
+            bytes_sent: 5,
+            duration_ms: 1.5,
+            error: None,
+        });
+        let json = serde_json::to_string(&line).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"timestamp":"1970-01-01T00:00:00.000Z","direction":"inbound","protocol":"tcp","service":"db","bytes_received":3,"bytes_sent":5,"duration_ms":1.5}"#
+        );
+    }
 
     #[test]
     fn formats_rfc3339() {

@@ -1,9 +1,10 @@
 //! `tether-proxy`: Tether's sidecar.
 //!
-//! Start-up order (see [`run`]): load the first snapshot, bind every
-//! listener, then spawn tasks — a bad snapshot or a taken port stops the
-//! proxy before it serves anything. Shutdown: stop accepting, let in-flight
-//! requests finish up to the drain deadline, exit.
+//! Start-up order (see [`run`]): bind the admin, outbound and inbound
+//! listeners, load the first snapshot (which binds its tcp services'
+//! ports), then spawn tasks — a taken port or a bad snapshot stops the proxy
+//! before it serves HTTP. Shutdown: stop accepting, let in-flight requests
+//! and TCP streams finish up to the drain deadline, exit.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -25,6 +26,7 @@ pub mod observe;
 pub mod outbound;
 pub mod resilience;
 pub mod state;
+pub mod tcp;
 pub mod telemetry;
 pub mod transport;
 
@@ -45,8 +47,11 @@ use crate::metrics::{Direction, Metrics};
 use crate::observe::Observer;
 use crate::outbound::Outbound;
 use crate::state::MeshState;
+use crate::tcp::{TcpInbound, TcpListeners, TcpSettings};
 use crate::telemetry::Telemetry;
-use crate::transport::{bind, ClientSettings, InboundTls, Servers, UpstreamClient};
+use crate::transport::{
+    bind, ClientSettings, InboundTls, ListenerOptions, Servers, StreamHandler, UpstreamClient,
+};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,7 @@ impl RunError {
     /// Process exit code: 2 for bad configuration, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
+            RunError::Snapshot(SnapshotError::Listen(_)) => 1,
             RunError::Snapshot(_) | RunError::Identity(_) | RunError::ControlPlane(_) => 2,
             RunError::Bind(_) | RunError::Signals(_) => 1,
         }
@@ -103,7 +109,13 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         .access_log
         .then(|| AccessLog::start(metrics.access_log_dropped.clone()));
 
-    // 1. Identity, then the first snapshot, before anything listens: a bad
+    // 1. Every listener first: a taken port stops start-up. (The tcp
+    //    services' ports are bound with the first snapshot, below.)
+    let admin_listener = bind(config.admin_addr).await.map_err(RunError::Bind)?;
+    let outbound_listener = bind(config.outbound_addr).await.map_err(RunError::Bind)?;
+    let inbound_listener = bind(config.inbound_addr).await.map_err(RunError::Bind)?;
+
+    // 2. Identity, then the first snapshot, before anything is served: a bad
     //    certificate or snapshot file stops start-up. A control plane is
     //    subscribed to in the background after restoring the last good
     //    snapshot from the state directory.
@@ -116,12 +128,22 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     {
         identity::issuance::restore(identity, settings);
     }
+    let tcp_listeners = TcpListeners::new(
+        TcpSettings {
+            ip: config.outbound_addr.ip(),
+            max_connections: config.server.max_connections,
+        },
+        Arc::clone(&state),
+        metrics.clone(),
+        access_log.clone(),
+    );
     let applier = Applier::new(
         Arc::clone(&state),
         metrics.clone(),
         Arc::clone(&telemetry),
         identity.clone(),
-    );
+    )
+    .with_tcp(Arc::clone(&tcp_listeners));
     let source: SourceTask = match &config.source {
         SnapshotSource::File {
             path,
@@ -166,10 +188,6 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         None => None,
     };
 
-    // 2. Every listener, before any task: a taken port stops start-up.
-    let admin_listener = bind(config.admin_addr).await.map_err(RunError::Bind)?;
-    let outbound_listener = bind(config.outbound_addr).await.map_err(RunError::Bind)?;
-    let inbound_listener = bind(config.inbound_addr).await.map_err(RunError::Bind)?;
     let mut signals = Signals::install().map_err(RunError::Signals)?;
 
     // 3. Serve.
@@ -186,11 +204,15 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         Arc::clone(&draining),
     );
     let mut admin_server = Servers::default();
+    let admin_options = ListenerOptions {
+        direction: None,
+        settings: config.server,
+        tls: None,
+        streams: None,
+    };
     admin_server.spawn(
         admin_listener,
-        None,
-        config.server,
-        None,
+        admin_options,
         metrics.clone(),
         move |request| {
             let admin = admin.clone();
@@ -207,12 +229,15 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             Direction::Outbound,
         ),
     );
-    let outbound_settings = config.server;
+    let outbound_options = ListenerOptions {
+        direction: Some(Direction::Outbound),
+        settings: config.server,
+        tls: None,
+        streams: None,
+    };
     servers.spawn(
         outbound_listener,
-        Some(Direction::Outbound),
-        outbound_settings,
-        None,
+        outbound_options,
         metrics.clone(),
         move |request| {
             let outbound = outbound.clone();
@@ -233,15 +258,26 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
             expected_identity: None,
         }),
         metrics.service(Direction::Inbound, &service),
-        Observer::new(telemetry, access_log, Direction::Inbound),
+        Observer::new(telemetry, access_log.clone(), Direction::Inbound),
         Arc::clone(&state),
         &metrics,
     );
+    let tcp_inbound: Arc<dyn StreamHandler> = Arc::new(TcpInbound::new(
+        &service,
+        config.app.clone(),
+        Arc::clone(&state),
+        &metrics,
+        access_log,
+    ));
+    let inbound_options = ListenerOptions {
+        direction: Some(Direction::Inbound),
+        settings: config.server,
+        tls: inbound_tls,
+        streams: Some(tcp_inbound),
+    };
     servers.spawn(
         inbound_listener,
-        Some(Direction::Inbound),
-        config.server,
-        inbound_tls,
+        inbound_options,
         metrics.clone(),
         move |request| {
             let inbound = inbound.clone();
@@ -253,18 +289,24 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         outbound = %config.outbound_addr,
         inbound = %config.inbound_addr,
         app = %config.app,
+        tcp_ports = ?tcp_listeners.ports(),
         mtls = config.identity.is_some(),
         "tether-proxy serving"
     );
 
-    // 4. Shutdown.
+    // 4. Shutdown: HTTP listeners and tcp listeners stop together; open
+    //    requests and streams get the same deadline.
     let signal = signals.recv().await;
-    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests");
+    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
-    if servers.drain(config.drain_timeout).await {
+    let (http, tcp) = tokio::join!(
+        servers.drain(config.drain_timeout),
+        tcp_listeners.drain(config.drain_timeout)
+    );
+    if http && tcp {
         tracing::info!("drained cleanly");
     } else {
-        tracing::warn!("drain deadline passed with requests still in flight");
+        tracing::warn!("drain deadline passed with requests or streams still open");
     }
     drop(admin_server);
     Ok(())

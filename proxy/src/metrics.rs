@@ -6,6 +6,8 @@
 //! bounded: directions, service names from the snapshot, status classes and
 //! the fixed set of error reasons — never raw paths or hosts.
 
+use crate::tcp::TcpFamilies;
+use crate::transport::ByteCounters;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -57,15 +59,42 @@ pub struct Metrics {
     pub identity_expiry: IntGauge,
     /// Certificate requests to the control plane's CA, by kind and result.
     pub certificate_requests: IntCounterVec,
+    bytes: IntCounterVec,
+    /// The opaque-TCP families.
+    pub tcp: TcpFamilies,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+/// Registers `collector` in `registry`; definitions are static, so a
+/// failure is a programming error caught by every test.
+pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> C {
+    let collector = collector.unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
     registry
-        .register(Box::new(vec.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
-    vec
+        .register(Box::new(collector.clone()))
+        .unwrap_or_else(|e| unreachable!("metric registered twice: {e}"));
+    collector
+}
+
+/// A counter family with `labels`, registered in `registry`.
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A gauge family with `labels`, registered in `registry`.
+pub(crate) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 impl Metrics {
@@ -78,18 +107,17 @@ impl Metrics {
             "Requests handled, by direction, service and response status class.",
             &["direction", "service", "status_class"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tether_request_duration_seconds",
-                "Time from request arrival to response headers, all tries included.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["direction", "service"],
-        )
-        .unwrap_or_else(|e| unreachable!("static histogram definition: {e}"));
-        registry
-            .register(Box::new(duration.clone()))
-            .unwrap_or_else(|e| unreachable!("histogram registered twice: {e}"));
+        let duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tether_request_duration_seconds",
+                    "Time from request arrival to response headers, all tries included.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["direction", "service"],
+            ),
+        );
         let proxy_errors = counter_vec(
             &registry,
             "tether_proxy_errors_total",
@@ -114,52 +142,29 @@ impl Metrics {
             "Endpoints ejected by outlier detection.",
             &["service"],
         );
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help)
-                .unwrap_or_else(|e| unreachable!("static gauge definition {name}: {e}"));
-            registry
-                .register(Box::new(g.clone()))
-                .unwrap_or_else(|e| unreachable!("gauge {name} registered twice: {e}"));
-            g
-        };
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
         let config_version = gauge("tether_config_version", "Version of the snapshot in force.");
         let control_plane_connected = gauge(
             "tether_control_plane_connected",
             "1 while the proxy holds a working connection to the control plane.",
         );
-        let config_errors = IntCounter::new(
+        let counter = |name: &str, help: &str| register(&registry, IntCounter::new(name, help));
+        let config_errors = counter(
             "tether_config_errors_total",
             "Snapshots refused because they could not be read or applied.",
-        )
-        .unwrap_or_else(|e| unreachable!("static counter definition: {e}"));
-        registry
-            .register(Box::new(config_errors.clone()))
-            .unwrap_or_else(|e| unreachable!("counter registered twice: {e}"));
-        let connections_open = IntGaugeVec::new(
-            Opts::new(
-                "tether_connections_open",
-                "Downstream connections open now.",
-            ),
+        );
+        let connections_open = gauge_vec(
+            &registry,
+            "tether_connections_open",
+            "Downstream connections open now.",
             &["direction"],
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge definition: {e}"));
-        registry
-            .register(Box::new(connections_open.clone()))
-            .unwrap_or_else(|e| unreachable!("gauge registered twice: {e}"));
+        );
         let connections_total = counter_vec(
             &registry,
             "tether_connections_total",
             "Downstream connections accepted.",
             &["direction"],
         );
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help)
-                .unwrap_or_else(|e| unreachable!("static counter definition {name}: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| unreachable!("counter {name} registered twice: {e}"));
-            c
-        };
         let trace_spans_dropped = counter(
             "tether_trace_spans_dropped_total",
             "Finished spans dropped because the export queue was full.",
@@ -199,10 +204,19 @@ impl Metrics {
         let authz_denied = counter_vec(
             &registry,
             "tether_authz_denied_total",
-            "Inbound requests refused by authorization policy.",
+            "Inbound requests and TCP connections refused by authorization policy.",
             &["service"],
         );
+        let bytes = counter_vec(
+            &registry,
+            "tether_bytes_total",
+            "Bytes on downstream connections (after TLS), by direction and flow: received from or sent to the client.",
+            &["direction", "flow"],
+        );
+        let tcp = TcpFamilies::register(&registry);
         Self {
+            bytes,
+            tcp,
             certificate_requests,
             inbound_plaintext,
             inbound_permissive,
@@ -256,6 +270,15 @@ impl Metrics {
         let open = self.connections_open.with_label_values(&[d]);
         open.inc();
         ConnectionGuard(open)
+    }
+
+    /// Byte counters for the downstream connections of one listener.
+    pub fn bytes(&self, direction: Direction) -> ByteCounters {
+        let d = direction.as_str();
+        ByteCounters {
+            received: self.bytes.with_label_values(&[d, "received"]),
+            sent: self.bytes.with_label_values(&[d, "sent"]),
+        }
     }
 
     /// Prometheus text exposition of every family.

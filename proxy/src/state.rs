@@ -15,7 +15,8 @@ use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::inbound::AuthzPolicy;
 use crate::metrics::ServiceMetrics;
 use crate::resilience::ConcurrencyLimiter;
-use crate::transport::UpstreamClient;
+use crate::tcp::TcpMetrics;
+use crate::transport::{TlsTarget, UpstreamClient};
 
 /// Everything the proxy routes by, from one snapshot.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct MeshState {
     pub unknown_metrics: ServiceMetrics,
     /// Who may call this proxy's service; `None` lets everyone in.
     pub authorization: Option<Arc<AuthzPolicy>>,
+    /// Opaque TCP services by their outbound port.
+    pub tcp: HashMap<u16, Arc<TcpService>>,
 }
 
 impl MeshState {
@@ -38,6 +41,7 @@ impl MeshState {
             services: HashMap::new(),
             unknown_metrics,
             authorization: None,
+            tcp: HashMap::new(),
         }
     }
 
@@ -72,6 +76,24 @@ pub struct Service {
     pub routes: Vec<RouteRule>,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+}
+
+/// An opaque TCP service: its endpoints, balancing, outlier detection,
+/// retry policy and budget come from `service` (whose HTTP parts, the pool,
+/// routes and limiter, are unused); the rest is how streams reach it.
+#[derive(Debug)]
+pub struct TcpService {
+    /// Endpoints, default split, outliers, retries, budget, metrics.
+    pub service: Arc<Service>,
+    /// The local port the app connects to.
+    pub port: u16,
+    /// TCP connect (and TLS handshake) timeout for one endpoint.
+    pub connect_timeout: Duration,
+    /// mTLS to the endpoints (ALPN `tether-tcp`), or `None` for plaintext
+    /// (the preamble is sent instead).
+    pub tls: Option<TlsTarget>,
+    /// Stream metrics (outbound).
+    pub metrics: TcpMetrics,
 }
 
 /// A weighted choice among endpoint sets (subsets).

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod consul;
 pub mod control;
+pub mod echo;
 pub mod jaeger;
 pub mod mesh_tls;
 pub mod pki;

@@ -142,7 +142,8 @@ pub enum Protocol {
     Http2,
     /// gRPC: HTTP/2 to the endpoint.
     Grpc,
-    /// Opaque TCP (not yet routed by the proxy).
+    /// Opaque TCP: bytes copied both ways, sidecar to sidecar; authorized
+    /// by caller identity alone (L4). Needs `outbound_port`.
     Tcp,
 }
 
@@ -153,6 +154,10 @@ pub struct ServiceSnapshot {
     /// Protocol spoken to the endpoints.
     #[serde(default)]
     pub protocol: Protocol,
+    /// `tcp` only: the local port on which every sidecar accepts the app's
+    /// connections for this service (on its outbound listener's IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_port: Option<u16>,
     /// Timeouts, retries, balancing and circuit breaking (nested, not
     /// flattened: serde cannot deny unknown keys through `flatten`).
     #[serde(default)]
@@ -242,4 +247,26 @@ pub struct RouteMatch {
     /// Each header is present with exactly this value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_port_is_optional_and_round_trips() {
+        let tcp: ServiceSnapshot =
+            serde_json::from_str(r#"{"protocol": "tcp", "outbound_port": 15306}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tcp.protocol, Protocol::Tcp);
+        assert_eq!(tcp.outbound_port, Some(15306));
+        let json = serde_json::to_string(&tcp).unwrap_or_default();
+        assert!(json.contains(r#""outbound_port":15306"#), "{json}");
+        let http: ServiceSnapshot = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(http.outbound_port, None);
+        let json = serde_json::to_string(&http).unwrap_or_default();
+        assert!(!json.contains("outbound_port"), "absent when unset: {json}");
+        let bad = serde_json::from_str::<ServiceSnapshot>(r#"{"outbound_port": 70000}"#);
+        assert!(bad.is_err(), "a port is a u16");
+    }
 }

@@ -3,6 +3,7 @@
 //! once as `FILE:LINE:COL: what` ([`validate`]).
 
 mod merge;
+mod ports;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +65,9 @@ pub struct ConsulConfig {
 pub struct ServiceConfig {
     /// Protocol.
     pub protocol: Protocol,
+    /// `tcp` only: the local port every sidecar accepts the app's
+    /// connections for this service on.
+    pub outbound_port: Option<u16>,
     /// Defaults merged with the service's overrides.
     pub policy: TrafficPolicy,
     /// Subsets by tags/meta.
@@ -162,6 +166,9 @@ fn default_trust_domain() -> String {
 struct ServiceFile {
     #[serde(default)]
     protocol: Protocol,
+    /// Read wider than a port so a value out of range gets a plain message.
+    #[serde(default)]
+    outbound_port: Option<u64>,
     /// Validated here; merged over `defaults` from the raw YAML below.
     #[serde(default)]
     #[allow(dead_code)]
@@ -206,6 +213,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     let mut problems = Problems::new(path, text);
 
     validate::defaults(&mut problems, &file.defaults);
+    ports::check(&mut problems, &file.services);
     let mut services = BTreeMap::new();
     for (name, service) in file.services {
         validate::service_name(&mut problems, &["services", &name], &name);
@@ -218,6 +226,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         });
         let service = ServiceConfig {
             protocol: service.protocol,
+            outbound_port: ports::port(service.protocol, service.outbound_port),
             policy,
             subsets: service.subsets,
             split: service.split,

@@ -140,3 +140,26 @@ fn reads_both_catalog_kinds() {
         matches!(config.catalog, CatalogConfig::Static { ref services } if services["api"].len() == 1)
     );
 }
+
+#[test]
+fn tcp_services_need_a_unique_outbound_port() {
+    let text = "services:\n  db:\n    protocol: tcp\n  cache: { protocol: tcp, outbound_port: 70000 }\n  api:\n    outbound_port: 15306\n  queue: { protocol: tcp, outbound_port: 0 }\n  redis:\n    protocol: tcp\n    outbound_port: 6379\n  valkey: { protocol: tcp, outbound_port: 6379 }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:6:5: outbound_port is only for protocol tcp (this service is http): remove it, or set `protocol: tcp`",
+            "mesh.yaml:4:27: outbound_port 70000: expected 1 to 65535",
+            "mesh.yaml:3:5: protocol tcp needs outbound_port: the local port every sidecar accepts the app's connections for it on (e.g. `outbound_port: 15306`)",
+            "mesh.yaml:7:27: outbound_port 0: expected 1 to 65535",
+            "mesh.yaml:11:28: outbound_port 6379 is also `redis`'s: expected one port per service",
+        ]
+    );
+}
+
+#[test]
+fn a_tcp_service_keeps_its_outbound_port() {
+    let config = parse_str("services:\n  db: { protocol: tcp, outbound_port: 15306 }\n  api: {}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.services["db"].outbound_port, Some(15306));
+    assert_eq!(config.services["api"].outbound_port, None);
+}

@@ -3,11 +3,10 @@
 //! issue); the [`Issuer`](crate::issuer::Issuer) signs only that identity.
 
 use http::{header, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tether_api::CertificateRequest;
 
-use super::{json, text, Api, Caller, Rsp};
+use super::{json, read_json, text, Api, Caller, Rsp};
 use crate::issuer::Proof;
 
 /// Largest request body accepted: a P-256 CSR in PEM is well under 1 KiB.
@@ -38,26 +37,15 @@ impl Api {
             );
         }
         let token = bearer(request.headers()).map(str::to_owned);
-        let body = match Limited::new(request.into_body(), MAX_CSR_BYTES)
-            .collect()
-            .await
+        let request: CertificateRequest = match read_json(
+            request,
+            MAX_CSR_BYTES,
+            "JSON {\"csr_pem\": \"-----BEGIN CERTIFICATE REQUEST-----...\"}",
+        )
+        .await
         {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request (at most {MAX_CSR_BYTES} bytes): {e}\n"),
-                )
-            }
-        };
-        let request: CertificateRequest = match serde_json::from_slice(&body) {
             Ok(request) => request,
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("expected JSON {{\"csr_pem\": \"-----BEGIN CERTIFICATE REQUEST-----...\"}}: {e}\n"),
-                )
-            }
+            Err(refusal) => return refusal,
         };
         let proof = match (caller.identity(), token.as_deref()) {
             (Some(id), _) => Proof::Peer(id),

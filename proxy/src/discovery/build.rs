@@ -15,7 +15,7 @@ use crate::identity::MeshIdentity;
 use crate::inbound::AuthzPolicy;
 use crate::metrics::{Direction, Metrics, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
-use crate::state::{MeshState, RouteRule, Service, Split};
+use crate::state::{MeshState, RouteRule, Service, Split, TcpService};
 use crate::transport::{ClientSettings, UpstreamClient};
 
 /// Builds the state for `snapshot`, or lists every problem found in it.
@@ -46,23 +46,42 @@ pub fn build(
         },
     };
     let mut services = HashMap::with_capacity(snapshot.services.len());
+    let mut tcp = HashMap::new();
     for (name, spec) in &snapshot.services {
-        if spec.protocol == Protocol::Tcp {
-            tracing::warn!(service = %name, "tcp services are not proxied yet; skipping");
+        let before = problems.len();
+        let port = tcp_port(name, spec, &tcp, &mut problems);
+        let kept = match port {
+            Some(_) => previous
+                .tcp
+                .values()
+                .map(|t| &t.service)
+                .find(|s| s.name == *name),
+            None => previous.services.get(name),
+        };
+        let service = build_service(name, spec, kept, metrics, identity, &mut problems);
+        if problems.len() != before {
             continue;
         }
-        let before = problems.len();
-        let service = build_service(
-            name,
-            spec,
-            previous.services.get(name),
-            metrics,
-            identity,
-            &mut problems,
-        );
-        if problems.len() == before {
+        let Some(port) = port else {
             services.insert(name.to_ascii_lowercase(), Arc::new(service));
-        }
+            continue;
+        };
+        let tls = match identity.map(|i| crate::tcp::tls_target(i, name)) {
+            None => None,
+            Some(Ok(target)) => Some(target),
+            Some(Err(error)) => {
+                problems.push(format!("services.{name}: {error}"));
+                continue;
+            }
+        };
+        let tcp_service = TcpService {
+            port,
+            connect_timeout: spec.policy.connect_timeout,
+            tls,
+            metrics: metrics.tcp.service(Direction::Outbound, name),
+            service: Arc::new(service),
+        };
+        tcp.insert(port, Arc::new(tcp_service));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -72,7 +91,38 @@ pub fn build(
         services,
         unknown_metrics: previous.unknown_metrics.clone(),
         authorization,
+        tcp,
     })
+}
+
+/// The outbound port of a tcp service (`None` for other protocols), after
+/// checking it: tcp needs one, others may not have one, ports are unique.
+fn tcp_port(
+    name: &str,
+    spec: &ServiceSnapshot,
+    taken: &HashMap<u16, Arc<TcpService>>,
+    problems: &mut Vec<String>,
+) -> Option<u16> {
+    match (spec.protocol, spec.outbound_port) {
+        (Protocol::Tcp, None) => problems.push(format!(
+            "services.{name}: protocol tcp needs outbound_port (the local port the app connects to for it)"
+        )),
+        (Protocol::Tcp, Some(0)) => problems.push(format!(
+            "services.{name}.outbound_port: 0 is not a port: expected 1 to 65535"
+        )),
+        (Protocol::Tcp, Some(port)) => match taken.get(&port) {
+            Some(other) => problems.push(format!(
+                "services.{name}.outbound_port: {port} is also `{}`'s: expected one port per service",
+                other.service.name
+            )),
+            None => return Some(port),
+        },
+        (_, Some(_)) => problems.push(format!(
+            "services.{name}.outbound_port: only protocol tcp has one"
+        )),
+        (_, None) => {}
+    }
+    None
 }
 
 /// The unknown-service metric handles for an empty state.

@@ -34,6 +34,9 @@ pub enum SnapshotError {
     /// The document parsed but its content is inconsistent.
     #[error("invalid snapshot: {}", .0.join("; "))]
     Invalid(Vec<String>),
+    /// A tcp service's port cannot be listened on.
+    #[error("snapshot refused: {0}")]
+    Listen(#[from] crate::tcp::TcpBindError),
 }
 
 /// Parses snapshot text (YAML, of which JSON is a subset).

@@ -18,6 +18,7 @@ use tether_api::Snapshot;
 use crate::identity::MeshIdentity;
 use crate::metrics::Metrics;
 use crate::state::MeshState;
+use crate::tcp::TcpListeners;
 use crate::telemetry::Telemetry;
 
 pub use build::build;
@@ -31,6 +32,7 @@ pub struct Applier {
     metrics: Metrics,
     telemetry: Arc<Telemetry>,
     identity: Option<Arc<MeshIdentity>>,
+    tcp: Option<Arc<TcpListeners>>,
     loaded: Arc<AtomicBool>,
     sequence: Arc<AtomicU64>,
 }
@@ -48,9 +50,16 @@ impl Applier {
             metrics,
             telemetry,
             identity,
+            tcp: None,
             loaded: Arc::new(AtomicBool::new(false)),
             sequence: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Also keeps `tcp`'s listeners in step with the snapshots applied.
+    pub fn with_tcp(mut self, tcp: Arc<TcpListeners>) -> Self {
+        self.tcp = Some(tcp);
+        self
     }
 
     /// Version in force (0 before the first snapshot).
@@ -65,7 +74,10 @@ impl Applier {
 
     /// Validates and applies `snapshot`. A snapshot without a version (0)
     /// gets the next local sequence number, so `/config` always tells
-    /// successive hand-written files apart.
+    /// successive hand-written files apart. The ports of new tcp services
+    /// are bound before the state is swapped: one that cannot be bound
+    /// refuses the snapshot. Errors are not counted here: see
+    /// [`Applier::refused`].
     pub fn apply(&self, mut snapshot: Snapshot) -> Result<u64, SnapshotError> {
         if snapshot.version == 0 {
             snapshot.version = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
@@ -77,14 +89,18 @@ impl Applier {
             &self.metrics,
             self.identity.as_deref(),
         )
-        .map_err(|problems| {
-            self.metrics.config_errors.inc();
-            SnapshotError::Invalid(problems)
-        })?;
+        .map_err(SnapshotError::Invalid)?;
+        let listeners = match &self.tcp {
+            Some(tcp) => Some(tcp.reconcile(&next)?),
+            None => None,
+        };
         let version = next.version();
         self.telemetry
             .configure(next.snapshot.mesh.tracing.as_ref());
         self.state.store(Arc::new(next));
+        if let Some(listeners) = listeners {
+            listeners.commit();
+        }
         self.metrics
             .config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
@@ -93,7 +109,9 @@ impl Applier {
         Ok(version)
     }
 
-    /// Counts a snapshot that could not even be read.
+    /// Counts and logs a snapshot that was refused: unreadable, or not
+    /// applied (every caller of [`Applier::apply`] that goes on serving
+    /// reports its errors here, so each refusal counts once).
     pub fn refused(&self, error: &SnapshotError) {
         self.metrics.config_errors.inc();
         tracing::error!(%error, "snapshot refused; keeping the last good one");

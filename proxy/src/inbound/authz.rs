@@ -1,6 +1,7 @@
 //! Inbound authorization: may this caller (SPIFFE identity) make this
-//! request (method, path) to our service? Compiled from the snapshot once;
-//! checked per request without allocation.
+//! request (method, path) to our service (L7), or open an opaque TCP stream
+//! to it (L4, identity alone)? Compiled from the snapshot once; checked per
+//! request or connection without allocation.
 
 use http::Method;
 use tether_api::{Authorization, AuthorizationDefault};
@@ -87,13 +88,31 @@ impl AuthzPolicy {
             return self.allow_by_default;
         };
         let allowed = self.rules.iter().any(|rule| {
-            rule.from
-                .as_ref()
-                .is_none_or(|from| from.iter().any(|f| f == caller.service_name()))
+            Self::caller_matches(rule.from.as_ref(), caller)
                 && (rule.methods.is_empty() || rule.methods.contains(method))
                 && (rule.paths.is_empty() || rule.paths.iter().any(|p| p.matches(path)))
         });
         allowed || self.allow_by_default
+    }
+
+    /// Whether `caller` may open an opaque TCP stream (L4): a rule naming
+    /// the caller with no methods and no paths allows it (a rule that limits
+    /// either cannot be checked on bytes), or `default: allow`.
+    /// Unauthenticated callers pass only a default-allow policy.
+    pub fn allows_l4(&self, caller: Option<&SpiffeId>) -> bool {
+        let Some(caller) = caller else {
+            return self.allow_by_default;
+        };
+        let allowed = self.rules.iter().any(|rule| {
+            rule.methods.is_empty()
+                && rule.paths.is_empty()
+                && Self::caller_matches(rule.from.as_ref(), caller)
+        });
+        allowed || self.allow_by_default
+    }
+
+    fn caller_matches(from: Option<&Vec<String>>, caller: &SpiffeId) -> bool {
+        from.is_none_or(|from| from.iter().any(|f| f == caller.service_name()))
     }
 }
 
@@ -141,6 +160,39 @@ mod tests {
         assert!(!p.allows(None, &Method::GET, "/"));
         let open = policy(AuthorizationDefault::Allow, vec![]);
         assert!(open.allows(None, &Method::GET, "/"));
+    }
+
+    #[test]
+    fn l4_needs_a_rule_without_methods_or_paths() {
+        let rule = |from: &str, methods: &[&str], paths: &[&str]| AuthorizationRule {
+            from: vec![from.into()],
+            methods: methods.iter().map(|m| (*m).into()).collect(),
+            paths: paths.iter().map(|p| (*p).into()).collect(),
+        };
+        let p = policy(
+            AuthorizationDefault::Deny,
+            vec![
+                rule("web", &[], &[]),
+                rule("batch", &["GET"], &[]),
+                rule("cron", &[], &["*"]),
+            ],
+        );
+        assert!(p.allows_l4(Some(&id("web"))));
+        assert!(!p.allows_l4(Some(&id("batch"))), "a method rule is L7 only");
+        assert!(!p.allows_l4(Some(&id("cron"))), "a path rule is L7 only");
+        assert!(!p.allows_l4(Some(&id("stranger"))));
+        assert!(!p.allows_l4(None), "unauthenticated needs default allow");
+        assert!(
+            p.allows(Some(&id("batch")), &Method::GET, "/"),
+            "L7 still works"
+        );
+
+        let any = policy(AuthorizationDefault::Deny, vec![rule("*", &[], &[])]);
+        assert!(any.allows_l4(Some(&id("anyone"))));
+        assert!(!any.allows_l4(None));
+        let open = policy(AuthorizationDefault::Allow, vec![]);
+        assert!(open.allows_l4(Some(&id("anyone"))));
+        assert!(open.allows_l4(None));
     }
 
     #[test]

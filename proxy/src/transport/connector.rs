@@ -11,6 +11,7 @@ use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 use tower::Service;
 
 use super::stream::{MeshStream, UpstreamIo};
@@ -58,23 +59,27 @@ impl Service<Uri> for MeshConnector {
             let tcp = connecting.await?.into_inner();
             let stream = match tls {
                 None => MeshStream::Plain(tcp),
-                Some(tls) => {
-                    let connector = tokio_rustls::TlsConnector::from(tls.config);
-                    match connector.connect(tls.server_name, tcp).await {
-                        Ok(stream) => MeshStream::Client(Box::new(stream)),
-                        Err(error) => {
-                            let reason = if tether_certs::find_identity_mismatch(&error).is_some() {
-                                "identity-mismatch"
-                            } else {
-                                "handshake"
-                            };
-                            tls.failures.with_label_values(&["outbound", reason]).inc();
-                            return Err(error.into());
-                        }
-                    }
-                }
+                Some(tls) => tls_connect(&tls, tcp).await?,
             };
             Ok(UpstreamIo(TokioIo::new(stream)))
         })
+    }
+}
+
+/// The TLS handshake to an endpoint that must prove it is `tls`'s target;
+/// a failure is counted by reason (`identity-mismatch` or `handshake`).
+pub async fn tls_connect(tls: &TlsTarget, tcp: TcpStream) -> std::io::Result<MeshStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+    match connector.connect(tls.server_name.clone(), tcp).await {
+        Ok(stream) => Ok(MeshStream::Client(Box::new(stream))),
+        Err(error) => {
+            let reason = if tether_certs::find_identity_mismatch(&error).is_some() {
+                "identity-mismatch"
+            } else {
+                "handshake"
+            };
+            tls.failures.with_label_values(&["outbound", reason]).inc();
+            Err(error)
+        }
     }
 }

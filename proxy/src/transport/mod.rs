@@ -1,5 +1,5 @@
 //! Connections: the upstream connection pool (plain or mTLS) and the
-//! downstream acceptor (plain, mTLS, or permissive).
+//! downstream acceptor (plain, mTLS, or permissive; HTTP or opaque TCP).
 
 mod client;
 mod connector;
@@ -7,6 +7,8 @@ mod server;
 mod stream;
 
 pub use client::{ClientSettings, UpstreamClient};
-pub use connector::{MeshConnector, TlsTarget};
-pub use server::{bind, InboundTls, Peer, PeerIdentity, ServerSettings, Servers};
-pub use stream::MeshStream;
+pub use connector::{tls_connect, MeshConnector, TlsTarget};
+pub use server::{
+    bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers, StreamHandler,
+};
+pub use stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};

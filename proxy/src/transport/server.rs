@@ -1,12 +1,16 @@
 //! Downstream acceptor: binds, accepts, optionally terminates mTLS (and
-//! reads the caller's SPIFFE ID), serves HTTP/1.1 and HTTP/2 (detected per
-//! connection), and drains gracefully.
+//! reads the caller's SPIFFE ID), hands opaque TCP streams (ALPN
+//! `tether-tcp`, or the plaintext preamble) to a [`StreamHandler`], serves
+//! HTTP/1.1 and HTTP/2 (detected per connection), and drains gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,9 +22,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::stream::MeshStream;
+use super::stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};
 use crate::body::Body;
 use crate::metrics::{Direction, Metrics};
+use crate::tcp::preamble::{self, Detected};
 
 /// Limits applied to every downstream connection of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +48,33 @@ pub struct InboundTls {
     pub permissive: bool,
     /// Longest a TLS handshake may take.
     pub handshake_timeout: Duration,
+}
+
+/// Serves the connections of a listener that carry an opaque TCP stream
+/// instead of HTTP: ALPN `tether-tcp` after the TLS handshake, or the
+/// plaintext preamble (consumed before the stream is handed over).
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Serves one stream until it ends. `peer` is the authenticated caller
+    /// (`None`: plaintext or no client certificate).
+    fn serve(
+        &self,
+        stream: Downstream,
+        peer: Option<Arc<Peer>>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// How one listener treats its connections.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// Which path it serves (labels metrics); `None` for admin, whose
+    /// connections and bytes are not counted.
+    pub direction: Option<Direction>,
+    /// Connection limits and timeouts.
+    pub settings: ServerSettings,
+    /// mTLS, or `None` for plaintext.
+    pub tls: Option<InboundTls>,
+    /// Takes opaque TCP streams; `None`: every connection is HTTP.
+    pub streams: Option<Arc<dyn StreamHandler>>,
 }
 
 /// The caller's mesh identity, put in each request's extensions by the
@@ -87,9 +119,7 @@ impl Servers {
     pub fn spawn<H, F>(
         &mut self,
         listener: TcpListener,
-        direction: Option<Direction>,
-        settings: ServerSettings,
-        tls: Option<InboundTls>,
+        options: ListenerOptions,
         metrics: Metrics,
         handler: H,
     ) where
@@ -97,12 +127,10 @@ impl Servers {
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let stop = self.stop.subscribe();
-        let name = direction.map_or("admin", Direction::as_str);
+        let name = options.direction.map_or("admin", Direction::as_str);
         let span = tracing::info_span!("listener", %name, addr = ?listener.local_addr().ok());
-        self.tasks.spawn(
-            accept_loop(listener, direction, settings, tls, metrics, handler, stop)
-                .instrument(span),
-        );
+        self.tasks
+            .spawn(accept_loop(listener, options, metrics, handler, stop).instrument(span));
     }
 
     /// Stops accepting everywhere and waits up to `deadline` for open
@@ -121,12 +149,9 @@ impl Servers {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn accept_loop<H, F>(
     listener: TcpListener,
-    direction: Option<Direction>,
-    settings: ServerSettings,
-    tls: Option<InboundTls>,
+    options: ListenerOptions,
     metrics: Metrics,
     handler: H,
     mut stop: watch::Receiver<bool>,
@@ -135,8 +160,15 @@ where
     H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let ListenerOptions {
+        direction,
+        settings,
+        tls,
+        streams,
+    } = options;
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let bytes = direction.map_or_else(ByteCounters::detached, |d| metrics.bytes(d));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -174,25 +206,46 @@ where
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let streams = streams.clone();
         let metrics = metrics.clone();
+        let bytes = bytes.clone();
         let span = tracing::debug_span!("connection", %peer);
         tokio::spawn(
             async move {
                 let Some((stream, identity)) = secure(stream, tls.as_ref(), &metrics).await else {
                     return;
                 };
-                let identity = PeerIdentity(identity.map(|id| {
+                let peer = identity.map(|id| {
                     Arc::new(Peer {
                         text: id.to_string(),
                         id,
                     })
-                }));
+                });
+                let mut stream = Counted::new(stream, bytes);
+                let prefix = match &streams {
+                    None => Bytes::new(),
+                    Some(streams) => {
+                        let timeout = settings.header_read_timeout;
+                        match classify(&mut stream, timeout).await {
+                            Some(Class::Http(prefix)) => prefix,
+                            Some(Class::Tcp) => {
+                                // Holding the watcher makes a drain wait for the stream.
+                                streams.serve(Rewind::new(Bytes::new(), stream), peer).await;
+                                drop((watcher, guard, permit));
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                };
+                let identity = PeerIdentity(peer);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let mut request = request.map(Body::from);
                     request.extensions_mut().insert(identity.clone());
                     let response = handler(request);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
+                let stream = Rewind::new(prefix, stream);
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 if let Err(error) = watcher.watch(connection).await {
                     tracing::debug!(%error, "connection closed with error");
@@ -204,6 +257,40 @@ where
         );
     }
     graceful
+}
+
+/// What a connection on a listener that takes TCP streams carries.
+enum Class {
+    /// HTTP, with the bytes read while detecting it.
+    Http(Bytes),
+    /// An opaque TCP stream (preamble consumed).
+    Tcp,
+}
+
+/// TLS: the negotiated ALPN decides. Plaintext: the preamble, read as it
+/// arrives within `timeout`. `None`: closed, failed or timed out first.
+async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option<Class> {
+    if !stream.get_ref().is_plain() {
+        return Some(
+            if stream.get_ref().alpn() == Some(tether_certs::MESH_TCP_ALPN) {
+                Class::Tcp
+            } else {
+                Class::Http(Bytes::new())
+            },
+        );
+    }
+    match tokio::time::timeout(timeout, preamble::detect(stream)).await {
+        Ok(Ok(Detected::Tcp)) => Some(Class::Tcp),
+        Ok(Ok(Detected::Other(prefix))) => Some(Class::Http(prefix)),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before its first bytes");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?timeout, "no first bytes within the header-read timeout");
+            None
+        }
+    }
 }
 
 /// Terminates TLS when configured. Permissive mode lets plaintext through

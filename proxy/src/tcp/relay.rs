@@ -1,0 +1,94 @@
+//! Copies one opaque TCP stream both ways and reports it when it ends:
+//! per-service byte counters while it runs, one access-log line at the end.
+
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::TcpMetrics;
+use crate::access_log::{timestamp, AccessLog, TcpEntry};
+use crate::metrics::Direction;
+use crate::transport::Counted;
+
+/// How a stream ended, for its log line.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Bytes from the client.
+    pub received: u64,
+    /// Bytes to the client.
+    pub sent: u64,
+    /// Why it failed or was refused (a fixed reason), if it did.
+    pub error: Option<&'static str>,
+}
+
+/// Copies between `client` (the side that connected to this proxy) and
+/// `server` until both directions end. An end of stream on one side is
+/// passed on as a half-close (TCP FIN, or TLS close_notify then FIN), and
+/// the other direction keeps flowing; each direction moves through one
+/// fixed buffer, never a whole stream.
+pub async fn relay<C, S>(client: C, mut server: S, metrics: &TcpMetrics) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut client = Counted::new(client, metrics.bytes.clone());
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let (received, sent) = client.totals();
+    let error = match copied {
+        Ok(_) => None,
+        Err(error) => {
+            tracing::debug!(%error, received, sent, "tcp stream ended with an error");
+            Some("reset")
+        }
+    };
+    Outcome {
+        received,
+        sent,
+        error,
+    }
+}
+
+/// The access-log line of one stream, filled in as it goes.
+pub struct StreamLog {
+    started: Instant,
+    arrived: SystemTime,
+    direction: Direction,
+    service: String,
+    peer: Option<String>,
+    /// The endpoint connected to (outbound).
+    pub endpoint: Option<String>,
+}
+
+impl StreamLog {
+    /// A stream accepted now.
+    pub fn start(direction: Direction, service: &str, peer: Option<String>) -> Self {
+        Self {
+            started: Instant::now(),
+            arrived: SystemTime::now(),
+            direction,
+            service: service.to_owned(),
+            peer,
+            endpoint: None,
+        }
+    }
+
+    /// Writes the line, when the access log is on.
+    pub fn finish(self, log: Option<&AccessLog>, outcome: Outcome) {
+        let Some(log) = log else {
+            return;
+        };
+        log.log_tcp(TcpEntry {
+            timestamp: timestamp(self.arrived),
+            direction: self.direction.as_str(),
+            protocol: "tcp",
+            service: self.service,
+            peer_identity: self.peer,
+            endpoint: self.endpoint,
+            bytes_received: outcome.received,
+            bytes_sent: outcome.sent,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            error: outcome.error.map(str::to_owned),
+        });
+    }
+}
