@@ -272,7 +272,7 @@ impl Api {
             };
             if current.version() != have {
                 self.metrics.snapshots_served.inc();
-                let mut response = Response::new(Full::new(Bytes::from(current.to_json())));
+                let mut response = Response::new(Full::new(current.to_json()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),

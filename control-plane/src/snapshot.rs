@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tether_api::{Authorization, AuthorizationRule, MeshSettings, ServiceSnapshot, Snapshot};
 use tokio::sync::watch;
 
@@ -33,6 +34,10 @@ pub struct Published {
     /// Version, service name, mesh settings, authorization (`services` empty).
     pub header: Snapshot,
     shared: Arc<Shared>,
+    /// The wire JSON, encoded by the first long-poll that sends it: every
+    /// further proxy of the service gets the same bytes (a refcount, not a
+    /// copy of a snapshot that holds the whole mesh).
+    encoded: OnceLock<Bytes>,
 }
 
 impl Published {
@@ -41,8 +46,13 @@ impl Published {
         self.header.version
     }
 
-    /// The snapshot as JSON (the shared part is copied in verbatim).
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The snapshot as JSON (the shared part copied in verbatim), encoded
+    /// once per version.
+    pub fn to_json(&self) -> Bytes {
+        self.encoded.get_or_init(|| self.encode()).clone()
+    }
+
+    fn encode(&self) -> Bytes {
         #[derive(serde::Serialize)]
         struct Wire<'a> {
             version: u64,
@@ -61,7 +71,7 @@ impl Published {
             services: &self.shared.json,
             authorization: h.authorization.as_ref(),
         };
-        serde_json::to_vec(&wire).unwrap_or_default()
+        Bytes::from(serde_json::to_vec(&wire).unwrap_or_default())
     }
 
     /// The full snapshot (for tests and tools; the server sends [`Self::to_json`]).
@@ -150,6 +160,7 @@ impl Snapshots {
                         Arc::new(Published {
                             header,
                             shared: Arc::clone(&shared),
+                            encoded: OnceLock::new(),
                         }),
                     );
                     changed += 1;

@@ -77,6 +77,38 @@ async fn an_allowed_caller_succeeds_over_mtls() {
 }
 
 #[tokio::test]
+async fn the_mesh_hop_is_one_http2_connection_that_keeps_the_host() {
+    let mesh = mesh(ALLOW_WEB_V1).await;
+    // Concurrent HTTP/1.1 callers: each needs a connection of its own to
+    // web's sidecar, yet the sidecars share one multiplexed connection.
+    let requests = (0..32).map(|i| {
+        let outbound = mesh.web.outbound;
+        async move {
+            Client::http1()
+                .get(outbound, "api", &format!("/v1/item/{i}"))
+                .await
+        }
+    });
+    let replies = futures_util::future::join_all(requests).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(
+            reply.header("x-host"),
+            "api",
+            "the app sees the original Host"
+        );
+    }
+    assert_eq!(
+        metric(
+            &mesh.api.metrics().await,
+            r#"tether_connections_total{direction="inbound"}"#
+        ),
+        Some(1.0),
+        "one mesh connection for 32 concurrent requests"
+    );
+}
+
+#[tokio::test]
 async fn a_caller_not_allowed_gets_403_and_the_app_never_sees_it() {
     let mesh = mesh(ALLOW_WEB_V1).await;
     let client = Client::http1();
