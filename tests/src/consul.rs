@@ -43,6 +43,28 @@ pub fn consul_bin() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// One instance to register.
+#[derive(Debug, Clone, Default)]
+pub struct Instance<'a> {
+    /// Service ID (also names its TTL check `check:<id>`).
+    pub id: &'a str,
+    /// Service name.
+    pub name: &'a str,
+    /// `Service.Address`; `None` leaves it empty so Consul's answer falls
+    /// back to the node's address.
+    pub address: Option<&'a str>,
+    /// Port.
+    pub port: u16,
+    /// Tags.
+    pub tags: &'a [&'a str],
+    /// `Meta`.
+    pub meta: &'a [(&'a str, &'a str)],
+    /// `Weights.Passing` (Consul's default is 1).
+    pub weight: Option<u32>,
+    /// Adds a passing TTL check `check:<id>`.
+    pub ttl_check: bool,
+}
+
 /// A running dev agent; killed when dropped.
 pub struct Consul {
     child: Child,
@@ -54,7 +76,11 @@ pub struct Consul {
 impl Consul {
     /// Starts a dev agent on free ports and waits for a leader.
     pub async fn start() -> Self {
-        let http_port = free_port();
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts a dev agent whose HTTP API listens on `http_port`.
+    pub async fn start_on(http_port: u16) -> Self {
         let child = Command::new(consul_bin())
             .args([
                 "agent",
@@ -71,12 +97,13 @@ impl Consul {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start consul: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", consul_bin().display()));
         let consul = Consul {
             child,
             http: ([127, 0, 0, 1], http_port).into(),
             client: Client::http1(),
         };
+        // `""` until a leader is elected.
         let up = eventually(Duration::from_secs(30), || async {
             consul
                 .get("/v1/status/leader")
@@ -84,7 +111,10 @@ impl Consul {
                 .is_some_and(|b| b.len() > 2)
         })
         .await;
-        assert!(up, "consul dev agent never elected a leader");
+        assert!(
+            up,
+            "consul dev agent on :{http_port} never elected a leader"
+        );
         consul
     }
 
@@ -117,28 +147,27 @@ impl Consul {
         assert_eq!(reply.status, 200, "PUT {path}: {}", reply.body);
     }
 
-    /// Registers a service instance, optionally with a TTL check `check:<id>`.
-    pub async fn register(
-        &self,
-        id: &str,
-        name: &str,
-        address: SocketAddr,
-        tags: &[&str],
-        ttl_check: bool,
-    ) {
-        let check = if ttl_check {
-            format!(r#","Check":{{"CheckID":"check:{id}","TTL":"30s","Status":"passing"}}"#)
-        } else {
-            String::new()
-        };
-        let tags: Vec<String> = tags.iter().map(|t| format!("\"{t}\"")).collect();
-        let body = format!(
-            r#"{{"ID":"{id}","Name":"{name}","Address":"{}","Port":{},"Tags":[{}]{check}}}"#,
-            address.ip(),
-            address.port(),
-            tags.join(",")
-        );
-        self.put("/v1/agent/service/register", body).await;
+    /// Registers an instance with the agent.
+    pub async fn register(&self, instance: &Instance<'_>) {
+        let mut body = serde_json::json!({
+            "ID": instance.id,
+            "Name": instance.name,
+            "Port": instance.port,
+            "Tags": instance.tags,
+            "Meta": instance.meta.iter().copied().collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        if let Some(address) = instance.address {
+            body["Address"] = address.into();
+        }
+        if let Some(weight) = instance.weight {
+            body["Weights"] = serde_json::json!({ "Passing": weight, "Warning": 1 });
+        }
+        if instance.ttl_check {
+            let id = format!("check:{}", instance.id);
+            body["Check"] = serde_json::json!({ "CheckID": id, "TTL": "30s", "Status": "passing" });
+        }
+        self.put("/v1/agent/service/register", body.to_string())
+            .await;
     }
 
     /// Removes an instance.

@@ -22,6 +22,20 @@ pub fn control_bin() -> PathBuf {
     bin
 }
 
+/// An answer of the control plane.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: http::StatusCode,
+    /// Body as text.
+    pub body: String,
+}
+
+/// The status `GET path` answers with (over TLS with a CA), if any.
+async fn self_status(plane: &ControlPlane, path: &str) -> Option<u16> {
+    plane.try_get(path).await.map(|(status, _)| status)
+}
+
 fn control_command() -> Command {
     Command::new(control_bin())
 }
@@ -41,12 +55,12 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts `tether-control serve` with this mesh.yaml and waits for `/ready`.
-    pub async fn start(mesh_yaml: &str) -> Self {
+    /// A control plane for this mesh.yaml in a new directory, not running.
+    fn unstarted(mesh_yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let config = dir.path().join("mesh.yaml");
         std::fs::write(&config, mesh_yaml).unwrap_or_else(|e| panic!("{e}"));
-        let mut plane = ControlPlane {
+        ControlPlane {
             child: None,
             addr: ([127, 0, 0, 1], free_port()).into(),
             log: dir.path().join("control.log"),
@@ -54,16 +68,39 @@ impl ControlPlane {
             ca: None,
             admin: None,
             dir,
-        };
+        }
+    }
+
+    /// Starts `tether-control serve` with this mesh.yaml and waits for `/ready`.
+    pub async fn start(mesh_yaml: &str) -> Self {
+        let mut plane = Self::unstarted(mesh_yaml);
         plane.restart().await;
         plane
     }
 
+    /// Starts `tether-control serve` and waits only until it answers
+    /// `/live` (for a catalog that cannot be read yet).
+    pub async fn start_unready(mesh_yaml: &str) -> Self {
+        let mut plane = Self::unstarted(mesh_yaml);
+        plane.spawn();
+        let live = eventually(Duration::from_secs(15), || async {
+            self_status(&plane, "/live").await == Some(200)
+        })
+        .await;
+        assert!(
+            live,
+            "tether-control never answered /live; log:\n{}",
+            plane.log()
+        );
+        plane
+    }
+
     /// Starts `tether-control serve` with a mesh CA made by `ca init` (the
-    /// API is then https) issuing certificates valid for `cert_lifetime`.
+    /// API is then https, with a plaintext `--admin` listener) issuing
+    /// certificates valid for `cert_lifetime`.
     pub async fn start_with_ca(mesh_yaml: &str, cert_lifetime: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let ca_dir = dir.path().join("ca");
+        let mut plane = Self::unstarted(mesh_yaml);
+        let ca_dir = plane.dir.path().join("ca");
         let init = control_command()
             .args(["ca", "init", "--dir"])
             .arg(&ca_dir)
@@ -74,17 +111,8 @@ impl ControlPlane {
             "ca init failed: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let config = dir.path().join("mesh.yaml");
-        std::fs::write(&config, mesh_yaml).unwrap_or_else(|e| panic!("{e}"));
-        let mut plane = ControlPlane {
-            child: None,
-            addr: ([127, 0, 0, 1], free_port()).into(),
-            log: dir.path().join("control.log"),
-            config,
-            ca: Some((ca_dir, cert_lifetime.to_owned())),
-            admin: Some(([127, 0, 0, 1], free_port()).into()),
-            dir,
-        };
+        plane.ca = Some((ca_dir, cert_lifetime.to_owned()));
+        plane.admin = Some(([127, 0, 0, 1], free_port()).into());
         plane.restart().await;
         plane
     }
@@ -138,6 +166,17 @@ impl ControlPlane {
 
     /// (Re)starts the process on the same address and config.
     pub async fn restart(&mut self) {
+        self.spawn();
+        let ready = eventually(Duration::from_secs(15), || self.is_ready()).await;
+        assert!(
+            ready,
+            "tether-control never became ready; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// (Re)starts the process without waiting for anything.
+    fn spawn(&mut self) {
         self.stop();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -168,17 +207,79 @@ impl ControlPlane {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tether-control: {e}"));
         self.child = Some(child);
-        let ready = eventually(Duration::from_secs(15), || async {
-            self.try_get("/ready")
-                .await
-                .is_some_and(|(status, _)| status == 200)
-        })
-        .await;
-        assert!(
-            ready,
-            "tether-control never became ready; log:\n{}",
-            self.log()
-        );
+    }
+
+    /// Whether `/ready` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        self_status(self, "/ready").await == Some(200)
+    }
+
+    /// A long-poll for `service` from `version`, as a plaintext proxy sends it.
+    pub async fn poll(&self, service: &str, version: u64, wait: &str) -> Answer {
+        let path = format!("/v1/snapshot/{service}?version={version}&wait={wait}");
+        match self.try_get(&path).await {
+            Some((status, body)) => Answer {
+                status: http::StatusCode::from_u16(status)
+                    .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            },
+            None => panic!("GET {path} failed; log:\n{}", self.log()),
+        }
+    }
+
+    /// The current snapshot of `service` (panics unless it is a 200).
+    pub async fn snapshot(&self, service: &str) -> tether_api::Snapshot {
+        let answer = self.poll(service, 0, "0s").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body))
+    }
+
+    /// The value of a series in `/metrics`, as rendered (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        crate::metric(&self.get("/metrics").await, series).unwrap_or(0.0)
+    }
+
+    /// `POST` a body (plaintext API): status and body.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let reply = Client::http1()
+            .send(
+                http::Method::POST,
+                self.addr,
+                "control",
+                path,
+                bytes::Bytes::from(body.to_owned()),
+                &[("content-type", "application/json")],
+            )
+            .await;
+        (reply.status.as_u16(), reply.body)
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("not running"));
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the exit status.
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// Kills the process (as a crash would).

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tether_e2e::consul::Consul;
+use tether_e2e::consul::{Consul, Instance};
 use tether_e2e::control::ControlPlane;
 use tether_e2e::{assert_eventually, Backend, Client, Proxy};
 
@@ -34,18 +34,26 @@ async fn setup(api: &str, tags: &[&[&str]]) -> Setup {
     for (i, tags) in tags.iter().enumerate() {
         let app = Backend::start(&format!("api-{i}")).await;
         consul
-            .register(&format!("api-{i}"), "api", app.addr, tags, true)
+            .register(&Instance {
+                id: &format!("api-{i}"),
+                name: "api",
+                address: Some("127.0.0.1"),
+                port: app.addr.port(),
+                tags,
+                ttl_check: true,
+                ..Instance::default()
+            })
             .await;
         apps.push(app);
     }
     consul
-        .register(
-            "web-0",
-            "web",
-            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
-            &[],
-            false,
-        )
+        .register(&Instance {
+            id: "web-0",
+            name: "web",
+            address: Some("127.0.0.1"),
+            port: 1,
+            ..Instance::default()
+        })
         .await;
     let plane = ControlPlane::start(&mesh(&consul, api)).await;
     let web = Proxy::subscribed(&plane.url(), "web").start().await;

@@ -2,11 +2,10 @@
 //! broken one is refused (logged with line:column, counted) and the last
 //! good config stays in force; SIGHUP forces a re-read.
 
-mod support;
-
 use std::time::Duration;
 
-use support::control::ControlPlane;
+use tether_e2e::assert_eventually;
+use tether_e2e::control::ControlPlane;
 
 fn mesh(timeout: &str) -> String {
     format!(
@@ -56,7 +55,7 @@ async fn a_broken_edit_keeps_the_last_good_config() {
     );
     assert!(plane.is_ready().await);
 
-    plane.sighup();
+    plane.signal("HUP");
     assert_eventually!(
         Duration::from_secs(5),
         || async { plane.metric(errors).await == 2.0 },

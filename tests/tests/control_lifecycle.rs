@@ -1,12 +1,10 @@
 //! Start and stop of `tether-control serve`: a bad file refuses to start
 //! with its position, and SIGTERM stops the process cleanly.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::control::ControlPlane;
+use tether_e2e::control::ControlPlane;
 
 #[tokio::test]
 async fn sigterm_stops_it_cleanly() {
@@ -26,8 +24,8 @@ fn an_invalid_file_stops_start_up_with_its_position() {
     let path = dir.path().join("mesh.yaml");
     std::fs::write(&path, "services:\n  api:\n    policy: { timeout: 0s }\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    let port = support::free_port();
-    let output = Command::new(env!("CARGO_BIN_EXE_tether-control"))
+    let port = tether_e2e::free_port();
+    let output = Command::new(tether_e2e::control::control_bin())
         .args([
             "serve",
             "--listen",

@@ -1,16 +1,13 @@
 //! `tether-control status` against a running control plane: what a proxy
 //! applied, and what it refused, as an operator reads it.
 
-mod support;
-
 use std::process::{Command, Output};
 
-use http::{Method, StatusCode};
-use support::control::ControlPlane;
+use tether_e2e::control::ControlPlane;
 
 async fn status_command(url: String) -> Output {
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tether-control"))
+        Command::new(tether_e2e::control::control_bin())
             .args(["status", "--control-plane", &url])
             .output()
     })
@@ -26,11 +23,8 @@ async fn status_lists_each_proxy_and_never_shows_a_refused_version_as_applied() 
     let report = format!(
         r#"{{"proxy_id":"web-1","service":"web","applied_version":41,"rejected_version":{current},"error":"bad route"}}"#
     );
-    let http = support::Http::default();
-    let reply = http
-        .send(Method::POST, plane.addr, "/v1/report", report)
-        .await;
-    assert_eq!(reply.map(|r| r.status).ok(), Some(StatusCode::NO_CONTENT));
+    let (status, body) = plane.post("/v1/report", &report).await;
+    assert_eq!(status, 204, "{body}");
 
     let output = status_command(format!("http://{}", plane.addr)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -48,7 +42,7 @@ async fn status_lists_each_proxy_and_never_shows_a_refused_version_as_applied() 
 
 #[tokio::test]
 async fn status_fails_with_a_hint_when_nothing_answers() {
-    let url = format!("http://127.0.0.1:{}", support::free_port());
+    let url = format!("http://127.0.0.1:{}", tether_e2e::free_port());
     let output = status_command(url).await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,14 +2,13 @@
 //! tagged and weighted in Consul is what proxies get, within a second, and
 //! a Consul outage changes nothing that proxies hold.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::consul::{Consul, Instance};
-use support::control::ControlPlane;
 use tether_api::Endpoint;
+use tether_e2e::assert_eventually;
+use tether_e2e::consul::{Consul, Instance};
+use tether_e2e::control::ControlPlane;
 
 fn mesh(consul: &Consul) -> String {
     format!(
@@ -236,7 +235,7 @@ async fn the_last_snapshot_is_served_while_consul_is_down() {
 
 #[tokio::test]
 async fn nothing_is_served_until_consul_has_been_read() {
-    let port = support::free_port();
+    let port = tether_e2e::free_port();
     let mesh = format!(
         "mesh:\n  catalog:\n    consul: {{ address: \"http://127.0.0.1:{port}\" }}\nservices:\n  web: {{}}\n  api: {{}}\n"
     );
