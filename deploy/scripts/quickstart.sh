@@ -10,7 +10,7 @@
 # and obtains its certificate from the control plane (its key never leaves it).
 # With Jaeger already built (deploy/scripts/install-jaeger.sh), traces go there.
 #
-# Usage: deploy/scripts/quickstart.sh [--consul] [--once]
+# Usage: deploy/scripts/quickstart.sh [--consul] [--once]     Env: TETHER_PROFILE=release|debug
 #   --consul  use a local Consul dev agent as the catalog (examples/mesh-consul.yaml)
 #   --once    send traffic, print, stop (what CI runs); default: run until Ctrl-C
 set -euo pipefail
@@ -24,9 +24,17 @@ for arg in "$@"; do
   esac
 done
 
-echo "==> building (release)"
-cargo build --release --quiet -p tether-proxy -p tether-control -p tether-examples
-bin=target/release
+# TETHER_PROFILE=debug reuses what `cargo test` built (CI does); the default
+# is an optimised build, what you would run.
+profile=${TETHER_PROFILE:-release}
+echo "==> building ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release --quiet -p tether-proxy -p tether-control -p tether-examples
+  bin=target/release
+else
+  cargo build --quiet -p tether-proxy -p tether-control -p tether-examples
+  bin=target/debug
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
