@@ -201,9 +201,11 @@ async fn a_caller_not_allowed_at_l4_is_cut_off_before_the_app() {
         db.metrics().await
     );
     assert_eq!(mesh.echo.connections(), 0, "the app never saw it");
-    assert!(
-        db.stdout().contains(r#""error":"unauthorized""#),
-        "{}",
+    // The access log is written off the request path: poll for the line.
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async { db.stdout().contains(r#""error":"unauthorized""#) },
+        "no access log line for the refusal:\n{}",
         db.stdout()
     );
 

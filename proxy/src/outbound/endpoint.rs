@@ -1,56 +1,29 @@
 //! The innermost layer: pick an endpoint, send one try with the per-try
 //! timeout, and feed the outcome to the balancer and outlier detection.
 
-use std::task::{Context, Poll};
-
-use tower::Service;
-
-use super::{BoxFuture, Req, Rsp, Target};
+use super::{Req, Rsp, Target};
 use crate::errors::ProxyError;
 use crate::forward::{from_upstream, to_upstream};
 use crate::telemetry::TraceCx;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 
-/// Sends one try to one endpoint of the request's target.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Forward;
-
-impl Service<Req> for Forward {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Req) -> BoxFuture {
-        Box::pin(forward(request))
-    }
-}
-
-async fn forward(request: Req) -> Result<Rsp, ProxyError> {
-    let target = Target::of(&request)?;
+/// Sends one try of `request` to one endpoint of `target`.
+pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let endpoint = target
         .endpoints
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
     let in_flight = endpoint.start();
-    TraceCx::event(
-        &request,
-        "try",
-        vec![KeyValue::new(
-            "tether.endpoint",
-            endpoint.address().to_owned(),
-        )],
-    );
     if let Some(cx) = request.extensions().get::<TraceCx>() {
-        cx.0.span().set_attribute(KeyValue::new(
-            "tether.endpoint",
-            endpoint.address().to_owned(),
-        ));
+        let span = cx.0.span();
+        let address = endpoint.address().to_owned();
+        span.add_event(
+            "try",
+            vec![KeyValue::new("tether.endpoint", address.clone())],
+        );
+        span.set_attribute(KeyValue::new("tether.endpoint", address));
     }
     let request = to_upstream(request, endpoint.authority(), service.client.is_http2())?;
     let per_try = service.retries.per_try_timeout;

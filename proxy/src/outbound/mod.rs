@@ -11,22 +11,21 @@
 //! ```
 //!
 //! `route` runs in [`Outbound::handle`], which also records metrics and turns
-//! errors into responses; the rest is a tower stack, outermost first.
+//! errors into responses. The layers below it are plain async functions,
+//! each in its own file, composed in [`serve`] outermost first: one future
+//! per request, no boxed future per layer (measured: boxing and moving
+//! those futures cost ~13 % of the instructions of a request).
 
 mod endpoint;
 mod limit;
 mod retry;
 mod route;
-mod step;
 mod target;
 mod timeout;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tower::ServiceExt;
 
 use crate::body::Body;
 use crate::errors::ProxyError;
@@ -34,42 +33,24 @@ use crate::metrics::UNKNOWN_SERVICE;
 use crate::observe::Observer;
 use crate::state::MeshState;
 
-pub use endpoint::Forward;
-pub use step::Step;
 pub use target::Target;
 
 /// A request inside the proxy.
 pub type Req = http::Request<Body>;
 /// A response inside the proxy.
 pub type Rsp = http::Response<Body>;
-/// The future every outbound layer returns.
-pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send>>;
 
 /// The outbound path, ready to handle requests from the local app.
 #[derive(Clone)]
 pub struct Outbound {
     state: Arc<ArcSwap<MeshState>>,
-    stack: Stack,
     observer: Observer,
 }
-
-/// The layers below `route`. Every layer is a zero-sized struct, so cloning
-/// the stack per request costs nothing (a boxed service would allocate).
-type Stack = Step<Step<Step<Forward>>>;
 
 impl Outbound {
     /// Builds the outbound stack over the (swappable) mesh state.
     pub fn new(state: Arc<ArcSwap<MeshState>>, observer: Observer) -> Self {
-        // Built innermost first: a request meets these bottom to top.
-        let stack = Forward; // balancer pick, per-try timeout, outlier detection
-        let stack = Step::new(retry::run, stack); // budget, backoff, replay buffer
-        let stack = Step::new(limit::run, stack); // per-service in-flight + pending limits
-        let stack = Step::new(timeout::run, stack); // whole request: queue + all tries
-        Self {
-            state,
-            stack,
-            observer,
-        }
+        Self { state, observer }
     }
 
     /// Handles one request from the app; never fails: errors become responses
@@ -96,8 +77,7 @@ impl Outbound {
         drop(state);
         let service = Arc::clone(&target.service);
         let observation = self.observer.begin(&mut request, &service.name, None);
-        request.extensions_mut().insert(target);
-        let response = match self.stack.clone().oneshot(request).await {
+        let response = match serve(&target, request).await {
             Ok(response) => response,
             Err(error) => {
                 service.metrics.proxy_error(error.reason());
@@ -112,5 +92,51 @@ impl Outbound {
             None,
         );
         response
+    }
+}
+
+/// The layers below `route`, outermost first; each is a plain async fn.
+fn serve<'a>(
+    target: &'a Target,
+    request: Req,
+) -> impl std::future::Future<Output = Result<Rsp, ProxyError>> + 'a {
+    timeout::within(
+        target.timeout, // whole request: queue + all tries
+        limit::hold(&target.service, || {
+            // per-service in-flight + pending limits, then
+            retry::retry(target, request) // budget, backoff, replay buffer; each try:
+        }), // endpoint::forward: balancer pick, per-try timeout, outlier detection
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Direction, Metrics};
+
+    /// The request's future is moved a few times (into hyper's dispatcher,
+    /// among others): every KiB it grows costs every request. Wrapping a
+    /// future in an `async fn`/`async` block that awaits it doubles it; this
+    /// catches that (it was 11.5 KiB before the layers took closures).
+    #[test]
+    fn the_request_future_stays_small() {
+        let metrics = Metrics::new();
+        let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(
+            crate::discovery::build::unknown_metrics(&metrics),
+        )));
+        let telemetry = crate::telemetry::Telemetry::new(
+            crate::telemetry::Identity {
+                service: "web".into(),
+                instance: "web-1".into(),
+            },
+            metrics,
+        );
+        let outbound = Outbound::new(state, Observer::new(telemetry, None, Direction::Outbound));
+        let future = outbound.handle(http::Request::new(crate::body::Body::Empty));
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= 5 * 1024,
+            "the outbound request future is {size} bytes"
+        );
     }
 }

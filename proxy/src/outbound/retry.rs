@@ -14,25 +14,19 @@
 //! carries `tether-attempts` when more than one try was made.
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use opentelemetry::KeyValue;
 use tether_api::RetryOn;
 use tower::retry::budget::Budget;
-use tower::ServiceExt;
 
-use super::step::Inner;
-use super::{BoxFuture, Req, Rsp, Target};
+use super::endpoint::forward;
+use super::{Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
 use crate::resilience::backoff;
 use crate::telemetry::TraceCx;
-use opentelemetry::KeyValue;
-
-/// Retries the rest of the stack per the target's policy.
-pub fn run<S: Inner>(inner: S, request: Req) -> BoxFuture {
-    Box::pin(retry(inner, request))
-}
 
 /// Why a failed try was not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +46,14 @@ impl Skip {
     }
 }
 
-async fn retry<S: Inner>(inner: S, request: Req) -> Result<Rsp, ProxyError> {
-    let target = Target::of(&request)?;
+/// Sends `request` to `target`, retrying per its policy; each try goes to
+/// [`forward`].
+pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let policy = &service.retries;
     service.budget.deposit();
     if policy.attempts == 0 {
-        return inner.oneshot(request).await;
+        return forward(target, request).await;
     }
     let idempotent = is_idempotent(request.method());
     let (mut first, template) = keep_for_replay(request, policy.replay_buffer_bytes).await?;
@@ -67,23 +62,21 @@ async fn retry<S: Inner>(inner: S, request: Req) -> Result<Rsp, ProxyError> {
         let this_try = match first.take() {
             Some(request) => request,
             None => match &template {
-                Some(template) => template.clone().map(Body::full),
+                Some(template) => template.request(),
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
         if tries > 1 {
-            TraceCx::event(
-                &this_try,
-                "retry",
-                vec![KeyValue::new("tether.try", i64::from(tries))],
-            );
+            TraceCx::event(&this_try, "retry", || {
+                vec![KeyValue::new("tether.try", i64::from(tries))]
+            });
         }
-        let result = inner.clone().oneshot(this_try).await;
+        let result = forward(target, this_try).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
-            return finish(result, tries, None, &target);
+            return finish(result, tries, None, target);
         };
         let skip = if tries > policy.attempts {
-            return finish(result, tries, None, &target);
+            return finish(result, tries, None, target);
         } else if !(idempotent || connect_only || policy.retry_non_idempotent) {
             Some(Skip::NonIdempotent)
         } else if template.is_none() {
@@ -95,7 +88,7 @@ async fn retry<S: Inner>(inner: S, request: Req) -> Result<Rsp, ProxyError> {
         };
         if let Some(skip) = skip {
             service.metrics.retry_skipped(skip.as_str());
-            return finish(result, tries, Some(skip), &target);
+            return finish(result, tries, Some(skip), target);
         }
         service.metrics.retry();
         tracing::debug!(service = %service.name, try_number = tries + 1, "retrying");
@@ -160,13 +153,42 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// What a later try is rebuilt from: the request line, the headers, the
+/// trace context and the buffered body. Deliberately not the whole request:
+/// cloning its extensions on every request would cost more than the rare
+/// retry saves.
+#[derive(Debug)]
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    trace: Option<TraceCx>,
+    body: Bytes,
+}
+
+impl Replay {
+    /// A fresh copy of the request for another try.
+    fn request(&self) -> Req {
+        let mut request = Request::new(Body::full(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        if let Some(trace) = &self.trace {
+            request.extensions_mut().insert(trace.clone());
+        }
+        request
+    }
+}
+
 /// Returns the request to send first and, when the body can be replayed, a
 /// template to rebuild later tries from. Buffers at most `cap` bytes, and
 /// only when the body's length is declared.
 async fn keep_for_replay(
     request: Req,
     cap: usize,
-) -> Result<(Option<Req>, Option<Request<Bytes>>), ProxyError> {
+) -> Result<(Option<Req>, Option<Replay>), ProxyError> {
     let body = request.body();
     let replayable =
         body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= cap as u64);
@@ -182,8 +204,15 @@ async fn keep_for_replay(
             .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
             .to_bytes()
     };
-    let template = Request::from_parts(parts, bytes);
-    let first = template.clone().map(Body::full);
+    let template = Replay {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        trace: parts.extensions.get::<TraceCx>().cloned(),
+        body: bytes.clone(),
+    };
+    let first = Request::from_parts(parts, Body::full(bytes));
     Ok((Some(first), Some(template)))
 }
 
@@ -223,10 +252,7 @@ mod tests {
             .unwrap_or_default();
         let (first, template) = keep_for_replay(small, 8).await.unwrap_or((None, None));
         assert!(first.is_some());
-        assert_eq!(
-            template.map(|t| t.into_body()),
-            Some(Bytes::from_static(b"abc"))
-        );
+        assert_eq!(template.map(|t| t.body), Some(Bytes::from_static(b"abc")));
         let big = Request::builder()
             .body(Body::full(vec![0u8; 9]))
             .unwrap_or_default();

@@ -1,13 +1,12 @@
-//! Where a request goes, decided once by `route` and read by every layer.
+//! Where a request goes, decided once by `route` and handed to every layer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::EndpointSet;
-use crate::errors::ProxyError;
 use crate::state::Service;
 
-/// The routing decision for one request, carried in its extensions.
+/// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The upstream service and its policy.
@@ -16,17 +15,4 @@ pub struct Target {
     pub endpoints: Arc<EndpointSet>,
     /// Whole-request timeout (route override or the service's).
     pub timeout: Duration,
-}
-
-impl Target {
-    /// The target of a request; every layer below `route` can rely on it.
-    pub fn of<B>(request: &http::Request<B>) -> Result<Target, ProxyError> {
-        request
-            .extensions()
-            .get::<Target>()
-            .cloned()
-            .ok_or(ProxyError::NotReady(
-                "request reached the outbound stack without a route",
-            ))
-    }
 }

@@ -34,10 +34,15 @@ use crate::metrics::Metrics;
 pub struct TraceCx(pub Context);
 
 impl TraceCx {
-    /// Adds an event to the span of the request, if it is traced.
-    pub fn event<B>(request: &Request<B>, name: &'static str, attributes: Vec<KeyValue>) {
+    /// Adds an event to the span of the request, if it is traced; the
+    /// attributes are built only then (nothing is allocated otherwise).
+    pub fn event<B>(
+        request: &Request<B>,
+        name: &'static str,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) {
         if let Some(cx) = request.extensions().get::<TraceCx>() {
-            cx.0.span().add_event(name, attributes);
+            cx.0.span().add_event(name, attributes());
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -241,9 +242,14 @@ where
                 let identity = PeerIdentity(peer);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let mut request = request.map(Body::from);
-                    request.extensions_mut().insert(identity.clone());
-                    let response = handler(request);
-                    async move { Ok::<_, Infallible>(response.await) }
+                    // Absent means no identity: no extensions map to allocate
+                    // for plaintext callers (every outbound request).
+                    if identity.0.is_some() {
+                        request.extensions_mut().insert(identity.clone());
+                    }
+                    // `map`, not `async move { Ok(fut.await) }`: an async block
+                    // that captures a future stores it twice.
+                    handler(request).map(Ok::<_, Infallible>)
                 });
                 let stream = Rewind::new(prefix, stream);
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
