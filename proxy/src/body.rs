@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::transport::PoolSlot;
+
 /// A request or response body inside the proxy.
 #[derive(Debug, Default)]
 pub enum Body {
@@ -21,6 +23,9 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A body streamed from a peer.
     Incoming(Incoming),
+    /// A response body streamed from a pooled HTTP/1.1 connection, which
+    /// goes back to its pool once the body has been read to the end.
+    Pooled(Incoming, PoolSlot),
 }
 
 impl Body {
@@ -32,6 +37,17 @@ impl Body {
         } else {
             Body::Full(Some(bytes))
         }
+    }
+}
+
+impl Body {
+    /// A response body on a pooled connection; an already complete one
+    /// (`HEAD`, `204`, `Content-Length: 0`) frees the connection at once.
+    pub fn pooled(body: Incoming, mut slot: PoolSlot) -> Self {
+        if http_body::Body::is_end_stream(&body) {
+            slot.release();
+        }
+        Body::Pooled(body, slot)
     }
 }
 
@@ -53,6 +69,13 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(body) => Pin::new(body).poll_frame(cx),
+            Body::Pooled(body, slot) => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None)) || body.is_end_stream() {
+                    slot.release();
+                }
+                frame
+            }
         }
     }
 
@@ -60,7 +83,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
-            Body::Incoming(body) => body.is_end_stream(),
+            Body::Incoming(body) | Body::Pooled(body, _) => body.is_end_stream(),
         }
     }
 
@@ -68,7 +91,7 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Incoming(body) => body.size_hint(),
+            Body::Incoming(body) | Body::Pooled(body, _) => body.size_hint(),
         }
     }
 }

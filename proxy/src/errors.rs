@@ -44,7 +44,7 @@ pub enum ProxyError {
         endpoint: String,
         /// Why.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::transport::ClientError,
     },
     /// The connection broke before response headers arrived.
     #[error("connection to {endpoint} failed before a response: {source}")]
@@ -53,7 +53,7 @@ pub enum ProxyError {
         endpoint: String,
         /// Why.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::transport::ClientError,
     },
     /// The request could not be forwarded as given.
     #[error("bad request: {0}")]

@@ -51,7 +51,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Points `request` at `authority`, in the HTTP version the upstream speaks,
-/// keeping the original authority in `Host`.
+/// keeping the original authority in `Host`. HTTP/2 gets the absolute URI
+/// (`:scheme`, `:authority`); HTTP/1.1 the origin form (`/path?query`), as
+/// a server expects it on its request line.
 pub fn to_upstream(
     mut request: Request<Body>,
     authority: &Authority,
@@ -70,8 +72,10 @@ pub fn to_upstream(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
+    if http2 {
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+    }
     parts.path_and_query = Some(path);
     *request.uri_mut() = Uri::from_parts(parts)
         .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
@@ -84,9 +88,8 @@ pub fn to_upstream(
     Ok(request)
 }
 
-/// Converts an upstream response for the downstream connection.
-pub fn from_upstream(response: Response<hyper::body::Incoming>) -> Response<Body> {
-    let mut response = response.map(Body::from);
+/// Cleans an upstream response for the downstream connection.
+pub fn from_upstream(mut response: Response<Body>) -> Response<Body> {
     strip_hop_by_hop(response.headers_mut());
     response
 }
@@ -108,7 +111,7 @@ mod tests {
             .unwrap_or_default();
         let authority: Authority = "127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}"));
         let out = to_upstream(request, &authority, false).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(out.uri(), "http://127.0.0.1:9000/v1/x?q=1");
+        assert_eq!(out.uri(), "/v1/x?q=1", "origin form on HTTP/1.1");
         assert_eq!(out.version(), Version::HTTP_11);
         assert_eq!(out.headers()["host"], "api.mesh");
         assert!(out.headers().get("connection").is_none());

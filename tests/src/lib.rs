@@ -47,12 +47,35 @@ macro_rules! assert_eventually {
     };
 }
 
-/// A free loopback port (bound and released; good enough for tests).
+/// First port [`free_port`] hands out, and how many it cycles through:
+/// below Linux's ephemeral range (32768 and up), so no outgoing connection
+/// can take a port between the check and the test's bind, and above the
+/// fixed ports of the quickstart and benchmarks (15000-18999).
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port nothing listens on, for a process the test starts.
+///
+/// Ports come from [`TEST_PORTS`] in turn (a counter shared by the tests of
+/// one binary, which run in parallel threads; binaries run one after
+/// another), each checked by binding it. Binding port 0 instead would hand
+/// out ephemeral ports that outgoing connections also use, and a proxy
+/// started a moment later could find its port taken.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORTS.start + (offset + n) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}")
 }
 
 /// The value of one Prometheus series in `text`, by its exact name and

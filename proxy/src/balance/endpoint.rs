@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 use tokio::time::Instant;
+
+use crate::transport::{EndpointPool, UpstreamClient};
 
 /// Latency assumed for an endpoint that has not answered yet. Low enough that
 /// new endpoints get tried promptly, high enough that a measured fast
@@ -43,6 +46,8 @@ pub struct EndpointState {
     consecutive_failures: AtomicU32,
     ejected: AtomicBool,
     ejection: Mutex<Ejection>,
+    /// Connections to this endpoint, made by the service's current client.
+    connections: ArcSwapOption<EndpointPool>,
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +74,22 @@ impl EndpointState {
             consecutive_failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
+            connections: ArcSwapOption::empty(),
         })
+    }
+
+    /// The connection pool to this endpoint for `client`: kept across
+    /// snapshots while the service's client stays the same, replaced (and
+    /// the old connections closed once idle) when it changes.
+    pub fn connections(&self, client: &UpstreamClient) -> Arc<EndpointPool> {
+        if let Some(pool) = self.connections.load_full() {
+            if pool.client_id() == client.id() {
+                return pool;
+            }
+        }
+        let pool = client.pool_for(&self.authority);
+        self.connections.store(Some(Arc::clone(&pool)));
+        pool
     }
 
     /// `host:port` as configured.

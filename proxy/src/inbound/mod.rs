@@ -26,7 +26,7 @@ use crate::outbound::{Req, Rsp};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::MeshState;
 use crate::transport::UpstreamClient;
-use crate::transport::{Peer, PeerIdentity};
+use crate::transport::{EndpointPool, Peer, PeerIdentity};
 
 /// Settings of the inbound path.
 #[derive(Debug, Clone)]
@@ -54,6 +54,8 @@ struct Inner {
     observer: Observer,
     app: Authority,
     client: UpstreamClient,
+    /// Connections to the app (its one endpoint).
+    app_pool: Arc<EndpointPool>,
     limiter: ConcurrencyLimiter,
     metrics: ServiceMetrics,
 }
@@ -77,6 +79,7 @@ impl Inbound {
             denied,
             service: settings.service,
             observer,
+            app_pool: client.pool_for(&settings.app),
             app: settings.app,
             client,
             limiter,
@@ -143,7 +146,7 @@ impl Inbound {
             .await
             .map_err(|_| ProxyError::Overloaded("local app".into()))?;
         let request = to_upstream(request, &inner.app, inner.client.is_http2())?;
-        match inner.client.request(request).await {
+        match inner.app_pool.send(request).await {
             Ok(response) => Ok(from_upstream(response)),
             Err(source) if source.is_connect() => Err(ProxyError::UpstreamConnect {
                 endpoint: inner.app.to_string(),

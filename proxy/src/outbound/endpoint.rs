@@ -27,7 +27,8 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     }
     let request = to_upstream(request, endpoint.authority(), service.client.is_http2())?;
     let per_try = service.retries.per_try_timeout;
-    let result = tokio::time::timeout(per_try, service.client.request(request)).await;
+    let pool = endpoint.connections(&service.client);
+    let result = tokio::time::timeout(per_try, pool.send(request)).await;
     let outcome = match result {
         Err(_) => Err(ProxyError::PerTryTimeout(per_try)),
         Ok(Ok(response)) => Ok(from_upstream(response)),

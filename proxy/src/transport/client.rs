@@ -1,12 +1,23 @@
-//! The pooled HTTP client to upstream endpoints.
+//! The HTTP client to upstream endpoints: per-endpoint connection pools
+//! for the request path ([`UpstreamClient::pool_for`]), and a general pooled
+//! client for the few requests that are not to a picked endpoint (the
+//! control plane, `wait-ready`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::uri::Authority;
 
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connector::{MeshConnector, TlsTarget};
+use super::pool::{EndpointPool, PoolSettings};
 use crate::body::Body;
+
+/// Source of client ids, so a pool can tell which client made it.
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a connection pool is built with; equal settings share a pool across
 /// snapshots so an update drops no pooled connection.
@@ -26,6 +37,8 @@ pub struct ClientSettings {
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     settings: ClientSettings,
+    id: u64,
+    connector: MeshConnector,
     client: Client<MeshConnector, Body>,
 }
 
@@ -46,8 +59,33 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .http2_only(settings.http2);
-        let client = builder.build(MeshConnector::new(http, tls));
-        Self { settings, client }
+        let connector = MeshConnector::new(http, tls);
+        let client = builder.build(connector.clone());
+        Self {
+            settings,
+            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+            connector,
+            client,
+        }
+    }
+
+    /// This client's id; pools it made carry it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A new, empty connection pool to the endpoint at `authority`, with
+    /// this client's protocol, TLS and timeouts.
+    pub fn pool_for(&self, authority: &Authority) -> Arc<EndpointPool> {
+        EndpointPool::new(
+            authority,
+            PoolSettings {
+                client_id: self.id,
+                connector: self.connector.clone(),
+                http2: self.settings.http2,
+                idle_timeout: self.settings.idle_timeout,
+            },
+        )
     }
 
     /// The settings this pool was built with.
@@ -60,7 +98,8 @@ impl UpstreamClient {
         self.settings.http2
     }
 
-    /// Sends a request whose URI is absolute (`http://ip:port/path`).
+    /// Sends a request whose URI is absolute (`http://ip:port/path`) on the
+    /// general pooled client (not the request path: see `pool_for`).
     pub fn request(
         &self,
         request: http::Request<Body>,

@@ -3,11 +3,13 @@
 
 mod client;
 mod connector;
+mod pool;
 mod server;
 mod stream;
 
 pub use client::{ClientSettings, UpstreamClient};
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
+pub use pool::{ClientError, EndpointPool, PoolSettings, PoolSlot, MAX_IDLE_PER_ENDPOINT};
 pub use server::{
     bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers, StreamHandler,
 };
