@@ -141,6 +141,10 @@ impl Observer {
     ) {
         let elapsed = observation.started.elapsed();
         metrics.record(response.status(), elapsed);
+        if observation.span.is_none() && (self.access_log.is_none() || observation.line.is_none()) {
+            // Neither a span nor a log line: skip the header lookups.
+            return;
+        }
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
         let error = header(TETHER_ERROR).and_then(known_reason);
         let attempts = header(TETHER_ATTEMPTS);
