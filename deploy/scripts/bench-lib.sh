@@ -1,13 +1,12 @@
 # Shared pieces of the benchmark scripts (sourced, not run).
-# Method: shared/BENCH.md. Load generator and backend on core 0, proxies on
-# core 1 (when the machine has two cores or more).
+# Method: shared/BENCH.md. Load generator (tether-load) and backend on core 0,
+# proxies on core 1 (when the machine has two cores or more).
 
 bench_setup() { # OUT-DIR
   cd "$(dirname "${BASH_SOURCE[0]}")/../.."
   out=$1
   mkdir -p "$out"
   rm -f "$out"/*.json "$out"/*.txt
-  fortio=${FORTIO:-$(deploy/scripts/install-fortio.sh)}
   cargo build --release --quiet -p tether-proxy -p tether-examples
   bin=target/release
   pin0="taskset -c 0"; pin1="taskset -c 1"
@@ -34,9 +33,24 @@ bench_start() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
-# load NAME URL QPS SECONDS CONNS: fortio open loop (QPS 0 = closed loop),
-# 10 µs histogram resolution, JSON into $out/NAME.json.
+# load NAME URL QPS SECONDS CONNS: tether-load (examples/src/load.rs) at a
+# fixed rate, open loop, latency from each request's intended send time
+# (corrected for coordinated omission; fortio's is not), or closed loop for
+# QPS 0. Writes $out/NAME.json with the fields the scripts' reports read:
+# DurationHistogram.Percentiles (seconds), DurationHistogram.Count,
+# ActualQPS and RetCodes["200"] (requests without error).
 load() {
-  $pin0 "$fortio" load -quiet -qps "$3" -t "${4}s" -c "$5" -p "50,90,99,99.9" -r 0.00001 \
-    -H "Host: ${bench_host:-backend}" -json "$out/$1.json" "$2" >/dev/null 2>&1
+  local raw="$out/$1.raw.json"
+  $pin0 "$bin/tether-load" --url "$2" --host "${bench_host:-backend}" --rate "$3" \
+    --duration "${4}s" --connections "$5" --out "$raw" >/dev/null 2>&1
+  python3 - "$raw" "$out/$1.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+lat = d["latency_ms"]
+pcts = [{"Percentile": p, "Value": lat[k] / 1e3} for p, k in ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p99.9"))]
+json.dump({"DurationHistogram": {"Percentiles": pcts, "Count": d["count"]},
+           "ActualQPS": d["achieved_rps"], "RetCodes": {"200": d["count"] - d["errors"]}},
+          open(sys.argv[2], "w"))
+PY
+  rm -f "$raw"
 }

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Two-sidecar hop with mTLS against plaintext (issue 4). Prints numbers.
 #
-#   fortio → web sidecar (outbound) ══ plaintext | mTLS ══> api sidecar (inbound) → backend
+#   tether-load → web sidecar (outbound) ══ plaintext | mTLS ══> api sidecar (inbound) → backend
 #
 # Both variants run side by side (A B A B, RUNS times) at RATE rps, open
-# loop; both sidecars on core 1, fortio and the backend on core 0. Also:
+# loop; both sidecars on core 1, tether-load and the backend on core 0. Also:
 # full TLS 1.3 handshakes per second against one sidecar on one core
 # (openssl s_time, ECDSA P-256, client certificate), and how many
 # connections the pooled path opened compared with requests sent.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-hop proxy benchmark (issue 2). Prints numbers; asserts nothing.
 #
-# Method (shared/BENCH.md): open-loop load at fixed rates with fortio
+# Method (shared/BENCH.md): open-loop load at fixed rates with tether-load
 # (-qps, latency measured from each request's scheduled send time), direct
 # and through one tether-proxy hop, alternated A B A B, RUNS times each;
 # median and spread reported. Backend and load generator pinned to core 0,
@@ -80,7 +80,7 @@ with open(os.path.join(out, "cpu.txt")) as f:
     for line in f:
         r, run, t = line.split(); cpu.setdefault(int(r), []).append((int(run), int(t)))
 print("machine:", os.popen("nproc").read().strip(), "cores,", os.popen("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").read().strip())
-print("pinning: backend + fortio on core 0, tether-proxy on core 1 (1 tokio worker)")
+print("pinning: backend + tether-load on core 0, tether-proxy on core 1 (1 tokio worker)")
 print()
 print("Added latency of one tether-proxy hop (proxy minus direct, ms; median of runs [min..max])")
 print(f"{'rate':>6} {'pct':>6} {'direct':>8} {'proxy':>8} {'added':>22}")

@@ -3,7 +3,7 @@
 # (sample_ratio 1.0, OTLP/gRPC to a real Jaeger) against the same hop with
 # tracing off. Prints numbers.
 #
-# Two identical proxies on core 1, one with `mesh.tracing`; fortio, the
+# Two identical proxies on core 1, one with `mesh.tracing`; tether-load, the
 # backend and Jaeger on core 0. Alternated A B A B, RUNS times: p50/p99 at
 # RATE rps (open loop), and closed-loop throughput at 64 connections.
 #
