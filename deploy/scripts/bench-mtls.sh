@@ -31,10 +31,10 @@ services:
     policy: { retries: { attempts: 0 } }
 YAML
   printf 'services: {}\n' >"$work/api-$v.yaml"
-  bench_start "api-$v" "$pin1" "$bin/tether-proxy" --service api --snapshot "$work/api-$v.yaml" \
+  bench_start "api-$v" "$pin1" "$bin/tether-proxy" --worker-threads 1 --service api --snapshot "$work/api-$v.yaml" \
     --admin 127.0.0.1:$((base + 2)) --outbound 127.0.0.1:$((base + 4)) --inbound 127.0.0.1:$((base + 3)) --app $backend "$@"
   eval "api_pid_$v=$last_pid"
-  bench_start "web-$v" "$pin1" "$bin/tether-proxy" --service web --snapshot "$work/web-$v.yaml" \
+  bench_start "web-$v" "$pin1" "$bin/tether-proxy" --worker-threads 1 --service web --snapshot "$work/web-$v.yaml" \
     --admin 127.0.0.1:$((base + 0)) --outbound 127.0.0.1:$((base + 1)) --inbound 127.0.0.1:$((base + 5)) "${web_tls[@]}"
   eval "web_pid_$v=$last_pid"
   "$bin/tether-proxy" wait-ready --admin 127.0.0.1:$((base + 0)) --timeout 20s

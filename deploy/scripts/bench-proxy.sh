@@ -27,7 +27,7 @@ services:
     # Long timeouts: the 1 GiB upload is answered only after its last byte.
     policy: { timeout: 120s, retries: { attempts: 0, per_try_timeout: 120s } }
 YAML
-bench_start proxy "$pin1" "$bin/tether-proxy" --snapshot "$work/snapshot.yaml" --admin 127.0.0.1:15900 \
+bench_start proxy "$pin1" "$bin/tether-proxy" --worker-threads 1 --snapshot "$work/snapshot.yaml" --admin 127.0.0.1:15900 \
   --outbound 127.0.0.1:15901 --inbound 127.0.0.1:15902 --app $backend
 proxy_pid=$last_pid
 "$bin/tether-proxy" wait-ready --admin 127.0.0.1:15900 --timeout 20s
@@ -80,7 +80,7 @@ with open(os.path.join(out, "cpu.txt")) as f:
     for line in f:
         r, run, t = line.split(); cpu.setdefault(int(r), []).append((int(run), int(t)))
 print("machine:", os.popen("nproc").read().strip(), "cores,", os.popen("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").read().strip())
-print("pinning: backend + tether-load on core 0, tether-proxy on core 1 (1 tokio worker)")
+print("pinning: backend + tether-load on core 0, tether-proxy on core 1 (--worker-threads 1)")
 print()
 print("Added latency of one tether-proxy hop (proxy minus direct, ms; median of runs [min..max])")
 print(f"{'rate':>6} {'pct':>6} {'direct':>8} {'proxy':>8} {'added':>22}")

@@ -92,10 +92,13 @@ impl Observer {
         } else {
             None
         };
-        let trace_id = request
-            .extensions()
-            .get::<TraceCx>()
-            .map(|cx| cx.0.span().span_context().trace_id().to_string());
+        // The hex trace id is for the access log line only.
+        let trace_id = line.as_ref().and_then(|_| {
+            request
+                .extensions()
+                .get::<TraceCx>()
+                .map(|cx| cx.0.span().span_context().trace_id().to_string())
+        });
         Observation {
             started,
             arrived,
@@ -117,7 +120,7 @@ impl Observer {
             Direction::Inbound => SpanKind::Server,
         };
         let mut attributes = vec![
-            KeyValue::new("http.request.method", request.method().to_string()),
+            KeyValue::new("http.request.method", method_name(request.method())),
             KeyValue::new("url.path", request.uri().path().to_owned()),
             KeyValue::new("server.address", authority),
             KeyValue::new("tether.direction", self.direction.as_str()),
@@ -169,6 +172,30 @@ impl Observer {
                 trace_id: observation.trace_id,
             });
         }
+    }
+}
+
+/// The method as a span attribute value: a static string for the standard
+/// methods (no allocation per span), the text for an extension method.
+fn method_name(method: &http::Method) -> opentelemetry::Value {
+    use http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|m| m == method) {
+        Some(i) => opentelemetry::Value::from(NAMES[i]),
+        None => opentelemetry::Value::from(method.as_str().to_owned()),
     }
 }
 

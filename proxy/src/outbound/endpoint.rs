@@ -16,14 +16,14 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
     let in_flight = endpoint.start();
+    // The endpoint of the last try is a span attribute; a try after the
+    // first is also a `retry` event (retry.rs), so a plain request carries
+    // no event at all (each one costs its export).
     if let Some(cx) = request.extensions().get::<TraceCx>() {
-        let span = cx.0.span();
-        let address = endpoint.address().to_owned();
-        span.add_event(
-            "try",
-            vec![KeyValue::new("tether.endpoint", address.clone())],
-        );
-        span.set_attribute(KeyValue::new("tether.endpoint", address));
+        cx.0.span().set_attribute(KeyValue::new(
+            "tether.endpoint",
+            endpoint.address().to_owned(),
+        ));
     }
     let request = to_upstream(request, endpoint.authority(), service.client.is_http2())?;
     let per_try = service.retries.per_try_timeout;
