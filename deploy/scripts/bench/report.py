@@ -390,6 +390,14 @@ def markdown(path, out, summary, systems, protos, rates, settings, machine, vers
     L.append("```\n")
     L.append(f"This run: `{settings['env']} {settings['command']}`, {settings['elapsed_s'] // 60} min. "
              f"Exact process and load-generator commands: [`{rel}/commands.txt`]({rel}/commands.txt).\n")
+    # The other benchmark scripts (control plane, tracing, mTLS, one hop)
+    # print their numbers; their latest results are kept by hand in
+    # more.md beside the raw data and appended here, so a rerun of this
+    # report never drops them.
+    more = os.path.join(out, "more.md")
+    if os.path.exists(more):
+        with open(more) as f:
+            L.append(f.read().rstrip("\n") + "\n")
     with open(path, "w") as f:
         f.write("\n".join(L))
 
