@@ -241,15 +241,7 @@ async fn accept_loop(
         let (stream, peer) = tokio::select! {
             _ = &mut stopped => break,
             _ = drain.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::transport::accept(&listener) => accepted,
         };
         // The service in force for this port now (it may have been removed
         // an instant ago: the connection is then closed).

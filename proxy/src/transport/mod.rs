@@ -11,6 +11,7 @@ pub use client::{ClientSettings, UpstreamClient};
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
 pub use pool::{ClientError, EndpointPool, PoolSettings, PoolSlot, MAX_IDLE_PER_ENDPOINT};
 pub use server::{
-    bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers, StreamHandler,
+    accept, bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers,
+    StreamHandler,
 };
 pub use stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::connector::MeshConnector;
+use super::stream::UpstreamIo;
 use crate::body::Body;
 
 /// Idle HTTP/1.1 connections kept per endpoint: enough for the concurrency
@@ -169,23 +170,12 @@ impl EndpointPool {
         {
             return Ok(sender);
         }
-        let io = self
-            .settings
-            .connector
-            .clone()
-            .call(self.uri.clone())
-            .await
-            .map_err(ClientError::Connect)?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(io)
+            .handshake(self.open().await?)
             .await
             .map_err(|e| ClientError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended");
-            }
-        });
+        drive(connection, "HTTP/2");
         if let Ok(mut shared) = self.shared.lock() {
             *shared = Some(sender.clone());
         }
@@ -203,23 +193,22 @@ impl EndpointPool {
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, ClientError> {
-        let io = self
-            .settings
+        let (sender, connection) = http1::Builder::new()
+            .handshake(self.open().await?)
+            .await
+            .map_err(|e| ClientError::Connect(e.into()))?;
+        drive(connection, "HTTP/1.1");
+        Ok(sender)
+    }
+
+    /// A new TCP (+ TLS) connection to the endpoint.
+    async fn open(&self) -> Result<UpstreamIo, ClientError> {
+        self.settings
             .connector
             .clone()
             .call(self.uri.clone())
             .await
-            .map_err(ClientError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| ClientError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
-            }
-        });
-        Ok(sender)
+            .map_err(ClientError::Connect)
     }
 
     /// The most recently returned idle connection still worth using.
@@ -253,6 +242,18 @@ impl EndpointPool {
     pub fn idle_connections(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
+}
+
+/// Runs a client connection's I/O on a task of its own until it closes.
+fn drive<C>(connection: C, protocol: &'static str)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, protocol, "upstream connection ended");
+        }
+    });
 }
 
 /// An HTTP/1.1 connection lent to a response: back to its pool when the
