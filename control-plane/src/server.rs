@@ -7,6 +7,7 @@
 //! ([`caller::Caller`]) decides which service's snapshot it may read and
 //! report for, and authenticates certificate renewals.
 
+mod body;
 mod caller;
 mod certificate;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub use self::body::Chunks;
 pub use self::caller::Caller;
 use self::caller::{accept, Accepted};
 use crate::issuer::Issuer;
@@ -61,7 +63,7 @@ struct Tracked {
     open_polls: u32,
 }
 
-type Rsp = Response<Full<Bytes>>;
+type Rsp = Response<Chunks>;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -70,7 +72,7 @@ fn now() -> u64 {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Rsp {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Chunks::from(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -82,7 +84,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Rsp {
 fn json<T: serde::Serialize>(value: &T) -> Rsp {
     match serde_json::to_vec(value) {
         Ok(bytes) => {
-            let mut response = Response::new(Full::new(Bytes::from(bytes)));
+            let mut response = Response::new(Chunks::from(Bytes::from(bytes)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -272,7 +274,7 @@ impl Api {
             };
             if current.version() != have {
                 self.metrics.snapshots_served.inc();
-                let mut response = Response::new(Full::new(current.to_json()));
+                let mut response = Response::new(Chunks::new(current.wire()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),

@@ -25,7 +25,8 @@ use crate::metrics::ControlMetrics;
 #[derive(Debug)]
 pub struct Shared {
     services: BTreeMap<String, ServiceSnapshot>,
-    json: Box<serde_json::value::RawValue>,
+    /// `services` as JSON: sent as is inside every service's snapshot.
+    json: Bytes,
 }
 
 /// One service's snapshot: a small header of its own plus the shared part.
@@ -34,11 +35,13 @@ pub struct Published {
     /// Version, service name, mesh settings, authorization (`services` empty).
     pub header: Snapshot,
     shared: Arc<Shared>,
-    /// The wire JSON, encoded by the first long-poll that sends it: every
-    /// further proxy of the service gets the same bytes (a refcount, not a
-    /// copy of a snapshot that holds the whole mesh).
-    encoded: OnceLock<Bytes>,
+    /// The wire JSON up to the shared part, encoded by the first long-poll
+    /// that sends it.
+    head: OnceLock<Bytes>,
 }
+
+/// Closes the object the head opened, after the shared part.
+const TAIL: &[u8] = b"}";
 
 impl Published {
     /// The version.
@@ -46,32 +49,50 @@ impl Published {
         self.header.version
     }
 
-    /// The snapshot as JSON (the shared part copied in verbatim), encoded
-    /// once per version.
-    pub fn to_json(&self) -> Bytes {
-        self.encoded.get_or_init(|| self.encode()).clone()
+    /// The snapshot's wire JSON in three chunks: this service's head, the
+    /// mesh-wide part every service shares (the same bytes for all of
+    /// them, a refcount each) and the closing brace. Sent as they are,
+    /// never joined: a mesh of 1,000 services × 5 instances is ~1 MiB of
+    /// JSON, which a copy per subscribed service would multiply.
+    pub fn wire(&self) -> Vec<Bytes> {
+        let head = self.head.get_or_init(|| self.encode_head()).clone();
+        vec![head, self.shared.json.clone(), Bytes::from_static(TAIL)]
     }
 
-    fn encode(&self) -> Bytes {
+    /// The wire JSON in one buffer (for tests and tools; the server sends
+    /// [`Self::wire`]).
+    pub fn to_json(&self) -> Bytes {
+        Bytes::from(self.wire().concat())
+    }
+
+    /// `{"version":…,…,"services":` — the header's fields, then the key
+    /// whose value is the shared part.
+    fn encode_head(&self) -> Bytes {
         #[derive(serde::Serialize)]
-        struct Wire<'a> {
+        struct Head<'a> {
             version: u64,
             #[serde(skip_serializing_if = "Option::is_none")]
             service: Option<&'a str>,
             mesh: &'a MeshSettings,
-            services: &'a serde_json::value::RawValue,
             #[serde(skip_serializing_if = "Option::is_none")]
             authorization: Option<&'a Authorization>,
         }
         let h = &self.header;
-        let wire = Wire {
+        let head = Head {
             version: h.version,
             service: h.service.as_deref(),
             mesh: &h.mesh,
-            services: &self.shared.json,
             authorization: h.authorization.as_ref(),
         };
-        Bytes::from(serde_json::to_vec(&wire).unwrap_or_default())
+        // An object with at least `version` and `mesh`: `{…}`. Its closing
+        // brace makes way for the shared part.
+        let mut json = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+        json.pop();
+        if json.len() > 1 {
+            json.push(b',');
+        }
+        json.extend_from_slice(b"\"services\":");
+        Bytes::from(json)
     }
 
     /// The full snapshot (for tests and tools; the server sends [`Self::to_json`]).
@@ -138,9 +159,11 @@ impl Snapshots {
         let shared = match old_shared {
             Some(old) if old.services == services => old,
             _ => {
-                let json =
-                    serde_json::value::to_raw_value(&services).unwrap_or_else(|_| empty_raw());
-                Arc::new(Shared { services, json })
+                let json = serde_json::to_vec(&services).unwrap_or_else(|_| b"{}".to_vec());
+                Arc::new(Shared {
+                    services,
+                    json: Bytes::from(json),
+                })
             }
         };
         let mut next = BTreeMap::new();
@@ -160,7 +183,7 @@ impl Snapshots {
                         Arc::new(Published {
                             header,
                             shared: Arc::clone(&shared),
-                            encoded: OnceLock::new(),
+                            head: OnceLock::new(),
                         }),
                     );
                     changed += 1;
@@ -192,11 +215,6 @@ impl Snapshots {
         *last = (*last + 1).max(now);
         *last
     }
-}
-
-fn empty_raw() -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string("{}".to_owned())
-        .unwrap_or_else(|_| unreachable!("`{{}}` is JSON"))
 }
 
 fn same_content(old: &Snapshot, new: &Snapshot) -> bool {
@@ -312,6 +330,27 @@ mod tests {
             .unwrap_or_else(|e| panic!("the wire JSON is a Snapshot: {e}"));
         assert_eq!(json.services["api"].endpoints.len(), 2);
         assert_eq!(json.service.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn every_service_sends_the_same_bytes_of_the_shared_part() {
+        let store = Snapshots::new(ControlMetrics::new());
+        let c = config("services:\n  web: {}\n  api: {}\n");
+        store.update(&c, &catalog(&["127.0.0.1:1"]));
+        let (Some(web), Some(api)) = (store.get("web"), store.get("api")) else {
+            panic!("both services have snapshots");
+        };
+        let (web, api) = (web.wire(), api.wire());
+        assert_eq!(
+            web[1].as_ptr(),
+            api[1].as_ptr(),
+            "one copy of the mesh, shared"
+        );
+        assert_ne!(web[0], api[0], "each service has its own head");
+        let json: tether_api::Snapshot = serde_json::from_slice(&api.concat())
+            .unwrap_or_else(|e| panic!("the chunks make one Snapshot: {e}"));
+        assert_eq!(json.service.as_deref(), Some("api"));
+        assert_eq!(json.services["api"].endpoints.len(), 1);
     }
 
     #[test]

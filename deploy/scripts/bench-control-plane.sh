@@ -30,7 +30,12 @@ $pin0 "$consul" agent -dev -bind=127.0.0.1 -client=127.0.0.1 -http-port=18600 -d
   -serf-lan-port=18601 -serf-wan-port=18602 -server-port=18603 -log-level=warn \
   -hcl "limits { http_max_conns_per_client = $(( ${SERVICES:-1000} + 400 )) }" >"$work/consul.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 150); do [ "$(curl -fsS http://127.0.0.1:18600/v1/status/leader 2>/dev/null)" > '""' ] && break; sleep 0.2; done
+# The leader is `""` until the dev agent has elected itself.
+for _ in $(seq 150); do
+  leader=$(curl -fsS http://127.0.0.1:18600/v1/status/leader 2>/dev/null || true)
+  [ -n "$leader" ] && [ "$leader" != '""' ] && break
+  sleep 0.2
+done
 printf 'mesh:\n  catalog:\n    consul: { address: "http://127.0.0.1:18600" }\n' >"$work/mesh.yaml"
 $pin1 "$bin/tether-control" serve --config "$work/mesh.yaml" --listen 127.0.0.1:18610 >"$work/control.log" 2>&1 &
 control=$!
