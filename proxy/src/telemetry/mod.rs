@@ -82,8 +82,7 @@ impl Telemetry {
     }
 
     /// Applies the snapshot's tracing settings; rebuilds the exporter only
-    /// when they changed; waits (a few ms) for a new exporter to be built
-    /// on its export thread.
+    /// when they changed. Must run inside the tokio runtime.
     pub fn configure(&self, settings: Option<&TracingSettings>) {
         let current = self.active.load();
         if current.as_ref().map(|a| &a.settings) == settings {
@@ -110,10 +109,13 @@ impl Telemetry {
         }
     }
 
-    fn build(&self, settings: &TracingSettings) -> Result<Active, export::StartError> {
+    fn build(
+        &self,
+        settings: &TracingSettings,
+    ) -> Result<Active, opentelemetry_otlp::ExporterBuildError> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         use opentelemetry_sdk::trace::SpanExporter as _;
-        let endpoint = settings.otlp_endpoint.trim_end_matches('/').to_owned();
+        let endpoint = settings.otlp_endpoint.trim_end_matches('/');
         let timeout = std::time::Duration::from_secs(5);
         let resource = Resource::builder_empty()
             .with_service_name(self.identity.service.clone())
@@ -125,41 +127,25 @@ impl Telemetry {
             .build();
         let dropped = self.metrics.trace_spans_dropped.clone();
         let failed = self.metrics.trace_export_errors.clone();
-        let exporter_resource = resource.clone();
-        // The exporter is built on the export thread, where it runs.
         let processor = if settings.protocol_is_http() {
-            export::QueueProcessor::start(
-                move || {
-                    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_http_client(
-                            opentelemetry_http::hyper::HyperClient::with_default_connector(
-                                timeout, None,
-                            ),
-                        )
-                        .with_endpoint(format!("{endpoint}/v1/traces"))
-                        .with_timeout(timeout)
-                        .build()?;
-                    exporter.set_resource(&exporter_resource);
-                    Ok(exporter)
-                },
-                dropped,
-                failed,
-            )?
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(
+                    opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None),
+                )
+                .with_endpoint(format!("{endpoint}/v1/traces"))
+                .with_timeout(timeout)
+                .build()?;
+            exporter.set_resource(&resource);
+            export::QueueProcessor::start(exporter, dropped, failed)
         } else {
-            export::QueueProcessor::start(
-                move || {
-                    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint)
-                        .with_timeout(timeout)
-                        .build()?;
-                    exporter.set_resource(&exporter_resource);
-                    Ok(exporter)
-                },
-                dropped,
-                failed,
-            )?
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.to_owned())
+                .with_timeout(timeout)
+                .build()?;
+            exporter.set_resource(&resource);
+            export::QueueProcessor::start(exporter, dropped, failed)
         };
         let ratio = settings.sample_ratio.clamp(0.0, 1.0);
         let provider = SdkTracerProvider::builder()
