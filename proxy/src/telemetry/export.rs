@@ -17,8 +17,12 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 4096;
 /// Spans per export call.
 const BATCH: usize = 512;
-/// Longest a finished span waits before its batch is sent.
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// Longest a finished span waits before its batch is sent. Short, so that
+/// at low rates a batch is small: it is converted and encoded on a request
+/// worker, and a 500-span batch held requests up for milliseconds (500 ms
+/// here measured +0.60..+0.79 ms p99 at 1,000 rps, 50 ms +0.25). Under load
+/// batches fill to `BATCH` long before this fires.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Hands finished, sampled spans to the export task.
 #[derive(Debug)]
