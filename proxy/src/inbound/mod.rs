@@ -53,7 +53,6 @@ struct Inner {
     service: String,
     observer: Observer,
     app: Authority,
-    client: UpstreamClient,
     /// Connections to the app (its one endpoint).
     app_pool: Arc<EndpointPool>,
     limiter: ConcurrencyLimiter,
@@ -81,7 +80,6 @@ impl Inbound {
             observer,
             app_pool: client.pool_for(&settings.app),
             app: settings.app,
-            client,
             limiter,
             metrics,
         };
@@ -145,7 +143,7 @@ impl Inbound {
             .acquire()
             .await
             .map_err(|_| ProxyError::Overloaded("local app".into()))?;
-        let request = to_upstream(request, &inner.app, inner.client.is_http2())?;
+        let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
         match inner.app_pool.send(request).await {
             Ok(response) => Ok(from_upstream(response)),
             Err(source) if source.is_connect() => Err(ProxyError::UpstreamConnect {

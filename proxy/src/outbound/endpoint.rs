@@ -25,9 +25,9 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
             endpoint.address().to_owned(),
         ));
     }
-    let request = to_upstream(request, endpoint.authority(), service.client.is_http2())?;
-    let per_try = service.retries.per_try_timeout;
     let pool = endpoint.connections(&service.client);
+    let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
+    let per_try = service.retries.per_try_timeout;
     let result = tokio::time::timeout(per_try, pool.send(request)).await;
     let outcome = match result {
         Err(_) => Err(ProxyError::PerTryTimeout(per_try)),

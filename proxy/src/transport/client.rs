@@ -93,11 +93,6 @@ impl UpstreamClient {
         &self.settings
     }
 
-    /// Whether this pool speaks HTTP/2.
-    pub fn is_http2(&self) -> bool {
-        self.settings.http2
-    }
-
     /// Sends a request whose URI is absolute (`http://ip:port/path`) on the
     /// general pooled client (not the request path: see `pool_for`).
     pub fn request(

@@ -104,6 +104,12 @@ impl EndpointPool {
         self.settings.client_id
     }
 
+    /// Whether requests go out as HTTP/2 (absolute URI) or HTTP/1.1
+    /// (origin form): see `forward::to_upstream`.
+    pub fn is_http2(&self) -> bool {
+        self.settings.http2
+    }
+
     /// Sends `request` (URI in the form the protocol wants: origin-form for
     /// HTTP/1.1, absolute for HTTP/2) on a pooled or new connection.
     pub async fn send(
@@ -133,12 +139,7 @@ impl EndpointPool {
 
     async fn http2_sender(&self) -> Result<http2::SendRequest<Body>, ClientError> {
         for _ in 0..2 {
-            let shared = self
-                .shared
-                .lock()
-                .ok()
-                .and_then(|s| s.as_ref().filter(|s| !s.is_closed()).cloned());
-            let mut sender = match shared {
+            let mut sender = match self.shared_sender() {
                 Some(sender) => sender,
                 // Boxed: the handshake's future is large and rarely needed;
                 // inline it would enlarge every request's future.
@@ -159,15 +160,16 @@ impl EndpointPool {
         ))
     }
 
+    /// The shared HTTP/2 connection, if one is open.
+    fn shared_sender(&self) -> Option<http2::SendRequest<Body>> {
+        let shared = self.shared.lock().ok()?;
+        shared.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
     async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, ClientError> {
         // One connect at a time; whoever waited uses what the first made.
         let _connecting = self.connecting.lock().await;
-        if let Some(sender) = self
-            .shared
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().filter(|s| !s.is_closed()).cloned())
-        {
+        if let Some(sender) = self.shared_sender() {
             return Ok(sender);
         }
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
