@@ -45,6 +45,8 @@ pub struct Metrics {
     pub trace_spans_dropped: IntCounter,
     /// Spans that failed to export.
     pub trace_export_errors: IntCounter,
+    /// Spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
     /// Plaintext connections accepted on an mTLS inbound (permissive mode).
@@ -173,6 +175,10 @@ impl Metrics {
             "tether_trace_export_errors_total",
             "Spans the OTLP exporter failed to send.",
         );
+        let trace_spans_exported = counter(
+            "tether_trace_spans_exported_total",
+            "Spans the OTLP collector accepted.",
+        );
         let access_log_dropped = counter(
             "tether_access_log_dropped_total",
             "Access log lines dropped because stdout could not keep up.",
@@ -225,6 +231,7 @@ impl Metrics {
             authz_denied,
             trace_spans_dropped,
             trace_export_errors,
+            trace_spans_exported,
             access_log_dropped,
             registry,
             requests,

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{header, Request, Response};
-use opentelemetry::trace::{SpanKind, TraceContextExt};
-use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::body::Body;
 use crate::errors::{TETHER_ATTEMPTS, TETHER_ERROR};
 use crate::metrics::{Direction, ServiceMetrics};
-use crate::telemetry::{HopSpan, Telemetry, TraceCx};
+use crate::telemetry::{HopSpan, SpanKind, SpanStart, Telemetry};
 
 /// Tracing and access logging for both paths.
 #[derive(Clone)]
@@ -88,17 +86,27 @@ impl Observer {
             )
         });
         let span = if tracing {
-            self.start_span(request, service, peer, authority)
+            let kind = match self.direction {
+                Direction::Outbound => SpanKind::Client,
+                Direction::Inbound => SpanKind::Server,
+            };
+            let start = SpanStart {
+                kind,
+                direction: self.direction.as_str(),
+                service: service.to_owned(),
+                authority,
+                peer: peer.map(str::to_owned),
+                arrived,
+            };
+            self.telemetry.start(request, start)
         } else {
             None
         };
         // The hex trace id is for the access log line only.
-        let trace_id = line.as_ref().and_then(|_| {
-            request
-                .extensions()
-                .get::<TraceCx>()
-                .map(|cx| cx.0.span().span_context().trace_id().to_string())
-        });
+        let trace_id = line
+            .as_ref()
+            .and(span.as_ref())
+            .map(|span| span.trace_id().to_hex());
         Observation {
             started,
             arrived,
@@ -106,31 +114,6 @@ impl Observer {
             trace_id,
             line,
         }
-    }
-
-    fn start_span(
-        &self,
-        request: &mut Request<Body>,
-        service: &str,
-        peer: Option<&str>,
-        authority: String,
-    ) -> Option<HopSpan> {
-        let kind = match self.direction {
-            Direction::Outbound => SpanKind::Client,
-            Direction::Inbound => SpanKind::Server,
-        };
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method_name(request.method())),
-            KeyValue::new("url.path", request.uri().path().to_owned()),
-            KeyValue::new("server.address", authority),
-            KeyValue::new("tether.direction", self.direction.as_str()),
-            KeyValue::new("tether.service", service.to_owned()),
-        ];
-        if let Some(peer) = peer {
-            attributes.push(KeyValue::new("tether.peer.identity", peer.to_owned()));
-        }
-        let name = format!("{} {} {service}", request.method(), self.direction.as_str());
-        self.telemetry.start(request, kind, name, attributes)
     }
 
     /// Records the response: metrics, span, access log.
@@ -152,7 +135,7 @@ impl Observer {
         let error = header(TETHER_ERROR).and_then(known_reason);
         let attempts = header(TETHER_ATTEMPTS);
         if let Some(span) = observation.span {
-            span.finish(response.status(), error, attempts);
+            span.finish(response.status(), error, attempts, elapsed);
         }
         if let (Some(log), Some((method, authority, path))) = (&self.access_log, observation.line) {
             log.log(Entry {
@@ -172,30 +155,6 @@ impl Observer {
                 trace_id: observation.trace_id,
             });
         }
-    }
-}
-
-/// The method as a span attribute value: a static string for the standard
-/// methods (no allocation per span), the text for an extension method.
-fn method_name(method: &http::Method) -> opentelemetry::Value {
-    use http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match known.iter().position(|m| m == method) {
-        Some(i) => opentelemetry::Value::from(NAMES[i]),
-        None => opentelemetry::Value::from(method.as_str().to_owned()),
     }
 }
 

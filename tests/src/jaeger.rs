@@ -12,6 +12,8 @@ pub struct Jaeger {
     child: Child,
     /// OTLP/gRPC receiver, `http://127.0.0.1:PORT`.
     pub otlp_grpc: String,
+    /// OTLP/HTTP receiver, `http://127.0.0.1:PORT`.
+    pub otlp_http: String,
     /// Query API base, `127.0.0.1:PORT`.
     pub query: std::net::SocketAddr,
     log: PathBuf,
@@ -41,6 +43,7 @@ impl Jaeger {
         let jaeger = Jaeger {
             child,
             otlp_grpc: format!("http://127.0.0.1:{grpc}"),
+            otlp_http: format!("http://127.0.0.1:{http}"),
             query: ([127, 0, 0, 1], query).into(),
             log,
             _dir: dir,
@@ -75,24 +78,11 @@ impl Jaeger {
     /// The trace with this id, once it holds at least `spans` spans (polls
     /// up to 20 s). Returns the `data[0]` object of `/api/traces/{id}`.
     pub async fn trace(&self, trace_id: &str, spans: usize) -> Option<serde_json::Value> {
-        let client = Client::http1();
-        let path = format!("/api/traces/{trace_id}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while tokio::time::Instant::now() < deadline {
-            let reply = client
-                .try_send(
-                    http::Method::GET,
-                    self.query,
-                    "jaeger",
-                    &path,
-                    bytes::Bytes::new(),
-                    &[],
-                )
-                .await;
-            if let Some(trace) = reply
-                .ok()
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-                .map(|v| v["data"][0].clone())
+            if let Some(trace) = self
+                .trace_now(trace_id)
+                .await
                 .filter(|t| t["spans"].as_array().is_some_and(|s| s.len() >= spans))
             {
                 return Some(trace);
@@ -100,6 +90,25 @@ impl Jaeger {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         None
+    }
+
+    /// The trace with this id as Jaeger holds it now, if it holds any span.
+    pub async fn trace_now(&self, trace_id: &str) -> Option<serde_json::Value> {
+        let reply = Client::http1()
+            .try_send(
+                http::Method::GET,
+                self.query,
+                "jaeger",
+                &format!("/api/traces/{trace_id}"),
+                bytes::Bytes::new(),
+                &[],
+            )
+            .await;
+        reply
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+            .map(|v| v["data"][0].clone())
+            .filter(|t| t["spans"].as_array().is_some_and(|s| !s.is_empty()))
     }
 }
 

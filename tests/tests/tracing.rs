@@ -1,8 +1,6 @@
 //! Every hop traced into a real Jaeger: web's sidecar → api's sidecar (mTLS)
 //! → api, with parent-child links, attributes, errors and B3 continuation.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Method;
 use tether_e2e::jaeger::{spans, Jaeger};
@@ -102,6 +100,9 @@ async fn a_request_is_one_trace_with_a_span_per_sidecar() {
     assert_eq!(api.tag("span.kind").as_deref(), Some("server"));
     assert_eq!(web.tag("http.request.method").as_deref(), Some("GET"));
     assert_eq!(web.tag("url.path").as_deref(), Some("/v1/users"));
+    assert_eq!(web.tag("server.address").as_deref(), Some("api"));
+    assert_eq!(web.tag("tether.direction").as_deref(), Some("outbound"));
+    assert_eq!(api.tag("tether.service").as_deref(), Some("api"));
     assert_eq!(web.tag("http.response.status_code").as_deref(), Some("200"));
     assert_eq!(
         web.tag("tether.endpoint"),
@@ -202,5 +203,86 @@ async fn a_b3_request_continues_its_trace() {
     assert!(all
         .iter()
         .any(|s| s.service == "web" && s.parent().as_deref() == Some(CALLER_SPAN)));
-    let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn an_unsampled_caller_is_not_recorded_and_new_traces_are() {
+    let mesh = traced_mesh(Behavior::default(), "{}").await;
+    let unsampled = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = Client::http1()
+        .send(
+            Method::GET,
+            mesh.web.outbound,
+            "api",
+            "/",
+            Bytes::new(),
+            &[("traceparent", &format!("00-{unsampled}-{CALLER_SPAN}-00"))],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = reply.header("x-traceparent");
+    assert!(
+        seen.starts_with(&format!("00-{unsampled}-")) && seen.ends_with("-00"),
+        "the caller's decision travels: {seen}"
+    );
+    // No trace header at all: a new trace, sampled at ratio 1.0.
+    let reply = Client::http1()
+        .send(Method::GET, mesh.web.outbound, "api", "/", Bytes::new(), &[])
+        .await;
+    let seen = reply.header("x-traceparent");
+    assert!(seen.len() == 55 && seen.ends_with("-01"), "{seen}");
+    let new_trace = seen[3..35].to_owned();
+    assert_ne!(new_trace, unsampled);
+    assert!(
+        mesh.jaeger.trace(&new_trace, 2).await.is_some(),
+        "the new trace reached Jaeger"
+    );
+    // Spans leave each proxy in order, so the unsampled request, sent
+    // first, would be there by now; and web exported exactly one span.
+    assert!(mesh.jaeger.trace_now(unsampled).await.is_none());
+    let exported = tether_e2e::metric(
+        &mesh.web.metrics().await,
+        "tether_trace_spans_exported_total",
+    );
+    assert_eq!(exported, Some(1.0));
+}
+
+#[tokio::test]
+async fn spans_also_go_over_otlp_http() {
+    let jaeger = Jaeger::start().await;
+    let app = Backend::with("api-app", Behavior::default()).await;
+    let web = Proxy::builder(&format!(
+        "service: web\nmesh:\n  tracing: {{ otlp_endpoint: \"{}\", protocol: http/protobuf }}\nservices:\n  api:\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+        jaeger.otlp_http, app.addr
+    ))
+    .arg("--service")
+    .arg("web")
+    .start()
+    .await;
+    let trace_id = "8bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = Client::http1()
+        .send(
+            Method::POST,
+            web.outbound,
+            "api:8080",
+            "/v1/orders",
+            Bytes::from_static(b"{}"),
+            &[("traceparent", &format!("00-{trace_id}-{CALLER_SPAN}-01"))],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let trace = jaeger
+        .trace(trace_id, 1)
+        .await
+        .unwrap_or_else(|| panic!("trace never reached Jaeger over OTLP/HTTP"));
+    let all = spans(&trace);
+    let span = &all[0];
+    assert_eq!(span.service, "web");
+    assert_eq!(span.tag("http.request.method").as_deref(), Some("POST"));
+    assert_eq!(span.tag("server.address").as_deref(), Some("api"));
+    assert_eq!(span.tag("server.port").as_deref(), Some("8080"));
+    assert_eq!(
+        tether_e2e::metric(&web.metrics().await, "tether_trace_export_errors_total"),
+        Some(0.0)
+    );
 }

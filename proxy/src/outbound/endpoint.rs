@@ -5,8 +5,6 @@ use super::{Req, Rsp, Target};
 use crate::errors::ProxyError;
 use crate::forward::{from_upstream, to_upstream};
 use crate::telemetry::TraceCx;
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::KeyValue;
 
 /// Sends one try of `request` to one endpoint of `target`.
 pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
@@ -19,12 +17,7 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     // The endpoint of the last try is a span attribute; a try after the
     // first is also a `retry` event (retry.rs), so a plain request carries
     // no event at all (each one costs its export).
-    if let Some(cx) = request.extensions().get::<TraceCx>() {
-        cx.0.span().set_attribute(KeyValue::new(
-            "tether.endpoint",
-            endpoint.address().to_owned(),
-        ));
-    }
+    TraceCx::endpoint(&request, endpoint.address());
     let pool = endpoint.connections(&service.client);
     let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
     let per_try = service.retries.per_try_timeout;

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use opentelemetry::KeyValue;
 use tether_api::RetryOn;
 use tower::retry::budget::Budget;
 
@@ -67,9 +66,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
             },
         };
         if tries > 1 {
-            TraceCx::event(&this_try, "retry", || {
-                vec![KeyValue::new("tether.try", i64::from(tries))]
-            });
+            TraceCx::retry(&this_try, tries);
         }
         let result = forward(target, this_try).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {

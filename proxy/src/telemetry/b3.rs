@@ -4,8 +4,8 @@
 //! Tether writes W3C `traceparent` on the way out, so a B3 trace continues
 //! as W3C from the first sidecar on.
 
+use super::context::{SpanContext, SpanId, TraceId};
 use http::HeaderMap;
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 /// The remote span context carried by B3 headers, if any are valid.
 pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
@@ -26,7 +26,7 @@ fn trace_id(hex: &str) -> Option<TraceId> {
         32 => u128::from_str_radix(hex, 16).ok()?,
         _ => return None,
     };
-    (id != 0).then(|| TraceId::from_bytes(id.to_be_bytes()))
+    (id != 0).then(|| TraceId(id.to_be_bytes()))
 }
 
 fn span_id(hex: &str) -> Option<SpanId> {
@@ -34,18 +34,19 @@ fn span_id(hex: &str) -> Option<SpanId> {
         return None;
     }
     let id = u64::from_str_radix(hex, 16).ok()?;
-    (id != 0).then(|| SpanId::from_bytes(id.to_be_bytes()))
+    (id != 0).then(|| SpanId(id.to_be_bytes()))
 }
 
-fn flags(sampled: Option<&str>) -> TraceFlags {
-    match sampled {
-        Some("1" | "d" | "true") => TraceFlags::SAMPLED,
-        _ => TraceFlags::default(),
+fn sampled(flag: Option<&str>) -> bool {
+    matches!(flag, Some("1" | "d" | "true"))
+}
+
+fn context(trace_id: TraceId, span_id: SpanId, sampled: bool) -> SpanContext {
+    SpanContext {
+        trace_id,
+        span_id,
+        sampled,
     }
-}
-
-fn context(trace: TraceId, span: SpanId, sampled: TraceFlags) -> SpanContext {
-    SpanContext::new(trace, span, sampled, true, TraceState::default())
 }
 
 fn single(headers: &HeaderMap) -> Option<SpanContext> {
@@ -53,18 +54,18 @@ fn single(headers: &HeaderMap) -> Option<SpanContext> {
     let mut parts = value.split('-');
     let trace = trace_id(parts.next()?)?;
     let span = span_id(parts.next()?)?;
-    Some(context(trace, span, flags(parts.next())))
+    Some(context(trace, span, sampled(parts.next())))
 }
 
 fn multi(headers: &HeaderMap) -> Option<SpanContext> {
     let trace = trace_id(text(headers, "x-b3-traceid")?)?;
     let span = span_id(text(headers, "x-b3-spanid")?)?;
-    let sampled = if text(headers, "x-b3-flags") == Some("1") {
+    let flag = if text(headers, "x-b3-flags") == Some("1") {
         Some("1")
     } else {
         text(headers, "x-b3-sampled")
     };
-    Some(context(trace, span, flags(sampled)))
+    Some(context(trace, span, sampled(flag)))
 }
 
 #[cfg(test)]
@@ -85,13 +86,10 @@ mod tests {
             "b3",
             "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
         )]));
-        let cx = cx.unwrap_or_else(SpanContext::empty_context);
-        assert_eq!(
-            cx.trace_id().to_string(),
-            "80f198ee56343ba864fe8b2a57d3eff7"
-        );
-        assert_eq!(cx.span_id().to_string(), "e457b5a2e4d86bd1");
-        assert!(cx.is_sampled() && cx.is_remote());
+        let cx = cx.expect("valid b3");
+        assert_eq!(cx.trace_id.to_hex(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(cx.span_id.0, 0xe457b5a2e4d86bd1u64.to_be_bytes());
+        assert!(cx.sampled);
     }
 
     #[test]
@@ -101,12 +99,9 @@ mod tests {
             ("x-b3-spanid", "e457b5a2e4d86bd1"),
             ("x-b3-sampled", "0"),
         ]))
-        .unwrap_or_else(SpanContext::empty_context);
-        assert_eq!(
-            cx.trace_id().to_string(),
-            "000000000000000064fe8b2a57d3eff7"
-        );
-        assert!(!cx.is_sampled());
+        .expect("valid b3");
+        assert_eq!(cx.trace_id.to_hex(), "000000000000000064fe8b2a57d3eff7");
+        assert!(!cx.sampled);
     }
 
     #[test]
