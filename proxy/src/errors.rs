@@ -5,16 +5,20 @@
 
 use std::time::Duration;
 
-use http::{header::HeaderValue, Response, StatusCode};
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
 
 use crate::body::Body;
 
+// Header names are constants, not `&str`: a `&str` name is parsed and
+// validated on every lookup or insert.
+
 /// Response header naming why the proxy answered itself.
-pub const TETHER_ERROR: &str = "tether-error";
+pub const TETHER_ERROR: HeaderName = HeaderName::from_static("tether-error");
 /// Response header with the number of tries when a request was retried.
-pub const TETHER_ATTEMPTS: &str = "tether-attempts";
+pub const TETHER_ATTEMPTS: HeaderName = HeaderName::from_static("tether-attempts");
 /// Response header saying why a wanted retry was not made.
-pub const TETHER_RETRY_SKIPPED: &str = "tether-retry-skipped";
+pub const TETHER_RETRY_SKIPPED: HeaderName = HeaderName::from_static("tether-retry-skipped");
 
 /// An error on the request path that the proxy turns into a response.
 #[derive(Debug, thiserror::Error)]

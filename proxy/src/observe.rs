@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{header, Request, Response};
+use http::header::{self, HeaderName};
+use http::{Request, Response};
 use tokio::time::Instant;
 
 use crate::access_log::{timestamp, AccessLog, Entry};
@@ -131,9 +132,9 @@ impl Observer {
             // Neither a span nor a log line: skip the header lookups.
             return;
         }
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-        let error = header(TETHER_ERROR).and_then(known_reason);
-        let attempts = header(TETHER_ATTEMPTS);
+        let header = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
+        let error = header(&TETHER_ERROR).and_then(known_reason);
+        let attempts = header(&TETHER_ATTEMPTS);
         if let Some(span) = observation.span {
             span.finish(response.status(), error, attempts, elapsed);
         }

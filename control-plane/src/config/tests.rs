@@ -49,7 +49,7 @@ fn reports_every_semantic_problem_with_its_location() {
         [
             "mesh.yaml:7:11: split: unknown subset `v3` (expected one of: v1)",
             "mesh.yaml:2:32: sample_ratio 2 is outside 0.0 to 1.0",
-            "mesh.yaml:2:14: otlp_endpoint `x`: expected http(s)://HOST:PORT",
+            "mesh.yaml:2:14: otlp_endpoint `x`: expected http://HOST:PORT (OTLP over TLS is not supported yet)",
             "mesh.yaml:10:25: rules[0]: unknown service `ghost` (expected one of: api, or *)",
         ]
     );

@@ -322,12 +322,12 @@ pub fn tracing(problems: &mut Problems<'_>, tracing: &TracingSettings) {
     let scheme_ok = tracing
         .otlp_endpoint
         .parse::<http::Uri>()
-        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
     if !scheme_ok {
         problems.at(
             &["mesh", "tracing", "otlp_endpoint"],
             format!(
-                "otlp_endpoint `{}`: expected http(s)://HOST:PORT",
+                "otlp_endpoint `{}`: expected http://HOST:PORT (OTLP over TLS is not supported yet)",
                 tracing.otlp_endpoint
             ),
         );

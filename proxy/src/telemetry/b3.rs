@@ -5,14 +5,21 @@
 //! as W3C from the first sidecar on.
 
 use super::context::{SpanContext, SpanId, TraceId};
+use http::header::HeaderName;
 use http::HeaderMap;
+
+const B3: HeaderName = HeaderName::from_static("b3");
+const TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// The remote span context carried by B3 headers, if any are valid.
 pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
     single(headers).or_else(|| multi(headers))
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -50,7 +57,7 @@ fn context(trace_id: TraceId, span_id: SpanId, sampled: bool) -> SpanContext {
 }
 
 fn single(headers: &HeaderMap) -> Option<SpanContext> {
-    let value = text(headers, "b3")?;
+    let value = text(headers, &B3)?;
     let mut parts = value.split('-');
     let trace = trace_id(parts.next()?)?;
     let span = span_id(parts.next()?)?;
@@ -58,12 +65,12 @@ fn single(headers: &HeaderMap) -> Option<SpanContext> {
 }
 
 fn multi(headers: &HeaderMap) -> Option<SpanContext> {
-    let trace = trace_id(text(headers, "x-b3-traceid")?)?;
-    let span = span_id(text(headers, "x-b3-spanid")?)?;
-    let flag = if text(headers, "x-b3-flags") == Some("1") {
+    let trace = trace_id(text(headers, &TRACE_ID)?)?;
+    let span = span_id(text(headers, &SPAN_ID)?)?;
+    let flag = if text(headers, &FLAGS) == Some("1") {
         Some("1")
     } else {
-        text(headers, "x-b3-sampled")
+        text(headers, &SAMPLED)
     };
     Some(context(trace, span, sampled(flag)))
 }

@@ -5,10 +5,12 @@
 //! few hundred instructions rather than through a general propagator (see
 //! mod.rs for why the proxy keeps its own span path).
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-/// The `traceparent` header name.
-pub const TRACEPARENT: &str = "traceparent";
+/// The `traceparent` header name (a constant: a `&str` name is parsed and
+/// validated on every lookup).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// A 16-byte trace id; all zeros is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +68,7 @@ impl SpanContext {
     /// Versions other than `00` are read by their first four fields, as
     /// the W3C spec asks of a version-00 parser.
     pub fn from_traceparent(headers: &HeaderMap) -> Option<Self> {
-        let value = headers.get(TRACEPARENT)?.as_bytes();
+        let value = headers.get(&TRACEPARENT)?.as_bytes();
         let value = trim(value);
         if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
             return None;

@@ -5,6 +5,7 @@
 //! collector. Dropping the [`Exporter`] closes the queue; the task sends
 //! what it holds and ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,9 +16,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
 use tether_api::TracingSettings;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
-use super::otlp::Envelope;
+use super::otlp::{Envelope, Scratch};
 use super::record::SpanRecord;
 
 /// Spans waiting for export at most; ~1 MiB of span records at worst.
@@ -30,6 +31,9 @@ const BATCH: usize = 512;
 /// at 1,000 rps with the SDK's encoder, 50 ms +0.25). Under load batches
 /// fill to `BATCH` long before this fires.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Export requests in flight at once (multiplexed on one HTTP/2 connection
+/// for gRPC), so one slow answer does not stop the queue draining.
+const IN_FLIGHT: usize = 4;
 /// One export request, connect to answer.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The gRPC method of OTLP trace export.
@@ -122,7 +126,12 @@ impl Exporter {
             uri,
             protocol,
         };
-        tokio::spawn(export_loop(sender, envelope, receiver, counters.clone()));
+        tokio::spawn(export_loop(
+            Arc::new(sender),
+            envelope,
+            receiver,
+            counters.clone(),
+        ));
         Ok(Self {
             queue,
             dropped: counters.dropped,
@@ -210,40 +219,52 @@ impl Sender {
 }
 
 async fn export_loop(
-    sender: Sender,
+    sender: Arc<Sender>,
     envelope: Envelope,
     mut queue: mpsc::Receiver<SpanRecord>,
     counters: Counters,
 ) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::with_capacity(BATCH);
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::default();
     loop {
-        match queue.recv().await {
-            Some(span) => batch.push(span),
-            None => return,
+        // Spans are taken as many at a time as are queued: one wake-up
+        // per burst rather than per span.
+        if queue.recv_many(&mut batch, BATCH).await == 0 {
+            return;
         }
         let deadline = tokio::time::sleep(FLUSH_EVERY);
         tokio::pin!(deadline);
         let mut closed = false;
         while batch.len() < BATCH {
+            let room = BATCH - batch.len();
             tokio::select! {
-                span = queue.recv() => match span {
-                    Some(span) => batch.push(span),
-                    None => { closed = true; break }
+                taken = queue.recv_many(&mut batch, room) => if taken == 0 {
+                    closed = true;
+                    break;
                 },
                 _ = &mut deadline => break,
             }
         }
+        // While IN_FLIGHT requests are out, spans wait in the queue (and
+        // are dropped and counted when it is full).
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
         let body = encode(&envelope, &batch, sender.protocol, &mut scratch);
         let count = batch.len() as u64;
         batch.clear();
-        match sender.send(body).await {
-            Ok(()) => counters.exported.inc_by(count),
-            Err(error) => {
-                counters.failed.inc_by(count);
-                tracing::warn!(%error, spans = count, "span export failed");
+        let (sender, counters) = (Arc::clone(&sender), counters.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match sender.send(body).await {
+                Ok(()) => counters.exported.inc_by(count),
+                Err(error) => {
+                    counters.failed.inc_by(count);
+                    tracing::warn!(%error, spans = count, "span export failed");
+                }
             }
-        }
+        });
         if closed {
             return;
         }
@@ -256,7 +277,7 @@ fn encode(
     envelope: &Envelope,
     spans: &[SpanRecord],
     protocol: Protocol,
-    scratch: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) -> Bytes {
     let prefix = if protocol == Protocol::Grpc { 5 } else { 0 };
     let mut out = vec![0u8; prefix];
@@ -291,7 +312,7 @@ mod tests {
     #[test]
     fn grpc_bodies_carry_the_length_prefix() {
         let envelope = Envelope::new(&[("service.name", "web")]);
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         let plain = encode(&envelope, &[], Protocol::HttpProtobuf, &mut scratch);
         let framed = encode(&envelope, &[], Protocol::Grpc, &mut scratch);
         assert_eq!(framed[0], 0, "not compressed");

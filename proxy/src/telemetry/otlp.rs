@@ -5,7 +5,7 @@
 //! Written by hand for one fixed message shape. The general path (SDK span
 //! → SpanData → opentelemetry-proto structs → prost) cost ~24k instructions
 //! per span, as much as proxying the request; here a span is encoded in one
-//! pass with every length known before its bytes are written. The unit
+//! pass into a reused buffer, then framed. The unit
 //! tests decode the output with opentelemetry-proto's generated types, so
 //! the encoding is checked against the published schema.
 
@@ -45,11 +45,18 @@ impl Envelope {
     }
 
     /// Appends the encoded `ExportTraceServiceRequest` for `spans` to `out`.
-    /// `scratch` holds one span's bytes at a time (kept by the caller so a
-    /// batch allocates nothing once warm).
-    pub fn encode(&self, spans: &[SpanRecord], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-        let spans_len: usize = spans.iter().map(span_len).sum();
-        let scope_spans_len = self.scope.len() + spans_len;
+    /// `scratch` is reused between batches, so a warm exporter allocates
+    /// nothing here.
+    pub fn encode(&self, spans: &[SpanRecord], out: &mut Vec<u8>, scratch: &mut Scratch) {
+        // Each span is written once into `body`, then framed (tag, length)
+        // into `spans`; only then are the enclosing lengths known.
+        scratch.spans.clear();
+        for span in spans {
+            scratch.body.clear();
+            span_fields(&mut scratch.body, span);
+            message(&mut scratch.spans, 2, &scratch.body);
+        }
+        let scope_spans_len = self.scope.len() + scratch.spans.len();
         let resource_spans_len =
             self.resource.len() + 1 + varint_len(scope_spans_len as u64) + scope_spans_len;
         out.reserve(resource_spans_len + 8);
@@ -59,56 +66,19 @@ impl Envelope {
         tag(out, 2, LEN);
         varint(out, scope_spans_len as u64);
         out.extend_from_slice(&self.scope);
-        for span in spans {
-            scratch.clear();
-            span_fields(scratch, span);
-            message(out, 2, scratch);
-        }
+        out.extend_from_slice(&scratch.spans);
     }
 }
 
-/// The encoded length of one span, field tag and length prefix included.
-fn span_len(span: &SpanRecord) -> usize {
-    let body = span_body_len(span);
-    1 + varint_len(body as u64) + body
-}
-
-/// A span's encoded length: the same field code run into a counter, so the
-/// length and the bytes cannot disagree.
-fn span_body_len(span: &SpanRecord) -> usize {
-    let mut counter = Counter(0);
-    span_fields(&mut counter, span);
-    counter.0
-}
-
-/// Where encoded bytes go: a buffer, or a counter that only measures.
-trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-    fn byte(&mut self, byte: u8);
-}
-
-impl Sink for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-    fn byte(&mut self, byte: u8) {
-        self.push(byte);
-    }
-}
-
-struct Counter(usize);
-
-impl Sink for Counter {
-    fn put(&mut self, bytes: &[u8]) {
-        self.0 += bytes.len();
-    }
-    fn byte(&mut self, _byte: u8) {
-        self.0 += 1;
-    }
+/// Buffers an encoder reuses between batches.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    body: Vec<u8>,
+    spans: Vec<u8>,
 }
 
 /// Span fields (opentelemetry/proto/trace/v1/trace.proto, message Span).
-fn span_fields(out: &mut impl Sink, span: &SpanRecord) {
+fn span_fields(out: &mut Vec<u8>, span: &SpanRecord) {
     bytes(out, 1, &span.context.trace_id.0);
     bytes(out, 2, &span.context.span_id.0);
     if let Some(parent) = span.parent {
@@ -119,7 +89,7 @@ fn span_fields(out: &mut impl Sink, span: &SpanRecord) {
     tag(out, 5, LEN);
     varint(out, name_len as u64);
     for part in name {
-        out.put(part.as_bytes());
+        out.extend_from_slice(part.as_bytes());
     }
     let kind = match span.kind {
         SpanKind::Server => 2,
@@ -184,14 +154,14 @@ fn span_fields(out: &mut impl Sink, span: &SpanRecord) {
         tag(out, 2, LEN);
         varint(out, message_len as u64);
         for part in message {
-            out.put(part.as_bytes());
+            out.extend_from_slice(part.as_bytes());
         }
         tag(out, 3, VARINT);
         varint(out, 2);
     }
     // flags (field 16, fixed32): W3C trace flags, sampled.
     tag(out, 16, 5);
-    out.put(&1u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
 }
 
 fn status_digits(status: u16) -> [u8; 3] {
@@ -208,7 +178,7 @@ fn as_str(digits: &[u8; 3]) -> &str {
 }
 
 /// A `KeyValue` with a string `AnyValue` as field `field`.
-fn string_attribute(out: &mut impl Sink, field: u32, key: &str, value: &str) {
+fn string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
     let any_len = 1 + varint_len(value.len() as u64) + value.len();
     let kv_len =
         1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
@@ -226,7 +196,7 @@ fn int_attribute_len(key: &str, value: i64) -> usize {
 }
 
 /// A `KeyValue` with an `int_value` (`AnyValue` field 3) as field `field`.
-fn int_attribute(out: &mut impl Sink, field: u32, key: &str, value: i64) {
+fn int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
     let any_len = 1 + varint_len(value as u64);
     tag(out, field, LEN);
     varint(out, int_attribute_len(key, value) as u64);
@@ -243,31 +213,31 @@ fn message(out: &mut Vec<u8>, field: u32, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-fn string(out: &mut impl Sink, field: u32, value: &str) {
+fn string(out: &mut Vec<u8>, field: u32, value: &str) {
     bytes(out, field, value.as_bytes());
 }
 
-fn bytes(out: &mut impl Sink, field: u32, value: &[u8]) {
+fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     tag(out, field, LEN);
     varint(out, value.len() as u64);
-    out.put(value);
+    out.extend_from_slice(value);
 }
 
-fn fixed64(out: &mut impl Sink, field: u32, value: u64) {
+fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     tag(out, field, FIXED64);
-    out.put(&value.to_le_bytes());
+    out.extend_from_slice(&value.to_le_bytes());
 }
 
-fn tag(out: &mut impl Sink, field: u32, wire_type: u8) {
+fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire_type)));
 }
 
-fn varint(out: &mut impl Sink, mut value: u64) {
+fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
-        out.byte((value as u8) | 0x80);
+        out.push((value as u8) | 0x80);
         value >>= 7;
     }
-    out.byte(value as u8);
+    out.push(value as u8);
 }
 
 fn varint_len(value: u64) -> usize {
@@ -289,7 +259,7 @@ mod tests {
 
     fn decode(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
         let envelope = Envelope::new(&[("service.name", "web"), ("service.version", "1")]);
-        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let (mut out, mut scratch) = (Vec::new(), Scratch::default());
         envelope.encode(spans, &mut out, &mut scratch);
         ExportTraceServiceRequest::decode(out.as_slice()).expect("valid OTLP protobuf")
     }
