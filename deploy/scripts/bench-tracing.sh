@@ -3,15 +3,17 @@
 # (sample_ratio 1.0, OTLP/gRPC) against the same hop with tracing off.
 # Prints numbers.
 #
-# Three identical proxies on core 1: `off` (no mesh.tracing), `on` exporting
-# to a real Jaeger, and `sink` exporting to tether-otlp-sink, which accepts
-# and counts without decoding. tether-load, the backend, Jaeger and the sink
-# share core 0, so Jaeger's ingest CPU lowers the `on` maximum on this
-# machine; `sink` shows what tracing costs the proxy itself. Alternated
-# off on sink, RUNS times: p50/p99 at RATE rps (open loop), and closed-loop
-# throughput at 64 connections.
+# Three identical proxies on core 1 (one worker thread each): `off` (no
+# mesh.tracing), `sink` exporting to tether-otlp-sink (accepts and counts,
+# decodes and keeps nothing) and `on` exporting to a real Jaeger.
+# tether-load, the backend and the collector share core 0.
 #
-# Every proxy runs one worker thread. Also CPU per 10k requests.
+# Two phases, because on two cores a collector competes with the load
+# generator: (A) off vs sink with Jaeger not running: what tracing costs the
+# proxy; (B) off vs on with Jaeger running: what tracing costs this whole
+# machine, collector included. In each phase the variants alternate, RUNS
+# times: p50/p99 at RATE rps (open loop) and closed-loop throughput at 64
+# connections, with the proxy's and the collector's CPU.
 #
 # Usage: deploy/scripts/bench-tracing.sh [RUNS=3] [SECONDS=15]   Env: RATE=1000 OUT=...
 set -euo pipefail
@@ -19,98 +21,93 @@ source "$(dirname "$0")/bench-lib.sh"
 runs=${1:-3}; secs=${2:-15}; rate=${RATE:-1000}
 bench_setup "${OUT:-bench-results/tracing}"
 
-bench_start jaeger "$pin0" env JAEGER_OTLP_GRPC_PORT=14317 JAEGER_OTLP_HTTP_PORT=14318 JAEGER_QUERY_PORT=16687 deploy/scripts/run-jaeger.sh
-jaeger_pid=$last_pid
 backend=127.0.0.1:18090
 bench_start backend "$pin0" "$bin/tether-sample" --name backend --listen $backend --body-size 1024
 bench_start sink "$pin0" "$bin/tether-otlp-sink" --listen 127.0.0.1:14417
 sink_pid=$last_pid
-variants="off on sink"
-for v in $variants; do
-  tracing=""
-  [ $v = on ] && tracing='mesh: { tracing: { otlp_endpoint: "http://127.0.0.1:14317", sample_ratio: 1.0 } }'
-  [ $v = sink ] && tracing='mesh: { tracing: { otlp_endpoint: "http://127.0.0.1:14417", sample_ratio: 1.0 } }'
+declare -A proxy_pid port
+port=([off]=16051 [on]=16061 [sink]=16071)
+admin() { echo $(( port[$1] - 1 )); }
+for v in off on sink; do
+  case $v in
+    off) tracing="" ;;
+    on) tracing='mesh: { tracing: { otlp_endpoint: "http://127.0.0.1:14317", sample_ratio: 1.0 } }' ;;
+    sink) tracing='mesh: { tracing: { otlp_endpoint: "http://127.0.0.1:14417", sample_ratio: 1.0 } }' ;;
+  esac
   printf '%s\nservices:\n  backend:\n    endpoints: [ { address: "%s" } ]\n    policy: { retries: { attempts: 0 } }\n' \
     "$tracing" "$backend" >"$work/$v.yaml"
+  bench_start "proxy-$v" "$pin1" "$bin/tether-proxy" --worker-threads 1 --service bench --snapshot "$work/$v.yaml" \
+    --admin "127.0.0.1:$(admin $v)" --outbound "127.0.0.1:${port[$v]}" --inbound "127.0.0.1:$(( port[$v] + 1 ))"
+  proxy_pid[$v]=$last_pid
 done
-bench_start proxy-off "$pin1" "$bin/tether-proxy" --worker-threads 1 --service bench --snapshot "$work/off.yaml" --admin 127.0.0.1:16050 --outbound 127.0.0.1:16051 --inbound 127.0.0.1:16052
-off_pid=$last_pid
-bench_start proxy-on "$pin1" "$bin/tether-proxy" --worker-threads 1 --service bench --snapshot "$work/on.yaml" --admin 127.0.0.1:16060 --outbound 127.0.0.1:16061 --inbound 127.0.0.1:16062
-on_pid=$last_pid
-bench_start proxy-sink "$pin1" "$bin/tether-proxy" --worker-threads 1 --service bench --snapshot "$work/sink.yaml" --admin 127.0.0.1:16070 --outbound 127.0.0.1:16071 --inbound 127.0.0.1:16072
-sink_proxy_pid=$last_pid
-for admin in 16050 16060 16070; do "$bin/tether-proxy" wait-ready --admin 127.0.0.1:$admin --timeout 20s; done
-# pid and port of each variant's proxy
-pid_of() { case $1 in off) echo "$off_pid";; on) echo "$on_pid";; sink) echo "$sink_proxy_pid";; esac; }
-port_of() { case $1 in off) echo 16051;; on) echo 16061;; sink) echo 16071;; esac; }
-collector_of() { case $1 in sink) echo "$sink_pid";; *) echo "$jaeger_pid";; esac; }
-for _ in $(seq 150); do curl -fsS -o /dev/null http://127.0.0.1:16687/api/services 2>/dev/null && break; sleep 0.2; done
+for v in off on sink; do "$bin/tether-proxy" wait-ready --admin "127.0.0.1:$(admin $v)" --timeout 20s; done
 
-for v in $variants; do load "warm-$v" "http://127.0.0.1:$(port_of $v)/" 500 3 16; done
-rm -f "$out"/warm-*.json
-for run in $(seq "$runs"); do
-  for v in $variants; do
-    pid=$(pid_of $v); port=$(port_of $v)
-    before=$(cpu_ticks "$pid")
-    load "$v-$run" "http://127.0.0.1:$port/" "$rate" "$secs" 16
-    echo "$v $run $(( $(cpu_ticks "$pid") - before ))" >>"$out/cpu.txt"
+# phase PREFIX COLLECTOR-PID VARIANT...: warm up, then RUNS rounds of the
+# fixed-rate and the closed-loop load, variants alternating.
+phase() {
+  local prefix=$1 collector=$2 v run before collector_before; shift 2
+  for v in "$@"; do load "warm-$v" "http://127.0.0.1:${port[$v]}/" 500 3 16; done
+  rm -f "$out"/warm-*.json
+  for run in $(seq "$runs"); do
+    for v in "$@"; do
+      before=$(cpu_ticks "${proxy_pid[$v]}")
+      load "$prefix-$v-$run" "http://127.0.0.1:${port[$v]}/" "$rate" "$secs" 16
+      echo "$prefix-$v $run $(( $(cpu_ticks "${proxy_pid[$v]}") - before ))" >>"$out/cpu.txt"
+    done
   done
-done
-# Closed loop: also the proxy's CPU per request at saturation, and the
-# collector's CPU (it shares core 0 with the load generator and backend, so
-# what it spends ingesting spans lowers the traced side's max too).
-for run in $(seq "$runs"); do
-  for v in $variants; do
-    pid=$(pid_of $v); port=$(port_of $v); collector=$(collector_of $v)
-    before=$(cpu_ticks "$pid"); collector_before=$(cpu_ticks "$collector")
-    load "max-$v-$run" "http://127.0.0.1:$port/" 0 10 64
-    echo "$v $run $(( $(cpu_ticks "$pid") - before )) $(( $(cpu_ticks "$collector") - collector_before ))" >>"$out/max-cpu.txt"
+  for run in $(seq "$runs"); do
+    for v in "$@"; do
+      before=$(cpu_ticks "${proxy_pid[$v]}"); collector_before=$(cpu_ticks "$collector")
+      load "$prefix-max-$v-$run" "http://127.0.0.1:${port[$v]}/" 0 10 64
+      echo "$prefix-$v $run $(( $(cpu_ticks "${proxy_pid[$v]}") - before )) $(( $(cpu_ticks "$collector") - collector_before ))" >>"$out/max-cpu.txt"
+    done
   done
-done
+}
+
+phase a "$sink_pid" off sink
+bench_start jaeger "$pin0" env JAEGER_OTLP_GRPC_PORT=14317 JAEGER_OTLP_HTTP_PORT=14318 JAEGER_QUERY_PORT=16687 deploy/scripts/run-jaeger.sh
+jaeger_pid=$last_pid
+for _ in $(seq 150); do curl -fsS -o /dev/null http://127.0.0.1:16687/api/services 2>/dev/null && break; sleep 0.2; done
+phase b "$jaeger_pid" off on
+
 counter() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
-for admin in 16060 16070; do
-  echo "$admin $(counter $admin tether_trace_spans_exported_total) $(counter $admin tether_trace_spans_dropped_total) $(counter $admin tether_trace_export_errors_total)"
+for v in sink on; do
+  a=$(admin $v)
+  echo "$v $(counter "$a" tether_trace_spans_exported_total) $(counter "$a" tether_trace_spans_dropped_total) $(counter "$a" tether_trace_export_errors_total)"
 done >"$out/spans.txt"
 
-python3 - "$out" "$(getconf CLK_TCK)" <<'PY'
-import json, os, statistics, sys
-out, tick = sys.argv[1], int(sys.argv[2])
+python3 - "$out" "$(getconf CLK_TCK)" "$runs" <<'PY'
+import json, os, statistics as st, sys
+out, tick, runs = sys.argv[1], int(sys.argv[2]), range(1, int(sys.argv[3]) + 1)
 def load(n):
     d = json.load(open(os.path.join(out, n + ".json")))
     return {x["Percentile"]: x["Value"] * 1e3 for x in d["DurationHistogram"]["Percentiles"]}, d["ActualQPS"], d["DurationHistogram"]["Count"]
-runs = sorted({int(f.split("-")[1].split(".")[0]) for f in os.listdir(out) if f.startswith("off-")})
-print("one proxy hop, tracing off vs on (sample_ratio 1.0, OTLP/gRPC), proxies on core 1")
-print("  on = exporting to Jaeger; sink = exporting to tether-otlp-sink (accepts, counts, keeps nothing)")
-for k in (50, 99):
-    off = [load(f"off-{r}")[0][k] for r in runs]
-    line = f"  p{k:<3} off {statistics.median(off):.3f} ms"
-    for v in ("on", "sink"):
-        got = [load(f"{v}-{r}")[0][k] for r in runs]
-        d = [b - a for a, b in zip(off, got)]
-        line += f" | {v} {statistics.median(got):.3f} ms, adds {statistics.median(d):+.3f} [{min(d):+.3f}..{max(d):+.3f}]"
-    print(line)
-cpu = {}
+def rng(xs, f="{:+.3f}"):
+    return f"{f.format(st.median(xs))} [{f.format(min(xs))}..{f.format(max(xs))}]"
+cpu, sat, coll = {}, {}, {}
 for line in open(os.path.join(out, "cpu.txt")):
-    v, r, t = line.split(); cpu.setdefault(v, []).append(int(t) / tick / load(f"{v}-{r}")[2] * 10000)
-for v in ("off", "on", "sink"):
-    print(f"  {v:4}: CPU s per 10k requests at the fixed rate: {statistics.median(cpu[v]):.3f} [{min(cpu[v]):.3f}..{max(cpu[v]):.3f}]")
-mx = {v: [load(f"max-{v}-{r}")[1] for r in runs] for v in ("off", "on", "sink")}
-for v in ("on", "sink"):
-    loss = (1 - statistics.median(mx[v]) / statistics.median(mx["off"])) * 100
-    print(f"  max throughput at 64 connections, {v:4}: off {statistics.median(mx['off']):.0f} rps, {v} {statistics.median(mx[v]):.0f} rps: {loss:.1f} % loss (target <= 10 %)")
-sat, coll = {}, {}
+    k, r, t = line.split(); p, v = k.split("-")
+    cpu.setdefault(k, []).append(int(t) / tick / load(f"{p}-{v}-{r}")[2] * 10000)
 for line in open(os.path.join(out, "max-cpu.txt")):
-    v, r, t, j = line.split(); n = load(f"max-{v}-{r}")[2]
-    sat.setdefault(v, []).append(int(t) / tick / n * 10000); coll.setdefault(v, []).append(int(j) / tick / 10)
-names = {"off": "Jaeger (idle)", "on": "Jaeger", "sink": "sink"}
-for v in ("off", "on", "sink"):
-    print(f"  {v:4}: at max, proxy CPU s per 10k requests {statistics.median(sat[v]):.3f} [{min(sat[v]):.3f}..{max(sat[v]):.3f}], {names[v]} on core 0 {statistics.median(coll[v]) * 100:.0f} % of a core")
-for v in ("on", "sink"):
-    rise = statistics.median(sat[v]) / statistics.median(sat["off"]) * 100 - 100
-    cost = (1 - statistics.median(sat["off"]) / statistics.median(sat[v])) * 100
-    print(f"  the proxy's own share ({v}): tracing raises its CPU per request at max by {rise:.0f} %, i.e. {cost:.0f} % fewer requests per proxy core")
-for line in open(os.path.join(out, "spans.txt")):
-    admin, exported, dropped, failed = (line.split() + ["0"] * 4)[:4]
-    v = "on" if admin == "16060" else "sink"
-    print(f"  {v:4}: spans exported {exported}, dropped (queue full) {dropped}, export errors {failed}")
+    k, r, t, c = line.split(); p, v = k.split("-")
+    sat.setdefault(k, []).append(int(t) / tick / load(f"{p}-max-{v}-{r}")[2] * 10000)
+    coll.setdefault(k, []).append(int(c) / tick / 10 * 100)
+spans = {l.split()[0]: (l.split() + ["0"] * 4)[1:4] for l in open(os.path.join(out, "spans.txt"))}
+print(f"one proxy hop, tracing off vs on (sample_ratio 1.0, OTLP/gRPC), proxies on core 1; median of {len(runs)} [min..max]")
+for p, v, title in (("a", "sink", "A. the proxy's cost: exporting to tether-otlp-sink (Jaeger not running)"),
+                    ("b", "on", "B. the machine's cost: exporting to a real Jaeger on core 0")):
+    print(title)
+    for k in (50, 99):
+        off = [load(f"{p}-off-{r}")[0][k] for r in runs]; on = [load(f"{p}-{v}-{r}")[0][k] for r in runs]
+        print(f"  p{k:<3} at {os.environ.get('RATE', '1000')} rps: off {st.median(off):.3f} ms, traced {st.median(on):.3f} ms, adds {rng([b - a for a, b in zip(off, on)])} ms")
+    a, b = cpu[f"{p}-off"], cpu[f"{p}-{v}"]
+    print(f"  proxy CPU s per 10k requests at the fixed rate: off {st.median(a):.3f}, traced {st.median(b):.3f} ({st.median(b) / st.median(a) * 100 - 100:+.0f} %)")
+    mo = [load(f"{p}-max-off-{r}")[1] for r in runs]; mt = [load(f"{p}-max-{v}-{r}")[1] for r in runs]
+    loss = (1 - st.median(mt) / st.median(mo)) * 100
+    print(f"  max throughput at 64 connections: off {st.median(mo):.0f} rps, traced {st.median(mt):.0f} rps: {loss:.1f} % loss (target <= 10 %)")
+    a, b = sat[f"{p}-off"], sat[f"{p}-{v}"]
+    print(f"  at max, proxy CPU s per 10k requests: off {rng(a, '{:.3f}')}, traced {rng(b, '{:.3f}')} ({st.median(b) / st.median(a) * 100 - 100:+.0f} %)")
+    print(f"  collector CPU during the traced max runs: {st.median(coll[f'{p}-{v}']):.0f} % of a core (core 0, shared with the load generator and backend)")
+    exported, dropped, failed = spans[v]
+    print(f"  spans exported {exported}, dropped (queue full) {dropped}, export errors {failed}")
 PY

@@ -1,11 +1,16 @@
-//! Span export off the request path: a bounded queue between the request
-//! path and one export task, which batches, encodes (otlp.rs) and sends
-//! OTLP over gRPC or HTTP/protobuf. A full queue drops the span and counts
+//! Span export off the request path. A finished span is encoded (otlp.rs)
+//! straight into a bounded pending buffer; one export task takes the buffer
+//! when it holds a batch, or 50 ms after its first span, and sends it as
+//! OTLP over gRPC or HTTP/protobuf. A full buffer drops the span and counts
 //! it (`tether_trace_spans_dropped_total`); traffic never waits for a
-//! collector. Dropping the [`Exporter`] closes the queue; the task sends
+//! collector. Dropping the [`Exporter`] closes the buffer; the task sends
 //! what it holds and ends.
+//!
+//! Encoding as spans finish, rather than queueing span records for the
+//! task, keeps one copy of each span (its bytes) and no per-span channel
+//! operation.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,12 +21,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
 use tether_api::TracingSettings;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
-use super::otlp::{Envelope, Scratch};
+use super::otlp::{Envelope, SpanBuffer};
 use super::record::SpanRecord;
 
-/// Spans waiting for export at most; ~1 MiB of span records at worst.
+/// Spans waiting for export at most (~1 MiB of encoded spans).
 const QUEUE: usize = 4096;
 /// Spans per export request.
 const BATCH: usize = 512;
@@ -85,8 +90,28 @@ enum Protocol {
 /// Hands finished, sampled spans to the export task.
 #[derive(Debug)]
 pub struct Exporter {
-    queue: mpsc::Sender<SpanRecord>,
+    pending: Arc<Pending>,
     dropped: IntCounter,
+}
+
+/// Encoded spans between the request path and the export task.
+#[derive(Debug, Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+    /// Wakes the task: a first span, a full batch, or closing.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    spans: SpanBuffer,
+    closed: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, PendingState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The export task's counters.
@@ -120,7 +145,7 @@ impl Exporter {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(protocol == Protocol::Grpc)
             .build(connector);
-        let (queue, receiver) = mpsc::channel(QUEUE);
+        let pending = Arc::new(Pending::default());
         let sender = Sender {
             client,
             uri,
@@ -129,20 +154,39 @@ impl Exporter {
         tokio::spawn(export_loop(
             Arc::new(sender),
             envelope,
-            receiver,
+            Arc::clone(&pending),
             counters.clone(),
         ));
         Ok(Self {
-            queue,
+            pending,
             dropped: counters.dropped,
         })
     }
 
-    /// Queues a finished span, or drops and counts it when the queue is full.
-    pub fn submit(&self, span: SpanRecord) {
-        if self.queue.try_send(span).is_err() {
-            self.dropped.inc();
+    /// Encodes a finished span into the pending batch, or drops and counts
+    /// it when the buffer is full.
+    pub fn submit(&self, span: &SpanRecord) {
+        let wake = {
+            let mut state = self.pending.lock();
+            let held = state.spans.len();
+            if held >= QUEUE {
+                drop(state);
+                self.dropped.inc();
+                return;
+            }
+            state.spans.push(span);
+            held == 0 || held + 1 == BATCH
+        };
+        if wake {
+            self.pending.wake.notify_one();
         }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.pending.lock().closed = true;
+        self.pending.wake.notify_one();
     }
 }
 
@@ -221,50 +265,47 @@ impl Sender {
 async fn export_loop(
     sender: Arc<Sender>,
     envelope: Envelope,
-    mut queue: mpsc::Receiver<SpanRecord>,
+    pending: Arc<Pending>,
     counters: Counters,
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut scratch = Scratch::default();
     loop {
-        // Spans are taken as many at a time as are queued: one wake-up
-        // per burst rather than per span.
-        if queue.recv_many(&mut batch, BATCH).await == 0 {
-            return;
-        }
-        let deadline = tokio::time::sleep(FLUSH_EVERY);
-        tokio::pin!(deadline);
-        let mut closed = false;
-        while batch.len() < BATCH {
-            let room = BATCH - batch.len();
+        // A first span (or closing); then up to FLUSH_EVERY for a batch.
+        pending.wake.notified().await;
+        let (held, closed) = {
+            let state = pending.lock();
+            (state.spans.len(), state.closed)
+        };
+        if held < BATCH && !closed {
             tokio::select! {
-                taken = queue.recv_many(&mut batch, room) => if taken == 0 {
-                    closed = true;
-                    break;
-                },
-                _ = &mut deadline => break,
+                _ = pending.wake.notified() => {}
+                _ = tokio::time::sleep(FLUSH_EVERY) => {}
             }
         }
-        // While IN_FLIGHT requests are out, spans wait in the queue (and
+        // While IN_FLIGHT requests are out, spans wait in the buffer (and
         // are dropped and counted when it is full).
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
-        let body = encode(&envelope, &batch, sender.protocol, &mut scratch);
-        let count = batch.len() as u64;
-        batch.clear();
-        let (sender, counters) = (Arc::clone(&sender), counters.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            match sender.send(body).await {
-                Ok(()) => counters.exported.inc_by(count),
-                Err(error) => {
-                    counters.failed.inc_by(count);
-                    tracing::warn!(%error, spans = count, "span export failed");
+        let (spans, closed) = {
+            let mut state = pending.lock();
+            (state.spans.take(), state.closed)
+        };
+        if !spans.is_empty() {
+            let body = encode(&envelope, &spans, sender.protocol);
+            let count = spans.len() as u64;
+            let (sender, counters) = (Arc::clone(&sender), counters.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match sender.send(body).await {
+                    Ok(()) => counters.exported.inc_by(count),
+                    Err(error) => {
+                        counters.failed.inc_by(count);
+                        tracing::warn!(%error, spans = count, "span export failed");
+                    }
                 }
-            }
-        });
+            });
+        }
         if closed {
             return;
         }
@@ -273,15 +314,10 @@ async fn export_loop(
 
 /// The request body: the protobuf message, behind gRPC's 5-byte prefix
 /// (uncompressed flag, big-endian length) when the protocol is gRPC.
-fn encode(
-    envelope: &Envelope,
-    spans: &[SpanRecord],
-    protocol: Protocol,
-    scratch: &mut Scratch,
-) -> Bytes {
+fn encode(envelope: &Envelope, spans: &SpanBuffer, protocol: Protocol) -> Bytes {
     let prefix = if protocol == Protocol::Grpc { 5 } else { 0 };
     let mut out = vec![0u8; prefix];
-    envelope.encode(spans, &mut out, scratch);
+    envelope.wrap(spans, &mut out);
     if prefix == 5 {
         let length = u32::try_from(out.len() - 5).unwrap_or(u32::MAX);
         out[1..5].copy_from_slice(&length.to_be_bytes());
@@ -292,6 +328,51 @@ fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::record::tests::record;
+
+    fn counters() -> Counters {
+        let counter = |name: &str| IntCounter::new(name, name).expect("valid counter");
+        Counters {
+            dropped: counter("dropped"),
+            failed: counter("failed"),
+            exported: counter("exported"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_and_counts_and_closing_sends_the_rest() {
+        // A port nothing listens on: every export request fails.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let settings = TracingSettings {
+            otlp_endpoint: format!("http://127.0.0.1:{port}"),
+            sample_ratio: 1.0,
+            protocol: Default::default(),
+        };
+        let counters = counters();
+        let exporter =
+            Exporter::start(&settings, Envelope::new(&[]), counters.clone()).expect("valid");
+        // No await in between: the export task cannot run yet.
+        let span = record("api");
+        for _ in 0..QUEUE + 5 {
+            exporter.submit(&span);
+        }
+        assert_eq!(counters.dropped.get(), 5);
+        drop(exporter);
+        let mut waited = 0;
+        while counters.failed.get() < QUEUE as u64 && waited < 500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(
+            counters.failed.get(),
+            QUEUE as u64,
+            "every held span was sent (and failed)"
+        );
+        assert_eq!(counters.exported.get(), 0);
+    }
 
     #[test]
     fn export_uris_follow_the_protocol() {
@@ -312,9 +393,9 @@ mod tests {
     #[test]
     fn grpc_bodies_carry_the_length_prefix() {
         let envelope = Envelope::new(&[("service.name", "web")]);
-        let mut scratch = Scratch::default();
-        let plain = encode(&envelope, &[], Protocol::HttpProtobuf, &mut scratch);
-        let framed = encode(&envelope, &[], Protocol::Grpc, &mut scratch);
+        let spans = SpanBuffer::default();
+        let plain = encode(&envelope, &spans, Protocol::HttpProtobuf);
+        let framed = encode(&envelope, &spans, Protocol::Grpc);
         assert_eq!(framed[0], 0, "not compressed");
         assert_eq!(
             u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize,

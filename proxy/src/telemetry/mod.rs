@@ -294,6 +294,6 @@ impl HopSpan {
             .map(|a| a.saturating_sub(1));
         record.endpoint = extras.endpoint;
         record.retry_events = extras.retry_events;
-        active.exporter.submit(record);
+        active.exporter.submit(&record);
     }
 }

@@ -44,19 +44,10 @@ impl Envelope {
         Self { resource, scope }
     }
 
-    /// Appends the encoded `ExportTraceServiceRequest` for `spans` to `out`.
-    /// `scratch` is reused between batches, so a warm exporter allocates
-    /// nothing here.
-    pub fn encode(&self, spans: &[SpanRecord], out: &mut Vec<u8>, scratch: &mut Scratch) {
-        // Each span is written once into `body`, then framed (tag, length)
-        // into `spans`; only then are the enclosing lengths known.
-        scratch.spans.clear();
-        for span in spans {
-            scratch.body.clear();
-            span_fields(&mut scratch.body, span);
-            message(&mut scratch.spans, 2, &scratch.body);
-        }
-        let scope_spans_len = self.scope.len() + scratch.spans.len();
+    /// Appends to `out` the `ExportTraceServiceRequest` that holds the
+    /// spans encoded in `spans`.
+    pub fn wrap(&self, spans: &SpanBuffer, out: &mut Vec<u8>) {
+        let scope_spans_len = self.scope.len() + spans.bytes.len();
         let resource_spans_len =
             self.resource.len() + 1 + varint_len(scope_spans_len as u64) + scope_spans_len;
         out.reserve(resource_spans_len + 8);
@@ -66,19 +57,60 @@ impl Envelope {
         tag(out, 2, LEN);
         varint(out, scope_spans_len as u64);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(&scratch.spans);
+        out.extend_from_slice(&spans.bytes);
     }
 }
 
-/// Buffers an encoder reuses between batches.
+/// Spans encoded as `ScopeSpans.spans` entries, waiting to be wrapped into
+/// a request. Spans are encoded as they finish, so nothing but these bytes
+/// is kept per span.
 #[derive(Debug, Default)]
-pub struct Scratch {
+pub struct SpanBuffer {
+    bytes: Vec<u8>,
+    count: usize,
     body: Vec<u8>,
-    spans: Vec<u8>,
+}
+
+impl SpanBuffer {
+    /// Encodes `span` and appends it.
+    pub fn push(&mut self, span: &SpanRecord) {
+        // The body first (its length is the frame's prefix), then framed.
+        self.body.clear();
+        span_fields(&mut self.body, span);
+        message(&mut self.bytes, 2, &self.body);
+        self.count += 1;
+    }
+
+    /// Spans held.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no span is held.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Takes the spans out, leaving an empty buffer with room for as many.
+    pub fn take(&mut self) -> SpanBuffer {
+        let capacity = self.bytes.capacity();
+        SpanBuffer {
+            bytes: std::mem::replace(&mut self.bytes, Vec::with_capacity(capacity)),
+            count: std::mem::take(&mut self.count),
+            body: Vec::new(),
+        }
+    }
 }
 
 /// Span fields (opentelemetry/proto/trace/v1/trace.proto, message Span).
 fn span_fields(out: &mut Vec<u8>, span: &SpanRecord) {
+    // Room for the fixed fields, keys and framing, plus the variable text.
+    let text = span.path.len()
+        + span.authority.len()
+        + 2 * span.service.len()
+        + span.peer.as_ref().map_or(0, String::len)
+        + span.endpoint.as_ref().map_or(0, String::len);
+    out.reserve(448 + text + 40 * span.retry_events.len());
     bytes(out, 1, &span.context.trace_id.0);
     bytes(out, 2, &span.context.span_id.0);
     if let Some(parent) = span.parent {
@@ -177,33 +209,49 @@ fn as_str(digits: &[u8; 3]) -> &str {
     std::str::from_utf8(digits).unwrap_or("500")
 }
 
-/// A `KeyValue` with a string `AnyValue` as field `field`.
+/// A `KeyValue` with a string `AnyValue` as field `field`. Keys are short
+/// literals (one-byte lengths); every length is computed before writing, so
+/// the buffer grows at most once.
 fn string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
-    let any_len = 1 + varint_len(value.len() as u64) + value.len();
-    let kv_len =
-        1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
+    let value_len = value.len() as u64;
+    let any_len = 1 + varint_len(value_len) + value.len();
+    let kv_len = 2 + key.len() + 1 + varint_len(any_len as u64) + any_len;
+    out.reserve(kv_len + 6);
     tag(out, field, LEN);
     varint(out, kv_len as u64);
-    string(out, 1, key);
-    tag(out, 2, LEN);
+    key_field(out, key);
+    out.push(2 << 3 | LEN);
     varint(out, any_len as u64);
-    string(out, 1, value);
+    out.push(1 << 3 | LEN);
+    varint(out, value_len);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// `KeyValue.key` (field 1) for a literal key shorter than 128 bytes.
+#[inline]
+fn key_field(out: &mut Vec<u8>, key: &str) {
+    debug_assert!(key.len() < 128);
+    out.push(1 << 3 | LEN);
+    out.push(key.len() as u8);
+    out.extend_from_slice(key.as_bytes());
 }
 
 fn int_attribute_len(key: &str, value: i64) -> usize {
     let any_len = 1 + varint_len(value as u64);
-    1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len
+    2 + key.len() + 1 + varint_len(any_len as u64) + any_len
 }
 
 /// A `KeyValue` with an `int_value` (`AnyValue` field 3) as field `field`.
 fn int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
     let any_len = 1 + varint_len(value as u64);
+    let kv_len = int_attribute_len(key, value);
+    out.reserve(kv_len + 6);
     tag(out, field, LEN);
-    varint(out, int_attribute_len(key, value) as u64);
-    string(out, 1, key);
-    tag(out, 2, LEN);
+    varint(out, kv_len as u64);
+    key_field(out, key);
+    out.push(2 << 3 | LEN);
     varint(out, any_len as u64);
-    tag(out, 3, VARINT);
+    out.push(3 << 3 | VARINT);
     varint(out, value as u64);
 }
 
@@ -213,25 +261,30 @@ fn message(out: &mut Vec<u8>, field: u32, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+#[inline]
 fn string(out: &mut Vec<u8>, field: u32, value: &str) {
     bytes(out, field, value.as_bytes());
 }
 
+#[inline]
 fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     tag(out, field, LEN);
     varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
 
+#[inline]
 fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     tag(out, field, FIXED64);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
+#[inline]
 fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire_type)));
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -240,6 +293,7 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 fn varint_len(value: u64) -> usize {
     // 1 byte per started 7 bits; 0 takes one byte.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
@@ -259,8 +313,14 @@ mod tests {
 
     fn decode(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
         let envelope = Envelope::new(&[("service.name", "web"), ("service.version", "1")]);
-        let (mut out, mut scratch) = (Vec::new(), Scratch::default());
-        envelope.encode(spans, &mut out, &mut scratch);
+        let mut buffer = SpanBuffer::default();
+        for span in spans {
+            buffer.push(span);
+        }
+        assert_eq!(buffer.len(), spans.len());
+        let mut out = Vec::new();
+        envelope.wrap(&buffer.take(), &mut out);
+        assert!(buffer.is_empty(), "take leaves the buffer empty");
         ExportTraceServiceRequest::decode(out.as_slice()).expect("valid OTLP protobuf")
     }
 
