@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::{self, HeaderName};
+use http::header::HeaderName;
 use http::{Request, Response};
 use tokio::time::Instant;
 
@@ -67,22 +67,11 @@ impl Observer {
                 line: None,
             };
         }
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("")
-            .to_owned();
+        let authority = crate::forward::request_authority(request).unwrap_or("");
         let line = self.access_log.as_ref().map(|_| {
             (
                 request.method().to_string(),
-                authority.clone(),
+                authority.to_owned(),
                 request.uri().path().to_owned(),
             )
         });
@@ -94,9 +83,8 @@ impl Observer {
             let start = SpanStart {
                 kind,
                 direction: self.direction.as_str(),
-                service: service.to_owned(),
-                authority,
-                peer: peer.map(str::to_owned),
+                service,
+                peer,
                 arrived,
             };
             self.telemetry.start(request, start)
@@ -133,12 +121,17 @@ impl Observer {
             return;
         }
         let header = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
-        let error = header(&TETHER_ERROR).and_then(known_reason);
-        let attempts = header(&TETHER_ATTEMPTS);
+        // The proxy's own answers are all 4xx/5xx: no lookup on success.
+        let error = if response.status().as_u16() >= 400 {
+            header(&TETHER_ERROR).and_then(known_reason)
+        } else {
+            None
+        };
         if let Some(span) = observation.span {
-            span.finish(response.status(), error, attempts, elapsed);
+            span.finish(response.status(), error, observation.arrived, elapsed);
         }
         if let (Some(log), Some((method, authority, path))) = (&self.access_log, observation.line) {
+            let attempts = header(&TETHER_ATTEMPTS);
             log.log(Entry {
                 timestamp: timestamp(observation.arrived),
                 direction: self.direction.as_str(),

@@ -14,10 +14,10 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
     let in_flight = endpoint.start();
-    // The endpoint of the last try is a span attribute; a try after the
-    // first is also a `retry` event (retry.rs), so a plain request carries
-    // no event at all (each one costs its export).
-    TraceCx::endpoint(&request, endpoint.address());
+    // The first try's endpoint is a span attribute; each later try is a
+    // `retry` event naming its own, so a plain request carries no event
+    // (each one costs its export).
+    TraceCx::try_started(&request, endpoint.address());
     let pool = endpoint.connections(&service.client);
     let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
     let per_try = service.retries.per_try_timeout;

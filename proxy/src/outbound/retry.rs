@@ -65,9 +65,6 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
-        if tries > 1 {
-            TraceCx::retry(&this_try, tries);
-        }
         let result = forward(target, this_try).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
             return finish(result, tries, None, target);

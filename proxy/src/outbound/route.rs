@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use http::{header, Request};
+use http::Request;
 
 use super::Target;
 use crate::errors::ProxyError;
@@ -21,17 +21,6 @@ fn service_name(authority: &str) -> &str {
     host.strip_suffix(MESH_SUFFIX).unwrap_or(host)
 }
 
-/// The authority a request is addressed to: the URI's (HTTP/2, absolute
-/// form) or the `Host` header.
-fn authority<B>(request: &Request<B>) -> Option<&str> {
-    request.uri().authority().map(|a| a.as_str()).or_else(|| {
-        request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
 fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
     state.services.get(name).or_else(|| {
         // Host names are case-insensitive; allocate only for the rare mixed case.
@@ -44,7 +33,8 @@ fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
 
 /// Decides where a request goes.
 pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, ProxyError> {
-    let authority = authority(request).ok_or(ProxyError::MissingAuthority)?;
+    let authority =
+        crate::forward::request_authority(request).ok_or(ProxyError::MissingAuthority)?;
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
     let path = request.uri().path();

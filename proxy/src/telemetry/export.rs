@@ -24,7 +24,6 @@ use tether_api::TracingSettings;
 use tokio::sync::{Notify, Semaphore};
 
 use super::otlp::{Envelope, SpanBuffer};
-use super::record::SpanRecord;
 
 /// Spans waiting for export at most (~1 MiB of encoded spans).
 const QUEUE: usize = 4096;
@@ -163,9 +162,9 @@ impl Exporter {
         })
     }
 
-    /// Encodes a finished span into the pending batch, or drops and counts
-    /// it when the buffer is full.
-    pub fn submit(&self, span: &SpanRecord) {
+    /// Adds a finished span (its encoded `Span` body) to the pending
+    /// batch, or drops and counts it when the buffer is full.
+    pub fn submit(&self, span: &[u8]) {
         let wake = {
             let mut state = self.pending.lock();
             let held = state.spans.len();
@@ -328,7 +327,8 @@ fn encode(envelope: &Envelope, spans: &SpanBuffer, protocol: Protocol) -> Bytes 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::record::tests::record;
+    use crate::telemetry::context::{SpanContext, SpanId, TraceId};
+    use crate::telemetry::span::{SpanBuilder, SpanHead, SpanKind};
 
     fn counters() -> Counters {
         let counter = |name: &str| IntCounter::new(name, name).expect("valid counter");
@@ -355,9 +355,24 @@ mod tests {
         let exporter =
             Exporter::start(&settings, Envelope::new(&[]), counters.clone()).expect("valid");
         // No await in between: the export task cannot run yet.
-        let span = record("api");
+        let span = SpanBuilder::begin(&SpanHead {
+            context: SpanContext {
+                trace_id: TraceId([1; 16]),
+                span_id: SpanId([2; 8]),
+                sampled: true,
+            },
+            parent: None,
+            kind: SpanKind::Client,
+            start_unix_nano: 1,
+            method: &http::Method::GET,
+            direction: "outbound",
+            service: "api",
+            path: "/",
+            authority: "api",
+            peer: None,
+        });
         for _ in 0..QUEUE + 5 {
-            exporter.submit(&span);
+            exporter.submit(span.bytes());
         }
         assert_eq!(counters.dropped.get(), 5);
         drop(exporter);

@@ -15,17 +15,20 @@
 //! its SpanData into opentelemetry-proto structs, ~10k for prost to encode
 //! them, the rest in propagation and attribute vectors. At saturation that
 //! cut a proxy core's throughput by a quarter. A hop's span has a fixed
-//! shape, so the proxy records it in a compact struct (record.rs), encodes
-//! OTLP protobuf from it directly (otlp.rs, checked against
-//! opentelemetry-proto's generated types in tests) and sends it with the
-//! proxy's own hyper client (export.rs). What stays standard is the wire:
-//! W3C trace context, B3, OTLP/gRPC and OTLP/HTTP protobuf.
+//! shape, so the proxy encodes it as OTLP protobuf while it happens
+//! (span.rs: ids and request attributes at the start, each try's endpoint,
+//! the outcome at the end), keeps finished spans as bytes in a bounded
+//! buffer and sends them with its own hyper client (otlp.rs, export.rs;
+//! checked against opentelemetry-proto's generated types in tests). What
+//! stays standard is the wire: W3C trace context, B3, OTLP/gRPC and
+//! OTLP/HTTP protobuf.
 
 mod b3;
 mod context;
 mod export;
 mod otlp;
-mod record;
+mod protobuf;
+mod span;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,48 +39,32 @@ use tether_api::TracingSettings;
 
 use crate::metrics::Metrics;
 pub use context::{SpanContext, SpanId, TraceId};
-pub use record::{RetryEvent, SpanKind, SpanRecord};
+pub use span::SpanKind;
 
 use context::TRACEPARENT;
 use export::{Counters, Exporter};
 use otlp::Envelope;
+use span::{SpanBuilder, SpanEnd, SpanHead};
 
-/// What inner layers add to a recorded span while its request is in
-/// flight: the endpoint of the last try and one event per retry. Carried
-/// in the request's extensions (and copied into replayed tries) only when
-/// the span is recorded.
-#[derive(Clone, Debug, Default)]
-pub struct TraceCx(Arc<Mutex<Extras>>);
-
-#[derive(Debug, Default)]
-struct Extras {
-    endpoint: Option<String>,
-    retry_events: Vec<RetryEvent>,
-}
+/// A recorded span while its request is in flight, carried in the
+/// request's extensions (and copied into replayed tries) so inner layers
+/// can add each try's endpoint. Only sampled requests carry one.
+#[derive(Clone, Debug)]
+pub struct TraceCx(Arc<Mutex<SpanBuilder>>);
 
 impl TraceCx {
-    fn with<B>(request: &Request<B>, update: impl FnOnce(&mut Extras)) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpanBuilder> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that a try of `request` goes to `endpoint`, if it is traced:
+    /// the first try's endpoint is the span's `tether.endpoint`, each later
+    /// try a `retry` event.
+    pub fn try_started<B>(request: &Request<B>, endpoint: &str) {
         if let Some(cx) = request.extensions().get::<TraceCx>() {
-            update(&mut cx.0.lock().unwrap_or_else(PoisonError::into_inner));
+            cx.lock()
+                .record_try(endpoint, || unix_nanos(SystemTime::now()));
         }
-    }
-
-    /// Records the endpoint a try of `request` went to, if it is traced.
-    pub fn endpoint<B>(request: &Request<B>, address: &str) {
-        Self::with(request, |extras| {
-            extras.endpoint = Some(address.to_owned());
-        });
-    }
-
-    /// Records that try number `try_number` (2 for the first retry) of
-    /// `request` starts now, if it is traced.
-    pub fn retry<B>(request: &Request<B>, try_number: u32) {
-        Self::with(request, |extras| {
-            extras.retry_events.push(RetryEvent {
-                at_unix_nano: unix_nanos(SystemTime::now()),
-                try_number,
-            });
-        });
     }
 }
 
@@ -104,17 +91,15 @@ pub struct Telemetry {
 }
 
 /// What a hop's span is about, known when the request arrives.
-pub struct SpanStart {
+pub struct SpanStart<'a> {
     /// Server (inbound) or client (outbound).
     pub kind: SpanKind,
     /// `inbound` or `outbound`.
     pub direction: &'static str,
     /// The service called (outbound) or served (inbound).
-    pub service: String,
-    /// The request's authority.
-    pub authority: String,
+    pub service: &'a str,
     /// The caller's verified mesh identity, inbound over mTLS.
-    pub peer: Option<String>,
+    pub peer: Option<&'a str>,
     /// When the request arrived.
     pub arrived: SystemTime,
 }
@@ -185,7 +170,7 @@ impl Telemetry {
     /// context (W3C, else B3), decides sampling, writes this hop's context
     /// into the request as `traceparent` and, when the span is recorded,
     /// puts a [`TraceCx`] in the request's extensions.
-    pub fn start<B>(&self, request: &mut Request<B>, start: SpanStart) -> Option<HopSpan> {
+    pub fn start<B>(&self, request: &mut Request<B>, start: SpanStart<'_>) -> Option<HopSpan> {
         let active = self.active.load();
         let active = active.as_ref()?;
         let parent = extract(request.headers());
@@ -201,39 +186,31 @@ impl Telemetry {
             span_id: SpanId::random(),
             sampled,
         };
+        let recording = sampled.then(|| {
+            let span = SpanBuilder::begin(&SpanHead {
+                context,
+                parent: parent.map(|p| p.span_id),
+                kind: start.kind,
+                start_unix_nano: unix_nanos(start.arrived),
+                method: request.method(),
+                direction: start.direction,
+                service: start.service,
+                path: request.uri().path(),
+                authority: crate::forward::request_authority(request).unwrap_or(""),
+                peer: start.peer,
+            });
+            Recording {
+                active: Arc::clone(active),
+                span: TraceCx(Arc::new(Mutex::new(span))),
+            }
+        });
         if let Some(traceparent) = context.traceparent() {
             request.headers_mut().insert(TRACEPARENT, traceparent);
         }
-        let recording = sampled.then(|| {
-            let extras = TraceCx::default();
-            request.extensions_mut().insert(extras.clone());
-            Recording {
-                active: Arc::clone(active),
-                extras,
-                record: SpanRecord {
-                    context,
-                    parent: parent.map(|p| p.span_id),
-                    kind: start.kind,
-                    start_unix_nano: unix_nanos(start.arrived),
-                    end_unix_nano: 0,
-                    method: request.method().clone(),
-                    direction: start.direction,
-                    service: start.service,
-                    path: request.uri().path().to_owned(),
-                    authority: start.authority,
-                    peer: start.peer,
-                    status: 0,
-                    error: None,
-                    retries: None,
-                    endpoint: None,
-                    retry_events: Vec::new(),
-                },
-            }
-        });
-        Some(HopSpan {
-            context,
-            recording: recording.map(Box::new),
-        })
+        if let Some(recording) = &recording {
+            request.extensions_mut().insert(recording.span.clone());
+        }
+        Some(HopSpan { context, recording })
     }
 }
 
@@ -247,17 +224,16 @@ fn unix_nanos(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The span of one hop: its context, and the record being filled when the
-/// trace is sampled. Ended with the response.
+/// The span of one hop: its context and, when the trace is sampled, the
+/// span being recorded. Ended with the response.
 pub struct HopSpan {
     context: SpanContext,
-    recording: Option<Box<Recording>>,
+    recording: Option<Recording>,
 }
 
 struct Recording {
     active: Arc<Active>,
-    extras: TraceCx,
-    record: SpanRecord,
+    span: TraceCx,
 }
 
 impl HopSpan {
@@ -266,34 +242,26 @@ impl HopSpan {
         self.context.trace_id
     }
 
-    /// Records the outcome and queues the span for export, if recorded.
-    /// `elapsed` is the time from arrival to the response.
+    /// Records the outcome and hands the span to the exporter, if recorded.
+    /// `arrived` and `elapsed` give the end: arrival plus the monotonic
+    /// time to the response.
     pub fn finish(
         self,
         status: StatusCode,
         error: Option<&'static str>,
-        attempts: Option<&str>,
+        arrived: SystemTime,
         elapsed: Duration,
     ) {
-        let Some(recording) = self.recording else {
+        let Some(Recording { active, span }) = self.recording else {
             return;
         };
-        let Recording {
-            active,
-            extras,
-            mut record,
-        } = *recording;
-        let extras = std::mem::take(&mut *extras.0.lock().unwrap_or_else(PoisonError::into_inner));
-        record.end_unix_nano = record
-            .start_unix_nano
-            .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-        record.status = status.as_u16();
-        record.error = error;
-        record.retries = attempts
-            .and_then(|a| a.parse::<u32>().ok())
-            .map(|a| a.saturating_sub(1));
-        record.endpoint = extras.endpoint;
-        record.retry_events = extras.retry_events;
-        active.exporter.submit(&record);
+        let mut span = span.lock();
+        span.end(&SpanEnd {
+            end_unix_nano: unix_nanos(arrived)
+                .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)),
+            status: status.as_u16(),
+            error,
+        });
+        active.exporter.submit(span.bytes());
     }
 }
