@@ -10,6 +10,8 @@
 # are included, amortised over REQUESTS), and writes callgrind.out.* and
 # `callgrind_annotate` summaries (inclusive, top functions) into OUT.
 # MTLS=1 also profiles Tether's client sidecar of an mTLS pair (web → api).
+# TRACE=1 also profiles the Tether hop with every request traced (sample
+# ratio 1.0, OTLP/gRPC to tether-otlp-sink, which only counts).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -73,6 +75,16 @@ start tether "${vg[@]}" --callgrind-out-file="$out/callgrind.out.tether" "$bin/t
   --service api --snapshot "$work/tether.yaml" --admin 127.0.0.1:16902 --outbound 127.0.0.1:16904 \
   --inbound 127.0.0.1:16903 --app $backend
 profile tether http://127.0.0.1:16904/
+
+if [ "${TRACE:-0}" = 1 ]; then
+  start sink taskset -c 0 "$bin/tether-otlp-sink" --listen 127.0.0.1:16905
+  printf 'mesh: { tracing: { otlp_endpoint: "http://127.0.0.1:16905", sample_ratio: 1.0 } }\n' >"$work/traced.yaml"
+  cat "$work/tether.yaml" >>"$work/traced.yaml"
+  start tether-traced "${vg[@]}" --callgrind-out-file="$out/callgrind.out.tether-traced" "$bin/tether-proxy" --worker-threads 1 \
+    --service api --snapshot "$work/traced.yaml" --admin 127.0.0.1:16906 --outbound 127.0.0.1:16908 \
+    --inbound 127.0.0.1:16907 --app $backend
+  profile tether-traced http://127.0.0.1:16908/
+fi
 
 mkdir -p "$work/nginx/tmp"; chmod -R 777 "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<CONF
