@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::Method;
 use tether_e2e::jaeger::{spans, Jaeger};
-use tether_e2e::{Backend, Behavior, Client, Proxy, TestPki};
+use tether_e2e::{Backend, Behavior, Client, Proxy, Reply, TestPki};
 
 struct Traced {
     jaeger: Jaeger,
@@ -50,20 +50,25 @@ async fn traced_mesh(app: Behavior, retry: &str) -> Traced {
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-#[tokio::test]
-async fn a_request_is_one_trace_with_a_span_per_sidecar() {
-    let mesh = traced_mesh(Behavior::default(), "{}").await;
-    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    let reply = Client::http1()
+/// A GET to `api` through web's sidecar, with these request headers.
+async fn get_api(mesh: &Traced, path: &str, headers: &[(&str, &str)]) -> Reply {
+    Client::http1()
         .send(
             Method::GET,
             mesh.web.outbound,
             "api",
-            "/v1/users",
+            path,
             Bytes::new(),
-            &[("traceparent", &traceparent)],
+            headers,
         )
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_request_is_one_trace_with_a_span_per_sidecar() {
+    let mesh = traced_mesh(Behavior::default(), "{}").await;
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let reply = get_api(&mesh, "/v1/users", &[("traceparent", &traceparent)]).await;
     assert_eq!(reply.status, 200);
     // The app sees the same trace, parented by api's SERVER span.
     assert!(
@@ -131,16 +136,7 @@ async fn a_failing_request_marks_its_spans_as_errors() {
     .await;
     let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-{CALLER_SPAN}-01");
-    let reply = Client::http1()
-        .send(
-            Method::GET,
-            mesh.web.outbound,
-            "api",
-            "/",
-            Bytes::new(),
-            &[("traceparent", &traceparent)],
-        )
-        .await;
+    let reply = get_api(&mesh, "/", &[("traceparent", &traceparent)]).await;
     assert_eq!(reply.status, 500);
     assert_eq!(reply.header("tether-attempts"), "2");
     let trace = mesh
@@ -177,16 +173,7 @@ async fn a_b3_request_continues_its_trace() {
     let mesh = traced_mesh(Behavior::default(), "{}").await;
     let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
     let b3 = format!("{trace_id}-{CALLER_SPAN}-1");
-    let reply = Client::http1()
-        .send(
-            Method::GET,
-            mesh.web.outbound,
-            "api",
-            "/",
-            Bytes::new(),
-            &[("b3", &b3)],
-        )
-        .await;
+    let reply = get_api(&mesh, "/", &[("b3", &b3)]).await;
     assert_eq!(reply.status, 200);
     assert!(
         reply
@@ -209,16 +196,12 @@ async fn a_b3_request_continues_its_trace() {
 async fn an_unsampled_caller_is_not_recorded_and_new_traces_are() {
     let mesh = traced_mesh(Behavior::default(), "{}").await;
     let unsampled = "7bf92f3577b34da6a3ce929d0e0e4736";
-    let reply = Client::http1()
-        .send(
-            Method::GET,
-            mesh.web.outbound,
-            "api",
-            "/",
-            Bytes::new(),
-            &[("traceparent", &format!("00-{unsampled}-{CALLER_SPAN}-00"))],
-        )
-        .await;
+    let reply = get_api(
+        &mesh,
+        "/",
+        &[("traceparent", &format!("00-{unsampled}-{CALLER_SPAN}-00"))],
+    )
+    .await;
     assert_eq!(reply.status, 200);
     let seen = reply.header("x-traceparent");
     assert!(
@@ -226,16 +209,7 @@ async fn an_unsampled_caller_is_not_recorded_and_new_traces_are() {
         "the caller's decision travels: {seen}"
     );
     // No trace header at all: a new trace, sampled at ratio 1.0.
-    let reply = Client::http1()
-        .send(
-            Method::GET,
-            mesh.web.outbound,
-            "api",
-            "/",
-            Bytes::new(),
-            &[],
-        )
-        .await;
+    let reply = get_api(&mesh, "/", &[]).await;
     let seen = reply.header("x-traceparent");
     assert!(seen.len() == 55 && seen.ends_with("-01"), "{seen}");
     let new_trace = seen[3..35].to_owned();

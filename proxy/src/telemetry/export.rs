@@ -327,8 +327,7 @@ fn encode(envelope: &Envelope, spans: &SpanBuffer, protocol: Protocol) -> Bytes 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::context::{SpanContext, SpanId, TraceId};
-    use crate::telemetry::span::{SpanBuilder, SpanHead, SpanKind};
+    use crate::telemetry::span::{test_head, SpanBuilder};
 
     fn counters() -> Counters {
         let counter = |name: &str| IntCounter::new(name, name).expect("valid counter");
@@ -355,22 +354,7 @@ mod tests {
         let exporter =
             Exporter::start(&settings, Envelope::new(&[]), counters.clone()).expect("valid");
         // No await in between: the export task cannot run yet.
-        let span = SpanBuilder::begin(&SpanHead {
-            context: SpanContext {
-                trace_id: TraceId([1; 16]),
-                span_id: SpanId([2; 8]),
-                sampled: true,
-            },
-            parent: None,
-            kind: SpanKind::Client,
-            start_unix_nano: 1,
-            method: &http::Method::GET,
-            direction: "outbound",
-            service: "api",
-            path: "/",
-            authority: "api",
-            peer: None,
-        });
+        let span = SpanBuilder::begin(&test_head(&http::Method::GET, "api", "/"));
         for _ in 0..QUEUE + 5 {
             exporter.submit(span.bytes());
         }

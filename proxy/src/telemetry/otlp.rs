@@ -93,8 +93,8 @@ impl SpanBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::context::{SpanContext, SpanId, TraceId};
-    use crate::telemetry::span::{SpanBuilder, SpanEnd, SpanHead, SpanKind};
+    use crate::telemetry::context::SpanId;
+    use crate::telemetry::span::{test_head as head, SpanBuilder, SpanEnd, SpanKind};
     use http::Method;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -102,25 +102,6 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoKind;
     use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
-
-    fn head<'a>(method: &'a Method, authority: &'a str, path: &'a str) -> SpanHead<'a> {
-        SpanHead {
-            context: SpanContext {
-                trace_id: TraceId([1; 16]),
-                span_id: SpanId([2; 8]),
-                sampled: true,
-            },
-            parent: None,
-            kind: SpanKind::Client,
-            start_unix_nano: 1,
-            method,
-            direction: "outbound",
-            service: "api",
-            path,
-            authority,
-            peer: None,
-        }
-    }
 
     fn ok() -> SpanEnd {
         SpanEnd {

@@ -15,46 +15,57 @@ pub const FIXED32: u8 = 5;
 /// A `KeyValue` with a string `AnyValue` as field `field`. Keys are short
 /// literals (one-byte lengths).
 pub fn string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
-    let value_len = value.len() as u64;
-    let any_len = 1 + varint_len(value_len) + value.len();
-    let kv_len = string_attribute_len(key, value);
-    out.reserve(kv_len + 6);
-    tag(out, field, LEN);
-    varint(out, kv_len as u64);
-    key_field(out, key);
-    out.push(2 << 3 | LEN);
-    varint(out, any_len as u64);
+    key_value_head(out, field, key, string_value_len(value));
     out.push(1 << 3 | LEN);
-    varint(out, value_len);
+    varint(out, value.len() as u64);
     out.extend_from_slice(value.as_bytes());
+}
+
+/// A `KeyValue` with an `int_value` (`AnyValue` field 3) as field `field`.
+pub fn int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
+    key_value_head(out, field, key, int_value_len(value));
+    out.push(3 << 3 | VARINT);
+    varint(out, value as u64);
 }
 
 /// The encoded length of [`string_attribute`]'s `KeyValue`, without its
 /// tag and length prefix.
 pub fn string_attribute_len(key: &str, value: &str) -> usize {
-    let any_len = 1 + varint_len(value.len() as u64) + value.len();
-    2 + key.len() + 1 + varint_len(any_len as u64) + any_len
+    key_value_len(key, string_value_len(value))
 }
 
 /// The encoded length of [`int_attribute`]'s `KeyValue`, without its tag
 /// and length prefix.
 pub fn int_attribute_len(key: &str, value: i64) -> usize {
-    let any_len = 1 + varint_len(value as u64);
+    key_value_len(key, int_value_len(value))
+}
+
+/// `AnyValue { string_value = 1 }`'s length.
+fn string_value_len(value: &str) -> usize {
+    1 + varint_len(value.len() as u64) + value.len()
+}
+
+/// `AnyValue { int_value = 3 }`'s length.
+fn int_value_len(value: i64) -> usize {
+    1 + varint_len(value as u64)
+}
+
+/// `KeyValue { key = 1; value = 2 }`'s length for a short key.
+fn key_value_len(key: &str, any_len: usize) -> usize {
     2 + key.len() + 1 + varint_len(any_len as u64) + any_len
 }
 
-/// A `KeyValue` with an `int_value` (`AnyValue` field 3) as field `field`.
-pub fn int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
-    let any_len = 1 + varint_len(value as u64);
-    let kv_len = int_attribute_len(key, value);
+/// A `KeyValue`'s tag, length and key, and its `AnyValue`'s tag and
+/// length; the caller writes the value (`any_len` bytes). Reserves room
+/// for all of it, so the buffer grows at most once.
+fn key_value_head(out: &mut Vec<u8>, field: u32, key: &str, any_len: usize) {
+    let kv_len = key_value_len(key, any_len);
     out.reserve(kv_len + 6);
     tag(out, field, LEN);
     varint(out, kv_len as u64);
     key_field(out, key);
     out.push(2 << 3 | LEN);
     varint(out, any_len as u64);
-    out.push(3 << 3 | VARINT);
-    varint(out, value as u64);
 }
 
 /// `KeyValue.key` (field 1) for a literal key shorter than 128 bytes.

@@ -229,6 +229,28 @@ pub fn server_address(authority: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// A span head for tests: trace `01…`, span `02…`, outbound to `api`.
+#[cfg(test)]
+pub(crate) fn test_head<'a>(method: &'a Method, authority: &'a str, path: &'a str) -> SpanHead<'a> {
+    use super::context::TraceId;
+    SpanHead {
+        context: SpanContext {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            sampled: true,
+        },
+        parent: None,
+        kind: SpanKind::Client,
+        start_unix_nano: 1,
+        method,
+        direction: "outbound",
+        service: "api",
+        path,
+        authority,
+        peer: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
