@@ -128,7 +128,7 @@ impl Observer {
             None
         };
         if let Some(span) = observation.span {
-            span.finish(response.status(), error, observation.arrived, elapsed);
+            span.finish(response.status(), error, elapsed);
         }
         if let (Some(log), Some((method, authority, path))) = (&self.access_log, observation.line) {
             let attempts = header(&TETHER_ATTEMPTS);

@@ -268,3 +268,47 @@ async fn spans_also_go_over_otlp_http() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn an_abandoned_request_still_ends_its_spans_as_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    let slow = Behavior {
+        delay: std::time::Duration::from_secs(30),
+        ..Behavior::default()
+    };
+    let mesh = traced_mesh(slow, "{}").await;
+    let trace_id = "9bf92f3577b34da6a3ce929d0e0e4736";
+    let mut caller = tokio::net::TcpStream::connect(mesh.web.outbound)
+        .await
+        .expect("web's sidecar accepts");
+    let request = format!(
+        "GET / HTTP/1.1\r\nhost: api\r\ntraceparent: 00-{trace_id}-{CALLER_SPAN}-01\r\n\r\n"
+    );
+    caller
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let reached = tether_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        mesh._app.hits() >= 1
+    })
+    .await;
+    assert!(reached, "the request reached the app");
+    drop(caller);
+    let trace = mesh
+        .jaeger
+        .trace(trace_id, 2)
+        .await
+        .unwrap_or_else(|| panic!("the abandoned request's spans never reached Jaeger"));
+    let all = spans(&trace);
+    assert_eq!(all.len(), 2, "both sidecars' spans");
+    for span in &all {
+        assert_eq!(
+            span.tag("tether.error").as_deref(),
+            Some("cancelled"),
+            "{}",
+            span.service
+        );
+        assert_eq!(span.tag("error").as_deref(), Some("true"));
+        assert_eq!(span.tag("http.response.status_code"), None);
+    }
+}

@@ -31,7 +31,7 @@ mod protobuf;
 mod span;
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use http::{HeaderMap, Request, StatusCode};
@@ -202,6 +202,8 @@ impl Telemetry {
             Recording {
                 active: Arc::clone(active),
                 span: TraceCx(Arc::new(Mutex::new(span))),
+                arrived: start.arrived,
+                started: Instant::now(),
             }
         });
         if let Some(traceparent) = context.traceparent() {
@@ -225,7 +227,9 @@ fn unix_nanos(at: SystemTime) -> u64 {
 }
 
 /// The span of one hop: its context and, when the trace is sampled, the
-/// span being recorded. Ended with the response.
+/// span being recorded. Ended with the response; a span dropped without
+/// one (the caller went away, the request was abandoned) still ends, as an
+/// error `cancelled` without a status code.
 pub struct HopSpan {
     context: SpanContext,
     recording: Option<Recording>,
@@ -234,6 +238,21 @@ pub struct HopSpan {
 struct Recording {
     active: Arc<Active>,
     span: TraceCx,
+    arrived: SystemTime,
+    started: Instant,
+}
+
+impl Recording {
+    fn end(self, status: Option<u16>, error: Option<&'static str>, elapsed: Duration) {
+        let mut span = self.span.lock();
+        span.end(&SpanEnd {
+            end_unix_nano: unix_nanos(self.arrived)
+                .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)),
+            status,
+            error,
+        });
+        self.active.exporter.submit(span.bytes());
+    }
 }
 
 impl HopSpan {
@@ -243,25 +262,19 @@ impl HopSpan {
     }
 
     /// Records the outcome and hands the span to the exporter, if recorded.
-    /// `arrived` and `elapsed` give the end: arrival plus the monotonic
-    /// time to the response.
-    pub fn finish(
-        self,
-        status: StatusCode,
-        error: Option<&'static str>,
-        arrived: SystemTime,
-        elapsed: Duration,
-    ) {
-        let Some(Recording { active, span }) = self.recording else {
-            return;
-        };
-        let mut span = span.lock();
-        span.end(&SpanEnd {
-            end_unix_nano: unix_nanos(arrived)
-                .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)),
-            status: status.as_u16(),
-            error,
-        });
-        active.exporter.submit(span.bytes());
+    /// `elapsed` is the time from arrival to the response.
+    pub fn finish(mut self, status: StatusCode, error: Option<&'static str>, elapsed: Duration) {
+        if let Some(recording) = self.recording.take() {
+            recording.end(Some(status.as_u16()), error, elapsed);
+        }
+    }
+}
+
+impl Drop for HopSpan {
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.take() {
+            let elapsed = recording.started.elapsed();
+            recording.end(None, Some("cancelled"), elapsed);
+        }
     }
 }

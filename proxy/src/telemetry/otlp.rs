@@ -106,7 +106,7 @@ mod tests {
     fn ok() -> SpanEnd {
         SpanEnd {
             end_unix_nano: 2,
-            status: 200,
+            status: Some(200),
             error: None,
         }
     }
@@ -190,12 +190,12 @@ mod tests {
         failed.record_try("10.0.0.9:8080", || 20);
         failed.end(&SpanEnd {
             end_unix_nano: 30,
-            status: 504,
+            status: Some(504),
             error: Some("timeout"),
         });
         let mut plain_5xx = SpanBuilder::begin(&head);
         plain_5xx.end(&SpanEnd {
-            status: 503,
+            status: Some(503),
             ..ok()
         });
         let request = decode(&[failed, plain_5xx]);
@@ -232,6 +232,22 @@ mod tests {
         assert_eq!((status.code, status.message.as_str()), (2, "HTTP 503"));
         assert_eq!(attribute(&spans[1], "error.type"), text("503"));
         assert_eq!(attribute(&spans[1], "tether.endpoint"), None, "no try made");
+    }
+
+    #[test]
+    fn an_abandoned_span_is_cancelled_without_a_status_code() {
+        let mut span = SpanBuilder::begin(&head(&Method::GET, "api", "/"));
+        span.end(&SpanEnd {
+            status: None,
+            error: Some("cancelled"),
+            ..ok()
+        });
+        let request = decode(&[span]);
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(attribute(span, "http.response.status_code"), None);
+        assert_eq!(attribute(span, "tether.error"), text("cancelled"));
+        let status = span.status.as_ref().expect("status");
+        assert_eq!((status.code, status.message.as_str()), (2, "cancelled"));
     }
 
     #[test]

@@ -55,10 +55,11 @@ pub struct SpanHead<'a> {
 pub struct SpanEnd {
     /// End, ns since the Unix epoch.
     pub end_unix_nano: u64,
-    /// `http.response.status_code`.
-    pub status: u16,
+    /// `http.response.status_code`; none when the request was abandoned
+    /// before a response (the caller went away).
+    pub status: Option<u16>,
     /// `tether.error` and `error.type`: the proxy's reason, when it failed
-    /// the request itself.
+    /// the request itself (`cancelled` when abandoned).
     pub error: Option<&'static str>,
 }
 
@@ -151,23 +152,21 @@ impl SpanBuilder {
     pub fn end(&mut self, end: &SpanEnd) {
         let out = &mut self.bytes;
         fixed64(out, 8, end.end_unix_nano);
-        int_attribute(
-            out,
-            ATTRIBUTE,
-            "http.response.status_code",
-            i64::from(end.status),
-        );
+        let status = end.status.unwrap_or(0);
+        if let Some(code) = end.status {
+            int_attribute(out, ATTRIBUTE, "http.response.status_code", i64::from(code));
+        }
         if self.tries > 1 {
             int_attribute(out, ATTRIBUTE, "tether.retries", i64::from(self.tries - 1));
         }
-        let digits = status_digits(end.status);
+        let digits = status_digits(status);
         let message: &[&str] = match end.error {
             Some(reason) => {
                 string_attribute(out, ATTRIBUTE, "tether.error", reason);
                 string_attribute(out, ATTRIBUTE, "error.type", reason);
                 &[reason]
             }
-            None if end.status >= 500 => {
+            None if status >= 500 => {
                 string_attribute(out, ATTRIBUTE, "error.type", as_str(&digits));
                 &["HTTP ", as_str(&digits)]
             }
