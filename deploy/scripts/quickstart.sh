@@ -106,6 +106,19 @@ echo "==> api's sidecar identity (from /config):"
 curl -fsS http://127.0.0.1:15100/config | grep -E '"spiffe_id"' || true
 echo "==> a plaintext client at api's sidecar is refused:"
 if curl -fsS -m 2 -H 'Host: api' http://127.0.0.1:15543/ >/dev/null 2>&1; then echo "    UNEXPECTED: answered"; exit 1; else echo "    refused (mTLS required)"; fi
+if $tracing; then
+  echo "==> traces in Jaeger (spans leave the sidecars in batches, at most 50 ms apart):"
+  traces=0
+  for _ in $(seq 50); do
+    traces=$(curl -fsS "http://127.0.0.1:16686/api/traces?service=web&limit=100" 2>/dev/null |
+      python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("data") or []))' 2>/dev/null || echo 0)
+    [ "$traces" -ge 20 ] && break
+    sleep 0.2
+  done
+  echo "    $traces traces of web's requests in Jaeger"
+  if [ "$traces" -eq 0 ]; then echo "    no trace reached Jaeger; logs:"; tail -n 20 "$work"/*.log; exit 1; fi
+  curl -fsS http://127.0.0.1:15000/metrics | grep -E '^tether_trace_spans_(exported|dropped)_total' | sed 's/^/    /' || true
+fi
 echo "==> proxies known to the control plane:"
 "$bin/tether-control" status --control-plane https://127.0.0.1:15010 --trust-bundle "$work/ca/ca.pem"
 echo
