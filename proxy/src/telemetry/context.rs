@@ -223,6 +223,40 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_values_never_panic_and_accepted_ones_round_trip() {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let alphabet = b"0123456789abcdefABCDEF-x \t";
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for _ in 0..20_000 {
+            // Mutations of a valid value, and random strings of nearby lengths.
+            let mut bytes: Vec<u8> = if rng.gen_bool(0.5) {
+                valid.as_bytes().to_vec()
+            } else {
+                (0..rng.gen_range(0..70))
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect()
+            };
+            for _ in 0..rng.gen_range(0..3) {
+                if !bytes.is_empty() {
+                    let i = rng.gen_range(0..bytes.len());
+                    bytes[i] = alphabet[rng.gen_range(0..alphabet.len())];
+                }
+            }
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                continue;
+            };
+            let mut map = HeaderMap::new();
+            map.insert(TRACEPARENT, value);
+            if let Some(cx) = SpanContext::from_traceparent(&map) {
+                let written = cx.traceparent().expect("valid");
+                map.insert(TRACEPARENT, written);
+                assert_eq!(SpanContext::from_traceparent(&map), Some(cx));
+            }
+        }
+    }
+
+    #[test]
     fn ratio_sampling_is_deterministic_per_trace_and_near_the_ratio() {
         let ids: Vec<TraceId> = (0..10_000).map(|_| TraceId::random()).collect();
         let kept = ids.iter().filter(|id| sampled_at(**id, 0.25)).count();
