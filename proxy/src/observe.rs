@@ -86,6 +86,7 @@ impl Observer {
                 service,
                 peer,
                 arrived,
+                started: started.into_std(),
             };
             self.telemetry.start(request, start)
         } else {

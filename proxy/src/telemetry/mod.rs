@@ -100,8 +100,11 @@ pub struct SpanStart<'a> {
     pub service: &'a str,
     /// The caller's verified mesh identity, inbound over mTLS.
     pub peer: Option<&'a str>,
-    /// When the request arrived.
+    /// When the request arrived: wall clock, for the span's times.
     pub arrived: SystemTime,
+    /// When the request arrived: monotonic, for the end of an abandoned
+    /// span (the observer's own clock read, not another).
+    pub started: Instant,
 }
 
 impl Telemetry {
@@ -203,7 +206,7 @@ impl Telemetry {
                 active: Arc::clone(active),
                 span: TraceCx(Arc::new(Mutex::new(span))),
                 arrived: start.arrived,
-                started: Instant::now(),
+                started: start.started,
             }
         });
         if let Some(traceparent) = context.traceparent() {
