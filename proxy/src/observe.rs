@@ -67,8 +67,8 @@ impl Observer {
                 line: None,
             };
         }
-        let authority = crate::forward::request_authority(request).unwrap_or("");
         let line = self.access_log.as_ref().map(|_| {
+            let authority = crate::forward::request_authority(request).unwrap_or("");
             (
                 request.method().to_string(),
                 authority.to_owned(),

@@ -29,8 +29,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
 fn trace_id(hex: &str) -> Option<TraceId> {
     // 64-bit B3 trace ids are left-padded to 128 bits.
     let id = match hex.len() {
-        16 => u128::from_str_radix(hex, 16).ok()?,
-        32 => u128::from_str_radix(hex, 16).ok()?,
+        16 | 32 => u128::from_str_radix(hex, 16).ok()?,
         _ => return None,
     };
     (id != 0).then(|| TraceId(id.to_be_bytes()))

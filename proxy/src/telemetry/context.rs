@@ -33,10 +33,7 @@ impl TraceId {
 
     /// Lowercase hex, as in `traceparent` and Jaeger's UI.
     pub fn to_hex(self) -> String {
-        let mut out = [0u8; 32];
-        hex_into(&self.0, &mut out);
-        // Hex digits are ASCII.
-        String::from_utf8_lossy(&out).into_owned()
+        format!("{:032x}", u128::from_be_bytes(self.0))
     }
 }
 
@@ -113,6 +110,7 @@ impl SpanContext {
 /// Whether a new trace with this id is sampled at `ratio`: the same rule as
 /// OpenTelemetry's `TraceIdRatioBased` (the id's low 63 bits below
 /// `ratio × 2^63`), so every proxy decides the same for the same id.
+/// Ratios at or above 1 keep every trace, at or below 0 none.
 pub fn sampled_at(trace_id: TraceId, ratio: f64) -> bool {
     if ratio >= 1.0 {
         return true;

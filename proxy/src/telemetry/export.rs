@@ -1,14 +1,14 @@
-//! Span export off the request path. A finished span is encoded (otlp.rs)
-//! straight into a bounded pending buffer; one export task takes the buffer
-//! when it holds a batch, or 50 ms after its first span, and sends it as
-//! OTLP over gRPC or HTTP/protobuf. A full buffer drops the span and counts
-//! it (`tether_trace_spans_dropped_total`); traffic never waits for a
+//! Span export off the request path. A finished span (its bytes, encoded
+//! by span.rs) is appended to a bounded pending buffer; one export task
+//! takes the buffer when it holds a batch, or 50 ms after its first span,
+//! wraps it into a request (otlp.rs) and sends it as OTLP over gRPC or
+//! HTTP/protobuf. A full buffer drops the span and counts it
+//! (`tether_trace_spans_dropped_total`); traffic never waits for a
 //! collector. Dropping the [`Exporter`] closes the buffer; the task sends
 //! what it holds and ends.
 //!
-//! Encoding as spans finish, rather than queueing span records for the
-//! task, keeps one copy of each span (its bytes) and no per-span channel
-//! operation.
+//! Appending bytes, rather than queueing span objects for the task, keeps
+//! one copy of each span and no per-span channel operation.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -26,22 +26,20 @@ use tokio::sync::{Notify, Semaphore};
 use super::otlp::{Envelope, SpanBuffer};
 
 /// Spans waiting for export at most (~1 MiB of encoded spans).
-const QUEUE: usize = 4096;
-/// Spans per export request.
+const MAX_PENDING: usize = 4096;
+/// Spans that make a batch worth sending at once.
 const BATCH: usize = 512;
 /// Longest a finished span waits before its batch is sent. Short, so that
-/// at low rates a batch is small: it is encoded on a request worker, and a
-/// large batch held requests up (500 ms here measured +0.60..+0.79 ms p99
-/// at 1,000 rps with the SDK's encoder, 50 ms +0.25). Under load batches
-/// fill to `BATCH` long before this fires.
+/// at low rates a batch is small: it is handled on a request worker, and a
+/// large batch held requests up (with the SDK's encoder, 500 ms measured
+/// +0.60..+0.79 ms p99 at 1,000 rps, 50 ms +0.25). Under load batches fill
+/// to `BATCH` long before this fires.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Export requests in flight at once (multiplexed on one HTTP/2 connection
 /// for gRPC), so one slow answer does not stop the queue draining.
 const IN_FLIGHT: usize = 4;
 /// One export request, connect to answer.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The gRPC method of OTLP trace export.
-const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +77,36 @@ pub enum ExportError {
     },
 }
 
-/// OTLP transport.
+/// OTLP transport: everything that differs between the two is here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Grpc,
     HttpProtobuf,
+}
+
+impl Protocol {
+    /// The export path under the endpoint.
+    fn path(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Protocol::HttpProtobuf => "/v1/traces",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "application/grpc",
+            Protocol::HttpProtobuf => "application/x-protobuf",
+        }
+    }
+
+    /// Bytes before the message: gRPC's compressed flag and length.
+    fn prefix_len(self) -> usize {
+        match self {
+            Protocol::Grpc => 5,
+            Protocol::HttpProtobuf => 0,
+        }
+    }
 }
 
 /// Hands finished, sampled spans to the export task.
@@ -168,7 +191,7 @@ impl Exporter {
         let wake = {
             let mut state = self.pending.lock();
             let held = state.spans.len();
-            if held >= QUEUE {
+            if held >= MAX_PENDING {
                 drop(state);
                 self.dropped.inc();
                 return;
@@ -194,11 +217,9 @@ fn export_uri(endpoint: &str, protocol: Protocol) -> Result<Uri, ConfigError> {
         endpoint: endpoint.to_owned(),
     };
     let base = endpoint.trim_end_matches('/');
-    let path = match protocol {
-        Protocol::Grpc => GRPC_PATH,
-        Protocol::HttpProtobuf => "/v1/traces",
-    };
-    let uri: Uri = format!("{base}{path}").parse().map_err(|_| invalid())?;
+    let uri: Uri = format!("{base}{}", protocol.path())
+        .parse()
+        .map_err(|_| invalid())?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(invalid());
     }
@@ -215,33 +236,28 @@ impl Sender {
     /// Sends one encoded `ExportTraceServiceRequest` (gRPC-framed already
     /// when the protocol is gRPC) and checks the collector's answer.
     async fn send(&self, body: Bytes) -> Result<(), ExportError> {
-        let content_type = match self.protocol {
-            Protocol::Grpc => "application/grpc",
-            Protocol::HttpProtobuf => "application/x-protobuf",
-        };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
         let headers = request.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let content_type = HeaderValue::from_static(self.protocol.content_type());
+        headers.insert(header::CONTENT_TYPE, content_type);
         if self.protocol == Protocol::Grpc {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         let exchange = async {
-            let response = self.client.request(request).await?;
-            let status = response.status();
-            let head = response.headers().clone();
-            let collected = response.into_body().collect().await?;
-            if !status.is_success() {
-                return Err(ExportError::Http(status));
+            let (head, body) = self.client.request(request).await?.into_parts();
+            let collected = body.collect().await?;
+            if !head.status.is_success() {
+                return Err(ExportError::Http(head.status));
             }
             if self.protocol == Protocol::Grpc {
                 // Trailers, or the headers of a trailers-only answer.
-                let trailers = collected.trailers().cloned().unwrap_or_default();
+                let trailers = collected.trailers();
                 let field = |name: &str| {
                     trailers
-                        .get(name)
-                        .or_else(|| head.get(name))
+                        .and_then(|t| t.get(name))
+                        .or_else(|| head.headers.get(name))
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned)
                 };
@@ -314,11 +330,11 @@ async fn export_loop(
 /// The request body: the protobuf message, behind gRPC's 5-byte prefix
 /// (uncompressed flag, big-endian length) when the protocol is gRPC.
 fn encode(envelope: &Envelope, spans: &SpanBuffer, protocol: Protocol) -> Bytes {
-    let prefix = if protocol == Protocol::Grpc { 5 } else { 0 };
+    let prefix = protocol.prefix_len();
     let mut out = vec![0u8; prefix];
     envelope.wrap(spans, &mut out);
     if prefix == 5 {
-        let length = u32::try_from(out.len() - 5).unwrap_or(u32::MAX);
+        let length = u32::try_from(out.len() - prefix).unwrap_or(u32::MAX);
         out[1..5].copy_from_slice(&length.to_be_bytes());
     }
     Bytes::from(out)
@@ -355,19 +371,19 @@ mod tests {
             Exporter::start(&settings, Envelope::new(&[]), counters.clone()).expect("valid");
         // No await in between: the export task cannot run yet.
         let span = SpanBuilder::begin(&test_head(&http::Method::GET, "api", "/"));
-        for _ in 0..QUEUE + 5 {
+        for _ in 0..MAX_PENDING + 5 {
             exporter.submit(span.bytes());
         }
         assert_eq!(counters.dropped.get(), 5);
         drop(exporter);
         let mut waited = 0;
-        while counters.failed.get() < QUEUE as u64 && waited < 500 {
+        while counters.failed.get() < MAX_PENDING as u64 && waited < 500 {
             tokio::time::sleep(Duration::from_millis(10)).await;
             waited += 1;
         }
         assert_eq!(
             counters.failed.get(),
-            QUEUE as u64,
+            MAX_PENDING as u64,
             "every held span was sent (and failed)"
         );
         assert_eq!(counters.exported.get(), 0);
@@ -376,7 +392,7 @@ mod tests {
     #[test]
     fn export_uris_follow_the_protocol() {
         let grpc = export_uri("http://127.0.0.1:4317/", Protocol::Grpc).expect("valid");
-        assert_eq!(grpc.path(), GRPC_PATH);
+        assert_eq!(grpc.path(), Protocol::Grpc.path());
         let http = export_uri("http://collector:4318", Protocol::HttpProtobuf).expect("valid");
         assert_eq!(http.to_string(), "http://collector:4318/v1/traces");
         for bad in [

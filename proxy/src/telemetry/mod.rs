@@ -70,7 +70,6 @@ impl TraceCx {
 
 struct Active {
     settings: TracingSettings,
-    ratio: f64,
     exporter: Exporter,
 }
 
@@ -159,7 +158,6 @@ impl Telemetry {
         };
         Ok(Active {
             settings: settings.clone(),
-            ratio: settings.sample_ratio.clamp(0.0, 1.0),
             exporter: Exporter::start(settings, envelope, counters)?,
         })
     }
@@ -181,7 +179,10 @@ impl Telemetry {
             Some(parent) => (parent.trace_id, parent.sampled),
             None => {
                 let trace_id = TraceId::random();
-                (trace_id, context::sampled_at(trace_id, active.ratio))
+                (
+                    trace_id,
+                    context::sampled_at(trace_id, active.settings.sample_ratio),
+                )
             }
         };
         let context = SpanContext {
@@ -246,7 +247,7 @@ struct Recording {
 }
 
 impl Recording {
-    fn end(self, status: Option<u16>, error: Option<&'static str>, elapsed: Duration) {
+    fn end(self, status: Option<StatusCode>, error: Option<&'static str>, elapsed: Duration) {
         let mut span = self.span.lock();
         span.end(&SpanEnd {
             end_unix_nano: unix_nanos(self.arrived)
@@ -268,7 +269,7 @@ impl HopSpan {
     /// `elapsed` is the time from arrival to the response.
     pub fn finish(mut self, status: StatusCode, error: Option<&'static str>, elapsed: Duration) {
         if let Some(recording) = self.recording.take() {
-            recording.end(Some(status.as_u16()), error, elapsed);
+            recording.end(Some(status), error, elapsed);
         }
     }
 }

@@ -95,7 +95,7 @@ mod tests {
     use super::*;
     use crate::telemetry::context::SpanId;
     use crate::telemetry::span::{test_head as head, SpanBuilder, SpanEnd, SpanKind};
-    use http::Method;
+    use http::{Method, StatusCode};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -106,7 +106,7 @@ mod tests {
     fn ok() -> SpanEnd {
         SpanEnd {
             end_unix_nano: 2,
-            status: Some(200),
+            status: Some(StatusCode::OK),
             error: None,
         }
     }
@@ -190,12 +190,12 @@ mod tests {
         failed.record_try("10.0.0.9:8080", || 20);
         failed.end(&SpanEnd {
             end_unix_nano: 30,
-            status: Some(504),
+            status: Some(StatusCode::GATEWAY_TIMEOUT),
             error: Some("timeout"),
         });
         let mut plain_5xx = SpanBuilder::begin(&head);
         plain_5xx.end(&SpanEnd {
-            status: Some(503),
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
             ..ok()
         });
         let request = decode(&[failed, plain_5xx]);

@@ -5,7 +5,7 @@
 //! in pieces, so these appends make one valid `Span` body, and a finished
 //! span is only its bytes: no span object, no per-attribute allocation.
 
-use http::Method;
+use http::{Method, StatusCode};
 
 use super::context::{SpanContext, SpanId};
 use super::protobuf::{
@@ -57,7 +57,7 @@ pub struct SpanEnd {
     pub end_unix_nano: u64,
     /// `http.response.status_code`; none when the request was abandoned
     /// before a response (the caller went away).
-    pub status: Option<u16>,
+    pub status: Option<StatusCode>,
     /// `tether.error` and `error.type`: the proxy's reason, when it failed
     /// the request itself (`cancelled` when abandoned).
     pub error: Option<&'static str>,
@@ -152,25 +152,30 @@ impl SpanBuilder {
     pub fn end(&mut self, end: &SpanEnd) {
         let out = &mut self.bytes;
         fixed64(out, 8, end.end_unix_nano);
-        let status = end.status.unwrap_or(0);
         if let Some(code) = end.status {
-            int_attribute(out, ATTRIBUTE, "http.response.status_code", i64::from(code));
+            int_attribute(
+                out,
+                ATTRIBUTE,
+                "http.response.status_code",
+                i64::from(code.as_u16()),
+            );
         }
         if self.tries > 1 {
             int_attribute(out, ATTRIBUTE, "tether.retries", i64::from(self.tries - 1));
         }
-        let digits = status_digits(status);
         let message: &[&str] = match end.error {
             Some(reason) => {
                 string_attribute(out, ATTRIBUTE, "tether.error", reason);
                 string_attribute(out, ATTRIBUTE, "error.type", reason);
                 &[reason]
             }
-            None if status >= 500 => {
-                string_attribute(out, ATTRIBUTE, "error.type", as_str(&digits));
-                &["HTTP ", as_str(&digits)]
-            }
-            None => &[],
+            None => match &end.status {
+                Some(code) if code.is_server_error() => {
+                    string_attribute(out, ATTRIBUTE, "error.type", code.as_str());
+                    &["HTTP ", code.as_str()]
+                }
+                _ => &[],
+            },
         };
         if !message.is_empty() {
             // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
@@ -195,19 +200,6 @@ impl SpanBuilder {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
-}
-
-fn status_digits(status: u16) -> [u8; 3] {
-    let status = status.min(999);
-    [
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ]
-}
-
-fn as_str(digits: &[u8; 3]) -> &str {
-    std::str::from_utf8(digits).unwrap_or("500")
 }
 
 /// `server.address` and `server.port` from an authority. An IPv6 literal
