@@ -7,31 +7,26 @@
 #                                              loopback ports until it has a leader,
 #                                              and `consul connect proxy -h`
 #
-# Pinned: github.com/hashicorp/consul v1.22.5 (main package at the module root)
-#   -> $TETHER_CACHE/consul-v1.22.5/bin/consul   (TETHER_CACHE defaults to ~/.cache/tether)
+# Pinned: github.com/hashicorp/consul v1.14.11 (main package at the module root)
+#   -> $TETHER_CACHE/consul-v1.14.11/consul   (TETHER_CACHE defaults to ~/.cache/tether)
 #
-# `go install github.com/hashicorp/consul@v1.22.5` is refused: its go.mod
-# replaces its nested modules (api, sdk, proto-public, envoyextensions,
-# troubleshoot) with ./dirs that are not in the module zip. lib-install.sh drops
-# those replaces so the published versions the go.mod requires are used (here
-# api v1.33.2, sdk v0.17.1, proto-public v0.7.1, envoyextensions v0.9.2,
-# troubleshoot v0.8.3) and builds a copy of the module with -mod=mod.
+# Why this version: licence. HashiCorp moved Consul to the Business Source
+# License (BUSL-1.1, not an open-source licence) from v1.17 on, and the newer
+# releases also pull nested modules (envoyextensions, troubleshoot) under that
+# licence. Tether builds, runs and ships only open-source parts, so it pins the
+# last MPL-2.0 release line that builds here with nothing but published nested
+# modules: v1.14.11 needs only api, sdk and proto-public. The script checks the
+# LICENSE of the downloaded module before building and refuses anything that
+# is not MPL-2.0 (set CONSUL_VERSION to try another release; it gets the same
+# check). Everything Tether uses (catalog and health endpoints with blocking
+# queries, the agent service endpoints, -dev agents) is in v1.14.
 #
-# Why this version (checked 2026-11-23 against the Go module proxy used here;
-# the proxy serves nothing newer than v1.22.7):
-# - v1.22.7 does not compile against the api version its go.mod names (v1.33.7):
-#   its ACL commands use ACLToken.Name and ACLAuthMethod.TokenNameFormat, which
-#   only the api v1.34.x line publishes; building it would mean guessing an api
-#   version the release never shipped with.
-# - v1.22.6, v1.22.0-v1.22.2 and v1.21.5 require nested-module versions the
-#   checksum database does not know (e.g. envoyextensions v0.9.4, proto-public
-#   v0.7.2, troubleshoot v0.8.5), which `go` refuses to use.
-# - v1.22.5 builds as released: every nested module it requires is published
-#   and in the checksum database, and no other change is needed.
+# `go install github.com/hashicorp/consul@v1.14.11` is refused: its go.mod
+# replaces its nested modules with ./dirs that are not in the module zip.
+# lib-install.sh drops those replaces so the published versions the go.mod
+# requires are used, and builds a copy of the module with -mod=mod.
 #
-# Build time here (2 cores, nice 10, other builds running, 2026-11-23): 288 s
-# with an empty Go build cache (modules already downloaded; a fresh machine also
-# downloads ~0.5 GB of modules first); 158 s with a partly warm one. A run with
+# Build time here: see README (CI section). A run with
 # the binary cached: ~0.2 s (it only runs `consul version`).
 #
 # Dev agent on custom loopback ports (several can run side by side, each with
@@ -44,7 +39,28 @@
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib-install.sh"
 
-consul=$(go_build_module consul github.com/hashicorp/consul v1.22.5 . consul -- version)
+CONSUL_VERSION=${CONSUL_VERSION:-v1.14.11}
+
+# The licence of the module source, checked before anything is built: only
+# MPL-2.0 (the text of Mozilla Public License Version 2.0 with no BUSL terms).
+check_consul_licence() {
+  need_go
+  local json dir
+  json=$(go mod download -json "github.com/hashicorp/consul@$CONSUL_VERSION") \
+    || die "go mod download github.com/hashicorp/consul@$CONSUL_VERSION failed: $json"
+  dir=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+  [ -f "$dir/LICENSE" ] || die "no LICENSE in the Consul module at $dir"
+  if grep -q 'Business Source License' "$dir/LICENSE"; then
+    die "Consul $CONSUL_VERSION is under the Business Source License, not open source; use v1.14.11 (MPL-2.0)"
+  fi
+  grep -qiE 'Mozilla Public License,? [Vv]ersion 2\.0' "$dir/LICENSE" \
+    || die "Consul $CONSUL_VERSION: LICENSE is not the MPL-2.0 text"
+}
+if ! binary_runs "$TETHER_CACHE/consul-$CONSUL_VERSION/consul" version; then
+  check_consul_licence
+fi
+
+consul=$(go_build_module consul github.com/hashicorp/consul "$CONSUL_VERSION" . consul -- version)
 
 if [ "${1:-}" = --check ]; then
   "$consul" version >&2

@@ -1,0 +1,20 @@
+//! The end-to-end suite as one test binary: every scenario file beside this
+//! one is a module here, so the suite links once (15 binaries that each
+//! linked every dependency made a cold target ~6 GB and CI once ran out of
+//! disk). Run one scenario file with `cargo test -p tether-e2e -- routing::`.
+
+mod balancing;
+mod catalog_consul;
+mod consul;
+mod control_lifecycle;
+mod control_plane;
+mod control_reload;
+mod control_status;
+mod issuance;
+mod lifecycle;
+mod mtls;
+mod observability;
+mod resilience;
+mod routing;
+mod tcp;
+mod tracing;
