@@ -5,11 +5,11 @@
 //! `defaults`, which a merge of typed structs (where every field has a
 //! value) could not tell apart from an explicit default.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 use tether_api::TrafficPolicy;
 
 /// `defaults` with `services.<service>.policy` merged over it.
-pub fn merged_policy(raw: &Value, service: &str) -> Result<TrafficPolicy, serde_yaml::Error> {
+pub fn merged_policy(raw: &Value, service: &str) -> Result<TrafficPolicy, serde_norway::Error> {
     let mut merged = raw.get("defaults").cloned().unwrap_or(Value::Null);
     if let Some(overrides) = raw
         .get("services")
@@ -21,7 +21,7 @@ pub fn merged_policy(raw: &Value, service: &str) -> Result<TrafficPolicy, serde_
     if merged.is_null() {
         return Ok(TrafficPolicy::default());
     }
-    serde_yaml::from_value(merged)
+    serde_norway::from_value(merged)
 }
 
 /// Maps merge recursively; anything else (scalars, lists) is replaced.
@@ -49,7 +49,7 @@ mod tests {
     use tether_api::{LoadBalancer, RetryOn};
 
     fn raw(text: &str) -> Value {
-        serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+        serde_norway::from_str(text).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

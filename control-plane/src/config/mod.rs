@@ -186,6 +186,22 @@ struct ServiceFile {
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
+/// One parse error as `FILE:LINE:COL: message`.
+fn syntax_error(path: &Path, error: &serde_norway::Error) -> ConfigErrors {
+    let (line, col) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let message = error.to_string();
+    // serde_norway appends " at line L column C"; the prefix says it already.
+    let message = message
+        .find(" at line ")
+        .map_or(message.as_str(), |i| &message[..i]);
+    // humantime-serde's wording names no format.
+    let message = message.replace(
+        "expected a duration",
+        "expected a duration such as `250ms`, `5s` or `1m`",
+    );
+    ConfigErrors(vec![format!("{}:{line}:{col}: {message}", path.display())])
+}
+
 /// Reads and validates a mesh.yaml file.
 pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path)
@@ -195,21 +211,12 @@ pub fn load(path: &Path) -> Result<MeshConfig, ConfigErrors> {
 
 /// Parses and validates mesh.yaml text; `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
-    let file: File = serde_yaml::from_str(text).map_err(|e| {
-        let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let message = e.to_string();
-        // serde_yaml appends " at line L column C"; the prefix says it already.
-        let message = message
-            .find(" at line ")
-            .map_or(message.as_str(), |i| &message[..i]);
-        // humantime-serde's wording names no format.
-        let message = message.replace(
-            "expected a duration",
-            "expected a duration such as `250ms`, `5s` or `1m`",
-        );
-        ConfigErrors(vec![format!("{}:{line}:{col}: {message}", path.display())])
-    })?;
-    let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+    let file: File = serde_norway::from_str(text).map_err(|e| syntax_error(path, &e))?;
+    // The untyped tree the policies are merged on. Typed maps (services,
+    // subsets) keep the last of two equal keys without a word, while this
+    // parse refuses them: report it rather than merge over nothing.
+    let raw: serde_norway::Value =
+        serde_norway::from_str(text).map_err(|e| syntax_error(path, &e))?;
     let mut problems = Problems::new(path, text);
 
     validate::defaults(&mut problems, &file.defaults);

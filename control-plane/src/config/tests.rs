@@ -163,3 +163,32 @@ fn a_tcp_service_keeps_its_outbound_port() {
     assert_eq!(config.services["db"].outbound_port, Some(15306));
     assert_eq!(config.services["api"].outbound_port, None);
 }
+
+#[test]
+fn layout_mistakes_name_the_position() {
+    assert_eq!(
+        errors("defaults:\n\ttimeout: 5s\n"),
+        ["mesh.yaml:2:1: found character that cannot start any token"],
+        "a tab indents"
+    );
+    assert_eq!(
+        errors("services:\n  api:\n    policy:\n     timeout: 5s\n      load_balancer: random\n"),
+        ["mesh.yaml:4:15: services.api.policy.timeout: invalid value: string \"5s load_balancer\", expected a duration such as `250ms`, `5s` or `1m`"],
+        "a deeper line continues the value above it"
+    );
+    assert_eq!(
+        errors("mesh:\n  catalog:\n    static:\n      services:\n        api: [ { address: \"127.0.0.1:1\" }\n"),
+        ["mesh.yaml:6:1: did not find expected ',' or ']'"]
+    );
+}
+
+#[test]
+fn a_service_written_twice_is_refused_not_merged_over_nothing() {
+    let text =
+        "defaults:\n  timeout: 7s\nservices:\n  api: {}\n  web: {}\n  api:\n    protocol: http\n";
+    assert_eq!(
+        errors(text),
+        ["mesh.yaml:4:3: services: duplicate entry with key \"api\""],
+        "the position is the mapping's, as for a duplicate field"
+    );
+}

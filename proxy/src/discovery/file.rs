@@ -41,10 +41,10 @@ pub enum SnapshotError {
 
 /// Parses snapshot text (YAML, of which JSON is a subset).
 pub fn parse(path: &Path, text: &str) -> Result<Snapshot, SnapshotError> {
-    serde_yaml::from_str(text).map_err(|error| {
+    serde_norway::from_str(text).map_err(|error| {
         let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = error.to_string();
-        // serde_yaml appends " at line L column C"; the prefix already says it.
+        // serde_norway appends " at line L column C"; the prefix already says it.
         let message = match message.find(" at line ") {
             Some(at) => message[..at].to_owned(),
             None => message,

@@ -19,7 +19,7 @@ use crate::state::MeshState;
 use crate::telemetry::{self, Telemetry};
 
 fn snapshot(text: &str) -> Snapshot {
-    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    serde_norway::from_str(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn free_port() -> u16 {
