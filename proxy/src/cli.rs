@@ -33,6 +33,106 @@ pub struct Cli {
 pub enum Command {
     /// Wait until the proxy's /ready answers 200 (run before the app starts).
     WaitReady(WaitReadyArgs),
+    /// Write the transparent-capture nat rules into this network namespace
+    /// (run once, as root with NET_ADMIN, in an init container).
+    Init(InitArgs),
+}
+
+/// `tether-proxy init`: see docs/deploy.md for the rules it writes.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Port of the proxy's outbound listener (the app's connections go there).
+    #[arg(long, env = "TETHER_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Port of the proxy's inbound listener (connections to the app's ports go there).
+    #[arg(long, env = "TETHER_INBOUND_PORT", default_value_t = 15443)]
+    pub inbound_port: u16,
+    /// The proxy's admin port: never redirected.
+    #[arg(long, env = "TETHER_ADMIN_PORT", default_value_t = 15000)]
+    pub admin_port: u16,
+    /// The uid the proxy runs as; its own traffic is never captured.
+    #[arg(long, env = "TETHER_PROXY_UID", default_value_t = crate::capture::DEFAULT_PROXY_UID)]
+    pub proxy_uid: u32,
+    /// Capture inbound only to these ports (comma-separated); default: every
+    /// port but the excluded ones.
+    #[arg(long, env = "TETHER_INBOUND_PORTS", value_delimiter = ',')]
+    pub inbound_ports: Vec<u16>,
+    /// Destinations the app reaches directly (comma-separated IPv4 CIDRs or
+    /// addresses), e.g. the Consul agent and the control plane.
+    #[arg(long, env = "TETHER_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',')]
+    pub exclude_outbound_cidrs: Vec<crate::capture::Cidr>,
+    /// Destination ports the app reaches directly (comma-separated).
+    #[arg(long, env = "TETHER_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Inbound ports that reach the app directly (comma-separated).
+    #[arg(long, env = "TETHER_EXCLUDE_INBOUND_PORTS", value_delimiter = ',')]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// iptables binary to use (`iptables-nft`, `iptables-legacy`, a path);
+    /// default: the one the namespace already uses, else nft, else legacy.
+    #[arg(long, env = "TETHER_IPTABLES_BINARY")]
+    pub iptables_binary: Option<String>,
+    /// Print the rules (iptables-restore input) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove Tether's rules instead of writing them.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub cleanup: bool,
+}
+
+impl InitArgs {
+    /// The capture settings these flags describe.
+    pub fn settings(&self) -> crate::capture::CaptureSettings {
+        crate::capture::CaptureSettings {
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            admin_port: self.admin_port,
+            proxy_uid: self.proxy_uid,
+            inbound_ports: self.inbound_ports.clone(),
+            exclude_outbound_cidrs: self.exclude_outbound_cidrs.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+        }
+    }
+}
+
+/// Runs `tether-proxy init`; the process exit code (0 on success, see
+/// [`crate::capture::CaptureError::exit_code`]).
+pub fn init(args: &InitArgs) -> u8 {
+    use crate::capture::{Backend, Change, RuleSet};
+    let rules = RuleSet::new(&args.settings());
+    if args.dry_run {
+        print!("{}", rules.restore_input());
+        return 0;
+    }
+    let backend = match &args.iptables_binary {
+        Some(name) => Ok(Backend::named(name.clone())),
+        None => Backend::detect(),
+    };
+    let result = backend.and_then(|backend| {
+        let change = if args.cleanup {
+            backend.cleanup()
+        } else {
+            backend.apply(&rules)
+        }?;
+        Ok((backend, change))
+    });
+    match result {
+        Ok((backend, change)) => {
+            let what = match change {
+                Change::Applied => "capture rules applied",
+                Change::Unchanged => "capture rules already in force; nothing changed",
+                Change::Replaced => "earlier capture rules replaced",
+                Change::Removed => "capture rules removed",
+                Change::NothingToRemove => "no capture rules to remove",
+            };
+            eprintln!("tether-proxy init: {what} ({})", backend.iptables);
+            0
+        }
+        Err(error) => {
+            eprintln!("tether-proxy init: {error}");
+            error.exit_code()
+        }
+    }
 }
 
 /// `tether-proxy wait-ready`.

@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control_client;

@@ -8,6 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Init(args)) = &cli.command {
+        return ExitCode::from(tether_proxy::cli::init(args));
+    }
     let runtime = match runtime(cli.proxy.worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -9,6 +9,7 @@ pub mod control;
 pub mod echo;
 pub mod jaeger;
 pub mod mesh_tls;
+pub mod netns;
 pub mod pki;
 pub mod proxy;
 

@@ -4,6 +4,7 @@
 //! disk). Run one scenario file with `cargo test -p tether-e2e -- routing::`.
 
 mod balancing;
+mod capture;
 mod catalog_consul;
 mod consul;
 mod control_lifecycle;
