@@ -255,8 +255,8 @@ where
                     }
                 };
                 // ALPN `h2` (a mesh hop) promises HTTP/2: no detection, so
-                // a bad preface is an HTTP/2 connection error. Otherwise the
-                // first line must be HTTP/1 or the HTTP/2 preface.
+                // a bad preface is an HTTP/2 connection error. Otherwise a
+                // request line of another version closes (see `preface`).
                 let h2_only = stream.get_ref().alpn() == Some(ALPN_H2);
                 let (builder, prefix) = if h2_only {
                     (&builders.h2, prefix)
@@ -304,7 +304,8 @@ const ALPN_H2: &[u8] = b"h2";
 
 /// Reads the first line (after `prefix`, already read) within the
 /// header-read timeout. Returns the bytes to replay to hyper, or `None` to
-/// close: neither HTTP/1 nor the HTTP/2 preface, or the read failed. A
+/// close: a request line of a version other than HTTP/1 that is not the
+/// HTTP/2 preface, or the read failed. A
 /// client slower than the timeout is handed to hyper with what it sent, as
 /// before this check existed.
 async fn opening(
@@ -317,7 +318,7 @@ async fn opening(
     match tokio::time::timeout(settings.header_read_timeout, read).await {
         Ok(Ok(true)) | Err(_) => Some(received.freeze()),
         Ok(Ok(false)) => {
-            tracing::debug!("neither an HTTP/1 request line nor the HTTP/2 preface; closing");
+            tracing::debug!("not an HTTP/1 request line nor the HTTP/2 preface; closing");
             None
         }
         Ok(Err(error)) => {

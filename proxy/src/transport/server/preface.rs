@@ -1,10 +1,15 @@
 //! The opening bytes of a connection served as HTTP/1.1 or HTTP/2 (prior
 //! knowledge) on one port: an HTTP/1 request line or the HTTP/2 connection
-//! preface. Bytes that are neither, such as an HTTP/2 client with a broken
-//! preface, close the connection: RFC 9113 §3.4 makes an invalid preface a
-//! connection error, and an HTTP/1 `400` is no answer an HTTP/2 client can
-//! read. hyper's detection alone serves anything that is not exactly the
+//! preface. hyper's detection alone serves anything that is not exactly the
 //! preface as HTTP/1 and answers it with `400`.
+//!
+//! A first line shaped like a request line (`A B C`, visible ASCII) whose
+//! version is not `HTTP/1.0` or `HTTP/1.1` closes the connection instead:
+//! the client speaks another protocol, most likely HTTP/2 with a broken
+//! preface (`PRI * HTTP/2.0` then wrong bytes), and RFC 9113 §3.4 makes an
+//! invalid preface a connection error; an HTTP/1 `400` is no answer such a
+//! client can read. Any other malformed line is a malformed HTTP/1 request
+//! and still gets hyper's `400`.
 
 use std::io;
 
@@ -24,7 +29,7 @@ pub(super) enum Opening {
     /// HTTP: the HTTP/2 preface, an HTTP/1 request line, or too long or
     /// too short to tell (hyper then answers or closes as it always does).
     Http,
-    /// A complete first line that is neither: close the connection.
+    /// A complete request line of another protocol version: close.
     Neither,
     /// Not enough bytes yet.
     Undecided,
@@ -57,10 +62,19 @@ pub(super) fn judge(received: &[u8], limit: usize) -> Opening {
         };
     };
     let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-    if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
-        Opening::Http
-    } else {
-        Opening::Neither
+    let visible = line.iter().all(|&b| b == b' ' || b.is_ascii_graphic());
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts[..] {
+        [method, target, version]
+            if visible
+                && !method.is_empty()
+                && !target.is_empty()
+                && version != b"HTTP/1.1"
+                && version != b"HTTP/1.0" =>
+        {
+            Opening::Neither
+        }
+        _ => Opening::Http,
     }
 }
 
@@ -129,7 +143,15 @@ mod tests {
             "starts like the preface but is not it"
         );
         assert_eq!(judge(b"GET / HTTP/2.0\r\n", LIMIT), Opening::Neither);
-        assert_eq!(judge(b"GET /\r\n", LIMIT), Opening::Neither);
+    }
+
+    #[test]
+    fn other_malformed_lines_are_left_to_hyper() {
+        // Not shaped like a request line: a malformed HTTP/1 request, 400.
+        assert_eq!(judge(b"GET /\r\n", LIMIT), Opening::Http);
+        assert_eq!(judge(b"\x16\x03\x01garbage\r\n", LIMIT), Opening::Http);
+        assert_eq!(judge(b"GET  / HTTP/2.0\r\n", LIMIT), Opening::Http);
+        assert_eq!(judge(b"A B C D\r\n", LIMIT), Opening::Http);
     }
 
     #[test]
