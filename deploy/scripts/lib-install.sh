@@ -55,7 +55,10 @@ local_replaces() {
 #   VERIFY-ARGS  arguments the binary must accept (default: version)
 # Prints the absolute path of the binary on stdout.
 #
-# Modules without replace directives are built with `go install MODULE/PKG@VERSION`.
+# Modules with a go.mod without replace directives are built with
+# `go install MODULE/PKG@VERSION`. A module without go.mod (from before Go
+# modules) is built like the next case, after `go mod init`, so
+# GO_BUILD_UPGRADES can pin its dependencies.
 # `go install` refuses modules whose go.mod has replace directives (Consul's
 # and Jaeger's), so those are downloaded, copied to a writable directory, the
 # replaces that point at local directories (nested modules of the same repo)
@@ -101,10 +104,10 @@ go_build_module() {
     trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
     json=$(go mod download -json "$module@$version") || die "go mod download $module@$version failed: $json"
     src=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
-    [ -n "$src" ] && [ -f "$src/go.mod" ] || die "no module directory for $module@$version in: $json"
+    [ -n "$src" ] && [ -d "$src" ] || die "no module directory for $module@$version in: $json"
 
     ldflags="-s -w ${GO_BUILD_LDFLAGS:-}"
-    if ! grep -Eq '^[[:space:]]*replace([[:space:]]|\()' "$src/go.mod"; then
+    if [ -f "$src/go.mod" ] && ! grep -Eq '^[[:space:]]*replace([[:space:]]|\()' "$src/go.mod"; then
       pkg=$module; [ "$package" = . ] || pkg=$module/${package#./}
       mkdir "$work/gobin"
       GOBIN=$work/gobin CGO_ENABLED=0 nice -n 10 \
@@ -114,6 +117,9 @@ go_build_module() {
       cp -R "$src/." "$work/src" || exit 1
       chmod -R u+w "$work/src" || exit 1
       cd "$work/src" || exit 1
+      # A module from before Go modules (h2spec) gets a go.mod here; its
+      # dependencies come from GO_BUILD_UPGRADES and what the build imports.
+      [ -f go.mod ] || go mod init "$module" >&2 || exit 1
       for old in $(local_replaces go.mod); do
         log "dropping replace $old (using the published version go.mod requires)"
         go mod edit -dropreplace="$old" || exit 1

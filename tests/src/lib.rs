@@ -7,11 +7,13 @@ pub mod client;
 pub mod consul;
 pub mod control;
 pub mod echo;
+pub mod h2spec;
 pub mod jaeger;
 pub mod mesh_tls;
 pub mod netns;
 pub mod pki;
 pub mod proxy;
+pub mod tls_relay;
 
 use std::future::Future;
 use std::time::Duration;

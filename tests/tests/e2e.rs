@@ -11,6 +11,7 @@ mod control_lifecycle;
 mod control_plane;
 mod control_reload;
 mod control_status;
+mod h2spec;
 mod issuance;
 mod lifecycle;
 mod mtls;

@@ -211,8 +211,13 @@ async fn tls_request(
             .map_err(|e| e.to_string())?;
     let store = IdentityStore::with_identity(identity, bundle).map_err(|e| e.to_string())?;
     let expected = SpiffeId::service(TRUST_DOMAIN, "api").map_err(|e| e.to_string())?;
-    let config =
-        tether_certs::client_config(&store, expected.clone()).map_err(|e| e.to_string())?;
+    let mut config = (*tether_certs::client_config(&store, expected.clone())
+        .map_err(|e| e.to_string())?)
+    .clone();
+    // It speaks HTTP/1.1, so it offers only that: ALPN `h2` is served as
+    // HTTP/2 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;

@@ -3,6 +3,8 @@
 //! `tether-tcp`, or the plaintext preamble) to a [`StreamHandler`], serves
 //! HTTP/1.1 and HTTP/2 (detected per connection), and drains gracefully.
 
+mod preface;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use futures_util::FutureExt;
 use http::{Request, Response};
@@ -198,7 +200,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders {
+        h2: builder.clone().http2_only(),
+        either: builder,
+    });
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -214,7 +219,7 @@ where
         let _ = stream.set_nodelay(true);
         let guard = direction.map(|d| metrics.connection_opened(d));
         let handler = handler.clone();
-        let builder = Arc::clone(&builder);
+        let builders = Arc::clone(&builders);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let streams = streams.clone();
@@ -249,6 +254,18 @@ where
                         }
                     }
                 };
+                // ALPN `h2` (a mesh hop) promises HTTP/2: no detection, so
+                // a bad preface is an HTTP/2 connection error. Otherwise a
+                // request line of another version closes (see `preface`).
+                let h2_only = stream.get_ref().alpn() == Some(ALPN_H2);
+                let (builder, prefix) = if h2_only {
+                    (&builders.h2, prefix)
+                } else {
+                    let Some(prefix) = opening(&mut stream, prefix, settings).await else {
+                        return;
+                    };
+                    (&builders.either, prefix)
+                };
                 let identity = PeerIdentity(peer);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let mut request = request.map(Body::from);
@@ -273,6 +290,42 @@ where
         );
     }
     graceful
+}
+
+/// How connections are served: by HTTP/2 only when ALPN settled it,
+/// else HTTP/1.1 or HTTP/2 as the first bytes say.
+struct Builders {
+    h2: auto::Builder<TokioExecutor>,
+    either: auto::Builder<TokioExecutor>,
+}
+
+/// The ALPN protocol id of HTTP/2 over TLS.
+const ALPN_H2: &[u8] = b"h2";
+
+/// Reads the first line (after `prefix`, already read) within the
+/// header-read timeout. Returns the bytes to replay to hyper, or `None` to
+/// close: a request line of a version other than HTTP/1 that is not the
+/// HTTP/2 preface, or the read failed. A
+/// client slower than the timeout is handed to hyper with what it sent, as
+/// before this check existed.
+async fn opening(
+    stream: &mut Counted<MeshStream>,
+    prefix: Bytes,
+    settings: ServerSettings,
+) -> Option<Bytes> {
+    let mut received = BytesMut::from(prefix);
+    let read = preface::read_opening(stream, &mut received, settings.max_header_bytes);
+    match tokio::time::timeout(settings.header_read_timeout, read).await {
+        Ok(Ok(true)) | Err(_) => Some(received.freeze()),
+        Ok(Ok(false)) => {
+            tracing::debug!("not an HTTP/1 request line nor the HTTP/2 preface; closing");
+            None
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before its first line");
+            None
+        }
+    }
 }
 
 /// What a connection on a listener that takes TCP streams carries.
