@@ -11,6 +11,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authority;
 pub mod balance;
 pub mod body;
 pub mod cli;
