@@ -16,11 +16,11 @@ use http_body_util::BodyExt;
 use rand::Rng;
 use tether_api::{ProxyReport, Snapshot, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX};
 
+use super::SnapshotMetrics;
 use super::{Applier, SnapshotError};
 use crate::body::Body;
 use crate::control_client::ControlPlaneClient;
 use crate::identity::MeshIdentity;
-use crate::metrics::Metrics;
 
 /// How long one long-poll asks the control plane to hold the request.
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -73,7 +73,7 @@ pub async fn subscribe(
     client: ControlPlaneClient,
     identity: Option<Arc<MeshIdentity>>,
     applier: Applier,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
 ) {
     if let (true, Some(identity)) = (client.is_tls(), &identity) {
         if !identity.ready() {

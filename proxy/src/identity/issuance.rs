@@ -25,10 +25,10 @@ use rand::Rng;
 use tether_api::{CertificateRequest, CertificateResponse, CERTIFICATE_PATH};
 use tether_certs::{Identity, IdentityKey, SpiffeId};
 
+use super::IdentityMetrics;
 use super::MeshIdentity;
 use crate::body::Body;
 use crate::control_client::{ControlClientError, ControlPlaneClient};
-use crate::metrics::Metrics;
 
 /// Renew at two thirds of a certificate's life: a third (8 h of the
 /// default 24 h) remains to ride out a control-plane outage.
@@ -139,7 +139,11 @@ pub fn restore(identity: &MeshIdentity, settings: &IssuanceSettings) -> bool {
 
 /// Keeps a valid certificate in force, forever: obtains one if none is
 /// held, then renews each one at `renew_fraction` of its life.
-pub async fn run(identity: Arc<MeshIdentity>, settings: IssuanceSettings, metrics: Metrics) {
+pub async fn run(
+    identity: Arc<MeshIdentity>,
+    settings: IssuanceSettings,
+    metrics: IdentityMetrics,
+) {
     loop {
         let due = match identity.current() {
             Some(held) if !held.is_expired_at(SystemTime::now()) => held

@@ -112,7 +112,7 @@ fn serve<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Direction, Metrics};
+    use crate::metrics::Direction;
 
     /// The request's future is moved a few times (into hyper's dispatcher,
     /// among others): every KiB it grows costs every request. Wrapping a
@@ -120,7 +120,7 @@ mod tests {
     /// catches that (it was 11.5 KiB before the layers took closures).
     #[test]
     fn the_request_future_stays_small() {
-        let metrics = Metrics::new();
+        let metrics = crate::discovery::SnapshotMetrics::for_tests();
         let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(
             crate::discovery::build::unknown_metrics(&metrics),
         )));
@@ -129,7 +129,7 @@ mod tests {
                 service: "web".into(),
                 instance: "web-1".into(),
             },
-            metrics,
+            crate::telemetry::ExportCounters::register(metrics.requests().registry()),
         );
         let outbound = Outbound::new(state, Observer::new(telemetry, None, Direction::Outbound));
         let future = outbound.handle(http::Request::new(crate::body::Body::Empty));

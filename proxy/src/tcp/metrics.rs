@@ -1,5 +1,5 @@
-//! Metrics of opaque TCP streams. Families are registered once with the
-//! proxy's others ([`crate::metrics::Metrics`]); per-service handles are
+//! Metrics of opaque TCP streams. Families are registered once, in the
+//! proxy's registry ([`crate::metrics::Metrics::registry`]); per-service handles are
 //! resolved when a snapshot is applied (outbound) or at start (inbound), so a
 //! connection never looks a label set up by name.
 

@@ -37,11 +37,11 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderMap, Request, StatusCode};
 use tether_api::TracingSettings;
 
-use crate::metrics::Metrics;
 pub use context::{SpanContext, SpanId, TraceId};
 pub use span::SpanKind;
 
 use context::TRACEPARENT;
+pub use export::Counters as ExportCounters;
 use export::{Counters, Exporter};
 use otlp::Envelope;
 use span::{SpanBuilder, SpanEnd, SpanHead};
@@ -86,7 +86,7 @@ pub struct Identity {
 pub struct Telemetry {
     active: ArcSwapOption<Active>,
     identity: Identity,
-    metrics: Metrics,
+    counters: Counters,
 }
 
 /// What a hop's span is about, known when the request arrives.
@@ -108,11 +108,11 @@ pub struct SpanStart<'a> {
 
 impl Telemetry {
     /// Tracing off until a snapshot turns it on.
-    pub fn new(identity: Identity, metrics: Metrics) -> Arc<Self> {
+    pub fn new(identity: Identity, counters: Counters) -> Arc<Self> {
         Arc::new(Self {
             active: ArcSwapOption::empty(),
             identity,
-            metrics,
+            counters,
         })
     }
 
@@ -151,11 +151,7 @@ impl Telemetry {
             ("service.version", env!("CARGO_PKG_VERSION")),
             ("tether.component", "proxy"),
         ]);
-        let counters = Counters {
-            dropped: self.metrics.trace_spans_dropped.clone(),
-            failed: self.metrics.trace_export_errors.clone(),
-            exported: self.metrics.trace_spans_exported.clone(),
-        };
+        let counters = self.counters.clone();
         Ok(Active {
             settings: settings.clone(),
             exporter: Exporter::start(settings, envelope, counters)?,

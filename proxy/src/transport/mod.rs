@@ -3,12 +3,14 @@
 
 mod client;
 mod connector;
+mod listener_metrics;
 mod pool;
 mod server;
 mod stream;
 
 pub use client::{ClientSettings, UpstreamClient};
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
+pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
 pub use pool::{ClientError, EndpointPool, PoolSettings, PoolSlot, MAX_IDLE_PER_ENDPOINT};
 pub use server::{
     accept, bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers,

@@ -24,8 +24,9 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};
+use super::ListenerMetrics;
 use crate::body::Body;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Direction;
 use crate::tcp::preamble::{self, Detected};
 
 /// Limits applied to every downstream connection of a listener.
@@ -139,7 +140,7 @@ impl Servers {
         &mut self,
         listener: TcpListener,
         options: ListenerOptions,
-        metrics: Metrics,
+        metrics: ListenerMetrics,
         handler: H,
     ) where
         H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
@@ -171,7 +172,7 @@ impl Servers {
 async fn accept_loop<H, F>(
     listener: TcpListener,
     options: ListenerOptions,
-    metrics: Metrics,
+    metrics: ListenerMetrics,
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown
@@ -314,7 +315,7 @@ async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option
 async fn secure(
     stream: tokio::net::TcpStream,
     tls: Option<&InboundTls>,
-    metrics: &Metrics,
+    metrics: &ListenerMetrics,
 ) -> Option<(MeshStream, Option<tether_certs::SpiffeId>)> {
     let Some(tls) = tls else {
         return Some((MeshStream::Plain(stream), None));
