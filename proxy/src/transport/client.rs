@@ -1,20 +1,17 @@
-//! The HTTP client to upstream endpoints: per-endpoint connection pools
-//! for the request path ([`UpstreamClient::pool_for`]), and a general pooled
-//! client for the few requests that are not to a picked endpoint (the
-//! control plane, `wait-ready`).
+//! The factory of per-endpoint connection pools: one per upstream service
+//! (and one for the local app, one for the control plane), holding how
+//! connections are made (protocol, TLS target, timeouts). Pools live with
+//! their endpoints ([`EndpointPool`]); nothing here is on the request path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::connector::{MeshConnector, TlsTarget};
 use super::pool::{EndpointPool, PoolSettings};
-use crate::body::Body;
 
 /// Source of client ids, so a pool can tell which client made it.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -33,13 +30,12 @@ pub struct ClientSettings {
     pub expected_identity: Option<String>,
 }
 
-/// A connection pool to the endpoints of one service.
+/// Makes the connection pools to the endpoints of one service.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     settings: ClientSettings,
     id: u64,
     connector: MeshConnector,
-    client: Client<MeshConnector, Body>,
 }
 
 impl UpstreamClient {
@@ -53,19 +49,10 @@ impl UpstreamClient {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .http2_only(settings.http2);
-        let connector = MeshConnector::new(http, tls);
-        let client = builder.build(connector.clone());
         Self {
             settings,
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-            connector,
-            client,
+            connector: MeshConnector::new(http, tls),
         }
     }
 
@@ -91,14 +78,5 @@ impl UpstreamClient {
     /// The settings this pool was built with.
     pub fn settings(&self) -> &ClientSettings {
         &self.settings
-    }
-
-    /// Sends a request whose URI is absolute (`http://ip:port/path`) on the
-    /// general pooled client (not the request path: see `pool_for`).
-    pub fn request(
-        &self,
-        request: http::Request<Body>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(request)
     }
 }
