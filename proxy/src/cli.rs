@@ -286,7 +286,7 @@ pub async fn wait_ready(args: &WaitReadyArgs) -> bool {
     let Ok(authority) = args.admin.to_string().parse::<http::uri::Authority>() else {
         return false;
     };
-    let admin = crate::transport::UpstreamClient::new(crate::transport::ClientSettings {
+    let admin = crate::transport::PoolFactory::new(crate::transport::ConnectionSettings {
         http2: false,
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(5),

@@ -25,7 +25,7 @@ use tether_certs::{SpiffeId, CONTROL_PLANE_SERVICE};
 
 use crate::body::Body;
 use crate::identity::MeshIdentity;
-use crate::transport::{ClientSettings, EndpointPool, TlsTarget, UpstreamClient};
+use crate::transport::{ConnectionSettings, EndpointPool, PoolFactory, TlsTarget};
 
 /// Connect timeout to the control plane: it may be across the network, but
 /// a proxy that cannot connect within 2 s retries with backoff anyway.
@@ -106,13 +106,13 @@ impl ControlPlaneClient {
         } else {
             None
         };
-        let settings = ClientSettings {
+        let settings = ConnectionSettings {
             http2: false,
             connect_timeout: CONNECT_TIMEOUT,
             idle_timeout,
             expected_identity: None,
         };
-        let pool = UpstreamClient::with_tls(settings, target).pool_for(&authority);
+        let pool = PoolFactory::with_tls(settings, target).pool_for(&authority);
         Ok(Self {
             authority,
             host,

@@ -39,7 +39,7 @@ use crate::state::MeshState;
 use crate::tcp::{TcpInbound, TcpListeners, TcpSettings};
 use crate::telemetry::{self, Telemetry};
 use crate::transport::{
-    bind, ClientSettings, InboundTls, ListenerOptions, Servers, StreamHandler, UpstreamClient,
+    bind, ConnectionSettings, InboundTls, ListenerOptions, PoolFactory, Servers, StreamHandler,
 };
 
 /// Connect timeout to the local app: it is on loopback, so a second means
@@ -419,7 +419,7 @@ fn serve_inbound(
     tls: Option<InboundTls>,
 ) {
     let service = &core.service;
-    let app = UpstreamClient::new(ClientSettings {
+    let app = PoolFactory::new(ConnectionSettings {
         http2: config.app_http2,
         connect_timeout: APP_CONNECT_TIMEOUT,
         idle_timeout: APP_IDLE_TIMEOUT,

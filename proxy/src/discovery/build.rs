@@ -17,7 +17,7 @@ use crate::inbound::AuthzPolicy;
 use crate::metrics::{Direction, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::{MeshState, RouteRule, Service, Split, TcpService};
-use crate::transport::{ClientSettings, UpstreamClient};
+use crate::transport::{ConnectionSettings, PoolFactory};
 
 /// Builds the state for `snapshot`, or lists every problem found in it.
 pub fn build(
@@ -243,7 +243,7 @@ fn build_service(
             None
         }
     };
-    let settings = ClientSettings {
+    let settings = ConnectionSettings {
         http2,
         connect_timeout: policy.connect_timeout,
         idle_timeout: policy.idle_timeout,
@@ -252,7 +252,7 @@ fn build_service(
     let client = previous
         .filter(|p| *p.client.settings() == settings)
         .map(|p| p.client.clone())
-        .unwrap_or_else(|| UpstreamClient::with_tls(settings, tls.map(|(_, t)| t)));
+        .unwrap_or_else(|| PoolFactory::with_tls(settings, tls.map(|(_, t)| t)));
     let cb = &policy.circuit_breaker;
     let limiter = previous
         .filter(|p| p.limiter.limits() == (cb.max_requests, cb.max_pending_requests))

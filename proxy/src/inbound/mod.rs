@@ -25,7 +25,7 @@ use crate::observe::Observer;
 use crate::outbound::{Req, Rsp};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::MeshState;
-use crate::transport::UpstreamClient;
+use crate::transport::PoolFactory;
 use crate::transport::{EndpointPool, Peer, PeerIdentity};
 
 /// Settings of the inbound path.
@@ -63,7 +63,7 @@ impl Inbound {
     /// The inbound path to the local app.
     pub fn new(
         settings: InboundSettings,
-        client: UpstreamClient,
+        client: PoolFactory,
         metrics: ServiceMetrics,
         observer: Observer,
         state: Arc<ArcSwap<MeshState>>,

@@ -57,11 +57,11 @@ impl ClientError {
     }
 }
 
-/// How connections to an endpoint are made; one per upstream client.
+/// How connections to an endpoint are made; one per pool factory.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Which client the pool belongs to (a pool is rebuilt when it changes).
-    pub client_id: u64,
+    /// Which factory made the pool (a pool is rebuilt when it changes).
+    pub factory_id: u64,
     /// TCP connect (+ TLS) to endpoints.
     pub connector: MeshConnector,
     /// HTTP/2 (one shared connection) or HTTP/1.1 (a stack of idle ones).
@@ -111,9 +111,9 @@ impl EndpointPool {
         })
     }
 
-    /// The client this pool was made for.
-    pub fn client_id(&self) -> u64 {
-        self.settings.client_id
+    /// The factory this pool was made by.
+    pub fn factory_id(&self) -> u64 {
+        self.settings.factory_id
     }
 
     /// Whether requests go out as HTTP/2 (absolute URI) or HTTP/1.1

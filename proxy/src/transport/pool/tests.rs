@@ -62,7 +62,7 @@ fn pool_with_idle_timeout(addr: SocketAddr, http2: bool, idle: Duration) -> Arc<
     EndpointPool::new(
         &authority,
         PoolSettings {
-            client_id: 1,
+            factory_id: 1,
             connector: MeshConnector::new(http, None),
             http2,
             idle_timeout: idle,

@@ -13,13 +13,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use super::connector::{MeshConnector, TlsTarget};
 use super::pool::{EndpointPool, PoolSettings};
 
-/// Source of client ids, so a pool can tell which client made it.
+/// Source of factory ids, so a pool can tell which factory made it.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a connection pool is built with; equal settings share a pool across
 /// snapshots so an update drops no pooled connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSettings {
+pub struct ConnectionSettings {
     /// Speak HTTP/2 (prior knowledge, or ALPN `h2` over TLS).
     pub http2: bool,
     /// TCP connect timeout.
@@ -32,20 +32,20 @@ pub struct ClientSettings {
 
 /// Makes the connection pools to the endpoints of one service.
 #[derive(Debug, Clone)]
-pub struct UpstreamClient {
-    settings: ClientSettings,
+pub struct PoolFactory {
+    settings: ConnectionSettings,
     id: u64,
     connector: MeshConnector,
 }
 
-impl UpstreamClient {
+impl PoolFactory {
     /// A new plaintext pool.
-    pub fn new(settings: ClientSettings) -> Self {
+    pub fn new(settings: ConnectionSettings) -> Self {
         Self::with_tls(settings, None)
     }
 
     /// A new pool; with `tls`, every connection is mTLS to the target identity.
-    pub fn with_tls(settings: ClientSettings, tls: Option<TlsTarget>) -> Self {
+    pub fn with_tls(settings: ConnectionSettings, tls: Option<TlsTarget>) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
@@ -56,18 +56,18 @@ impl UpstreamClient {
         }
     }
 
-    /// This client's id; pools it made carry it.
+    /// This factory's id; pools it made carry it.
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// A new, empty connection pool to the endpoint at `authority`, with
-    /// this client's protocol, TLS and timeouts.
+    /// this factory's protocol, TLS and timeouts.
     pub fn pool_for(&self, authority: &Authority) -> Arc<EndpointPool> {
         EndpointPool::new(
             authority,
             PoolSettings {
-                client_id: self.id,
+                factory_id: self.id,
                 connector: self.connector.clone(),
                 http2: self.settings.http2,
                 idle_timeout: self.settings.idle_timeout,
@@ -76,7 +76,7 @@ impl UpstreamClient {
     }
 
     /// The settings this pool was built with.
-    pub fn settings(&self) -> &ClientSettings {
+    pub fn settings(&self) -> &ConnectionSettings {
         &self.settings
     }
 }
