@@ -95,7 +95,7 @@ impl AccessLog {
     /// Registers the counter of dropped lines (`start`'s argument) in
     /// `registry`.
     pub fn dropped_counter(registry: &prometheus::Registry) -> IntCounter {
-        crate::metrics::counter(
+        crate::request_metrics::counter(
             registry,
             "tether_access_log_dropped_total",
             "Access log lines dropped because stdout could not keep up.",

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::body::Body;
 use crate::errors::{TETHER_ATTEMPTS, TETHER_ERROR};
-use crate::metrics::{Direction, ServiceMetrics};
+use crate::request_metrics::{Direction, ServiceMetrics};
 use crate::telemetry::{HopSpan, SpanKind, SpanStart, Telemetry};
 
 /// Tracing and access logging for both paths.

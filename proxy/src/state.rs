@@ -13,7 +13,7 @@ use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::inbound::AuthzPolicy;
-use crate::metrics::ServiceMetrics;
+use crate::request_metrics::ServiceMetrics;
 use crate::resilience::ConcurrencyLimiter;
 use crate::tcp::TcpMetrics;
 use crate::transport::{PoolFactory, TlsTarget};

@@ -6,7 +6,7 @@ use prometheus::IntCounter;
 use crate::access_log::AccessLog;
 use crate::discovery::SnapshotMetrics;
 use crate::identity::IdentityMetrics;
-use crate::metrics::Metrics;
+use crate::request_metrics::RequestMetrics;
 use crate::tcp::TcpFamilies;
 use crate::telemetry::ExportCounters;
 use crate::transport::ListenerMetrics;
@@ -14,7 +14,7 @@ use crate::transport::ListenerMetrics;
 /// The families, handed to the parts of the proxy as they are built.
 pub(super) struct Families {
     /// The registry and the request families shared by the HTTP paths.
-    pub requests: Metrics,
+    pub requests: RequestMetrics,
     /// Downstream connections, bytes and TLS handshakes.
     pub listeners: ListenerMetrics,
     /// Opaque TCP streams.
@@ -32,7 +32,7 @@ pub(super) struct Families {
 impl Families {
     /// Registers every family in a fresh registry.
     pub fn register() -> Self {
-        let requests = Metrics::new();
+        let requests = RequestMetrics::new();
         let registry = requests.registry();
         let listeners = ListenerMetrics::register(registry);
         let tcp = TcpFamilies::register(registry);

@@ -14,7 +14,7 @@ use super::SnapshotMetrics;
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::identity::MeshIdentity;
 use crate::inbound::AuthzPolicy;
-use crate::metrics::{Direction, UNKNOWN_SERVICE};
+use crate::request_metrics::{Direction, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::{MeshState, RouteRule, Service, Split, TcpService};
 use crate::transport::{ConnectionSettings, PoolFactory};
@@ -127,7 +127,7 @@ fn tcp_port(
 }
 
 /// The unknown-service metric handles for an empty state.
-pub fn unknown_metrics(metrics: &SnapshotMetrics) -> crate::metrics::ServiceMetrics {
+pub fn unknown_metrics(metrics: &SnapshotMetrics) -> crate::request_metrics::ServiceMetrics {
     metrics.service(Direction::Outbound, UNKNOWN_SERVICE)
 }
 

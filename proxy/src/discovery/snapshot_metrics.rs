@@ -4,14 +4,14 @@
 
 use prometheus::{IntCounter, IntGauge};
 
-use crate::metrics::{counter, gauge, Direction, Metrics, ServiceMetrics};
+use crate::request_metrics::{counter, gauge, Direction, RequestMetrics, ServiceMetrics};
 use crate::tcp::TcpFamilies;
 
 /// What discovery counts and the families it resolves per service.
 #[derive(Clone)]
 pub struct SnapshotMetrics {
     /// The request families, resolved per HTTP service.
-    requests: Metrics,
+    requests: RequestMetrics,
     /// The opaque-TCP families, resolved per tcp service.
     pub tcp: TcpFamilies,
     /// Version of the snapshot in force.
@@ -25,7 +25,7 @@ pub struct SnapshotMetrics {
 impl SnapshotMetrics {
     /// Registers discovery's families in `requests`' registry; services'
     /// handles come from `requests` and `tcp`.
-    pub fn register(requests: &Metrics, tcp: TcpFamilies) -> Self {
+    pub fn register(requests: &RequestMetrics, tcp: TcpFamilies) -> Self {
         let registry = requests.registry();
         Self {
             config_version: gauge(
@@ -48,20 +48,20 @@ impl SnapshotMetrics {
         }
     }
 
-    /// Request handles of one HTTP service (see [`Metrics::service`]).
+    /// Request handles of one HTTP service (see [`RequestMetrics::service`]).
     pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
         self.requests.service(direction, service)
     }
 
     /// The request families and registry (for `/metrics` in tests).
-    pub fn requests(&self) -> &Metrics {
+    pub fn requests(&self) -> &RequestMetrics {
         &self.requests
     }
 
     /// Fresh families in a registry of their own, for tests.
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
-        let requests = Metrics::new();
+        let requests = RequestMetrics::new();
         let tcp = TcpFamilies::register(requests.registry());
         Self::register(&requests, tcp)
     }

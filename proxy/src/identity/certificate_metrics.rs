@@ -3,7 +3,7 @@
 
 use prometheus::{IntCounterVec, IntGauge, Registry};
 
-use crate::metrics::{counter_vec, gauge};
+use crate::request_metrics::{counter_vec, gauge};
 
 /// The identity families, and the TLS handshake failures the identity's
 /// client configs count (that family belongs to the listeners:

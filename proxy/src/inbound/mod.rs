@@ -20,9 +20,9 @@ use crate::forward::{from_upstream, to_upstream};
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
-use crate::metrics::{Metrics, ServiceMetrics};
 use crate::observe::Observer;
 use crate::outbound::{Req, Rsp};
+use crate::request_metrics::{RequestMetrics, ServiceMetrics};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::MeshState;
 use crate::transport::PoolFactory;
@@ -67,7 +67,7 @@ impl Inbound {
         metrics: ServiceMetrics,
         observer: Observer,
         state: Arc<ArcSwap<MeshState>>,
-        all_metrics: &Metrics,
+        all_metrics: &RequestMetrics,
     ) -> Self {
         let denied = all_metrics
             .authz_denied

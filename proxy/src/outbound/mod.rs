@@ -29,8 +29,8 @@ use arc_swap::ArcSwap;
 
 use crate::body::Body;
 use crate::errors::ProxyError;
-use crate::metrics::UNKNOWN_SERVICE;
 use crate::observe::Observer;
+use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::state::MeshState;
 
 pub use target::Target;
@@ -112,7 +112,7 @@ fn serve<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Direction;
+    use crate::request_metrics::Direction;
 
     /// The request's future is moved a few times (into hyper's dispatcher,
     /// among others): every KiB it grows costs every request. Wrapping a

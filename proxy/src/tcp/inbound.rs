@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::relay::{relay, Outcome, StreamLog};
 use super::{TcpFamilies, TcpMetrics};
 use crate::access_log::AccessLog;
-use crate::metrics::{Direction, Metrics};
+use crate::request_metrics::{Direction, RequestMetrics};
 use crate::state::MeshState;
 use crate::transport::{Downstream, Peer, StreamHandler};
 
@@ -44,7 +44,7 @@ impl TcpInbound {
         service: &str,
         app: Authority,
         state: Arc<ArcSwap<MeshState>>,
-        metrics: &Metrics,
+        metrics: &RequestMetrics,
         tcp_metrics: &TcpFamilies,
         access_log: Option<AccessLog>,
     ) -> Self {

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::outbound;
 use crate::access_log::AccessLog;
-use crate::metrics::Direction;
+use crate::request_metrics::Direction;
 use crate::state::MeshState;
 use crate::transport::{ByteCounters, Counted, ListenerMetrics};
 

@@ -150,7 +150,7 @@ pub struct Counters {
 impl Counters {
     /// Registers the export families in `registry`.
     pub fn register(registry: &prometheus::Registry) -> Self {
-        use crate::metrics::counter;
+        use crate::request_metrics::counter;
         Self {
             dropped: counter(
                 registry,

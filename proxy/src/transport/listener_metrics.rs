@@ -5,7 +5,7 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 use super::stream::ByteCounters;
-use crate::metrics::{counter, counter_vec, gauge, gauge_vec, Direction};
+use crate::request_metrics::{counter, counter_vec, gauge, gauge_vec, Direction};
 
 /// The listener families.
 #[derive(Clone)]

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use super::stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};
 use super::ListenerMetrics;
 use crate::body::Body;
-use crate::metrics::Direction;
+use crate::request_metrics::Direction;
 use crate::tcp::preamble::{self, Detected};
 
 /// Limits applied to every downstream connection of a listener.

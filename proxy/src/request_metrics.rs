@@ -2,7 +2,7 @@
 //! shares.
 //!
 //! This module imports nothing else of the proxy: each module registers its
-//! own families in [`Metrics::registry`] where its stack is built (tcp
+//! own families in [`RequestMetrics::registry`] where its stack is built (tcp
 //! streams, listeners, identity, trace export, snapshots), with the helpers
 //! here. The request path never looks a label set up by name: per-service
 //! handles ([`ServiceMetrics`]) are resolved when a snapshot is applied and
@@ -27,7 +27,7 @@ pub const UNKNOWN_SERVICE: &str = "unknown";
 
 /// The registry every family is exported from, and the request families.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct RequestMetrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
@@ -72,7 +72,7 @@ pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
     register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
-impl Metrics {
+impl RequestMetrics {
     /// Registers every family in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -174,7 +174,7 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
+impl Default for RequestMetrics {
     fn default() -> Self {
         Self::new()
     }
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn renders_recorded_requests_with_labels() {
-        let metrics = Metrics::new();
+        let metrics = RequestMetrics::new();
         let api = metrics.service(Direction::Outbound, "api");
         api.record(http::StatusCode::OK, std::time::Duration::from_millis(2));
         api.record(
