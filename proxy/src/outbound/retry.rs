@@ -25,7 +25,7 @@ use super::{Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
 use crate::resilience::backoff;
-use crate::telemetry::TraceCx;
+use crate::telemetry::InFlightSpan;
 
 /// Why a failed try was not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ struct Replay {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    trace: Option<TraceCx>,
+    trace: Option<InFlightSpan>,
     body: Bytes,
 }
 
@@ -203,7 +203,7 @@ async fn keep_for_replay(
         uri: parts.uri.clone(),
         version: parts.version,
         headers: parts.headers.clone(),
-        trace: parts.extensions.get::<TraceCx>().cloned(),
+        trace: parts.extensions.get::<InFlightSpan>().cloned(),
         body: bytes.clone(),
     };
     let first = Request::from_parts(parts, Body::full(bytes));

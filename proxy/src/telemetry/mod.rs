@@ -50,9 +50,9 @@ use span::{SpanBuilder, SpanEnd, SpanHead};
 /// request's extensions (and copied into replayed tries) so inner layers
 /// can add each try's endpoint. Only sampled requests carry one.
 #[derive(Clone, Debug)]
-pub struct TraceCx(Arc<Mutex<SpanBuilder>>);
+pub struct InFlightSpan(Arc<Mutex<SpanBuilder>>);
 
-impl TraceCx {
+impl InFlightSpan {
     fn lock(&self) -> std::sync::MutexGuard<'_, SpanBuilder> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -61,7 +61,7 @@ impl TraceCx {
     /// the first try's endpoint is the span's `tether.endpoint`, each later
     /// try a `retry` event.
     pub fn try_started<B>(request: &Request<B>, endpoint: &str) {
-        if let Some(cx) = request.extensions().get::<TraceCx>() {
+        if let Some(cx) = request.extensions().get::<InFlightSpan>() {
             cx.lock()
                 .record_try(endpoint, || unix_nanos(SystemTime::now()));
         }
@@ -166,7 +166,7 @@ impl Telemetry {
     /// Starts the span of one hop if tracing is on: reads the caller's
     /// context (W3C, else B3), decides sampling, writes this hop's context
     /// into the request as `traceparent` and, when the span is recorded,
-    /// puts a [`TraceCx`] in the request's extensions.
+    /// puts a [`InFlightSpan`] in the request's extensions.
     pub fn start<B>(&self, request: &mut Request<B>, start: SpanStart<'_>) -> Option<HopSpan> {
         let active = self.active.load();
         let active = active.as_ref()?;
@@ -201,7 +201,7 @@ impl Telemetry {
             });
             Recording {
                 active: Arc::clone(active),
-                span: TraceCx(Arc::new(Mutex::new(span))),
+                span: InFlightSpan(Arc::new(Mutex::new(span))),
                 arrived: start.arrived,
                 started: start.started,
             }
@@ -237,7 +237,7 @@ pub struct HopSpan {
 
 struct Recording {
     active: Arc<Active>,
-    span: TraceCx,
+    span: InFlightSpan,
     arrived: SystemTime,
     started: Instant,
 }
