@@ -1,6 +1,17 @@
 //! Splitting an HTTP authority (`host[:port]`) into host and port, in one
 //! place so that routing and tracing agree on what the host is.
 
+/// The authority a request is addressed to: the URI's (HTTP/2, absolute
+/// form) or the `Host` header.
+pub fn of_request<B>(request: &http::Request<B>) -> Option<&str> {
+    request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
 /// `authority` split into its host and port.
 ///
 /// - `api`, `api:80`, `API.mesh:15001`: the host keeps its case (lookups

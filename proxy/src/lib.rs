@@ -17,7 +17,7 @@ pub mod config;
 pub mod control_client;
 pub mod discovery;
 pub mod errors;
-pub mod forward;
+pub mod hop;
 pub mod identity;
 pub mod inbound;
 pub mod observe;

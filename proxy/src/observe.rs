@@ -68,7 +68,7 @@ impl Observer {
             };
         }
         let line = self.access_log.as_ref().map(|_| {
-            let authority = crate::forward::request_authority(request).unwrap_or("");
+            let authority = crate::authority::of_request(request).unwrap_or("");
             (
                 request.method().to_string(),
                 authority.to_owned(),

@@ -3,11 +3,11 @@
 
 use super::{Req, Rsp, Target};
 use crate::errors::ProxyError;
-use crate::forward::{from_upstream, to_upstream};
+use crate::hop::{from_upstream, to_upstream};
 use crate::telemetry::InFlightSpan;
 
 /// Sends one try of `request` to one endpoint of `target`.
-pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
+pub async fn send_one_try(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let endpoint = target
         .endpoints

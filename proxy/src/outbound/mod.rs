@@ -6,8 +6,8 @@
 //!   → timeout   whole request, over queue and all tries           (timeout.rs)
 //!   → limit     per-service max_requests + max_pending            (limit.rs)
 //!   → retry     budget, backoff, bounded replay buffer            (retry.rs)
-//!   → forward   balancer pick, per-try timeout, outlier record    (endpoint.rs)
-//!   → pool      pooled connection to the endpoint                 (transport::client)
+//!   → try       balancer pick, per-try timeout, outlier record    (endpoint.rs)
+//!   → pool      pooled connection to the endpoint                 (transport::pool)
 //! ```
 //!
 //! `route` runs in [`Outbound::handle`], which also records metrics and turns
@@ -105,7 +105,7 @@ fn serve<'a>(
         limit::hold(&target.service, || {
             // per-service in-flight + pending limits, then
             retry::retry(target, request) // budget, backoff, replay buffer; each try:
-        }), // endpoint::forward: balancer pick, per-try timeout, outlier detection
+        }), // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection
     )
 }
 

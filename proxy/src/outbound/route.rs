@@ -29,8 +29,7 @@ fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
 
 /// Decides where a request goes.
 pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, ProxyError> {
-    let authority =
-        crate::forward::request_authority(request).ok_or(ProxyError::MissingAuthority)?;
+    let authority = crate::authority::of_request(request).ok_or(ProxyError::MissingAuthority)?;
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
     let path = request.uri().path();

@@ -196,7 +196,7 @@ impl Telemetry {
                 direction: start.direction,
                 service: start.service,
                 path: request.uri().path(),
-                authority: crate::forward::request_authority(request).unwrap_or(""),
+                authority: crate::authority::of_request(request).unwrap_or(""),
                 peer: start.peer,
             });
             Recording {

@@ -117,7 +117,7 @@ impl EndpointPool {
     }
 
     /// Whether requests go out as HTTP/2 (absolute URI) or HTTP/1.1
-    /// (origin form): see `forward::to_upstream`.
+    /// (origin form): see `hop::to_upstream`.
     pub fn is_http2(&self) -> bool {
         self.settings.http2
     }
