@@ -10,6 +10,7 @@
 //! deadline, exit.
 
 mod families;
+mod serve;
 mod signals;
 
 use std::future::Future;
@@ -17,13 +18,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use self::families::Families;
+use self::serve::{drain, serve_admin, serve_inbound, serve_outbound};
 use self::signals::Signals;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -31,23 +32,10 @@ use crate::config::{ProxyConfig, SnapshotSource};
 use crate::control_client::{ControlClientError, ControlPlaneClient};
 use crate::discovery::{self, load_file, watch_file, Applier, SnapshotError};
 use crate::identity::{self, IdentityError, IdentitySource, MeshIdentity};
-use crate::inbound::{Inbound, InboundSettings};
-use crate::observe::Observer;
-use crate::outbound::Outbound;
-use crate::request_metrics::Direction;
 use crate::state::MeshState;
-use crate::tcp::{TcpInbound, TcpListeners, TcpSettings};
+use crate::tcp::{TcpListeners, TcpSettings};
 use crate::telemetry::{self, Telemetry};
-use crate::transport::{
-    bind, ConnectionSettings, InboundTls, ListenerOptions, PoolFactory, Servers, StreamHandler,
-};
-
-/// Connect timeout to the local app: it is on loopback, so a second means
-/// it is not listening, not that it is far.
-const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Idle connections to the local app close after this; below the common
-/// 75 s keep-alive of app servers, so the proxy never races their close.
-const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::transport::{bind, InboundTls, Servers};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -348,132 +336,5 @@ fn spawn_identity_tasks(
             );
             tokio::spawn(issuance.instrument(tracing::info_span!("certificate_issuance")));
         }
-    }
-}
-
-/// Serves `/metrics`, `/ready` and the rest on the admin listener; kept
-/// apart from the mesh servers so it answers while they drain.
-fn serve_admin(
-    listener: TcpListener,
-    config: &ProxyConfig,
-    families: &Families,
-    admin: Admin,
-) -> Servers {
-    let mut server = Servers::default();
-    let options = ListenerOptions {
-        direction: None,
-        settings: config.server,
-        tls: None,
-        streams: None,
-    };
-    server.spawn(
-        listener,
-        options,
-        families.listeners.clone(),
-        move |request| {
-            let admin = admin.clone();
-            async move { admin.handle(request).await }
-        },
-    );
-    server
-}
-
-/// Serves the local app's requests to the mesh.
-fn serve_outbound(
-    servers: &mut Servers,
-    listener: TcpListener,
-    config: &ProxyConfig,
-    core: &Core,
-    families: &Families,
-) {
-    let observer = Observer::new(
-        Arc::clone(&core.telemetry),
-        core.access_log.clone(),
-        Direction::Outbound,
-    );
-    let outbound = Outbound::new(Arc::clone(&core.state), observer);
-    let options = ListenerOptions {
-        direction: Some(Direction::Outbound),
-        settings: config.server,
-        tls: None,
-        streams: None,
-    };
-    servers.spawn(
-        listener,
-        options,
-        families.listeners.clone(),
-        move |request| {
-            let outbound = outbound.clone();
-            async move { outbound.handle(request).await }
-        },
-    );
-}
-
-/// Serves the mesh's requests and TCP streams to the local app.
-fn serve_inbound(
-    servers: &mut Servers,
-    listener: TcpListener,
-    config: &ProxyConfig,
-    core: &Core,
-    families: &Families,
-    tls: Option<InboundTls>,
-) {
-    let service = &core.service;
-    let app = PoolFactory::new(ConnectionSettings {
-        http2: config.app_http2,
-        connect_timeout: APP_CONNECT_TIMEOUT,
-        idle_timeout: APP_IDLE_TIMEOUT,
-        expected_identity: None,
-    });
-    let inbound = Inbound::new(
-        InboundSettings {
-            service: service.clone(),
-            app: config.app.clone(),
-            max_requests: config.inbound_max_requests,
-            max_pending: config.inbound_max_pending,
-        },
-        app,
-        families.requests.service(Direction::Inbound, service),
-        Observer::new(
-            Arc::clone(&core.telemetry),
-            core.access_log.clone(),
-            Direction::Inbound,
-        ),
-        Arc::clone(&core.state),
-        &families.requests,
-    );
-    let streams: Arc<dyn StreamHandler> = Arc::new(TcpInbound::new(
-        service,
-        config.app.clone(),
-        Arc::clone(&core.state),
-        &families.requests,
-        &families.tcp,
-        core.access_log.clone(),
-    ));
-    let options = ListenerOptions {
-        direction: Some(Direction::Inbound),
-        settings: config.server,
-        tls,
-        streams: Some(streams),
-    };
-    servers.spawn(
-        listener,
-        options,
-        families.listeners.clone(),
-        move |request| {
-            let inbound = inbound.clone();
-            async move { inbound.handle(request).await }
-        },
-    );
-}
-
-/// Stops the HTTP and tcp listeners together; open requests and streams get
-/// the same deadline.
-async fn drain(servers: Servers, tcp: &TcpListeners, deadline: Duration) {
-    let (http, tcp) = tokio::join!(servers.drain(deadline), tcp.drain(deadline));
-    if http && tcp {
-        tracing::info!("drained cleanly");
-    } else {
-        tracing::warn!("drain deadline passed with requests or streams still open");
     }
 }
