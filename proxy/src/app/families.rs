@@ -51,3 +51,34 @@ impl Families {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each module registers its own families; all end up in the one
+    /// registry `/metrics` renders (a name registered twice would panic).
+    #[test]
+    fn every_module_s_families_render_from_the_one_registry() {
+        let families = Families::register();
+        families.snapshots.config_version.set(7);
+        families.identity.expiry.set(42);
+        families.listeners.inbound_permissive.set(1);
+        families.export.dropped.inc();
+        families.access_log_dropped.inc();
+        let text = String::from_utf8(families.requests.render()).unwrap_or_default();
+        for line in [
+            "tether_config_version 7",
+            "tether_identity_expiry_timestamp_seconds 42",
+            "tether_inbound_permissive 1",
+            "tether_trace_spans_dropped_total 1",
+            "tether_access_log_dropped_total 1",
+            "tether_control_plane_connected 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+}
