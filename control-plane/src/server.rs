@@ -23,8 +23,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tether_api::{
-    ProxyReport, ProxyStatus, StatusResponse, CERTIFICATE_PATH, PROXY_ID_HEADER,
-    SNAPSHOT_PATH_PREFIX,
+    ProxyReport, ProxyStatus, StatusResponse, CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH,
+    SNAPSHOT_PATH_PREFIX, STATUS_PATH,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -202,10 +202,7 @@ impl Api {
     async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Rsp {
         let path = request.uri().path().to_owned();
         let read_only = request.method() == Method::GET
-            && matches!(
-                path.as_str(),
-                "/live" | "/ready" | "/metrics" | "/v1/status"
-            );
+            && (matches!(path.as_str(), "/live" | "/ready" | "/metrics") || path == STATUS_PATH);
         if matches!(caller, Caller::Admin) && !read_only {
             return text(
                 StatusCode::NOT_FOUND,
@@ -219,8 +216,8 @@ impl Api {
             }
             (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED),
             (&Method::GET, "/metrics") => text(StatusCode::OK, self.metrics.render()),
-            (&Method::GET, "/v1/status") => json(&self.status()),
-            (&Method::POST, "/v1/report") => self.report(request, caller).await,
+            (&Method::GET, STATUS_PATH) => json(&self.status()),
+            (&Method::POST, REPORT_PATH) => self.report(request, caller).await,
             (&Method::POST, CERTIFICATE_PATH) => self.certificate(request, caller).await,
             (&Method::GET, p) if p.starts_with(SNAPSHOT_PATH_PREFIX) => {
                 let service = &p[SNAPSHOT_PATH_PREFIX.len()..];

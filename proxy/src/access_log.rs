@@ -92,6 +92,16 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// Registers the counter of dropped lines (`start`'s argument) in
+    /// `registry`.
+    pub fn dropped_counter(registry: &prometheus::Registry) -> IntCounter {
+        crate::request_metrics::counter(
+            registry,
+            "tether_access_log_dropped_total",
+            "Access log lines dropped because stdout could not keep up.",
+        )
+    }
+
     /// Starts the writer task. Must run inside the tokio runtime.
     pub fn start(dropped: IntCounter) -> Self {
         let (queue, mut lines) = mpsc::channel::<Line>(QUEUE);

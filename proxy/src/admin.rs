@@ -10,15 +10,15 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use crate::body::Body;
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
-use crate::metrics::Metrics;
 use crate::outbound::{Req, Rsp};
+use crate::request_metrics::RequestMetrics;
 use crate::state::MeshState;
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
 pub struct Admin {
     state: Arc<ArcSwap<MeshState>>,
-    metrics: Metrics,
+    metrics: RequestMetrics,
     applier: Applier,
     identity: Option<Arc<MeshIdentity>>,
     draining: Arc<AtomicBool>,
@@ -28,7 +28,7 @@ impl Admin {
     /// Admin over the proxy's state.
     pub fn new(
         state: Arc<ArcSwap<MeshState>>,
-        metrics: Metrics,
+        metrics: RequestMetrics,
         applier: Applier,
         identity: Option<Arc<MeshIdentity>>,
         draining: Arc<AtomicBool>,

@@ -383,18 +383,23 @@ impl ProxyArgs {
 
 /// `wait-ready`: polls the admin `/ready` until 200 or the timeout.
 pub async fn wait_ready(args: &WaitReadyArgs) -> bool {
-    let client = crate::transport::UpstreamClient::new(crate::transport::ClientSettings {
+    let Ok(authority) = args.admin.to_string().parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let admin = crate::transport::PoolFactory::new(crate::transport::ConnectionSettings {
         http2: false,
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(5),
         expected_identity: None,
-    });
-    let uri = format!("http://{}/ready", args.admin);
+    })
+    .pool_for(&authority);
     let deadline = tokio::time::Instant::now() + args.timeout;
     while tokio::time::Instant::now() < deadline {
-        let request = http::Request::get(&uri).body(crate::body::Body::Empty);
+        let request = http::Request::get("/ready")
+            .header(http::header::HOST, authority.as_str())
+            .body(crate::body::Body::Empty);
         if let Ok(request) = request {
-            if let Ok(response) = client.request(request).await {
+            if let Ok(response) = admin.send(request).await {
                 if response.status().is_success() {
                     return true;
                 }

@@ -1,17 +1,35 @@
-//! The HTTP client to the control plane. `http://` is plaintext; `https://`
-//! is TLS 1.3 verified against the mesh trust bundle, where the server must
-//! prove it is `spiffe://<trust_domain>/service/tether-control`, and the
-//! proxy presents its own mesh certificate once it holds one (the control
-//! plane serves a service's snapshot only to that service's proxies).
+//! The typed client to the control plane: one method per call of the API
+//! (`tether_api::control`), whose paths are the API's constants.
+//!
+//! `http://` is plaintext; `https://` is TLS 1.3 verified against the mesh
+//! trust bundle, where the server must prove it is
+//! `spiffe://<trust_domain>/service/tether-control`, and the proxy presents
+//! its own mesh certificate once it holds one (the control plane serves a
+//! service's snapshot only to that service's proxies). Requests go over the
+//! same per-endpoint connection pool as the request path (HTTP/1.1), and
+//! every answer is JSON, decoded with `serde_json`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use tether_api::{
+    snapshot_path, CertificateRequest, CertificateResponse, ProxyReport, Snapshot,
+    CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH,
+};
 use tether_certs::{SpiffeId, CONTROL_PLANE_SERVICE};
 
 use crate::body::Body;
 use crate::identity::MeshIdentity;
-use crate::transport::{ClientSettings, TlsTarget, UpstreamClient};
+use crate::transport::{ConnectionSettings, EndpointPool, PoolFactory, TlsTarget};
+
+/// Connect timeout to the control plane: it may be across the network, but
+/// a proxy that cannot connect within 2 s retries with backoff anyway.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the control-plane URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -27,41 +45,60 @@ pub enum ControlClientError {
     Tls(#[source] tether_certs::Error),
 }
 
-/// A pooled client to one control plane.
+/// Why one call to the control plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlCallError {
+    /// No answer: connect, TLS, the connection broke, or the time ran out.
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// The control plane answered with an unexpected status.
+    #[error("control plane answered {status}: {message}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The answer's body, trimmed.
+        message: String,
+    },
+    /// The answer is not the JSON document the API promises.
+    #[error("the control plane's answer is not a valid {what}: {error}")]
+    Decode {
+        /// What was expected.
+        what: &'static str,
+        /// Where and why decoding failed.
+        #[source]
+        error: serde_json::Error,
+    },
+}
+
+/// A client to one control plane.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneClient {
-    /// `http://host:port`: requests are written against it; TLS, when on,
-    /// happens underneath in the connector.
-    base: String,
+    authority: Authority,
+    host: HeaderValue,
     tls: bool,
-    client: UpstreamClient,
+    pool: Arc<EndpointPool>,
 }
 
 impl ControlPlaneClient {
-    /// A client for `url`; `identity` is required for `https://`.
+    /// A client for `url`; `identity` is required for `https://`. Idle
+    /// connections are kept `idle_timeout`.
     pub fn new(
         url: &str,
         identity: Option<&MeshIdentity>,
         idle_timeout: Duration,
     ) -> Result<Self, ControlClientError> {
         let url = url.trim_end_matches('/');
-        let (tls, authority) = match url.split_once("://") {
+        let bad = || ControlClientError::Url(url.to_owned());
+        let (tls, rest) = match url.split_once("://") {
             Some(("http", rest)) => (false, rest),
             Some(("https", rest)) => (true, rest),
-            _ => return Err(ControlClientError::Url(url.to_owned())),
+            _ => return Err(bad()),
         };
-        let valid = authority
-            .parse::<http::uri::Authority>()
-            .is_ok_and(|a| a.port_u16().is_some() && a.as_str() == authority);
-        if !valid {
-            return Err(ControlClientError::Url(url.to_owned()));
+        let authority = rest.parse::<Authority>().map_err(|_| bad())?;
+        if authority.port_u16().is_none() || authority.as_str() != rest {
+            return Err(bad());
         }
-        let settings = ClientSettings {
-            http2: false,
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout,
-            expected_identity: None,
-        };
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
         let target = if tls {
             let identity =
                 identity.ok_or_else(|| ControlClientError::NeedBundle(url.to_owned()))?;
@@ -69,10 +106,18 @@ impl ControlPlaneClient {
         } else {
             None
         };
+        let settings = ConnectionSettings {
+            http2: false,
+            connect_timeout: CONNECT_TIMEOUT,
+            idle_timeout,
+            expected_identity: None,
+        };
+        let pool = PoolFactory::with_tls(settings, target).pool_for(&authority);
         Ok(Self {
-            base: format!("http://{authority}"),
+            authority,
+            host,
             tls,
-            client: UpstreamClient::with_tls(settings, target),
+            pool,
         })
     }
 
@@ -81,18 +126,138 @@ impl ControlPlaneClient {
         self.tls
     }
 
-    /// `http://host:port` for building request URIs (also under TLS).
-    pub fn base(&self) -> &str {
-        &self.base
+    /// `host:port` of the control plane.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
-    /// Sends a request whose URI starts with [`ControlPlaneClient::base`].
-    pub fn request(
+    /// Long-polls for `service`'s snapshot: `Some` when the control plane's
+    /// version differs from `current`, `None` when `wait` ran out first.
+    /// The whole exchange is bounded by `wait` plus `grace`.
+    pub async fn snapshot(
         &self,
-        request: http::Request<Body>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(request)
+        service: &str,
+        proxy_id: &str,
+        current: u64,
+        wait: Duration,
+        grace: Duration,
+    ) -> Result<Option<Snapshot>, ControlCallError> {
+        let request = Request::get(snapshot_path(service, current, wait.as_secs()))
+            .header(PROXY_ID_HEADER, proxy_id)
+            .body(Body::Empty);
+        let (status, body) = self.call(request, wait + grace).await?;
+        match status {
+            StatusCode::OK => decode(&body, "snapshot").map(Some),
+            StatusCode::NOT_MODIFIED => Ok(None),
+            status => Err(refused(status, &body)),
+        }
     }
+
+    /// Tells the control plane what this proxy applied or refused.
+    pub async fn report(
+        &self,
+        report: &ProxyReport,
+        timeout: Duration,
+    ) -> Result<(), ControlCallError> {
+        let (status, body) = self.post_json(REPORT_PATH, report, None, timeout).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(status, &body))
+        }
+    }
+
+    /// Asks the control plane's CA to sign a CSR; `token` is the join token
+    /// of a first issue (a renewal proves itself with the client
+    /// certificate instead).
+    pub async fn certificate(
+        &self,
+        request: &CertificateRequest,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<CertificateResponse, ControlCallError> {
+        let (status, body) = self
+            .post_json(CERTIFICATE_PATH, request, token, timeout)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(refused(status, &body));
+        }
+        decode(&body, "certificate response")
+    }
+
+    async fn post_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        document: &T,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ControlCallError> {
+        let body =
+            serde_json::to_vec(document).map_err(|e| ControlCallError::Transport(e.to_string()))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.call(request.body(Body::full(Bytes::from(body))), timeout)
+            .await
+    }
+
+    /// Sends `request` (origin-form URI) and reads the whole answer, all
+    /// within `timeout`.
+    async fn call(
+        &self,
+        request: http::Result<Request<Body>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ControlCallError> {
+        let mut request = request.map_err(|e| ControlCallError::Transport(e.to_string()))?;
+        request
+            .headers_mut()
+            .insert(header::HOST, self.host.clone());
+        let exchange = async {
+            let response = self
+                .pool
+                .send(request)
+                .await
+                .map_err(|e| ControlCallError::Transport(error_chain(&e)))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ControlCallError::Transport(format!("the answer broke off: {e}")))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ControlCallError::Transport(format!("no answer within {timeout:?}")))?
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, ControlCallError> {
+    serde_json::from_slice(body).map_err(|error| ControlCallError::Decode { what, error })
+}
+
+fn refused(status: StatusCode, body: &[u8]) -> ControlCallError {
+    ControlCallError::Status {
+        status,
+        message: String::from_utf8_lossy(body).trim().to_owned(),
+    }
+}
+
+/// The error chain of a failed request, so a TLS refusal says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn tls_target(identity: &MeshIdentity) -> Result<TlsTarget, ControlClientError> {
@@ -136,7 +301,111 @@ mod tests {
         ));
         let plain = ControlPlaneClient::new("http://127.0.0.1:15010/", None, idle)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(plain.base(), "http://127.0.0.1:15010");
+        assert_eq!(plain.authority().as_str(), "127.0.0.1:15010");
         assert!(!plain.is_tls());
+    }
+
+    /// A one-shot server on loopback answering `status` with `body`; hands
+    /// back the request head it read.
+    async fn answer_once(
+        status: u16,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let task = tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return String::new();
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_polled_at_the_api_path_and_decoded_as_json() {
+        let (url, server) = answer_once(200, r#"{"version":7,"services":{}}"#).await;
+        let client = ControlPlaneClient::new(&url, None, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = client
+            .snapshot(
+                "web",
+                "web-1",
+                3,
+                Duration::from_secs(30),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(snapshot.map(|s| s.version), Some(7));
+        let head = server.await.unwrap_or_default().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /v1/snapshot/web?version=3&wait=30s http/1.1"),
+            "{head}"
+        );
+        assert!(head.contains("tether-proxy-id: web-1"), "{head}");
+        assert!(
+            head.contains(&format!("host: {}", client.authority())),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn not_modified_is_no_snapshot_and_yaml_is_not_json() {
+        let (url, _server) = answer_once(304, "").await;
+        let client = ControlPlaneClient::new(&url, None, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wait = Duration::from_secs(1);
+        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        assert!(matches!(polled, Ok(None)), "{polled:?}");
+
+        let (url, _server) = answer_once(200, "version: 7\nservices: {}\n").await;
+        let client = ControlPlaneClient::new(&url, None, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        assert!(
+            matches!(polled, Err(ControlCallError::Decode { .. })),
+            "{polled:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_report_carries_the_status_and_message() {
+        let (url, server) = answer_once(403, "not your service\n").await;
+        let client = ControlPlaneClient::new(&url, None, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = ProxyReport {
+            proxy_id: "web-1".into(),
+            service: "web".into(),
+            applied_version: 7,
+            rejected_version: None,
+            error: None,
+        };
+        let sent = client.report(&report, Duration::from_secs(5)).await;
+        match sent {
+            Err(ControlCallError::Status { status, message }) => {
+                assert_eq!(status, StatusCode::FORBIDDEN);
+                assert_eq!(message, "not your service");
+            }
+            other => panic!("{other:?}"),
+        }
+        let head = server.await.unwrap_or_default().to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/report http/1.1"), "{head}");
     }
 }

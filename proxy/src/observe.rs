@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::body::Body;
 use crate::errors::{TETHER_ATTEMPTS, TETHER_ERROR};
-use crate::metrics::{Direction, ServiceMetrics};
+use crate::request_metrics::{Direction, ServiceMetrics};
 use crate::telemetry::{HopSpan, SpanKind, SpanStart, Telemetry};
 
 /// Tracing and access logging for both paths.
@@ -68,7 +68,7 @@ impl Observer {
             };
         }
         let line = self.access_log.as_ref().map(|_| {
-            let authority = crate::forward::request_authority(request).unwrap_or("");
+            let authority = crate::authority::of_request(request).unwrap_or("");
             (
                 request.method().to_string(),
                 authority.to_owned(),

@@ -13,10 +13,10 @@ use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::inbound::AuthzPolicy;
-use crate::metrics::ServiceMetrics;
+use crate::request_metrics::ServiceMetrics;
 use crate::resilience::ConcurrencyLimiter;
 use crate::tcp::TcpMetrics;
-use crate::transport::{TlsTarget, UpstreamClient};
+use crate::transport::{PoolFactory, TlsTarget};
 
 /// Everything the proxy routes by, from one snapshot.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ pub struct Service {
     /// Concurrency and pending limits.
     pub limiter: Arc<ConcurrencyLimiter>,
     /// Connection pool to the endpoints.
-    pub client: UpstreamClient,
+    pub client: PoolFactory,
     /// Ejection bookkeeping.
     pub outliers: Arc<OutlierDetector>,
     /// Every endpoint, for the admin API.

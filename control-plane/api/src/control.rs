@@ -7,8 +7,8 @@
 //!   keep growing across control-plane restarts; a proxy still treats any
 //!   *different* version as news, never only a larger one.
 //! - Each snapshot request carries the proxy's id in the `tether-proxy-id` header.
-//! - `POST /v1/report` takes a [`ProxyReport`]: what a proxy applied or refused.
-//! - `GET /v1/status` answers a [`StatusResponse`].
+//! - `POST {REPORT_PATH}` takes a [`ProxyReport`]: what a proxy applied or refused.
+//! - `GET {STATUS_PATH}` answers a [`StatusResponse`].
 //! - `POST {CERTIFICATE_PATH}` takes a [`CertificateRequest`] and answers a
 //!   [`CertificateResponse`] (only when the control plane runs a CA and
 //!   serves over TLS). The caller proves which service it is either with a
@@ -29,6 +29,18 @@ pub const PROXY_ID_HEADER: &str = "tether-proxy-id";
 
 /// Path of the certificate-signing endpoint.
 pub const CERTIFICATE_PATH: &str = "/v1/certificate";
+
+/// Path of the endpoint proxies report what they applied to.
+pub const REPORT_PATH: &str = "/v1/report";
+
+/// Path of the status endpoint.
+pub const STATUS_PATH: &str = "/v1/status";
+
+/// The long-poll snapshot query: `version` is the one the proxy holds,
+/// `wait` how long the control plane may hold the request (whole seconds).
+pub fn snapshot_path(service: &str, version: u64, wait_seconds: u64) -> String {
+    format!("{SNAPSHOT_PATH_PREFIX}{service}?version={version}&wait={wait_seconds}s")
+}
 
 /// `POST /v1/certificate`: a CSR for the caller's own identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,9 +11,10 @@ mod control;
 mod policy;
 mod snapshot;
 
+pub use control::snapshot_path;
 pub use control::{
     CertificateRequest, CertificateResponse, ProxyReport, ProxyStatus, StatusResponse,
-    CERTIFICATE_PATH, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX,
+    CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, SNAPSHOT_PATH_PREFIX, STATUS_PATH,
 };
 pub use policy::{
     Backoff, CircuitBreaker, LoadBalancer, RetryBudget, RetryOn, RetryPolicy, TrafficPolicy,

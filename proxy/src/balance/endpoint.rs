@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 use tokio::time::Instant;
 
-use crate::transport::{EndpointPool, UpstreamClient};
+use crate::transport::{EndpointPool, PoolFactory};
 
 /// Latency assumed for an endpoint that has not answered yet. Low enough that
 /// new endpoints get tried promptly, high enough that a measured fast
@@ -81,9 +81,9 @@ impl EndpointState {
     /// The connection pool to this endpoint for `client`: kept across
     /// snapshots while the service's client stays the same, replaced (and
     /// the old connections closed once idle) when it changes.
-    pub fn connections(&self, client: &UpstreamClient) -> Arc<EndpointPool> {
+    pub fn connections(&self, client: &PoolFactory) -> Arc<EndpointPool> {
         if let Some(pool) = self.connections.load_full() {
-            if pool.client_id() == client.id() {
+            if pool.factory_id() == client.id() {
                 return pool;
             }
         }

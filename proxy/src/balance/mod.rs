@@ -139,7 +139,7 @@ mod tests {
     use tether_api::CircuitBreaker;
 
     use super::*;
-    use crate::metrics::{Direction, Metrics};
+    use crate::request_metrics::{Direction, RequestMetrics};
 
     fn set(weights: &[u32], algorithm: LoadBalancer) -> EndpointSet {
         let endpoints = weights
@@ -152,7 +152,7 @@ mod tests {
                 )
             })
             .collect::<Vec<_>>();
-        let metrics = Metrics::new().service(Direction::Outbound, "t");
+        let metrics = RequestMetrics::new().service(Direction::Outbound, "t");
         let outliers = Arc::new(OutlierDetector::new(
             &CircuitBreaker::default(),
             endpoints.len(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tether_api::CircuitBreaker;
 
 use super::EndpointState;
-use crate::metrics::ServiceMetrics;
+use crate::request_metrics::ServiceMetrics;
 
 /// Per-service ejection bookkeeping.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl OutlierDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Direction, Metrics};
+    use crate::request_metrics::{Direction, RequestMetrics};
 
     fn detector(endpoints: usize, percent: u32) -> OutlierDetector {
         let policy = CircuitBreaker {
@@ -108,7 +108,7 @@ mod tests {
         OutlierDetector::new(
             &policy,
             endpoints,
-            Metrics::new().service(Direction::Outbound, "t"),
+            RequestMetrics::new().service(Direction::Outbound, "t"),
         )
     }
 

@@ -10,19 +10,20 @@ use http::{HeaderName, HeaderValue};
 use tether_api::{Protocol, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector};
 use tower::retry::budget::TpsBudget;
 
+use super::SnapshotMetrics;
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::identity::MeshIdentity;
 use crate::inbound::AuthzPolicy;
-use crate::metrics::{Direction, Metrics, UNKNOWN_SERVICE};
+use crate::request_metrics::{Direction, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::{MeshState, RouteRule, Service, Split, TcpService};
-use crate::transport::{ClientSettings, UpstreamClient};
+use crate::transport::{ConnectionSettings, PoolFactory};
 
 /// Builds the state for `snapshot`, or lists every problem found in it.
 pub fn build(
     snapshot: Arc<Snapshot>,
     previous: &MeshState,
-    metrics: &Metrics,
+    metrics: &SnapshotMetrics,
     identity: Option<&MeshIdentity>,
 ) -> Result<MeshState, Vec<String>> {
     let mut problems = Vec::new();
@@ -126,7 +127,7 @@ fn tcp_port(
 }
 
 /// The unknown-service metric handles for an empty state.
-pub fn unknown_metrics(metrics: &Metrics) -> crate::metrics::ServiceMetrics {
+pub fn unknown_metrics(metrics: &SnapshotMetrics) -> crate::request_metrics::ServiceMetrics {
     metrics.service(Direction::Outbound, UNKNOWN_SERVICE)
 }
 
@@ -134,7 +135,7 @@ fn build_service(
     name: &str,
     spec: &ServiceSnapshot,
     previous: Option<&Arc<Service>>,
-    metrics: &Metrics,
+    metrics: &SnapshotMetrics,
     identity: Option<&MeshIdentity>,
     problems: &mut Vec<String>,
 ) -> Service {
@@ -242,7 +243,7 @@ fn build_service(
             None
         }
     };
-    let settings = ClientSettings {
+    let settings = ConnectionSettings {
         http2,
         connect_timeout: policy.connect_timeout,
         idle_timeout: policy.idle_timeout,
@@ -251,7 +252,7 @@ fn build_service(
     let client = previous
         .filter(|p| *p.client.settings() == settings)
         .map(|p| p.client.clone())
-        .unwrap_or_else(|| UpstreamClient::with_tls(settings, tls.map(|(_, t)| t)));
+        .unwrap_or_else(|| PoolFactory::with_tls(settings, tls.map(|(_, t)| t)));
     let cb = &policy.circuit_breaker;
     let limiter = previous
         .filter(|p| p.limiter.limits() == (cb.max_requests, cb.max_pending_requests))
@@ -347,13 +348,13 @@ mod tests {
         Arc::new(parse(Path::new("t.yaml"), text).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    fn empty(metrics: &Metrics) -> MeshState {
+    fn empty(metrics: &SnapshotMetrics) -> MeshState {
         MeshState::empty(unknown_metrics(metrics))
     }
 
     #[tokio::test]
     async fn builds_subsets_and_routes() {
-        let metrics = Metrics::new();
+        let metrics = SnapshotMetrics::for_tests();
         let s = snapshot(
             r#"
 services:
@@ -383,7 +384,7 @@ services:
 
     #[tokio::test]
     async fn reports_every_problem_at_once() {
-        let metrics = Metrics::new();
+        let metrics = SnapshotMetrics::for_tests();
         let s = snapshot(
             r#"
 services:
@@ -405,7 +406,7 @@ services:
 
     #[tokio::test]
     async fn keeps_endpoint_state_and_pool_across_updates() {
-        let metrics = Metrics::new();
+        let metrics = SnapshotMetrics::for_tests();
         let text = "services:\n  api:\n    endpoints: [ { address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:2\" } ]\n";
         let first = build(snapshot(text), &empty(&metrics), &metrics, None)
             .unwrap_or_else(|p| panic!("{p:?}"));

@@ -10,20 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use rand::Rng;
-use tether_api::{ProxyReport, Snapshot, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX};
+use tether_api::{ProxyReport, Snapshot};
 
-use super::{Applier, SnapshotError};
-use crate::body::Body;
-use crate::control_client::ControlPlaneClient;
+use super::{Applier, SnapshotError, SnapshotMetrics};
+use crate::control_client::{ControlCallError, ControlPlaneClient};
 use crate::identity::MeshIdentity;
-use crate::metrics::Metrics;
 
 /// How long one long-poll asks the control plane to hold the request.
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
+/// How much longer than the wait a long-poll may take before it is given
+/// up: the control plane's own lateness plus the transfer of a big snapshot.
+const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
+/// Longest a report may take; a lost report is sent again with the next
+/// snapshot.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`], with full jitter.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay: a control plane that comes back is found within
@@ -51,8 +52,8 @@ pub struct ControlPlaneSettings {
 /// Loads the snapshot saved in the state directory, if any, and applies it.
 pub async fn restore(settings: &ControlPlaneSettings, applier: &Applier) -> Option<u64> {
     let path = settings.state_dir.as_deref()?.join(STATE_FILE);
-    let text = tokio::fs::read_to_string(&path).await.ok()?;
-    let result = super::file::parse(&path, &text).and_then(|s| applier.apply(s));
+    let bytes = tokio::fs::read(&path).await.ok()?;
+    let result = parse_saved(&path, &bytes).and_then(|s| applier.apply(s));
     match result {
         Ok(version) => {
             tracing::info!(path = %path.display(), version, "serving the last good snapshot from the state directory");
@@ -73,7 +74,7 @@ pub async fn subscribe(
     client: ControlPlaneClient,
     identity: Option<Arc<MeshIdentity>>,
     applier: Applier,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
 ) {
     if let (true, Some(identity)) = (client.is_tls(), &identity) {
         if !identity.ready() {
@@ -81,13 +82,21 @@ pub async fn subscribe(
             identity.wait_ready().await;
         }
     }
-    let base = client.base().to_owned();
     let mut failures = 0u32;
     // The last version offered, applied or refused: polling with it means a
     // refused snapshot is not sent again until the control plane has a new one.
     let mut seen = applier.version();
     loop {
-        match poll(&client, &base, &settings, seen).await {
+        let polled = client
+            .snapshot(
+                &settings.service,
+                &settings.proxy_id,
+                seen,
+                LONG_POLL_WAIT,
+                LONG_POLL_GRACE,
+            )
+            .await;
+        match polled {
             Ok(Some(snapshot)) => {
                 failures = 0;
                 metrics.control_plane_connected.set(1);
@@ -110,7 +119,7 @@ pub async fn subscribe(
                         }
                     }
                 };
-                send_report(&client, &base, &report).await;
+                send_report(&client, &report).await;
             }
             Ok(None) => {
                 failures = 0;
@@ -144,75 +153,29 @@ fn reconnect_delay(failures: u32) -> Duration {
     rand::thread_rng().gen_range(ceiling / 2..=ceiling)
 }
 
-/// Why one poll failed.
-#[derive(Debug, thiserror::Error)]
-enum PollError {
-    #[error("request failed: {0}")]
-    Transport(String),
-    #[error("control plane answered {status}: {body}")]
-    Status { status: StatusCode, body: String },
-    #[error("snapshot from the control plane is not valid: {0}")]
-    Decode(#[from] SnapshotError),
-}
-
-/// One long-poll: `Some(snapshot)` for a new version, `None` when the wait
-/// ran out with nothing new.
-async fn poll(
-    client: &ControlPlaneClient,
-    base: &str,
-    settings: &ControlPlaneSettings,
-    current: u64,
-) -> Result<Option<Snapshot>, PollError> {
-    let uri = format!(
-        "{base}{SNAPSHOT_PATH_PREFIX}{}?version={current}&wait={}s",
-        settings.service,
-        LONG_POLL_WAIT.as_secs()
-    );
-    let request = Request::get(&uri)
-        .header(PROXY_ID_HEADER, settings.proxy_id.as_str())
-        .body(Body::Empty)
-        .map_err(|e| PollError::Transport(e.to_string()))?;
-    let response = tokio::time::timeout(
-        LONG_POLL_WAIT + Duration::from_secs(10),
-        client.request(request),
-    )
-    .await
-    .map_err(|_| PollError::Transport("long poll timed out".into()))?
-    .map_err(|e| PollError::Transport(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| PollError::Transport(e.to_string()))?
-        .to_bytes();
-    match status {
-        StatusCode::OK => {
-            let snapshot = super::file::parse(Path::new(&uri), &String::from_utf8_lossy(&body))?;
-            Ok(Some(snapshot))
+/// The snapshot saved in the state directory (JSON, as [`save`] writes it).
+fn parse_saved(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        let message = error.to_string();
+        // serde_json appends " at line L column C"; the prefix already says it.
+        let message = match message.find(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        SnapshotError::Parse {
+            path: path.to_owned(),
+            line: error.line(),
+            column: error.column(),
+            message,
         }
-        StatusCode::NOT_MODIFIED => Ok(None),
-        status => Err(PollError::Status {
-            status,
-            body: String::from_utf8_lossy(&body).trim().to_owned(),
-        }),
-    }
+    })
 }
 
-async fn send_report(client: &ControlPlaneClient, base: &str, report: &ProxyReport) {
-    let Ok(body) = serde_json::to_vec(report) else {
-        return;
-    };
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{base}/v1/report"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::full(Bytes::from(body)));
-    let Ok(request) = request else { return };
-    match client.request(request).await {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => {
-            tracing::warn!(status = %response.status(), "control plane refused the report")
+async fn send_report(client: &ControlPlaneClient, report: &ProxyReport) {
+    match client.report(report, REPORT_TIMEOUT).await {
+        Ok(()) => {}
+        Err(ControlCallError::Status { status, message }) => {
+            tracing::warn!(%status, %message, "control plane refused the report")
         }
         Err(error) => tracing::warn!(%error, "could not report to the control plane"),
     }

@@ -8,6 +8,7 @@
 pub mod build;
 mod control_plane;
 mod file;
+mod snapshot_metrics;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use arc_swap::ArcSwap;
 use tether_api::Snapshot;
 
 use crate::identity::MeshIdentity;
-use crate::metrics::Metrics;
 use crate::state::MeshState;
 use crate::tcp::TcpListeners;
 use crate::telemetry::Telemetry;
@@ -24,12 +24,13 @@ use crate::telemetry::Telemetry;
 pub use build::build;
 pub use control_plane::{restore, subscribe, ControlPlaneSettings, CONTROL_PLANE_IDLE_TIMEOUT};
 pub use file::{load_file, watch_file, SnapshotError};
+pub use snapshot_metrics::SnapshotMetrics;
 
 /// Applies snapshots to the shared state.
 #[derive(Clone)]
 pub struct Applier {
     state: Arc<ArcSwap<MeshState>>,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
     telemetry: Arc<Telemetry>,
     identity: Option<Arc<MeshIdentity>>,
     tcp: Option<Arc<TcpListeners>>,
@@ -41,7 +42,7 @@ impl Applier {
     /// An applier over `state`.
     pub fn new(
         state: Arc<ArcSwap<MeshState>>,
-        metrics: Metrics,
+        metrics: SnapshotMetrics,
         telemetry: Arc<Telemetry>,
         identity: Option<Arc<MeshIdentity>>,
     ) -> Self {

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use tether_certs::Identity;
 
+use super::IdentityMetrics;
 use super::{certs, read_bundle, IdentityError, MeshIdentity};
-use crate::metrics::Metrics;
 
 /// Where a file-fed identity comes from.
 #[derive(Debug, Clone)]
@@ -26,7 +26,10 @@ pub struct IdentityFiles {
 }
 
 /// Loads the identity and bundle; a missing or bad file is an error.
-pub fn load(files: &IdentityFiles, metrics: Metrics) -> Result<Arc<MeshIdentity>, IdentityError> {
+pub fn load(
+    files: &IdentityFiles,
+    metrics: IdentityMetrics,
+) -> Result<Arc<MeshIdentity>, IdentityError> {
     let bundle = read_bundle(&files.bundle)?;
     let identity = certs(
         &format!("identity in {}", files.dir.display()),

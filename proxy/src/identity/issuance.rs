@@ -18,17 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use rand::Rng;
-use tether_api::{CertificateRequest, CertificateResponse, CERTIFICATE_PATH};
+use tether_api::CertificateRequest;
 use tether_certs::{Identity, IdentityKey, SpiffeId};
 
+use super::IdentityMetrics;
 use super::MeshIdentity;
-use crate::body::Body;
-use crate::control_client::{ControlClientError, ControlPlaneClient};
-use crate::metrics::Metrics;
+use crate::control_client::{ControlCallError, ControlClientError, ControlPlaneClient};
 
 /// Renew at two thirds of a certificate's life: a third (8 h of the
 /// default 24 h) remains to ride out a control-plane outage.
@@ -106,6 +103,20 @@ pub enum IssuanceError {
     },
 }
 
+impl From<ControlCallError> for IssuanceError {
+    fn from(error: ControlCallError) -> Self {
+        match error {
+            ControlCallError::Transport(detail) => IssuanceError::Transport(detail),
+            ControlCallError::Status { status, message } => {
+                IssuanceError::Refused { status, message }
+            }
+            decode @ ControlCallError::Decode { .. } => {
+                IssuanceError::Transport(decode.to_string())
+            }
+        }
+    }
+}
+
 /// Puts the certificate saved in the state directory in force, if it is
 /// for `service` in our trust domain and still valid. Returns whether it was.
 pub fn restore(identity: &MeshIdentity, settings: &IssuanceSettings) -> bool {
@@ -139,7 +150,11 @@ pub fn restore(identity: &MeshIdentity, settings: &IssuanceSettings) -> bool {
 
 /// Keeps a valid certificate in force, forever: obtains one if none is
 /// held, then renews each one at `renew_fraction` of its life.
-pub async fn run(identity: Arc<MeshIdentity>, settings: IssuanceSettings, metrics: Metrics) {
+pub async fn run(
+    identity: Arc<MeshIdentity>,
+    settings: IssuanceSettings,
+    metrics: IdentityMetrics,
+) {
     loop {
         let due = match identity.current() {
             Some(held) if !held.is_expired_at(SystemTime::now()) => held
@@ -211,41 +226,15 @@ async fn obtain(
     };
     let id = SpiffeId::service(identity.trust_domain(), &settings.service)?;
     let key = IdentityKey::generate()?;
-    let body = serde_json::to_vec(&CertificateRequest {
+    let request = CertificateRequest {
         csr_pem: key.csr_pem(&id)?,
-    })
-    .map_err(|e| IssuanceError::Transport(e.to_string()))?;
+    };
     // A pool per request: a connection opened without a client certificate
     // (first issue) must never be reused once we hold one.
     let client = ControlPlaneClient::new(&settings.url, Some(identity), Duration::from_secs(1))?;
-    let mut request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{}{CERTIFICATE_PATH}", client.base()))
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = &token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Body::full(Bytes::from(body)))
-        .map_err(|e| IssuanceError::Transport(e.to_string()))?;
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request))
-        .await
-        .map_err(|_| IssuanceError::Transport(format!("no answer within {REQUEST_TIMEOUT:?}")))?
-        .map_err(|e| IssuanceError::Transport(transport_detail(&e)))?;
-    let status = response.status();
-    let bytes = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
-        .await
-        .map_err(|_| IssuanceError::Transport("the answer broke off".into()))?
-        .map_err(|e| IssuanceError::Transport(e.to_string()))?
-        .to_bytes();
-    if status != StatusCode::OK {
-        return Err(IssuanceError::Refused {
-            status,
-            message: String::from_utf8_lossy(&bytes).trim().to_owned(),
-        });
-    }
-    let issued: CertificateResponse = serde_json::from_slice(&bytes)
-        .map_err(|e| IssuanceError::Transport(format!("not a certificate response: {e}")))?;
+    let issued = client
+        .certificate(&request, token.as_deref(), REQUEST_TIMEOUT)
+        .await?;
     let fresh = Identity::new(&key, &issued.chain_pem)?;
     if fresh.spiffe_id() != &id {
         return Err(IssuanceError::WrongIdentity {
@@ -254,18 +243,6 @@ async fn obtain(
         });
     }
     Ok(fresh)
-}
-
-/// The error chain of a failed request, so a TLS refusal says why.
-fn transport_detail(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Writes the certificate and key to the state directory (atomically; the

@@ -10,6 +10,7 @@
 //!   never leaves the process; a join token proves the service on first
 //!   issue, the current certificate on renewal.
 
+mod certificate_metrics;
 pub mod files;
 pub mod issuance;
 
@@ -20,9 +21,9 @@ use std::time::SystemTime;
 use tether_certs::{ClientAuth, ClientConfigs, Identity, IdentityStore, SpiffeId, TrustBundle};
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
 use crate::transport::TlsTarget;
 
+pub use certificate_metrics::IdentityMetrics;
 pub use files::IdentityFiles;
 pub use issuance::IssuanceSettings;
 
@@ -70,7 +71,7 @@ pub struct MeshIdentity {
     configs: ClientConfigs,
     trust_domain: String,
     renew_fraction: f64,
-    metrics: Metrics,
+    metrics: IdentityMetrics,
     changed: watch::Sender<u64>,
 }
 
@@ -100,7 +101,7 @@ impl MeshIdentity {
     pub fn new(
         bundle: TrustBundle,
         trust_domain: String,
-        metrics: Metrics,
+        metrics: IdentityMetrics,
     ) -> Result<Arc<Self>, IdentityError> {
         let store = certs("trust bundle", IdentityStore::new(bundle))?;
         let configs = ClientConfigs::new(Arc::clone(&store));
@@ -117,7 +118,10 @@ impl MeshIdentity {
     /// Starts from `source`: loads the files (a missing or bad file is an
     /// error), or, for issuance, loads the bundle and works out the trust
     /// domain; the certificate then comes from [`issuance::run`].
-    pub fn start(source: &IdentitySource, metrics: Metrics) -> Result<Arc<Self>, IdentityError> {
+    pub fn start(
+        source: &IdentitySource,
+        metrics: IdentityMetrics,
+    ) -> Result<Arc<Self>, IdentityError> {
         match source {
             IdentitySource::Files(files) => files::load(files, metrics),
             IdentitySource::ControlPlane(settings) => {
@@ -141,7 +145,7 @@ impl MeshIdentity {
 
     /// Puts `identity` in force for the next handshakes.
     pub fn set(&self, identity: Identity) {
-        self.metrics.identity_expiry.set(unix(identity.not_after()));
+        self.metrics.expiry.set(unix(identity.not_after()));
         tracing::info!(id = %identity.spiffe_id(), expires = ?identity.not_after(), "mesh identity in force");
         self.store.set_identity(identity);
         self.changed.send_modify(|generation| *generation += 1);

@@ -4,7 +4,7 @@
 //! accept (transport::server)   mTLS: verify the caller's chain, read its SPIFFE ID
 //!   → authorize  caller identity, method, path against the snapshot's policy (authz.rs)
 //!   → limit      concurrency limit for the local app
-//!   → forward    to the app, over a pooled connection
+//!   → send       to the app, over a pooled connection
 //! ```
 
 mod authz;
@@ -16,16 +16,16 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use crate::errors::ProxyError;
-use crate::forward::{from_upstream, to_upstream};
+use crate::hop::{from_upstream, to_upstream};
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
-use crate::metrics::{Metrics, ServiceMetrics};
 use crate::observe::Observer;
 use crate::outbound::{Req, Rsp};
+use crate::request_metrics::{RequestMetrics, ServiceMetrics};
 use crate::resilience::ConcurrencyLimiter;
 use crate::state::MeshState;
-use crate::transport::UpstreamClient;
+use crate::transport::PoolFactory;
 use crate::transport::{EndpointPool, Peer, PeerIdentity};
 
 /// Settings of the inbound path.
@@ -63,11 +63,11 @@ impl Inbound {
     /// The inbound path to the local app.
     pub fn new(
         settings: InboundSettings,
-        client: UpstreamClient,
+        client: PoolFactory,
         metrics: ServiceMetrics,
         observer: Observer,
         state: Arc<ArcSwap<MeshState>>,
-        all_metrics: &Metrics,
+        all_metrics: &RequestMetrics,
     ) -> Self {
         let denied = all_metrics
             .authz_denied
@@ -100,7 +100,7 @@ impl Inbound {
             .observer
             .begin(&mut request, &inner.service, peer_text);
         let result = match self.authorize(peer.as_deref(), &request) {
-            Ok(()) => self.forward(request).await,
+            Ok(()) => self.send_to_app(request).await,
             Err(error) => Err(error),
         };
         let response = match result {
@@ -136,7 +136,7 @@ impl Inbound {
         })
     }
 
-    async fn forward(&self, request: Req) -> Result<Rsp, ProxyError> {
+    async fn send_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {
         let inner = &self.inner;
         let _permit = inner
             .limiter

@@ -3,11 +3,11 @@
 
 use super::{Req, Rsp, Target};
 use crate::errors::ProxyError;
-use crate::forward::{from_upstream, to_upstream};
-use crate::telemetry::TraceCx;
+use crate::hop::{from_upstream, to_upstream};
+use crate::telemetry::InFlightSpan;
 
 /// Sends one try of `request` to one endpoint of `target`.
-pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
+pub async fn send_one_try(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let endpoint = target
         .endpoints
@@ -17,7 +17,7 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     // The first try's endpoint is a span attribute; each later try is a
     // `retry` event naming its own, so a plain request carries no event
     // (each one costs its export).
-    TraceCx::try_started(&request, endpoint.address());
+    InFlightSpan::try_started(&request, endpoint.address());
     let pool = endpoint.connections(&service.client);
     let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
     let per_try = service.retries.per_try_timeout;

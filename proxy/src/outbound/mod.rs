@@ -6,8 +6,8 @@
 //!   → timeout   whole request, over queue and all tries           (timeout.rs)
 //!   → limit     per-service max_requests + max_pending            (limit.rs)
 //!   → retry     budget, backoff, bounded replay buffer            (retry.rs)
-//!   → forward   balancer pick, per-try timeout, outlier record    (endpoint.rs)
-//!   → pool      pooled connection to the endpoint                 (transport::client)
+//!   → try       balancer pick, per-try timeout, outlier record    (endpoint.rs)
+//!   → pool      pooled connection to the endpoint                 (transport::pool)
 //! ```
 //!
 //! `route` runs in [`Outbound::handle`], which also records metrics and turns
@@ -29,8 +29,8 @@ use arc_swap::ArcSwap;
 
 use crate::body::Body;
 use crate::errors::ProxyError;
-use crate::metrics::UNKNOWN_SERVICE;
 use crate::observe::Observer;
+use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::state::MeshState;
 
 pub use target::Target;
@@ -105,14 +105,14 @@ fn serve<'a>(
         limit::hold(&target.service, || {
             // per-service in-flight + pending limits, then
             retry::retry(target, request) // budget, backoff, replay buffer; each try:
-        }), // endpoint::forward: balancer pick, per-try timeout, outlier detection
+        }), // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Direction, Metrics};
+    use crate::request_metrics::Direction;
 
     /// The request's future is moved a few times (into hyper's dispatcher,
     /// among others): every KiB it grows costs every request. Wrapping a
@@ -120,7 +120,7 @@ mod tests {
     /// catches that (it was 11.5 KiB before the layers took closures).
     #[test]
     fn the_request_future_stays_small() {
-        let metrics = Metrics::new();
+        let metrics = crate::discovery::SnapshotMetrics::for_tests();
         let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(
             crate::discovery::build::unknown_metrics(&metrics),
         )));
@@ -129,7 +129,7 @@ mod tests {
                 service: "web".into(),
                 instance: "web-1".into(),
             },
-            metrics,
+            crate::telemetry::ExportCounters::register(metrics.requests().registry()),
         );
         let outbound = Outbound::new(state, Observer::new(telemetry, None, Direction::Outbound));
         let future = outbound.handle(http::Request::new(crate::body::Body::Empty));

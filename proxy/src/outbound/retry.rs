@@ -20,12 +20,12 @@ use http_body_util::BodyExt;
 use tether_api::RetryOn;
 use tower::retry::budget::Budget;
 
-use super::endpoint::forward;
+use super::endpoint::send_one_try;
 use super::{Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
 use crate::resilience::backoff;
-use crate::telemetry::TraceCx;
+use crate::telemetry::InFlightSpan;
 
 /// Why a failed try was not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +46,13 @@ impl Skip {
 }
 
 /// Sends `request` to `target`, retrying per its policy; each try goes to
-/// [`forward`].
+/// [`send_one_try`].
 pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let policy = &service.retries;
     service.budget.deposit();
     if policy.attempts == 0 {
-        return forward(target, request).await;
+        return send_one_try(target, request).await;
     }
     let idempotent = is_idempotent(request.method());
     let (mut first, template) = keep_for_replay(request, policy.replay_buffer_bytes).await?;
@@ -65,7 +65,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
-        let result = forward(target, this_try).await;
+        let result = send_one_try(target, this_try).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
             return finish(result, tries, None, target);
         };
@@ -157,7 +157,7 @@ struct Replay {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    trace: Option<TraceCx>,
+    trace: Option<InFlightSpan>,
     body: Bytes,
 }
 
@@ -203,7 +203,7 @@ async fn keep_for_replay(
         uri: parts.uri.clone(),
         version: parts.version,
         headers: parts.headers.clone(),
-        trace: parts.extensions.get::<TraceCx>().cloned(),
+        trace: parts.extensions.get::<InFlightSpan>().cloned(),
         body: bytes.clone(),
     };
     let first = Request::from_parts(parts, Body::full(bytes));

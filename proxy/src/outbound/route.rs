@@ -13,11 +13,7 @@ const MESH_SUFFIX: &str = ".mesh";
 
 /// The service name an authority addresses: port and `.mesh` stripped.
 fn service_name(authority: &str) -> &str {
-    let host = match authority.rsplit_once(':') {
-        // `[::1]:80` or `host:80`; a bare IPv6 literal has no brackets to keep.
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    };
+    let host = crate::authority::host(authority);
     host.strip_suffix(MESH_SUFFIX).unwrap_or(host)
 }
 
@@ -33,8 +29,7 @@ fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
 
 /// Decides where a request goes.
 pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, ProxyError> {
-    let authority =
-        crate::forward::request_authority(request).ok_or(ProxyError::MissingAuthority)?;
+    let authority = crate::authority::of_request(request).ok_or(ProxyError::MissingAuthority)?;
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
     let path = request.uri().path();
@@ -63,6 +58,7 @@ mod tests {
         assert_eq!(service_name("api:80"), "api");
         assert_eq!(service_name("api.mesh"), "api");
         assert_eq!(service_name("api.mesh:15001"), "api");
-        assert_eq!(service_name("[::1]:80"), "[::1]");
+        assert_eq!(service_name("[::1]:80"), "::1");
+        assert_eq!(service_name("::1"), "::1");
     }
 }

@@ -12,9 +12,9 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
 use super::relay::{relay, Outcome, StreamLog};
-use super::TcpMetrics;
+use super::{TcpFamilies, TcpMetrics};
 use crate::access_log::AccessLog;
-use crate::metrics::{Direction, Metrics};
+use crate::request_metrics::{Direction, RequestMetrics};
 use crate::state::MeshState;
 use crate::transport::{Downstream, Peer, StreamHandler};
 
@@ -44,7 +44,8 @@ impl TcpInbound {
         service: &str,
         app: Authority,
         state: Arc<ArcSwap<MeshState>>,
-        metrics: &Metrics,
+        metrics: &RequestMetrics,
+        tcp_metrics: &TcpFamilies,
         access_log: Option<AccessLog>,
     ) -> Self {
         let inner = Inner {
@@ -52,7 +53,7 @@ impl TcpInbound {
             app,
             state,
             denied: metrics.authz_denied.with_label_values(&[service]),
-            metrics: metrics.tcp.service(Direction::Inbound, service),
+            metrics: tcp_metrics.service(Direction::Inbound, service),
             access_log,
         };
         Self {

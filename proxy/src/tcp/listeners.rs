@@ -21,9 +21,9 @@ use tracing::Instrument;
 
 use super::outbound;
 use crate::access_log::AccessLog;
-use crate::metrics::{Direction, Metrics};
+use crate::request_metrics::Direction;
 use crate::state::MeshState;
-use crate::transport::{ByteCounters, Counted};
+use crate::transport::{ByteCounters, Counted, ListenerMetrics};
 
 /// Connections the kernel may queue on a listener before accepting them.
 const BACKLOG: u32 = 1024;
@@ -60,7 +60,7 @@ pub struct TcpListeners {
 struct Shared {
     settings: TcpSettings,
     state: Arc<ArcSwap<MeshState>>,
-    metrics: Metrics,
+    metrics: ListenerMetrics,
     bytes: ByteCounters,
     access_log: Option<AccessLog>,
     /// `true` once draining; every accept loop and stream holds a receiver,
@@ -95,7 +95,7 @@ impl TcpListeners {
     pub fn new(
         settings: TcpSettings,
         state: Arc<ArcSwap<MeshState>>,
-        metrics: Metrics,
+        metrics: ListenerMetrics,
         access_log: Option<AccessLog>,
     ) -> Arc<Self> {
         let shared = Shared {

@@ -23,16 +23,16 @@
 
 mod inbound;
 mod listeners;
-mod metrics;
 mod outbound;
 pub mod preamble;
 mod relay;
+mod stream_metrics;
 
 use std::sync::Arc;
 
 pub use inbound::TcpInbound;
 pub use listeners::{Reconcile, TcpBindError, TcpListeners, TcpSettings};
-pub use metrics::{OpenStream, TcpFamilies, TcpMetrics};
+pub use stream_metrics::{OpenStream, TcpFamilies, TcpMetrics};
 
 use crate::identity::{IdentityError, MeshIdentity};
 use crate::transport::TlsTarget;

@@ -14,7 +14,7 @@ use super::preamble::PREAMBLE;
 use super::relay::{relay, Outcome, StreamLog};
 use crate::access_log::AccessLog;
 use crate::balance::{EndpointState, InFlight};
-use crate::metrics::Direction;
+use crate::request_metrics::Direction;
 use crate::state::{Service, TcpService};
 use crate::transport::{tls_connect, MeshStream};
 

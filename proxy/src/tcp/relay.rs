@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::TcpMetrics;
 use crate::access_log::{timestamp, AccessLog, TcpEntry};
-use crate::metrics::Direction;
+use crate::request_metrics::Direction;
 use crate::transport::Counted;
 
 /// How a stream ended, for its log line.

@@ -13,10 +13,12 @@ use tokio::net::TcpStream;
 
 use super::preamble::PREAMBLE;
 use super::{TcpListeners, TcpSettings};
+use crate::discovery::SnapshotMetrics;
 use crate::discovery::{build, build::unknown_metrics, Applier, SnapshotError};
-use crate::metrics::Metrics;
 use crate::state::MeshState;
+use crate::telemetry::ExportCounters;
 use crate::telemetry::{self, Telemetry};
+use crate::transport::ListenerMetrics;
 
 fn snapshot(text: &str) -> Snapshot {
     serde_norway::from_str(text).unwrap_or_else(|e| panic!("{e}"))
@@ -47,11 +49,12 @@ async fn refused(port: u16) -> bool {
 struct Harness {
     applier: Applier,
     listeners: Arc<TcpListeners>,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
 }
 
 fn harness() -> Harness {
-    let metrics = Metrics::new();
+    let metrics = SnapshotMetrics::for_tests();
+    let registry = metrics.requests().registry();
     let state = Arc::new(ArcSwap::from_pointee(MeshState::empty(unknown_metrics(
         &metrics,
     ))));
@@ -59,12 +62,17 @@ fn harness() -> Harness {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         max_connections: 16,
     };
-    let listeners = TcpListeners::new(settings, Arc::clone(&state), metrics.clone(), None);
+    let listeners = TcpListeners::new(
+        settings,
+        Arc::clone(&state),
+        ListenerMetrics::register(registry),
+        None,
+    );
     let identity = telemetry::Identity {
         service: "web".into(),
         instance: "web-1".into(),
     };
-    let telemetry = Telemetry::new(identity, metrics.clone());
+    let telemetry = Telemetry::new(identity, ExportCounters::register(registry));
     let applier =
         Applier::new(state, metrics.clone(), telemetry, None).with_tcp(Arc::clone(&listeners));
     Harness {
@@ -86,7 +94,7 @@ fn tcp_services(services: &[(&str, u16, &str)]) -> String {
 
 #[tokio::test]
 async fn tcp_services_need_one_unique_port_and_stay_out_of_http_routing() {
-    let metrics = Metrics::new();
+    let metrics = SnapshotMetrics::for_tests();
     let empty = MeshState::empty(unknown_metrics(&metrics));
     let good = snapshot(
         "services:\n  db: { protocol: tcp, outbound_port: 15306 }\n  api: { protocol: http }\n",
@@ -241,7 +249,7 @@ async fn a_plaintext_stream_carries_the_preamble_and_passes_on_half_close() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(echoed.len(), payload.len(), "the echo after our half-close");
     }
-    let text = String::from_utf8(h.metrics.render()).unwrap_or_default();
+    let text = String::from_utf8(h.metrics.requests().render()).unwrap_or_default();
     for series in [
         r#"tether_tcp_connections_total{direction="outbound",service="db"} 2"#,
         r#"tether_tcp_bytes_total{direction="outbound",flow="received",service="db"} 200000"#,
@@ -250,7 +258,7 @@ async fn a_plaintext_stream_carries_the_preamble_and_passes_on_half_close() {
     ] {
         assert!(
             eventually(|| {
-                let text = String::from_utf8(h.metrics.render()).unwrap_or_default();
+                let text = String::from_utf8(h.metrics.requests().render()).unwrap_or_default();
                 async move { text.contains(series) }
             })
             .await,

@@ -147,6 +147,30 @@ pub struct Counters {
     pub exported: IntCounter,
 }
 
+impl Counters {
+    /// Registers the export families in `registry`.
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        use crate::request_metrics::counter;
+        Self {
+            dropped: counter(
+                registry,
+                "tether_trace_spans_dropped_total",
+                "Finished spans dropped because the export queue was full.",
+            ),
+            failed: counter(
+                registry,
+                "tether_trace_export_errors_total",
+                "Spans the OTLP exporter failed to send.",
+            ),
+            exported: counter(
+                registry,
+                "tether_trace_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+            ),
+        }
+    }
+}
+
 impl Exporter {
     /// Starts the export task for `settings`. Must run inside the tokio
     /// runtime.

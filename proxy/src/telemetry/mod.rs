@@ -37,11 +37,11 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderMap, Request, StatusCode};
 use tether_api::TracingSettings;
 
-use crate::metrics::Metrics;
 pub use context::{SpanContext, SpanId, TraceId};
 pub use span::SpanKind;
 
 use context::TRACEPARENT;
+pub use export::Counters as ExportCounters;
 use export::{Counters, Exporter};
 use otlp::Envelope;
 use span::{SpanBuilder, SpanEnd, SpanHead};
@@ -50,9 +50,9 @@ use span::{SpanBuilder, SpanEnd, SpanHead};
 /// request's extensions (and copied into replayed tries) so inner layers
 /// can add each try's endpoint. Only sampled requests carry one.
 #[derive(Clone, Debug)]
-pub struct TraceCx(Arc<Mutex<SpanBuilder>>);
+pub struct InFlightSpan(Arc<Mutex<SpanBuilder>>);
 
-impl TraceCx {
+impl InFlightSpan {
     fn lock(&self) -> std::sync::MutexGuard<'_, SpanBuilder> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -61,7 +61,7 @@ impl TraceCx {
     /// the first try's endpoint is the span's `tether.endpoint`, each later
     /// try a `retry` event.
     pub fn try_started<B>(request: &Request<B>, endpoint: &str) {
-        if let Some(cx) = request.extensions().get::<TraceCx>() {
+        if let Some(cx) = request.extensions().get::<InFlightSpan>() {
             cx.lock()
                 .record_try(endpoint, || unix_nanos(SystemTime::now()));
         }
@@ -86,7 +86,7 @@ pub struct Identity {
 pub struct Telemetry {
     active: ArcSwapOption<Active>,
     identity: Identity,
-    metrics: Metrics,
+    counters: Counters,
 }
 
 /// What a hop's span is about, known when the request arrives.
@@ -108,11 +108,11 @@ pub struct SpanStart<'a> {
 
 impl Telemetry {
     /// Tracing off until a snapshot turns it on.
-    pub fn new(identity: Identity, metrics: Metrics) -> Arc<Self> {
+    pub fn new(identity: Identity, counters: Counters) -> Arc<Self> {
         Arc::new(Self {
             active: ArcSwapOption::empty(),
             identity,
-            metrics,
+            counters,
         })
     }
 
@@ -151,11 +151,7 @@ impl Telemetry {
             ("service.version", env!("CARGO_PKG_VERSION")),
             ("tether.component", "proxy"),
         ]);
-        let counters = Counters {
-            dropped: self.metrics.trace_spans_dropped.clone(),
-            failed: self.metrics.trace_export_errors.clone(),
-            exported: self.metrics.trace_spans_exported.clone(),
-        };
+        let counters = self.counters.clone();
         Ok(Active {
             settings: settings.clone(),
             exporter: Exporter::start(settings, envelope, counters)?,
@@ -170,7 +166,7 @@ impl Telemetry {
     /// Starts the span of one hop if tracing is on: reads the caller's
     /// context (W3C, else B3), decides sampling, writes this hop's context
     /// into the request as `traceparent` and, when the span is recorded,
-    /// puts a [`TraceCx`] in the request's extensions.
+    /// puts a [`InFlightSpan`] in the request's extensions.
     pub fn start<B>(&self, request: &mut Request<B>, start: SpanStart<'_>) -> Option<HopSpan> {
         let active = self.active.load();
         let active = active.as_ref()?;
@@ -200,12 +196,12 @@ impl Telemetry {
                 direction: start.direction,
                 service: start.service,
                 path: request.uri().path(),
-                authority: crate::forward::request_authority(request).unwrap_or(""),
+                authority: crate::authority::of_request(request).unwrap_or(""),
                 peer: start.peer,
             });
             Recording {
                 active: Arc::clone(active),
-                span: TraceCx(Arc::new(Mutex::new(span))),
+                span: InFlightSpan(Arc::new(Mutex::new(span))),
                 arrived: start.arrived,
                 started: start.started,
             }
@@ -241,7 +237,7 @@ pub struct HopSpan {
 
 struct Recording {
     active: Arc<Active>,
-    span: TraceCx,
+    span: InFlightSpan,
     arrived: SystemTime,
     started: Instant,
 }

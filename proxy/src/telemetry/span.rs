@@ -105,7 +105,8 @@ impl SpanBuilder {
             head.method.as_str(),
         );
         string_attribute(&mut out, ATTRIBUTE, "url.path", head.path);
-        let (address, port) = server_address(head.authority);
+        // `server.address` drops an IPv6 literal's brackets: `[::1]:80` is `::1`.
+        let (address, port) = crate::authority::split(head.authority);
         string_attribute(&mut out, ATTRIBUTE, "server.address", address);
         if let Some(port) = port {
             int_attribute(&mut out, ATTRIBUTE, "server.port", i64::from(port));
@@ -202,24 +203,6 @@ impl SpanBuilder {
     }
 }
 
-/// `server.address` and `server.port` from an authority. An IPv6 literal
-/// loses its brackets: `[::1]:80` is `::1` and 80.
-pub fn server_address(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, after)) = rest.split_once(']') {
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (host, port);
-        }
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(port) => (host, Some(port)),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
-    }
-}
-
 /// A span head for tests: trace `01…`, span `02…`, outbound to `api`.
 #[cfg(test)]
 pub(crate) fn test_head<'a>(method: &'a Method, authority: &'a str, path: &'a str) -> SpanHead<'a> {
@@ -239,20 +222,5 @@ pub(crate) fn test_head<'a>(method: &'a Method, authority: &'a str, path: &'a st
         path,
         authority,
         peer: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_the_authority_into_address_and_port() {
-        assert_eq!(server_address("api"), ("api", None));
-        assert_eq!(server_address("api:8080"), ("api", Some(8080)));
-        assert_eq!(server_address("[::1]:80"), ("::1", Some(80)));
-        assert_eq!(server_address("[::1]"), ("::1", None));
-        assert_eq!(server_address("::1"), ("::1", None));
-        assert_eq!(server_address("api:x"), ("api:x", None));
     }
 }

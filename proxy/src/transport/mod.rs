@@ -1,15 +1,17 @@
 //! Connections: the upstream connection pool (plain or mTLS) and the
 //! downstream acceptor (plain, mTLS, or permissive; HTTP or opaque TCP).
 
-mod client;
 mod connector;
+mod listener_metrics;
 mod pool;
+mod pool_factory;
 mod server;
 mod stream;
 
-pub use client::{ClientSettings, UpstreamClient};
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
+pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
 pub use pool::{ClientError, EndpointPool, PoolSettings, PoolSlot, MAX_IDLE_PER_ENDPOINT};
+pub use pool_factory::{ConnectionSettings, PoolFactory};
 pub use server::{
     accept, bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers,
     StreamHandler,

@@ -7,7 +7,11 @@
 //!   back when the response body has been read to the end (the response
 //!   body carries a [`PoolSlot`]). A body dropped early closes its
 //!   connection instead. Idle connections beyond
-//!   [`MAX_IDLE_PER_ENDPOINT`] or older than the idle timeout are closed.
+//!   [`MAX_IDLE_PER_ENDPOINT`] are closed at once; those idle for the idle
+//!   timeout are closed then by the pool's reaper, a task that runs only
+//!   while the pool holds idle connections (started by the first one put
+//!   back, ended when none is left), so a quiet endpoint does not keep
+//!   sockets open and nothing is added per request.
 //!
 //! Why not hyper-util's pooled client: it hashes the scheme and authority
 //! on every checkout and return, races a connect against every checkout and
@@ -23,6 +27,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tower::Service;
+use tracing::Instrument;
 
 use super::connector::MeshConnector;
 use super::stream::UpstreamIo;
@@ -52,11 +57,11 @@ impl ClientError {
     }
 }
 
-/// How connections to an endpoint are made; one per upstream client.
+/// How connections to an endpoint are made; one per pool factory.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Which client the pool belongs to (a pool is rebuilt when it changes).
-    pub client_id: u64,
+    /// Which factory made the pool (a pool is rebuilt when it changes).
+    pub factory_id: u64,
     /// TCP connect (+ TLS) to endpoints.
     pub connector: MeshConnector,
     /// HTTP/2 (one shared connection) or HTTP/1.1 (a stack of idle ones).
@@ -70,9 +75,16 @@ pub struct PoolSettings {
 pub struct EndpointPool {
     settings: PoolSettings,
     uri: Uri,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleList>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
     connecting: tokio::sync::Mutex<()>,
+}
+
+/// Idle HTTP/1.1 connections, oldest first, and whether a reaper watches them.
+#[derive(Debug, Default)]
+struct IdleList {
+    connections: Vec<Idle>,
+    reaper_running: bool,
 }
 
 #[derive(Debug)]
@@ -93,19 +105,19 @@ impl EndpointPool {
         Arc::new(Self {
             settings,
             uri,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleList::default()),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The client this pool was made for.
-    pub fn client_id(&self) -> u64 {
-        self.settings.client_id
+    /// The factory this pool was made by.
+    pub fn factory_id(&self) -> u64 {
+        self.settings.factory_id
     }
 
     /// Whether requests go out as HTTP/2 (absolute URI) or HTTP/1.1
-    /// (origin form): see `forward::to_upstream`.
+    /// (origin form): see `hop::to_upstream`.
     pub fn is_http2(&self) -> bool {
         self.settings.http2
     }
@@ -216,7 +228,7 @@ impl EndpointPool {
     /// The most recently returned idle connection still worth using.
     fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(Idle { sender, since }) = idle.pop() {
+        while let Some(Idle { sender, since }) = idle.connections.pop() {
             if !sender.is_closed() && since.elapsed() < self.settings.idle_timeout {
                 return Some(sender);
             }
@@ -224,25 +236,71 @@ impl EndpointPool {
         None
     }
 
-    fn give_back(&self, sender: http1::SendRequest<Body>) {
+    fn give_back(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() >= MAX_IDLE_PER_ENDPOINT {
-                // The oldest goes: it is the one least likely to be reused.
-                idle.remove(0);
-            }
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.connections.len() >= MAX_IDLE_PER_ENDPOINT {
+            // The oldest goes: it is the one least likely to be reused.
+            idle.connections.remove(0);
         }
+        idle.connections.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !idle.reaper_running {
+            // Outside a runtime (never on the request path) the pop-time
+            // check in `take_idle` still refuses expired connections.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                idle.reaper_running = true;
+                let span = tracing::debug_span!("idle_reaper", endpoint = %self.uri);
+                runtime.spawn(reap(Arc::downgrade(self)).instrument(span));
+            }
+        }
+    }
+
+    /// Closes the idle connections whose idle timeout has passed (and those
+    /// the endpoint closed); returns when the next one is due, or `None`
+    /// (and the reaper stops) when none is left.
+    fn close_expired(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.settings.idle_timeout;
+        let mut idle = self.idle.lock().ok()?;
+        // Dropping a connection's only sender closes it.
+        idle.connections
+            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+        let next = idle
+            .connections
+            .first()
+            .map(|oldest| oldest.since + timeout);
+        if next.is_none() {
+            idle.reaper_running = false;
+        }
+        next
     }
 
     /// Idle HTTP/1.1 connections held now (tests and `/endpoints`).
     pub fn idle_connections(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
+        self.idle.lock().map_or(0, |idle| idle.connections.len())
+    }
+}
+
+/// The reaper of one pool: sleeps until its oldest idle connection is due,
+/// closes what is due, and ends when the pool holds no idle connection or
+/// is gone.
+async fn reap(pool: Weak<EndpointPool>) {
+    let mut due = Instant::now();
+    loop {
+        tokio::time::sleep_until(due).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        match pool.close_expired(Instant::now()) {
+            Some(next) => due = next,
+            None => return,
+        }
     }
 }
 

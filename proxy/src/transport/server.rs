@@ -26,8 +26,9 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};
+use super::ListenerMetrics;
 use crate::body::Body;
-use crate::metrics::{Direction, Metrics};
+use crate::request_metrics::Direction;
 use crate::tcp::preamble::{self, Detected};
 
 /// Limits applied to every downstream connection of a listener.
@@ -141,7 +142,7 @@ impl Servers {
         &mut self,
         listener: TcpListener,
         options: ListenerOptions,
-        metrics: Metrics,
+        metrics: ListenerMetrics,
         handler: H,
     ) where
         H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
@@ -173,7 +174,7 @@ impl Servers {
 async fn accept_loop<H, F>(
     listener: TcpListener,
     options: ListenerOptions,
-    metrics: Metrics,
+    metrics: ListenerMetrics,
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) -> GracefulShutdown
@@ -367,7 +368,7 @@ async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option
 async fn secure(
     stream: tokio::net::TcpStream,
     tls: Option<&InboundTls>,
-    metrics: &Metrics,
+    metrics: &ListenerMetrics,
 ) -> Option<(MeshStream, Option<tether_certs::SpiffeId>)> {
     let Some(tls) = tls else {
         return Some((MeshStream::Plain(stream), None));

@@ -17,15 +17,24 @@ use super::*;
 
 /// A server answering `size` bytes to every request; counts connections.
 async fn server(size: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, opened, _closed) = counting_server(size).await;
+    (addr, opened)
+}
+
+/// A server answering `size` bytes to every request; counts the connections
+/// it accepts and those that have closed.
+async fn counting_server(size: usize) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&connections);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (counted, ended) = (Arc::clone(&opened), Arc::clone(&closed));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
+            let ended = Arc::clone(&ended);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |_: Request<hyper::body::Incoming>| async move {
@@ -35,23 +44,28 @@ async fn server(size: usize) -> (SocketAddr, Arc<AtomicUsize>) {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, connections)
+    (addr, opened, closed)
 }
 
 fn pool(addr: SocketAddr, http2: bool) -> Arc<EndpointPool> {
+    pool_with_idle_timeout(addr, http2, Duration::from_secs(60))
+}
+
+fn pool_with_idle_timeout(addr: SocketAddr, http2: bool, idle: Duration) -> Arc<EndpointPool> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(Duration::from_secs(1)));
     let authority: Authority = addr.to_string().parse().unwrap_or_else(|e| panic!("{e}"));
     EndpointPool::new(
         &authority,
         PoolSettings {
-            client_id: 1,
+            factory_id: 1,
             connector: MeshConnector::new(http, None),
             http2,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: idle,
         },
     )
 }
@@ -187,4 +201,41 @@ async fn idle_connections_expire() {
         2,
         "the expired one was not reused"
     );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_at_its_timeout_without_a_new_request() {
+    let (addr, opened, closed) = counting_server(8).await;
+    let pool = pool_with_idle_timeout(addr, false, Duration::from_millis(200));
+    let response = pool
+        .send(get(addr, false))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read(response).await, 8);
+    assert_eq!(pool.idle_connections(), 1, "kept while within its timeout");
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "the server saw the idle connection close"
+    );
+    assert_eq!(pool.idle_connections(), 0);
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+
+    // The reaper ended with the last idle connection; the next one put
+    // back starts another.
+    let response = pool
+        .send(get(addr, false))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read(response).await, 8);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 2);
 }

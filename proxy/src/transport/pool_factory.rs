@@ -1,28 +1,25 @@
-//! The HTTP client to upstream endpoints: per-endpoint connection pools
-//! for the request path ([`UpstreamClient::pool_for`]), and a general pooled
-//! client for the few requests that are not to a picked endpoint (the
-//! control plane, `wait-ready`).
+//! The factory of per-endpoint connection pools: one per upstream service
+//! (and one for the local app, one for the control plane), holding how
+//! connections are made (protocol, TLS target, timeouts). Pools live with
+//! their endpoints ([`EndpointPool`]); nothing here is on the request path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::connector::{MeshConnector, TlsTarget};
 use super::pool::{EndpointPool, PoolSettings};
-use crate::body::Body;
 
-/// Source of client ids, so a pool can tell which client made it.
+/// Source of factory ids, so a pool can tell which factory made it.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a connection pool is built with; equal settings share a pool across
 /// snapshots so an update drops no pooled connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSettings {
+pub struct ConnectionSettings {
     /// Speak HTTP/2 (prior knowledge, or ALPN `h2` over TLS).
     pub http2: bool,
     /// TCP connect timeout.
@@ -33,54 +30,44 @@ pub struct ClientSettings {
     pub expected_identity: Option<String>,
 }
 
-/// A connection pool to the endpoints of one service.
+/// Makes the connection pools to the endpoints of one service.
 #[derive(Debug, Clone)]
-pub struct UpstreamClient {
-    settings: ClientSettings,
+pub struct PoolFactory {
+    settings: ConnectionSettings,
     id: u64,
     connector: MeshConnector,
-    client: Client<MeshConnector, Body>,
 }
 
-impl UpstreamClient {
+impl PoolFactory {
     /// A new plaintext pool.
-    pub fn new(settings: ClientSettings) -> Self {
+    pub fn new(settings: ConnectionSettings) -> Self {
         Self::with_tls(settings, None)
     }
 
     /// A new pool; with `tls`, every connection is mTLS to the target identity.
-    pub fn with_tls(settings: ClientSettings, tls: Option<TlsTarget>) -> Self {
+    pub fn with_tls(settings: ConnectionSettings, tls: Option<TlsTarget>) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .http2_only(settings.http2);
-        let connector = MeshConnector::new(http, tls);
-        let client = builder.build(connector.clone());
         Self {
             settings,
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-            connector,
-            client,
+            connector: MeshConnector::new(http, tls),
         }
     }
 
-    /// This client's id; pools it made carry it.
+    /// This factory's id; pools it made carry it.
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// A new, empty connection pool to the endpoint at `authority`, with
-    /// this client's protocol, TLS and timeouts.
+    /// this factory's protocol, TLS and timeouts.
     pub fn pool_for(&self, authority: &Authority) -> Arc<EndpointPool> {
         EndpointPool::new(
             authority,
             PoolSettings {
-                client_id: self.id,
+                factory_id: self.id,
                 connector: self.connector.clone(),
                 http2: self.settings.http2,
                 idle_timeout: self.settings.idle_timeout,
@@ -89,16 +76,7 @@ impl UpstreamClient {
     }
 
     /// The settings this pool was built with.
-    pub fn settings(&self) -> &ClientSettings {
+    pub fn settings(&self) -> &ConnectionSettings {
         &self.settings
-    }
-
-    /// Sends a request whose URI is absolute (`http://ip:port/path`) on the
-    /// general pooled client (not the request path: see `pool_for`).
-    pub fn request(
-        &self,
-        request: http::Request<Body>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(request)
     }
 }

@@ -1,13 +1,15 @@
-//! Prometheus metrics of the proxy.
+//! The proxy's metric registry and the request metrics every HTTP path
+//! shares.
 //!
-//! Families are registered once, here. The request path never looks a label
-//! set up by name: per-service handles ([`ServiceMetrics`]) are resolved when a
-//! snapshot is applied and kept in the service's state. Label values are
-//! bounded: directions, service names from the snapshot, status classes and
-//! the fixed set of error reasons — never raw paths or hosts.
+//! This module imports nothing else of the proxy: each module registers its
+//! own families in [`RequestMetrics::registry`] where its stack is built (tcp
+//! streams, listeners, identity, trace export, snapshots), with the helpers
+//! here. The request path never looks a label set up by name: per-service
+//! handles ([`ServiceMetrics`]) are resolved when a snapshot is applied and
+//! kept in the service's state. Label values are bounded: directions,
+//! service names from the snapshot, status classes and the fixed set of
+//! error reasons — never raw paths or hosts.
 
-use crate::tcp::TcpFamilies;
-use crate::transport::ByteCounters;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -23,9 +25,9 @@ const DURATION_BUCKETS: &[f64] = &[
 /// Label value used for requests whose authority names no known service.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 
-/// Every metric family the proxy exports.
+/// The registry every family is exported from, and the request families.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct RequestMetrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
@@ -33,42 +35,13 @@ pub struct Metrics {
     retries: IntCounterVec,
     retries_skipped: IntCounterVec,
     ejections: IntCounterVec,
-    /// Version of the snapshot in force.
-    pub config_version: IntGauge,
-    /// Snapshots refused (bad file, bad content).
-    pub config_errors: IntCounter,
-    /// 1 while connected to the control plane.
-    pub control_plane_connected: IntGauge,
-    connections_open: IntGaugeVec,
-    connections_total: IntCounterVec,
-    /// Finished spans dropped because the export queue was full.
-    pub trace_spans_dropped: IntCounter,
-    /// Spans that failed to export.
-    pub trace_export_errors: IntCounter,
-    /// Spans the collector accepted.
-    pub trace_spans_exported: IntCounter,
-    /// Access log lines dropped because the writer fell behind.
-    pub access_log_dropped: IntCounter,
-    /// Plaintext connections accepted on an mTLS inbound (permissive mode).
-    pub inbound_plaintext: IntCounter,
-    /// 1 while the inbound listener also accepts plaintext.
-    pub inbound_permissive: IntGauge,
-    /// TLS handshakes that failed, by direction and reason.
-    pub tls_handshake_errors: IntCounterVec,
     /// Inbound requests refused by authorization, by service.
     pub authz_denied: IntCounterVec,
-    /// Expiry of the certificate in force (Unix seconds; 0 without mTLS).
-    pub identity_expiry: IntGauge,
-    /// Certificate requests to the control plane's CA, by kind and result.
-    pub certificate_requests: IntCounterVec,
-    bytes: IntCounterVec,
-    /// The opaque-TCP families.
-    pub tcp: TcpFamilies,
 }
 
 /// Registers `collector` in `registry`; definitions are static, so a
 /// failure is a programming error caught by every test.
-pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     collector: prometheus::Result<C>,
 ) -> C {
@@ -80,26 +53,26 @@ pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(
 }
 
 /// A counter family with `labels`, registered in `registry`.
-pub(crate) fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> IntCounterVec {
+pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
+/// A counter without labels, registered in `registry`.
+pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
+}
+
+/// A gauge without labels, registered in `registry`.
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help))
+}
+
 /// A gauge family with `labels`, registered in `registry`.
-pub(crate) fn gauge_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> IntGaugeVec {
+pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
-impl Metrics {
+impl RequestMetrics {
     /// Registers every family in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -144,95 +117,14 @@ impl Metrics {
             "Endpoints ejected by outlier detection.",
             &["service"],
         );
-        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
-        let config_version = gauge("tether_config_version", "Version of the snapshot in force.");
-        let control_plane_connected = gauge(
-            "tether_control_plane_connected",
-            "1 while the proxy holds a working connection to the control plane.",
-        );
-        let counter = |name: &str, help: &str| register(&registry, IntCounter::new(name, help));
-        let config_errors = counter(
-            "tether_config_errors_total",
-            "Snapshots refused because they could not be read or applied.",
-        );
-        let connections_open = gauge_vec(
-            &registry,
-            "tether_connections_open",
-            "Downstream connections open now.",
-            &["direction"],
-        );
-        let connections_total = counter_vec(
-            &registry,
-            "tether_connections_total",
-            "Downstream connections accepted.",
-            &["direction"],
-        );
-        let trace_spans_dropped = counter(
-            "tether_trace_spans_dropped_total",
-            "Finished spans dropped because the export queue was full.",
-        );
-        let trace_export_errors = counter(
-            "tether_trace_export_errors_total",
-            "Spans the OTLP exporter failed to send.",
-        );
-        let trace_spans_exported = counter(
-            "tether_trace_spans_exported_total",
-            "Spans the OTLP collector accepted.",
-        );
-        let access_log_dropped = counter(
-            "tether_access_log_dropped_total",
-            "Access log lines dropped because stdout could not keep up.",
-        );
-        let inbound_plaintext = counter(
-            "tether_inbound_plaintext_connections_total",
-            "Plaintext connections accepted by an mTLS inbound listener in permissive mode.",
-        );
-        let inbound_permissive = gauge(
-            "tether_inbound_permissive",
-            "1 while the inbound listener also accepts plaintext (permissive mode).",
-        );
-        let identity_expiry = gauge(
-            "tether_identity_expiry_timestamp_seconds",
-            "Unix time at which the certificate in force expires (0 without mTLS).",
-        );
-        let tls_handshake_errors = counter_vec(
-            &registry,
-            "tether_tls_handshake_errors_total",
-            "TLS handshakes that failed, by direction and reason (handshake, timeout, identity-mismatch).",
-            &["direction", "reason"],
-        );
-        let certificate_requests = counter_vec(
-            &registry,
-            "tether_identity_certificate_requests_total",
-            "Certificate requests to the control plane's CA, by kind (issue: with the join token, renew: with the current certificate) and result (ok, error).",
-            &["kind", "result"],
-        );
         let authz_denied = counter_vec(
             &registry,
             "tether_authz_denied_total",
             "Inbound requests and TCP connections refused by authorization policy.",
             &["service"],
         );
-        let bytes = counter_vec(
-            &registry,
-            "tether_bytes_total",
-            "Bytes on downstream connections (after TLS), by direction and flow: received from or sent to the client.",
-            &["direction", "flow"],
-        );
-        let tcp = TcpFamilies::register(&registry);
         Self {
-            bytes,
-            tcp,
-            certificate_requests,
-            inbound_plaintext,
-            inbound_permissive,
-            identity_expiry,
-            tls_handshake_errors,
             authz_denied,
-            trace_spans_dropped,
-            trace_export_errors,
-            trace_spans_exported,
-            access_log_dropped,
             registry,
             requests,
             duration,
@@ -240,12 +132,12 @@ impl Metrics {
             retries,
             retries_skipped,
             ejections,
-            config_version,
-            config_errors,
-            control_plane_connected,
-            connections_open,
-            connections_total,
         }
+    }
+
+    /// The registry, for the families of the other modules.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Handles for one service in one direction, resolved once per snapshot.
@@ -270,24 +162,6 @@ impl Metrics {
         }
     }
 
-    /// Counts an accepted connection; the returned guard counts it closed.
-    pub fn connection_opened(&self, direction: Direction) -> ConnectionGuard {
-        let d = direction.as_str();
-        self.connections_total.with_label_values(&[d]).inc();
-        let open = self.connections_open.with_label_values(&[d]);
-        open.inc();
-        ConnectionGuard(open)
-    }
-
-    /// Byte counters for the downstream connections of one listener.
-    pub fn bytes(&self, direction: Direction) -> ByteCounters {
-        let d = direction.as_str();
-        ByteCounters {
-            received: self.bytes.with_label_values(&[d, "received"]),
-            sent: self.bytes.with_label_values(&[d, "sent"]),
-        }
-    }
-
     /// Prometheus text exposition of every family.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -300,7 +174,7 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
+impl Default for RequestMetrics {
     fn default() -> Self {
         Self::new()
     }
@@ -322,15 +196,6 @@ impl Direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
         }
-    }
-}
-
-/// Decrements the open-connections gauge when dropped.
-pub struct ConnectionGuard(IntGauge);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -394,7 +259,7 @@ mod tests {
 
     #[test]
     fn renders_recorded_requests_with_labels() {
-        let metrics = Metrics::new();
+        let metrics = RequestMetrics::new();
         let api = metrics.service(Direction::Outbound, "api");
         api.record(http::StatusCode::OK, std::time::Duration::from_millis(2));
         api.record(

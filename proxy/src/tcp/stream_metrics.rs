@@ -1,11 +1,11 @@
-//! Metrics of opaque TCP streams. Families are registered once with the
-//! proxy's others ([`crate::metrics::Metrics`]); per-service handles are
+//! Metrics of opaque TCP streams. Families are registered once, in the
+//! proxy's registry ([`crate::request_metrics::RequestMetrics::registry`]); per-service handles are
 //! resolved when a snapshot is applied (outbound) or at start (inbound), so a
 //! connection never looks a label set up by name.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use crate::metrics::{counter_vec, gauge_vec, Direction};
+use crate::request_metrics::{counter_vec, gauge_vec, Direction};
 use crate::transport::ByteCounters;
 
 /// The TCP metric families.

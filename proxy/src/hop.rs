@@ -1,5 +1,5 @@
-//! Rewrites a downstream request for an upstream connection, and cleans an
-//! upstream response for the downstream one.
+//! Crossing a hop: rewrites a downstream request for an upstream
+//! connection, and cleans an upstream response for the downstream one.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -7,17 +7,6 @@ use http::{Request, Response, Version};
 
 use crate::body::Body;
 use crate::errors::ProxyError;
-
-/// The authority a request is addressed to: the URI's (HTTP/2, absolute
-/// form) or the `Host` header.
-pub fn request_authority<B>(request: &Request<B>) -> Option<&str> {
-    request.uri().authority().map(|a| a.as_str()).or_else(|| {
-        request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
 
 /// Connection-specific headers (RFC 9110 §7.6.1) that never cross a hop.
 const HOP_BY_HOP: [HeaderName; 6] = [

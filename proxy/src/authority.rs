@@ -1,0 +1,87 @@
+//! Splitting an HTTP authority (`host[:port]`) into host and port, in one
+//! place so that routing and tracing agree on what the host is.
+
+/// The authority a request is addressed to: the URI's (HTTP/2, absolute
+/// form) or the `Host` header.
+pub fn of_request<B>(request: &http::Request<B>) -> Option<&str> {
+    request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+/// `authority` split into its host and port.
+///
+/// - `api`, `api:80`, `API.mesh:15001`: the host keeps its case (lookups
+///   decide about case), the port is parsed.
+/// - `[::1]:8080`, `[::1]`: an IPv6 literal loses its brackets.
+/// - `::1`: a bare IPv6 literal (no brackets, so no port) is all host.
+/// - `api:` (empty port, allowed by RFC 3986): host `api`, no port.
+/// - Anything else after the last colon (`api:http`, `api:99999`) is not a
+///   port: the whole authority is the host.
+pub fn split(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, after)) = rest.split_once(']') {
+            return match after.strip_prefix(':') {
+                Some(port) => (host, parse_port(port).unwrap_or(None)),
+                None => (host, None),
+            };
+        }
+    }
+    match authority.rsplit_once(':') {
+        // More than one colon without brackets: a bare IPv6 literal.
+        Some((host, _)) if host.contains(':') => (authority, None),
+        Some((host, port)) => match parse_port(port) {
+            Some(port) => (host, port),
+            None => (authority, None),
+        },
+        None => (authority, None),
+    }
+}
+
+/// The host of `authority` (see [`split`]).
+pub fn host(authority: &str) -> &str {
+    split(authority).0
+}
+
+/// `Some(None)` for an empty port, `Some(Some(port))` for a valid one, `None`
+/// when `text` is not a port.
+fn parse_port(text: &str) -> Option<Option<u16>> {
+    if text.is_empty() {
+        return Some(None);
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn names_with_and_without_port() {
+        assert_eq!(split("api"), ("api", None));
+        assert_eq!(split("api:80"), ("api", Some(80)));
+        assert_eq!(split("API.mesh:15001"), ("API.mesh", Some(15001)));
+        assert_eq!(split("api:"), ("api", None));
+    }
+
+    #[test]
+    fn ipv6_literals() {
+        assert_eq!(split("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split("[::1]"), ("::1", None));
+        assert_eq!(split("::1"), ("::1", None));
+        assert_eq!(split("[fe80::1]:"), ("fe80::1", None));
+    }
+
+    #[test]
+    fn a_colon_without_a_port_keeps_the_whole_authority() {
+        assert_eq!(split("api:http"), ("api:http", None));
+        assert_eq!(split("api:99999"), ("api:99999", None));
+        assert_eq!(split("api:+80"), ("api:+80", None));
+    }
+}
