@@ -33,6 +33,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     retries_skipped: IntCounterVec,
     ejections: IntCounterVec,
+    lb_panics: IntCounterVec,
     /// Version of the snapshot in force.
     pub config_version: IntGauge,
     /// Snapshots refused (bad file, bad content).
@@ -144,6 +145,12 @@ impl Metrics {
             "Endpoints ejected by outlier detection.",
             &["service"],
         );
+        let lb_panics = counter_vec(
+            &registry,
+            "tether_lb_panic_total",
+            "Endpoint picks that ignored ejection because too few endpoints were available (panic threshold).",
+            &["service"],
+        );
         let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
         let config_version = gauge("tether_config_version", "Version of the snapshot in force.");
         let control_plane_connected = gauge(
@@ -240,6 +247,7 @@ impl Metrics {
             retries,
             retries_skipped,
             ejections,
+            lb_panics,
             config_version,
             config_errors,
             control_plane_connected,
@@ -249,8 +257,18 @@ impl Metrics {
     }
 
     /// Handles for one service in one direction, resolved once per snapshot.
+    /// Retries, ejections and panics exist only for real upstream services:
+    /// the inbound service and unroutable names never get those series.
     pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
         let d = direction.as_str();
+        let upstream =
+            (direction == Direction::Outbound && service != UNKNOWN_SERVICE).then(|| {
+                UpstreamCounters {
+                    retries: self.retries.with_label_values(&[service]),
+                    ejections: self.ejections.with_label_values(&[service]),
+                    lb_panics: self.lb_panics.with_label_values(&[service]),
+                }
+            });
         let class = |c: &str| self.requests.with_label_values(&[d, service, c]);
         ServiceMetrics {
             direction,
@@ -263,8 +281,7 @@ impl Metrics {
                 class("5xx"),
             ],
             duration: self.duration.with_label_values(&[d, service]),
-            retries: self.retries.with_label_values(&[service]),
-            ejections: self.ejections.with_label_values(&[service]),
+            upstream,
             errors: self.proxy_errors.clone(),
             skipped: self.retries_skipped.clone(),
         }
@@ -341,10 +358,17 @@ pub struct ServiceMetrics {
     service: String,
     by_class: [IntCounter; 5],
     duration: Histogram,
-    retries: IntCounter,
-    ejections: IntCounter,
+    upstream: Option<UpstreamCounters>,
     errors: IntCounterVec,
     skipped: IntCounterVec,
+}
+
+/// Counters of an upstream service only.
+#[derive(Clone)]
+struct UpstreamCounters {
+    retries: IntCounter,
+    ejections: IntCounter,
+    lb_panics: IntCounter,
 }
 
 impl std::fmt::Debug for ServiceMetrics {
@@ -370,9 +394,11 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Counts one retry sent.
+    /// Counts one retry sent (upstream services only).
     pub fn retry(&self) {
-        self.retries.inc();
+        if let Some(upstream) = &self.upstream {
+            upstream.retries.inc();
+        }
     }
 
     /// Counts a retry that was wanted but not made.
@@ -382,9 +408,18 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Counts an endpoint ejection.
+    /// Counts an endpoint ejection (upstream services only).
     pub fn ejection(&self) {
-        self.ejections.inc();
+        if let Some(upstream) = &self.upstream {
+            upstream.ejections.inc();
+        }
+    }
+
+    /// Counts a pick made in panic mode (upstream services only).
+    pub fn lb_panic(&self) {
+        if let Some(upstream) = &self.upstream {
+            upstream.lb_panics.inc();
+        }
     }
 }
 
@@ -413,5 +448,21 @@ mod tests {
             r#"tether_proxy_errors_total{direction="outbound",reason="timeout",service="api"} 1"#
         ));
         assert!(text.contains("tether_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn retries_carry_only_upstream_service_names() {
+        let metrics = Metrics::new();
+        metrics.service(Direction::Inbound, "tether-proxy").retry();
+        metrics
+            .service(Direction::Outbound, UNKNOWN_SERVICE)
+            .retry();
+        metrics.service(Direction::Outbound, "api").retry();
+        let text = String::from_utf8(metrics.render()).unwrap_or_default();
+        let retries: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("tether_retries_total{"))
+            .collect();
+        assert_eq!(retries, [r#"tether_retries_total{service="api"} 1"#]);
     }
 }

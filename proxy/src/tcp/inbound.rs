@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::relay::{relay, Outcome, StreamLog};
 use super::TcpMetrics;
 use crate::access_log::AccessLog;
+use crate::errors::Reason;
 use crate::metrics::{Direction, Metrics};
 use crate::state::MeshState;
 use crate::transport::{Downstream, Peer, StreamHandler};
@@ -84,7 +85,7 @@ impl TcpInbound {
                 service = %inner.service,
                 "tcp stream refused by authorization"
             );
-            let error = Some("unauthorized");
+            let error = Some(Reason::Unauthorized);
             log.finish(
                 access_log,
                 Outcome {
@@ -106,7 +107,7 @@ impl TcpInbound {
             Err(error) => {
                 inner.metrics.connect_failed();
                 tracing::debug!(app = %inner.app, %error, "cannot reach the local app");
-                let error = Some("upstream-connect");
+                let error = Some(Reason::UpstreamConnect);
                 log.finish(
                     access_log,
                     Outcome {
