@@ -80,9 +80,10 @@ where
             outcome
         }
         Err(error) => {
-            tracing::debug!(%error, service = %service.service.name, "tcp stream not opened");
+            let reason = error.reason();
+            tracing::debug!(%error, reason = reason.as_str(), service = %service.service.name, "tcp stream not opened");
             Outcome {
-                error: Some(error.reason()),
+                error: Some(reason),
                 ..Outcome::default()
             }
         }
