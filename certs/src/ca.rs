@@ -309,7 +309,11 @@ impl CertificateAuthority {
         let leaf = params.signed_by(&csr.public_key, &issuer)?;
         // Read the times back from the certificate: X.509 stores whole seconds.
         let info = cert_info(leaf.der())?;
-        tracing::info!(spiffe_id = %authorized, ?not_after, "issued certificate");
+        tracing::info!(
+            spiffe_id = %authorized,
+            not_after = %humantime::format_rfc3339_seconds(not_after),
+            "issued certificate"
+        );
         Ok(IssuedCert {
             chain_pem: format!("{}{}", leaf.pem(), self.cert_pem),
             spiffe_id: authorized.clone(),

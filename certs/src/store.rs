@@ -94,7 +94,7 @@ impl IdentityStore {
     pub fn set_identity(&self, identity: Identity) {
         tracing::info!(
             spiffe_id = %identity.spiffe_id(),
-            not_after = ?identity.not_after(),
+            not_after = %humantime::format_rfc3339_seconds(identity.not_after()),
             "identity rotated"
         );
         self.identity.store(Some(Arc::new(identity)));

@@ -41,7 +41,7 @@ pub struct Entry {
     pub retries: u32,
     /// `tether-error` reason, if the proxy answered itself.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<&'static str>,
     /// W3C trace id, when traced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -71,9 +71,10 @@ pub struct TcpEntry {
     /// Accept to close, milliseconds.
     pub duration_ms: f64,
     /// Why the stream failed or was refused (`unauthorized`,
-    /// `upstream-connect`, `no-endpoints`, `reset`), if it did.
+    /// `upstream-connect`, `no-endpoints`, `all-endpoints-ejected`,
+    /// `reset`), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<&'static str>,
 }
 
 /// One line of the log.

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::HeaderName;
 use http::{Request, Response};
 use tokio::time::Instant;
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::body::Body;
-use crate::errors::{TETHER_ATTEMPTS, TETHER_ERROR};
+use crate::errors::Outcome;
 use crate::request_metrics::{Direction, ServiceMetrics};
 use crate::telemetry::{HopSpan, SpanKind, SpanStart, Telemetry};
 
@@ -106,33 +105,32 @@ impl Observer {
         }
     }
 
-    /// Records the response: metrics, span, access log.
+    /// Records the response: metrics, span, access log, all from its typed
+    /// [`Outcome`]; then writes the outcome's headers (`tether-error`,
+    /// `tether-attempts`, `tether-retry-skipped`), the one place they are
+    /// rendered on either path.
     pub fn end(
         &self,
         observation: Observation,
-        response: &Response<Body>,
+        response: &mut Response<Body>,
         metrics: &ServiceMetrics,
         service: &str,
         peer: Option<&str>,
     ) {
         let elapsed = observation.started.elapsed();
+        // No outcome (the common case: answered on the first try) is one
+        // empty-extensions check.
+        let outcome = Outcome::of(response);
+        Outcome::render(response);
         metrics.record(response.status(), elapsed);
-        if observation.span.is_none() && (self.access_log.is_none() || observation.line.is_none()) {
-            // Neither a span nor a log line: skip the header lookups.
-            return;
-        }
-        let header = |name: &HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok());
-        // The proxy's own answers are all 4xx/5xx: no lookup on success.
-        let error = if response.status().as_u16() >= 400 {
-            header(&TETHER_ERROR).and_then(known_reason)
-        } else {
-            None
-        };
+        let error = outcome.error.map(|reason| {
+            metrics.proxy_error(reason.as_str());
+            reason.as_str()
+        });
         if let Some(span) = observation.span {
             span.finish(response.status(), error, elapsed);
         }
         if let (Some(log), Some((method, authority, path))) = (&self.access_log, observation.line) {
-            let attempts = header(&TETHER_ATTEMPTS);
             log.log(Entry {
                 timestamp: timestamp(observation.arrived),
                 direction: self.direction.as_str(),
@@ -143,28 +141,10 @@ impl Observer {
                 path,
                 status: response.status().as_u16(),
                 duration_ms: elapsed.as_secs_f64() * 1e3,
-                retries: attempts
-                    .and_then(|a| a.parse::<u32>().ok())
-                    .map_or(0, |a| a.saturating_sub(1)),
-                error: error.map(str::to_owned),
+                retries: outcome.retries(),
+                error,
                 trace_id: observation.trace_id,
             });
         }
     }
-}
-
-/// The proxy's own reasons, as static strings (bounded label values).
-fn known_reason(reason: &str) -> Option<&'static str> {
-    const REASONS: [&str; 9] = [
-        "unknown-service",
-        "no-endpoints",
-        "timeout",
-        "overloaded",
-        "upstream-connect",
-        "upstream-reset",
-        "bad-request",
-        "not-ready",
-        "unauthorized",
-    ];
-    REASONS.iter().find(|r| **r == reason).copied()
 }

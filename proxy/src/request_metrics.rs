@@ -35,6 +35,7 @@ pub struct RequestMetrics {
     retries: IntCounterVec,
     retries_skipped: IntCounterVec,
     ejections: IntCounterVec,
+    lb_panics: IntCounterVec,
     /// Inbound requests refused by authorization, by service.
     pub authz_denied: IntCounterVec,
 }
@@ -117,6 +118,12 @@ impl RequestMetrics {
             "Endpoints ejected by outlier detection.",
             &["service"],
         );
+        let lb_panics = counter_vec(
+            &registry,
+            "tether_lb_panic_total",
+            "Endpoint picks that ignored ejection because too few endpoints were available (panic threshold).",
+            &["service"],
+        );
         let authz_denied = counter_vec(
             &registry,
             "tether_authz_denied_total",
@@ -132,6 +139,7 @@ impl RequestMetrics {
             retries,
             retries_skipped,
             ejections,
+            lb_panics,
         }
     }
 
@@ -141,8 +149,18 @@ impl RequestMetrics {
     }
 
     /// Handles for one service in one direction, resolved once per snapshot.
+    /// Retries, ejections and panics exist only for real upstream services:
+    /// the inbound service and unroutable names never get those series.
     pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
         let d = direction.as_str();
+        let upstream =
+            (direction == Direction::Outbound && service != UNKNOWN_SERVICE).then(|| {
+                UpstreamCounters {
+                    retries: self.retries.with_label_values(&[service]),
+                    ejections: self.ejections.with_label_values(&[service]),
+                    lb_panics: self.lb_panics.with_label_values(&[service]),
+                }
+            });
         let class = |c: &str| self.requests.with_label_values(&[d, service, c]);
         ServiceMetrics {
             direction,
@@ -155,8 +173,7 @@ impl RequestMetrics {
                 class("5xx"),
             ],
             duration: self.duration.with_label_values(&[d, service]),
-            retries: self.retries.with_label_values(&[service]),
-            ejections: self.ejections.with_label_values(&[service]),
+            upstream,
             errors: self.proxy_errors.clone(),
             skipped: self.retries_skipped.clone(),
         }
@@ -206,10 +223,17 @@ pub struct ServiceMetrics {
     service: String,
     by_class: [IntCounter; 5],
     duration: Histogram,
-    retries: IntCounter,
-    ejections: IntCounter,
+    upstream: Option<UpstreamCounters>,
     errors: IntCounterVec,
     skipped: IntCounterVec,
+}
+
+/// Counters of an upstream service only.
+#[derive(Clone)]
+struct UpstreamCounters {
+    retries: IntCounter,
+    ejections: IntCounter,
+    lb_panics: IntCounter,
 }
 
 impl std::fmt::Debug for ServiceMetrics {
@@ -235,9 +259,11 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Counts one retry sent.
+    /// Counts one retry sent (upstream services only).
     pub fn retry(&self) {
-        self.retries.inc();
+        if let Some(upstream) = &self.upstream {
+            upstream.retries.inc();
+        }
     }
 
     /// Counts a retry that was wanted but not made.
@@ -247,9 +273,18 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Counts an endpoint ejection.
+    /// Counts an endpoint ejection (upstream services only).
     pub fn ejection(&self) {
-        self.ejections.inc();
+        if let Some(upstream) = &self.upstream {
+            upstream.ejections.inc();
+        }
+    }
+
+    /// Counts a pick made in panic mode (upstream services only).
+    pub fn lb_panic(&self) {
+        if let Some(upstream) = &self.upstream {
+            upstream.lb_panics.inc();
+        }
     }
 }
 
@@ -278,5 +313,21 @@ mod tests {
             r#"tether_proxy_errors_total{direction="outbound",reason="timeout",service="api"} 1"#
         ));
         assert!(text.contains("tether_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn retries_carry_only_upstream_service_names() {
+        let metrics = RequestMetrics::new();
+        metrics.service(Direction::Inbound, "tether-proxy").retry();
+        metrics
+            .service(Direction::Outbound, UNKNOWN_SERVICE)
+            .retry();
+        metrics.service(Direction::Outbound, "api").retry();
+        let text = String::from_utf8(metrics.render()).unwrap_or_default();
+        let retries: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("tether_retries_total{"))
+            .collect();
+        assert_eq!(retries, [r#"tether_retries_total{service="api"} 1"#]);
     }
 }

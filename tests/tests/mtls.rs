@@ -399,3 +399,136 @@ async fn certificates_renewed_under_load_fail_no_request() {
         "the identity in force changed"
     );
 }
+
+/// Every `tether_retries_total` series in `metrics`, as rendered.
+fn retry_series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("tether_retries_total{"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_app_behind_a_live_sidecar_loses_no_request() {
+    let pki = TestPki::new();
+    let (app1, app2) = (Backend::start("api-1").await, Backend::start("api-2").await);
+    // No --service: the sidecars' own name falls back to `tether-proxy`,
+    // which must never show up as a retried service.
+    let api1 = Proxy::builder(&api_snapshot(""))
+        .app(app1.addr)
+        .identity(&pki.issue("api"), &pki.bundle())
+        .start()
+        .await;
+    let api2 = Proxy::builder(&api_snapshot(""))
+        .app(app2.addr)
+        .identity(&pki.issue("api"), &pki.bundle())
+        .start()
+        .await;
+    // Round-robin: after the kill every other request goes to api-1's
+    // sidecar until it is ejected (P2C might leave it alone for a while).
+    let web = Proxy::builder(&web_snapshot(
+        &[api1.inbound.to_string(), api2.inbound.to_string()],
+        "{ load_balancer: round-robin }",
+    ))
+    .identity(&pki.issue("web"), &pki.bundle())
+    .start()
+    .await;
+    let client = Client::http1();
+    let started = std::time::Instant::now();
+    let mut app1 = Some(app1);
+    let mut failures = Vec::new();
+    let sent = 300;
+    for i in 0..sent {
+        if i == 100 {
+            // The app dies between requests; its sidecar lives on.
+            drop(app1.take());
+        }
+        let method = if i % 2 == 0 {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let reply = client
+            .send(
+                method,
+                web.outbound,
+                "api",
+                "/",
+                Bytes::from_static(b"x"),
+                &[],
+            )
+            .await;
+        if reply.status != 200 {
+            failures.push(reply);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "load loop bounded in time"
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let web_metrics = web.metrics().await;
+    assert!(
+        metric(&web_metrics, r#"tether_retries_total{service="api"}"#).is_some_and(|n| n >= 1.0),
+        "{web_metrics}"
+    );
+    assert_eq!(
+        retry_series(&web_metrics).len(),
+        1,
+        "only real services: {web_metrics}"
+    );
+    let api1_metrics = api1.metrics().await;
+    assert!(
+        metric(
+            &api1_metrics,
+            r#"tether_proxy_errors_total{direction="inbound",reason="app-connect",service="tether-proxy"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{api1_metrics}"
+    );
+    assert!(
+        retry_series(&api1_metrics).is_empty(),
+        "an inbound sidecar retries nothing: {api1_metrics}"
+    );
+    assert!(app2.hits() >= 200, "api-2 took over: {}", app2.hits());
+    assert_eq!(
+        metric(
+            &web_metrics,
+            r#"tether_endpoint_ejections_total{service="api"}"#
+        ),
+        Some(1.0),
+        "app-connect counts toward outlier detection: {web_metrics}"
+    );
+}
+
+#[tokio::test]
+async fn app_connect_from_a_plaintext_peer_is_not_believed() {
+    // Without mTLS anyone could answer `tether-error: app-connect`, so a
+    // plaintext mesh retries nothing on its word.
+    let api = Proxy::builder(&api_snapshot(""))
+        .app(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            tether_e2e::free_port(),
+        )))
+        .start()
+        .await;
+    let web = Proxy::start(&web_snapshot(&[api.inbound.to_string()], "{}")).await;
+    let reply = Client::http1()
+        .send(Method::POST, web.outbound, "api", "/", Bytes::new(), &[])
+        .await;
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(reply.header("tether-error"), "app-connect");
+    assert_eq!(
+        metric(
+            &web.metrics().await,
+            r#"tether_retries_total{service="api"}"#
+        ),
+        Some(0.0)
+    );
+}

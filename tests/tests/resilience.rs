@@ -362,3 +362,110 @@ async fn never_ejects_more_than_max_ejection_percent() {
         "{metrics}"
     );
 }
+
+/// `instances` backends that all answer 503 until they recover: ejection
+/// takes them out (all of them, down to panic mode), yet the service never
+/// answers by itself, and once they recover requests succeed at once.
+async fn every_instance_fails_then_recovers(instances: usize, max_ejection_percent: u32) {
+    let mut backends = Vec::new();
+    for i in 0..instances {
+        let behavior = Behavior {
+            status: 503,
+            ..Behavior::default()
+        };
+        backends.push(Backend::with(&format!("api-{i}"), behavior).await);
+    }
+    let addresses: Vec<String> = backends.iter().map(Backend::address).collect();
+    let policy = format!("{{ load_balancer: round-robin, retries: {{ attempts: 0 }}, circuit_breaker: {{ consecutive_failures: 3, base_ejection: 30s, max_ejection_percent: {max_ejection_percent} }} }}");
+    let proxy = Proxy::start(&service(&policy, &addresses)).await;
+    let client = Client::http1();
+    // 3 failures eject an endpoint; twice that per instance ejects all.
+    for _ in 0..6 * instances {
+        let reply = client.get(proxy.outbound, "api", "/").await;
+        assert_eq!(reply.status, 503, "{reply:?}");
+        assert_eq!(
+            reply.header("tether-error"),
+            "",
+            "the upstream answered: {reply:?}"
+        );
+        assert!(reply.header("x-backend").starts_with("api-"), "{reply:?}");
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"tether_endpoint_ejections_total{service="api"}"#
+        ),
+        Some(instances as f64),
+        "every instance ejected: {metrics}"
+    );
+    assert!(
+        metric(&metrics, r#"tether_lb_panic_total{service="api"}"#).is_some_and(|n| n >= 1.0),
+        "nothing left to pick: panic mode balances over all: {metrics}"
+    );
+    for backend in &backends {
+        backend.set(|b| b.status = 200);
+    }
+    // Recovered: the very next requests succeed, on every instance, long
+    // before the 30 s ejection runs out.
+    let mut reached = std::collections::HashSet::new();
+    for _ in 0..2 * instances {
+        let reply = client.get(proxy.outbound, "api", "/").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reached.insert(reply.header("x-backend").to_owned());
+    }
+    assert_eq!(reached.len(), instances, "{reached:?}");
+}
+
+#[tokio::test]
+async fn a_single_instance_is_never_ejected_into_no_endpoints() {
+    // The default max_ejection_percent (50) still ejects "at least one".
+    every_instance_fails_then_recovers(1, 50).await;
+}
+
+#[tokio::test]
+async fn two_ejected_instances_recover_without_waiting_out_the_ejection() {
+    every_instance_fails_then_recovers(2, 100).await;
+}
+
+#[tokio::test]
+async fn five_ejected_instances_recover_without_waiting_out_the_ejection() {
+    every_instance_fails_then_recovers(5, 100).await;
+}
+
+#[tokio::test]
+async fn one_bad_instance_of_five_is_ejected_without_panic() {
+    let bad = Backend::with(
+        "bad",
+        Behavior {
+            status: 503,
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let mut good = Vec::new();
+    for i in 0..4 {
+        good.push(Backend::start(&format!("good-{i}")).await);
+    }
+    let mut addresses = vec![bad.address()];
+    addresses.extend(good.iter().map(Backend::address));
+    let policy = "{ load_balancer: round-robin, retries: { attempts: 0 }, circuit_breaker: { consecutive_failures: 3, base_ejection: 30s } }";
+    let proxy = Proxy::start(&service(policy, &addresses)).await;
+    let client = Client::http1();
+    for _ in 0..20 {
+        client.get(proxy.outbound, "api", "/").await;
+    }
+    assert_eq!(bad.hits(), 3, "ejected after 3 failures");
+    for _ in 0..20 {
+        let reply = client.get(proxy.outbound, "api", "/").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(bad.hits(), 3, "4 of 5 available: no panic, no traffic");
+    assert_eq!(
+        metric(
+            &proxy.metrics().await,
+            r#"tether_lb_panic_total{service="api"}"#
+        ),
+        Some(0.0)
+    );
+}

@@ -1,5 +1,8 @@
 //! Endpoint selection: round-robin, least-request (P2C), weighted and
-//! P2C + peak EWMA, all skipping ejected endpoints.
+//! P2C + peak EWMA, all skipping ejected endpoints — unless too few are
+//! left (the panic threshold, see [`outlier`]): then they balance over every
+//! endpoint, ejected ones included, so ejection never leaves a service with
+//! nothing to try.
 //!
 //! Why not `tower::balance::p2c`: it balances over `Service`s discovered
 //! through a `Discover` stream and only does P2C. Tether needs four
@@ -18,7 +21,16 @@ use rand::Rng;
 use tether_api::LoadBalancer;
 
 pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
-pub use outlier::OutlierDetector;
+pub use outlier::{OutlierDetector, PANIC_THRESHOLD_PERCENT};
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// The set has no endpoints.
+    NoEndpoints,
+    /// Every endpoint is ejected and panic mode is off.
+    AllEjected,
+}
 
 /// An immutable list of endpoints and the algorithm that picks among them.
 #[derive(Debug)]
@@ -63,62 +75,121 @@ impl EndpointSet {
         available
     }
 
-    /// Picks an endpoint that is not ejected, or `None` if there is none.
-    pub fn pick(&self) -> Option<&Arc<EndpointState>> {
+    /// Picks an endpoint that is not ejected. When too few endpoints of the
+    /// service are available (below the panic threshold), or none of this
+    /// set is, picks among all of them instead, ejected ones included, and
+    /// counts it in `tether_lb_panic_total`.
+    pub fn pick(&self) -> Result<&Arc<EndpointState>, PickError> {
+        if self.endpoints.is_empty() {
+            return Err(PickError::NoEndpoints);
+        }
+        if !self.outliers.panicking() {
+            if let Some(endpoint) = self.pick_among(|e| self.available(e)) {
+                return Ok(endpoint);
+            }
+            if !self.outliers.panic_enabled() {
+                return Err(PickError::AllEjected);
+            }
+        }
+        self.outliers.panicked();
+        // Every endpoint is eligible; asking still restores those whose
+        // ejection has run out, so panic mode ends on its own.
+        self.pick_among(|e| {
+            self.available(e);
+            true
+        })
+        .ok_or(PickError::AllEjected)
+    }
+
+    /// Like [`pick`](Self::pick), but away from the endpoint at `avoid`
+    /// (where the last try could not connect) while another can be had.
+    pub fn pick_avoiding(&self, avoid: Option<&str>) -> Result<&Arc<EndpointState>, PickError> {
+        let picked = self.pick()?;
+        let Some(avoid) = avoid else {
+            return Ok(picked);
+        };
+        if picked.address() != avoid || self.endpoints.len() == 1 {
+            return Ok(picked);
+        }
+        for _ in 0..2 {
+            let again = self.pick()?;
+            if again.address() != avoid {
+                return Ok(again);
+            }
+        }
+        Ok(self
+            .endpoints
+            .iter()
+            .find(|e| e.address() != avoid && !e.is_ejected())
+            .unwrap_or(picked))
+    }
+
+    /// The algorithm's choice among the endpoints `usable` accepts.
+    fn pick_among(&self, usable: impl Fn(&EndpointState) -> bool) -> Option<&Arc<EndpointState>> {
         match self.endpoints.len() {
             0 => None,
-            1 => self.endpoints.first().filter(|e| self.available(e)),
+            1 => self.endpoints.first().filter(|e| usable(e)),
             _ => match self.algorithm {
-                LoadBalancer::RoundRobin => self.pick_round_robin(),
-                LoadBalancer::LeastRequest => self.pick_p2c(|e| f64::from(e.in_flight())),
-                LoadBalancer::P2cEwma => self.pick_p2c(EndpointState::ewma_cost),
-                LoadBalancer::Weighted => self.pick_weighted(),
+                LoadBalancer::RoundRobin => self.pick_round_robin(usable),
+                LoadBalancer::LeastRequest => self.pick_p2c(usable, |e| f64::from(e.in_flight())),
+                LoadBalancer::P2cEwma => self.pick_p2c(usable, EndpointState::ewma_cost),
+                LoadBalancer::Weighted => self.pick_weighted(usable),
             },
         }
     }
 
-    fn pick_round_robin(&self) -> Option<&Arc<EndpointState>> {
+    fn pick_round_robin(
+        &self,
+        usable: impl Fn(&EndpointState) -> bool,
+    ) -> Option<&Arc<EndpointState>> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| self.available(e))
+            .find(|e| usable(e))
     }
 
     /// Power of two random choices: the cheaper of two distinct random
-    /// endpoints. Falls back to a scan when the two drawn are ejected.
-    fn pick_p2c(&self, cost: impl Fn(&EndpointState) -> f64) -> Option<&Arc<EndpointState>> {
+    /// endpoints. Falls back to a scan when neither drawn is usable.
+    fn pick_p2c(
+        &self,
+        usable: impl Fn(&EndpointState) -> bool,
+        cost: impl Fn(&EndpointState) -> f64,
+    ) -> Option<&Arc<EndpointState>> {
         let n = self.endpoints.len();
         let mut rng = rand::thread_rng();
         let a = rng.gen_range(0..n);
         let b = (a + rng.gen_range(1..n)) % n;
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-        match (self.available(ea), self.available(eb)) {
+        match (usable(ea), usable(eb)) {
             (true, true) => Some(if cost(eb) < cost(ea) { eb } else { ea }),
             (true, false) => Some(ea),
             (false, true) => Some(eb),
             (false, false) => self
                 .endpoints
                 .iter()
-                .filter(|e| self.available(e))
+                .filter(|e| usable(e))
                 .min_by(|x, y| cost(x).total_cmp(&cost(y))),
         }
     }
 
-    /// Random in proportion to weight, over available endpoints.
-    fn pick_weighted(&self) -> Option<&Arc<EndpointState>> {
+    /// Random in proportion to weight, over usable endpoints.
+    fn pick_weighted(
+        &self,
+        usable: impl Fn(&EndpointState) -> bool,
+    ) -> Option<&Arc<EndpointState>> {
         let total: u64 = self
             .endpoints
             .iter()
-            .filter(|e| self.available(e))
+            .filter(|e| usable(e))
             .map(|e| u64::from(e.weight()))
             .sum();
         if total == 0 {
-            return self.endpoints.iter().find(|e| self.available(e));
+            return self.endpoints.iter().find(|e| usable(e));
         }
         let mut point = rand::thread_rng().gen_range(0..total);
         for endpoint in &self.endpoints {
-            if endpoint.is_ejected() {
+            if !usable(endpoint) {
                 continue;
             }
             let w = u64::from(endpoint.weight());
@@ -153,11 +224,13 @@ mod tests {
             })
             .collect::<Vec<_>>();
         let metrics = RequestMetrics::new().service(Direction::Outbound, "t");
-        let outliers = Arc::new(OutlierDetector::new(
-            &CircuitBreaker::default(),
-            endpoints.len(),
-            metrics,
-        ));
+        // One failure ejects, and any share may be: tests choose.
+        let policy = CircuitBreaker {
+            consecutive_failures: 1,
+            max_ejection_percent: 100,
+            ..CircuitBreaker::default()
+        };
+        let outliers = Arc::new(OutlierDetector::new(&policy, endpoints.len(), metrics));
         EndpointSet::new(endpoints, algorithm, outliers)
     }
 
@@ -223,11 +296,74 @@ mod tests {
         }
     }
 
+    /// Ejects through the set's own detector, which counts it.
+    fn ejecting(set: &EndpointSet, index: usize) {
+        set.outliers.record(&set.endpoints()[index], true);
+    }
+
     #[tokio::test]
-    async fn empty_or_all_ejected_picks_nothing() {
-        assert!(set(&[], LoadBalancer::P2cEwma).pick().is_none());
-        let s = set(&[1], LoadBalancer::RoundRobin);
-        s.endpoints()[0].eject(Duration::from_secs(60), Duration::from_secs(60));
-        assert!(s.pick().is_none());
+    async fn an_empty_set_has_no_endpoints() {
+        assert_eq!(
+            set(&[], LoadBalancer::P2cEwma).pick().err(),
+            Some(PickError::NoEndpoints)
+        );
+    }
+
+    #[tokio::test]
+    async fn below_the_panic_threshold_ejected_endpoints_are_picked_too() {
+        for algorithm in [
+            LoadBalancer::RoundRobin,
+            LoadBalancer::LeastRequest,
+            LoadBalancer::Weighted,
+            LoadBalancer::P2cEwma,
+        ] {
+            // One instance, ejected: it is still picked.
+            let one = set(&[1], algorithm);
+            ejecting(&one, 0);
+            assert!(one.endpoints()[0].is_ejected());
+            assert!(one.pick().is_ok(), "{algorithm:?}");
+            // Five, three ejected (40 % left): every one is picked.
+            let five = set(&[1, 1, 1, 1, 1], algorithm);
+            for i in 0..3 {
+                ejecting(&five, i);
+            }
+            let c = counts(&five, 2000);
+            assert_eq!(c.len(), 5, "{algorithm:?} {c:?}");
+            assert!(!c.contains_key(""), "{algorithm:?} {c:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_panic_mode_all_ejected_says_so() {
+        let endpoints = vec![Arc::new(
+            EndpointState::new("127.0.0.1:1000", 1).unwrap_or_else(|e| panic!("{e}")),
+        )];
+        let policy = CircuitBreaker {
+            consecutive_failures: 1,
+            ..CircuitBreaker::default()
+        };
+        let metrics = RequestMetrics::new().service(Direction::Outbound, "t");
+        let outliers = Arc::new(OutlierDetector::new(&policy, 1, metrics).with_panic_threshold(0));
+        let s = EndpointSet::new(endpoints, LoadBalancer::RoundRobin, outliers);
+        s.outliers.record(&s.endpoints()[0], true);
+        assert_eq!(s.pick().err(), Some(PickError::AllEjected));
+    }
+
+    #[tokio::test]
+    async fn a_retry_avoids_the_endpoint_that_failed() {
+        for algorithm in [LoadBalancer::P2cEwma, LoadBalancer::RoundRobin] {
+            let s = set(&[1, 1], algorithm);
+            for _ in 0..100 {
+                let picked = s
+                    .pick_avoiding(Some("127.0.0.1:1000"))
+                    .map(|e| e.address().to_owned());
+                assert_eq!(picked.ok().as_deref(), Some("127.0.0.1:1001"));
+            }
+        }
+        let one = set(&[1], LoadBalancer::P2cEwma);
+        assert!(
+            one.pick_avoiding(Some("127.0.0.1:1000")).is_ok(),
+            "nothing else"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Outlier detection: eject an endpoint after a streak of failures, but never
-//! more than `max_ejection_percent` of the service's endpoints at once.
+//! more than `max_ejection_percent` of the service's endpoints at once; and
+//! when fewer than [`PANIC_THRESHOLD_PERCENT`] of them are left available,
+//! the balancer ignores ejection (panic mode).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,9 +11,19 @@ use tether_api::CircuitBreaker;
 use super::EndpointState;
 use crate::request_metrics::ServiceMetrics;
 
+/// Below this share of available (not ejected) endpoints the balancer picks
+/// among all of them, ejected ones included: Envoy's healthy panic threshold
+/// and its default. "At least one may be ejected" ejects every endpoint of a
+/// one-instance service; without this, it would answer nothing until the
+/// ejection ran out, however soon the instance recovered. 50 % keeps a
+/// two-instance service with one ejected out of panic mode.
+pub const PANIC_THRESHOLD_PERCENT: u32 = 50;
+
 /// Per-service ejection bookkeeping.
 #[derive(Debug)]
 pub struct OutlierDetector {
+    endpoints: usize,
+    panic_threshold_percent: u32,
     consecutive_failures: u32,
     base_ejection: Duration,
     max_ejection: Duration,
@@ -32,6 +44,8 @@ impl OutlierDetector {
             (endpoints * percent / 100).max(1)
         };
         Self {
+            endpoints,
+            panic_threshold_percent: PANIC_THRESHOLD_PERCENT,
             consecutive_failures: policy.consecutive_failures,
             base_ejection: policy.base_ejection,
             max_ejection: policy.max_ejection,
@@ -48,9 +62,36 @@ impl OutlierDetector {
         self
     }
 
+    /// Sets the panic threshold (percent of endpoints that must be
+    /// available; 0 turns panic mode off).
+    pub fn with_panic_threshold(mut self, percent: u32) -> Self {
+        self.panic_threshold_percent = percent.min(100);
+        self
+    }
+
     /// Endpoints ejected now.
     pub fn ejected(&self) -> usize {
         self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether fewer endpoints than the panic threshold are available, so
+    /// the balancer should ignore ejection. One relaxed load when none is
+    /// ejected.
+    pub fn panicking(&self) -> bool {
+        let ejected = self.ejected.load(Ordering::Relaxed);
+        ejected > 0
+            && self.endpoints.saturating_sub(ejected) * 100
+                < self.endpoints * self.panic_threshold_percent as usize
+    }
+
+    /// Whether the balancer may ignore ejection when nothing else is left.
+    pub fn panic_enabled(&self) -> bool {
+        self.panic_threshold_percent > 0
+    }
+
+    /// A pick ignored ejection (panic mode).
+    pub fn panicked(&self) {
+        self.metrics.lb_panic();
     }
 
     /// An ejected endpoint was restored.
@@ -142,6 +183,32 @@ mod tests {
         }
         assert_eq!(eps.iter().filter(|e| e.is_ejected()).count(), 2);
         assert_eq!(d.ejected(), 2);
+    }
+
+    #[tokio::test]
+    async fn panics_below_the_threshold_only() {
+        let one = detector(1, 50);
+        assert!(!one.panicking());
+        let a = ep(1);
+        for _ in 0..3 {
+            one.record(&a, true);
+        }
+        assert!(a.is_ejected(), "at least one may be ejected: all of one");
+        assert!(one.panicking(), "nothing left: balance over all");
+        // Two endpoints, one ejected: 50 % left is not below 50 %.
+        let two = detector(2, 50);
+        let b = ep(2);
+        for _ in 0..3 {
+            two.record(&b, true);
+        }
+        assert!(b.is_ejected());
+        assert!(!two.panicking());
+        // Five, three ejected: 40 % left.
+        let five = detector(5, 100).with_ejected(3);
+        assert!(five.panicking());
+        assert!(!detector(5, 100).with_ejected(2).panicking());
+        let off = detector(1, 50).with_panic_threshold(0).with_ejected(1);
+        assert!(!off.panicking() && !off.panic_enabled());
     }
 
     #[tokio::test]

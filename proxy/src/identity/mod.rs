@@ -146,7 +146,7 @@ impl MeshIdentity {
     /// Puts `identity` in force for the next handshakes.
     pub fn set(&self, identity: Identity) {
         self.metrics.expiry.set(unix(identity.not_after()));
-        tracing::info!(id = %identity.spiffe_id(), expires = ?identity.not_after(), "mesh identity in force");
+        tracing::info!(id = %identity.spiffe_id(), expires = %humantime::format_rfc3339_seconds(identity.not_after()), "mesh identity in force");
         self.store.set_identity(identity);
         self.changed.send_modify(|generation| *generation += 1);
     }

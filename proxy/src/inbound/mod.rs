@@ -6,6 +6,11 @@
 //!   → limit      concurrency limit for the local app
 //!   → send       to the app, over a pooled connection
 //! ```
+//!
+//! When the app cannot be reached the answer is `502 tether-error:
+//! app-connect`: nothing was processed, and a calling sidecar that
+//! authenticated this one by mTLS retries it on another endpoint. An app's
+//! own `502` claiming `app-connect` has that header removed.
 
 mod authz;
 
@@ -15,7 +20,7 @@ use std::sync::Arc;
 
 use http::uri::Authority;
 
-use crate::errors::ProxyError;
+use crate::errors::{strip_app_connect, ProxyError};
 use crate::hop::{from_upstream, to_upstream};
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
@@ -103,17 +108,16 @@ impl Inbound {
             Ok(()) => self.send_to_app(request).await,
             Err(error) => Err(error),
         };
-        let response = match result {
+        let mut response = match result {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "inbound request failed");
-                inner.metrics.proxy_error(error.reason());
                 error.into_response()
             }
         };
         inner.observer.end(
             observation,
-            &response,
+            &mut response,
             &inner.metrics,
             &inner.service,
             peer_text,
@@ -145,8 +149,14 @@ impl Inbound {
             .map_err(|_| ProxyError::Overloaded("local app".into()))?;
         let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
         match inner.app_pool.send(request).await {
-            Ok(response) => Ok(from_upstream(response)),
-            Err(source) if source.is_connect() => Err(ProxyError::UpstreamConnect {
+            Ok(mut response) => {
+                // Only this sidecar may say its app was unreachable.
+                strip_app_connect(&mut response);
+                Ok(from_upstream(response))
+            }
+            // Nothing reached the app: the calling sidecar (when it
+            // authenticated us by mTLS) retries it elsewhere.
+            Err(source) if source.is_connect() => Err(ProxyError::AppConnect {
                 endpoint: inner.app.to_string(),
                 source,
             }),

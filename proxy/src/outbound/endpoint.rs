@@ -2,17 +2,22 @@
 //! timeout, and feed the outcome to the balancer and outlier detection.
 
 use super::{Req, Rsp, Target};
-use crate::errors::ProxyError;
+use crate::errors::{is_peer_app_connect, ProxyError};
 use crate::hop::{from_upstream, to_upstream};
 use crate::telemetry::InFlightSpan;
 
-/// Sends one try of `request` to one endpoint of `target`.
-pub async fn send_one_try(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
+/// Sends one try of `request` to one endpoint of `target`, not the one at
+/// `avoid` (where the last try could not connect) when another can be had.
+pub async fn send_one_try(
+    target: &Target,
+    request: Req,
+    avoid: Option<&str>,
+) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let endpoint = target
         .endpoints
-        .pick()
-        .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
+        .pick_avoiding(avoid)
+        .map_err(|error| ProxyError::unpicked(error, &service.name))?;
     let in_flight = endpoint.start();
     // The first try's endpoint is a span attribute; each later try is a
     // `retry` event naming its own, so a plain request carries no event
@@ -24,6 +29,13 @@ pub async fn send_one_try(target: &Target, request: Req) -> Result<Rsp, ProxyErr
     let result = tokio::time::timeout(per_try, pool.send(request)).await;
     let outcome = match result {
         Err(_) => Err(ProxyError::PerTryTimeout(per_try)),
+        // The peer sidecar could not reach its app: nothing was processed.
+        // Believed only from a peer authenticated by mTLS.
+        Ok(Ok(response)) if is_peer_app_connect(&response) && pool.is_mtls() => {
+            Err(ProxyError::PeerAppConnect {
+                endpoint: endpoint.address().to_owned(),
+            })
+        }
         Ok(Ok(response)) => Ok(from_upstream(response)),
         Ok(Err(source)) if source.is_connect() => Err(ProxyError::UpstreamConnect {
             endpoint: endpoint.address().to_owned(),

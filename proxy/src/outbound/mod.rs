@@ -54,7 +54,8 @@ impl Outbound {
     }
 
     /// Handles one request from the app; never fails: errors become responses
-    /// with `tether-error`.
+    /// whose [`Outcome`](crate::errors::Outcome) the observer counts and
+    /// renders as `tether-error`.
     pub async fn handle(&self, mut request: Req) -> Rsp {
         let state = self.state.load();
         let target = match route::resolve(&state, &request) {
@@ -62,11 +63,10 @@ impl Outbound {
             Err(error) => {
                 tracing::debug!(%error, "not routed");
                 let observation = self.observer.begin(&mut request, UNKNOWN_SERVICE, None);
-                state.unknown_metrics.proxy_error(error.reason());
-                let response = error.into_response();
+                let mut response = error.into_response();
                 self.observer.end(
                     observation,
-                    &response,
+                    &mut response,
                     &state.unknown_metrics,
                     UNKNOWN_SERVICE,
                     None,
@@ -77,16 +77,12 @@ impl Outbound {
         drop(state);
         let service = Arc::clone(&target.service);
         let observation = self.observer.begin(&mut request, &service.name, None);
-        let response = match serve(&target, request).await {
-            Ok(response) => response,
-            Err(error) => {
-                service.metrics.proxy_error(error.reason());
-                error.into_response()
-            }
-        };
+        let mut response = serve(&target, request)
+            .await
+            .unwrap_or_else(ProxyError::into_response);
         self.observer.end(
             observation,
-            &response,
+            &mut response,
             &service.metrics,
             &service.name,
             None,

@@ -9,12 +9,15 @@
 //!   buffered, so slow or streaming uploads are not held back);
 //! - the service's retry budget allows it.
 //!
-//! A wanted retry that is not made is counted in `tether_retries_skipped_total`
-//! and named in the `tether-retry-skipped` response header. The final answer
-//! carries `tether-attempts` when more than one try was made.
+//! A retry after a connect failure (including a peer sidecar's `app-connect`)
+//! goes to another endpoint than the one that failed, when there is one.
+//!
+//! A wanted retry that is not made is counted in `tether_retries_skipped_total`.
+//! The tries made and a skipped retry go in the response's [`Outcome`], from
+//! which `tether-attempts` and `tether-retry-skipped` are rendered.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tether_api::RetryOn;
@@ -23,27 +26,9 @@ use tower::retry::budget::Budget;
 use super::endpoint::send_one_try;
 use super::{Req, Rsp, Target};
 use crate::body::Body;
-use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
+use crate::errors::{Outcome, ProxyError, RetrySkip};
 use crate::resilience::backoff;
 use crate::telemetry::InFlightSpan;
-
-/// Why a failed try was not retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
-    BudgetExhausted,
-    BodyNotReplayable,
-    NonIdempotent,
-}
-
-impl Skip {
-    fn as_str(self) -> &'static str {
-        match self {
-            Skip::BudgetExhausted => "budget-exhausted",
-            Skip::BodyNotReplayable => "body-not-replayable",
-            Skip::NonIdempotent => "non-idempotent",
-        }
-    }
-}
 
 /// Sends `request` to `target`, retrying per its policy; each try goes to
 /// [`send_one_try`].
@@ -52,11 +37,13 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let policy = &service.retries;
     service.budget.deposit();
     if policy.attempts == 0 {
-        return send_one_try(target, request).await;
+        return send_one_try(target, request, None).await;
     }
     let idempotent = is_idempotent(request.method());
     let (mut first, template) = keep_for_replay(request, policy.replay_buffer_bytes).await?;
     let mut tries = 1u32;
+    // The endpoint of the last connect failure: the next try avoids it.
+    let mut failed: Option<String> = None;
     loop {
         let this_try = match first.take() {
             Some(request) => request,
@@ -65,24 +52,28 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
-        let result = send_one_try(target, this_try).await;
+        let result = send_one_try(target, this_try, failed.as_deref()).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
-            return finish(result, tries, None, target);
+            return finish(result, tries, None);
         };
         let skip = if tries > policy.attempts {
-            return finish(result, tries, None, target);
+            return finish(result, tries, None);
         } else if !(idempotent || connect_only || policy.retry_non_idempotent) {
-            Some(Skip::NonIdempotent)
+            Some(RetrySkip::NonIdempotent)
         } else if template.is_none() {
-            Some(Skip::BodyNotReplayable)
+            Some(RetrySkip::BodyNotReplayable)
         } else if !service.budget.withdraw() {
-            Some(Skip::BudgetExhausted)
+            Some(RetrySkip::BudgetExhausted)
         } else {
             None
         };
         if let Some(skip) = skip {
             service.metrics.retry_skipped(skip.as_str());
-            return finish(result, tries, Some(skip), target);
+            return finish(result, tries, Some(skip));
+        }
+        // Rare (a connect failure): the address is copied only then.
+        if let Err(error) = &result {
+            failed = error.failed_endpoint().map(str::to_owned);
         }
         service.metrics.retry();
         tracing::debug!(service = %service.name, try_number = tries + 1, "retrying");
@@ -112,29 +103,23 @@ fn wants_retry(result: &Result<Rsp, ProxyError>, retry_on: &[RetryOn]) -> Option
     }
 }
 
+/// The answer to send: the last try's response, or its error as one, with
+/// the tries and a skipped retry in its [`Outcome`] (only when there is
+/// something to say: a plain success inserts nothing).
 fn finish(
     result: Result<Rsp, ProxyError>,
     tries: u32,
-    skip: Option<Skip>,
-    target: &Target,
+    skip: Option<RetrySkip>,
 ) -> Result<Rsp, ProxyError> {
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            target.service.metrics.proxy_error(error.reason());
-            error.into_response()
-        }
+        Err(error) => error.into_response(),
     };
-    if tries > 1 {
-        response
-            .headers_mut()
-            .insert(TETHER_ATTEMPTS, HeaderValue::from(tries));
-    }
-    if let Some(skip) = skip {
-        response.headers_mut().insert(
-            TETHER_RETRY_SKIPPED,
-            HeaderValue::from_static(skip.as_str()),
-        );
+    if tries > 1 || skip.is_some() {
+        Outcome::update(&mut response, |outcome| {
+            outcome.tries = tries;
+            outcome.retry_skipped = skip;
+        });
     }
     Ok(response)
 }

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::relay::{relay, Outcome, StreamLog};
 use super::{TcpFamilies, TcpMetrics};
 use crate::access_log::AccessLog;
+use crate::errors::Reason;
 use crate::request_metrics::{Direction, RequestMetrics};
 use crate::state::MeshState;
 use crate::transport::{Downstream, Peer, StreamHandler};
@@ -85,7 +86,7 @@ impl TcpInbound {
                 service = %inner.service,
                 "tcp stream refused by authorization"
             );
-            let error = Some("unauthorized");
+            let error = Some(Reason::Unauthorized);
             log.finish(
                 access_log,
                 Outcome {
@@ -107,7 +108,7 @@ impl TcpInbound {
             Err(error) => {
                 inner.metrics.connect_failed();
                 tracing::debug!(app = %inner.app, %error, "cannot reach the local app");
-                let error = Some("upstream-connect");
+                let error = Some(Reason::UpstreamConnect);
                 log.finish(
                     access_log,
                     Outcome {

@@ -13,7 +13,8 @@ use tower::retry::budget::Budget;
 use super::preamble::PREAMBLE;
 use super::relay::{relay, Outcome, StreamLog};
 use crate::access_log::AccessLog;
-use crate::balance::{EndpointState, InFlight};
+use crate::balance::{EndpointState, InFlight, PickError};
+use crate::errors::{Reason, RetrySkip};
 use crate::request_metrics::Direction;
 use crate::state::{Service, TcpService};
 use crate::transport::{tls_connect, MeshStream};
@@ -21,9 +22,12 @@ use crate::transport::{tls_connect, MeshStream};
 /// Why no stream to an endpoint could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Every endpoint is ejected, or the service has none.
-    #[error("no endpoint of `{0}` is available")]
+    /// The service has no endpoints.
+    #[error("service `{0}` has no endpoints")]
     NoEndpoints(String),
+    /// Every endpoint is ejected.
+    #[error("every endpoint of `{0}` is ejected by outlier detection")]
+    AllEndpointsEjected(String),
     /// Connecting, the TLS handshake or the preamble failed.
     #[error("cannot connect to {endpoint}: {source}")]
     Failed {
@@ -44,11 +48,12 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Fixed reason for logs.
-    fn reason(&self) -> &'static str {
+    /// The reason, in the vocabulary HTTP uses.
+    fn reason(&self) -> Reason {
         match self {
-            ConnectError::NoEndpoints(_) => "no-endpoints",
-            ConnectError::Failed { .. } | ConnectError::Timeout { .. } => "upstream-connect",
+            ConnectError::NoEndpoints(_) => Reason::NoEndpoints,
+            ConnectError::AllEndpointsEjected(_) => Reason::AllEndpointsEjected,
+            ConnectError::Failed { .. } | ConnectError::Timeout { .. } => Reason::UpstreamConnect,
         }
     }
 }
@@ -75,9 +80,10 @@ where
             outcome
         }
         Err(error) => {
-            tracing::debug!(%error, service = %service.service.name, "tcp stream not opened");
+            let reason = error.reason();
+            tracing::debug!(%error, reason = reason.as_str(), service = %service.service.name, "tcp stream not opened");
             Outcome {
-                error: Some(error.reason()),
+                error: Some(reason),
                 ..Outcome::default()
             }
         }
@@ -99,12 +105,26 @@ async fn connect(tcp: &TcpService) -> Result<Connected, ConnectError> {
     let mut tried: Vec<Arc<EndpointState>> = Vec::new();
     let mut last = ConnectError::NoEndpoints(service.name.clone());
     for attempt in 0..=retries {
-        let Some(endpoint) = pick(service, &tried) else {
-            break;
+        let endpoint = match pick(service, &tried) {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => break,
+            Err(error) => {
+                if tried.is_empty() {
+                    last = match error {
+                        PickError::NoEndpoints => ConnectError::NoEndpoints(service.name.clone()),
+                        PickError::AllEjected => {
+                            ConnectError::AllEndpointsEjected(service.name.clone())
+                        }
+                    };
+                }
+                break;
+            }
         };
         if attempt > 0 {
             if !service.budget.withdraw() {
-                service.metrics.retry_skipped("budget-exhausted");
+                service
+                    .metrics
+                    .retry_skipped(RetrySkip::BudgetExhausted.as_str());
                 break;
             }
             service.metrics.retry();
@@ -129,21 +149,27 @@ async fn connect(tcp: &TcpService) -> Result<Connected, ConnectError> {
 }
 
 /// The balancer's pick unless already tried; then a few more draws, then
-/// any endpoint not tried and not ejected.
-fn pick(service: &Service, tried: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
-    let set = service.default_split.choose()?;
+/// any endpoint not tried and not ejected (`None`: nothing left to try).
+fn pick(
+    service: &Service,
+    tried: &[Arc<EndpointState>],
+) -> Result<Option<Arc<EndpointState>>, PickError> {
+    let set = service
+        .default_split
+        .choose()
+        .ok_or(PickError::NoEndpoints)?;
     let fresh = |e: &Arc<EndpointState>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
     for _ in 0..3 {
-        match set.pick() {
-            Some(endpoint) if fresh(endpoint) => return Some(Arc::clone(endpoint)),
-            Some(_) => continue,
-            None => return None,
+        let endpoint = set.pick()?;
+        if fresh(endpoint) {
+            return Ok(Some(Arc::clone(endpoint)));
         }
     }
-    set.endpoints()
+    Ok(set
+        .endpoints()
         .iter()
         .find(|e| fresh(e) && !e.is_ejected())
-        .cloned()
+        .cloned())
 }
 
 /// TCP connect, then TLS (which must negotiate `tether-tcp`) or the

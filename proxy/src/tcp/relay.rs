@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::TcpMetrics;
 use crate::access_log::{timestamp, AccessLog, TcpEntry};
+use crate::errors::Reason;
 use crate::request_metrics::Direction;
 use crate::transport::Counted;
 
@@ -18,8 +19,8 @@ pub struct Outcome {
     pub received: u64,
     /// Bytes to the client.
     pub sent: u64,
-    /// Why it failed or was refused (a fixed reason), if it did.
-    pub error: Option<&'static str>,
+    /// Why it failed or was refused, if it did.
+    pub error: Option<Reason>,
 }
 
 /// Copies between `client` (the side that connected to this proxy) and
@@ -39,7 +40,7 @@ where
         Ok(_) => None,
         Err(error) => {
             tracing::debug!(%error, received, sent, "tcp stream ended with an error");
-            Some("reset")
+            Some(Reason::Reset)
         }
     };
     Outcome {
@@ -88,7 +89,7 @@ impl StreamLog {
             bytes_received: outcome.received,
             bytes_sent: outcome.sent,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            error: outcome.error.map(str::to_owned),
+            error: outcome.error.map(Reason::as_str),
         });
     }
 }

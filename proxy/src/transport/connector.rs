@@ -39,6 +39,11 @@ impl MeshConnector {
     pub fn new(http: HttpConnector, tls: Option<TlsTarget>) -> Self {
         Self { http, tls }
     }
+
+    /// Whether every connection is mTLS to a verified mesh identity.
+    pub fn is_mtls(&self) -> bool {
+        self.tls.is_some()
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

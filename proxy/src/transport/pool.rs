@@ -116,6 +116,12 @@ impl EndpointPool {
         self.settings.factory_id
     }
 
+    /// Whether the connections are mTLS to a verified mesh identity, so an
+    /// answer comes from an authenticated peer sidecar.
+    pub fn is_mtls(&self) -> bool {
+        self.settings.connector.is_mtls()
+    }
+
     /// Whether requests go out as HTTP/2 (absolute URI) or HTTP/1.1
     /// (origin form): see `hop::to_upstream`.
     pub fn is_http2(&self) -> bool {
