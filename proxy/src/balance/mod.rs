@@ -8,6 +8,7 @@
 //! removing them. A plain `pick()` over an immutable endpoint list that is
 //! swapped with each snapshot does all of that with no locks.
 
+mod algorithm;
 mod endpoint;
 mod outlier;
 
@@ -15,10 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rand::Rng;
-use tether_api::LoadBalancer;
 
+pub use algorithm::LoadBalancer;
 pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
-pub use outlier::OutlierDetector;
+pub use outlier::{OutlierDetector, OutlierSettings};
 
 /// An immutable list of endpoints and the algorithm that picks among them.
 #[derive(Debug)]
@@ -136,8 +137,6 @@ mod tests {
     use std::collections::HashMap;
     use std::time::Duration;
 
-    use tether_api::CircuitBreaker;
-
     use super::*;
     use crate::metrics::{Direction, Metrics};
 
@@ -153,11 +152,13 @@ mod tests {
             })
             .collect::<Vec<_>>();
         let metrics = Metrics::new().service(Direction::Outbound, "t");
-        let outliers = Arc::new(OutlierDetector::new(
-            &CircuitBreaker::default(),
-            endpoints.len(),
-            metrics,
-        ));
+        let settings = OutlierSettings {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        };
+        let outliers = Arc::new(OutlierDetector::new(&settings, endpoints.len(), metrics));
         EndpointSet::new(endpoints, algorithm, outliers)
     }
 

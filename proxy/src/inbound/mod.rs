@@ -2,14 +2,10 @@
 //!
 //! ```text
 //! accept (transport::server)   mTLS: verify the caller's chain, read its SPIFFE ID
-//!   → authorize  caller identity, method, path against the snapshot's policy (authz.rs)
-//!   → limit      concurrency limit for the local app
+//!   → authorize  caller identity, method, path against the snapshot's policy (state::AuthzPolicy)
+//!   → limit      concurrency limit for the local app (resilience::hold)
 //!   → forward    to the app, over a pooled connection
 //! ```
-
-mod authz;
-
-pub use authz::AuthzPolicy;
 
 use std::sync::Arc;
 
@@ -20,10 +16,10 @@ use crate::forward::{from_upstream, to_upstream};
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
+use crate::body::{Req, Rsp};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::observe::Observer;
-use crate::outbound::{Req, Rsp};
-use crate::resilience::ConcurrencyLimiter;
+use crate::resilience::{self, ConcurrencyLimiter};
 use crate::state::MeshState;
 use crate::transport::UpstreamClient;
 use crate::transport::{EndpointPool, Peer, PeerIdentity};
@@ -138,22 +134,20 @@ impl Inbound {
 
     async fn forward(&self, request: Req) -> Result<Rsp, ProxyError> {
         let inner = &self.inner;
-        let _permit = inner
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| ProxyError::Overloaded("local app".into()))?;
-        let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
-        match inner.app_pool.send(request).await {
-            Ok(response) => Ok(from_upstream(response)),
-            Err(source) if source.is_connect() => Err(ProxyError::UpstreamConnect {
-                endpoint: inner.app.to_string(),
-                source,
-            }),
-            Err(source) => Err(ProxyError::UpstreamReset {
-                endpoint: inner.app.to_string(),
-                source,
-            }),
-        }
+        resilience::hold(&inner.limiter, "local app", || async move {
+            let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
+            match inner.app_pool.send(request).await {
+                Ok(response) => Ok(from_upstream(response)),
+                Err(source) if source.is_connect() => Err(ProxyError::UpstreamConnect {
+                    endpoint: inner.app.to_string(),
+                    source,
+                }),
+                Err(source) => Err(ProxyError::UpstreamReset {
+                    endpoint: inner.app.to_string(),
+                    source,
+                }),
+            }
+        })
+        .await
     }
 }

@@ -1,5 +1,7 @@
-//! The innermost layer: pick an endpoint, send one try with the per-try
-//! timeout, and feed the outcome to the balancer and outlier detection.
+//! The innermost layer: pick an endpoint, send one try (within the per-try
+//! timeout, when the policy sets one: otherwise only the whole-request
+//! timeout bounds it), and feed the outcome to the balancer and outlier
+//! detection.
 
 use super::{Req, Rsp, Target};
 use crate::errors::ProxyError;
@@ -20,10 +22,14 @@ pub async fn forward(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     TraceCx::try_started(&request, endpoint.address());
     let pool = endpoint.connections(&service.client);
     let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
-    let per_try = service.retries.per_try_timeout;
-    let result = tokio::time::timeout(per_try, pool.send(request)).await;
+    let result = match service.retries.per_try_timeout {
+        Some(per_try) => tokio::time::timeout(per_try, pool.send(request))
+            .await
+            .map_err(|_| per_try),
+        None => Ok(pool.send(request).await),
+    };
     let outcome = match result {
-        Err(_) => Err(ProxyError::PerTryTimeout(per_try)),
+        Err(per_try) => Err(ProxyError::PerTryTimeout(per_try)),
         Ok(Ok(response)) => Ok(from_upstream(response)),
         Ok(Err(source)) if source.is_connect() => Err(ProxyError::UpstreamConnect {
             endpoint: endpoint.address().to_owned(),

@@ -17,14 +17,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tether_api::RetryOn;
 use tower::retry::budget::Budget;
 
 use super::endpoint::forward;
 use super::{Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{ProxyError, TETHER_ATTEMPTS, TETHER_RETRY_SKIPPED};
-use crate::resilience::backoff;
+use crate::resilience::RetryOn;
 use crate::telemetry::TraceCx;
 
 /// Why a failed try was not retried.
@@ -86,7 +85,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         }
         service.metrics.retry();
         tracing::debug!(service = %service.name, try_number = tries + 1, "retrying");
-        tokio::time::sleep(backoff(&policy.backoff, tries)).await;
+        tokio::time::sleep(policy.backoff.delay(tries)).await;
         tries += 1;
     }
 }

@@ -5,7 +5,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_api::RetryOn;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::retry::budget::Budget;
@@ -15,7 +14,8 @@ use super::relay::{relay, Outcome, StreamLog};
 use crate::access_log::AccessLog;
 use crate::balance::{EndpointState, InFlight};
 use crate::metrics::Direction;
-use crate::state::{Service, TcpService};
+use crate::resilience::RetryOn;
+use crate::state::{TcpService, UpstreamService};
 use crate::transport::{tls_connect, MeshStream};
 
 /// Why no stream to an endpoint could be opened.
@@ -130,7 +130,7 @@ async fn connect(tcp: &TcpService) -> Result<Connected, ConnectError> {
 
 /// The balancer's pick unless already tried; then a few more draws, then
 /// any endpoint not tried and not ejected.
-fn pick(service: &Service, tried: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
+fn pick(service: &UpstreamService, tried: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
     let set = service.default_split.choose()?;
     let fresh = |e: &Arc<EndpointState>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
     for _ in 0..3 {
