@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use rand::Rng;
 use tether_api::{ProxyReport, Snapshot, PROXY_ID_HEADER, SNAPSHOT_PATH_PREFIX};
 
 use super::{Applier, SnapshotError};
@@ -21,10 +20,12 @@ use crate::body::Body;
 use crate::control_client::ControlPlaneClient;
 use crate::identity::MeshIdentity;
 use crate::metrics::Metrics;
+use crate::resilience::Backoff;
 
 /// How long one long-poll asks the control plane to hold the request.
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
-/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with full jitter.
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with equal jitter
+/// (a random time between half and all of the ceiling).
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay: a control plane that comes back is found within
 /// a few seconds, and a thousand proxies do not hammer one that is down.
@@ -138,10 +139,7 @@ fn report_base(settings: &ControlPlaneSettings, applied: u64) -> ProxyReport {
 }
 
 fn reconnect_delay(failures: u32) -> Duration {
-    let ceiling = MIN_BACKOFF
-        .saturating_mul(1 << failures.min(10))
-        .min(MAX_BACKOFF);
-    rand::thread_rng().gen_range(ceiling / 2..=ceiling)
+    Backoff::equal(MIN_BACKOFF, MAX_BACKOFF).delay(failures.saturating_add(1))
 }
 
 /// Why one poll failed.
