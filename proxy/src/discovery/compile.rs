@@ -173,4 +173,184 @@ mod tests {
         let _ =
             tower::retry::budget::TpsBudget::new(budget.ttl, budget.min_per_second, budget.ratio);
     }
+
+    /// Property: the shared rules and the proxy agree. Any policy
+    /// `TrafficPolicy::problems` accepts builds in a snapshot, and any it
+    /// refuses makes the build fail (so the control plane, which applies the
+    /// same rules, never sends a policy a proxy refuses). Random policies
+    /// are drawn around the edges of every rule.
+    #[tokio::test]
+    async fn every_policy_the_shared_rules_accept_builds_and_no_other() {
+        use std::sync::Arc;
+
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        use tether_api::{Endpoint, ServiceSnapshot, Snapshot};
+
+        use crate::discovery::build::{build, unknown_metrics};
+        use crate::metrics::Metrics;
+        use crate::state::MeshState;
+
+        fn duration(rng: &mut StdRng) -> Duration {
+            let edges = [
+                Duration::ZERO,
+                Duration::from_nanos(1),
+                Duration::from_millis(999),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+                Duration::from_millis(60_001),
+                Duration::from_secs(3600),
+                Duration::from_secs(u64::from(u32::MAX)),
+            ];
+            if rng.gen_bool(0.7) {
+                edges[rng.gen_range(0..edges.len())]
+            } else {
+                Duration::from_millis(rng.gen_range(0..120_000))
+            }
+        }
+        fn count(rng: &mut StdRng, edges: &[u32]) -> u32 {
+            if rng.gen_bool(0.7) {
+                edges[rng.gen_range(0..edges.len())]
+            } else {
+                rng.gen()
+            }
+        }
+        fn policy(rng: &mut StdRng) -> TrafficPolicy {
+            let mut p = TrafficPolicy::default();
+            // Each field changes from its (valid) default now and then, so
+            // valid and invalid policies are both common.
+            let maybe = |rng: &mut StdRng| rng.gen_bool(0.15);
+            if maybe(rng) {
+                p.timeout = duration(rng);
+            }
+            if maybe(rng) {
+                p.connect_timeout = duration(rng);
+            }
+            if maybe(rng) {
+                p.idle_timeout = duration(rng);
+            }
+            if maybe(rng) {
+                p.retries.attempts = count(rng, &[0, 1, 2, u32::MAX]);
+            }
+            if maybe(rng) {
+                p.retries.per_try_timeout = rng.gen_bool(0.5).then(|| duration(rng));
+            }
+            if maybe(rng) {
+                p.retries.backoff.base = duration(rng);
+            }
+            if maybe(rng) {
+                p.retries.backoff.max = duration(rng);
+            }
+            if maybe(rng) {
+                let ratios = [
+                    0.0,
+                    0.2,
+                    1.0,
+                    1000.0,
+                    1000.001,
+                    -0.1,
+                    f32::NAN,
+                    f32::INFINITY,
+                ];
+                p.retries.budget.ratio = if rng.gen_bool(0.7) {
+                    ratios[rng.gen_range(0..ratios.len())]
+                } else {
+                    rng.gen_range(-10.0..2000.0)
+                };
+            }
+            if maybe(rng) {
+                let max = i32::MAX as u32;
+                p.retries.budget.min_per_second =
+                    count(rng, &[0, 10, max - 2, max - 1, max, max + 1, u32::MAX]);
+            }
+            if maybe(rng) {
+                p.retries.budget.ttl = duration(rng);
+            }
+            if maybe(rng) {
+                let all = [
+                    wire::RetryOn::ConnectFailure,
+                    wire::RetryOn::Reset,
+                    wire::RetryOn::ServerError,
+                    wire::RetryOn::GatewayError,
+                    wire::RetryOn::Status(503),
+                ];
+                p.retries.retry_on = all.into_iter().filter(|_| rng.gen_bool(0.5)).collect();
+            }
+            if maybe(rng) {
+                p.retries.replay_buffer_bytes = rng.gen_range(0..1 << 20);
+            }
+            if maybe(rng) {
+                p.retries.retry_non_idempotent = rng.gen();
+            }
+            if maybe(rng) {
+                let all = [
+                    wire::LoadBalancer::RoundRobin,
+                    wire::LoadBalancer::LeastRequest,
+                    wire::LoadBalancer::Weighted,
+                    wire::LoadBalancer::P2cEwma,
+                ];
+                p.load_balancer = all[rng.gen_range(0..all.len())];
+            }
+            let cb = &mut p.circuit_breaker;
+            if maybe(rng) {
+                cb.consecutive_failures = count(rng, &[0, 1, 5, u32::MAX]);
+            }
+            if maybe(rng) {
+                cb.base_ejection = duration(rng);
+            }
+            if maybe(rng) {
+                cb.max_ejection = duration(rng);
+            }
+            if maybe(rng) {
+                cb.max_ejection_percent = count(rng, &[0, 1, 50, 100, 101, u32::MAX]);
+            }
+            if maybe(rng) {
+                cb.max_pending_requests = count(rng, &[0, 1, 1024, u32::MAX]);
+            }
+            if maybe(rng) {
+                cb.max_requests = count(rng, &[0, 1, 1024, u32::MAX]);
+            }
+            p
+        }
+
+        let seed: u64 = rand::random();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let metrics = Metrics::new();
+        let empty = MeshState::empty(unknown_metrics(&metrics));
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..1000 {
+            let policy = policy(&mut rng);
+            let valid = policy.problems().is_empty();
+            let service = ServiceSnapshot {
+                policy: policy.clone(),
+                endpoints: vec![Endpoint {
+                    address: "127.0.0.1:1".into(),
+                    weight: 1,
+                    tags: Vec::new(),
+                    meta: Default::default(),
+                }],
+                ..ServiceSnapshot::default()
+            };
+            let snapshot = Snapshot {
+                services: [("api".to_owned(), service)].into(),
+                ..Snapshot::default()
+            };
+            let built = build(Arc::new(snapshot), &empty, &metrics, None);
+            assert_eq!(
+                built.is_ok(),
+                valid,
+                "seed {seed}: {policy:?}: {:?}",
+                built.err()
+            );
+            if valid {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            accepted > 50 && refused > 50,
+            "seed {seed}: {accepted} accepted, {refused} refused: the generator should cover both"
+        );
+    }
 }

@@ -69,9 +69,9 @@ impl SourceDocument {
         Self(Arc::new(render))
     }
 
-    /// No document yet (`null`).
+    /// No document yet: `{"version": 0}`.
     pub fn none() -> Self {
-        Self::new(|| serde_json::Value::Null)
+        Self::new(|| serde_json::json!({ "version": 0 }))
     }
 
     /// The document as JSON.
