@@ -7,8 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use crate::body::Body;
-use crate::body::{Req, Rsp};
+use crate::body::{Body, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
 use crate::metrics::Metrics;
