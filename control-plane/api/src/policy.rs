@@ -267,16 +267,6 @@ impl RetryOn {
             ))
         }
     }
-
-    /// Whether a response with this status is retryable under this condition.
-    pub fn matches_status(self, code: u16) -> bool {
-        match self {
-            RetryOn::ServerError => (500..600).contains(&code),
-            RetryOn::GatewayError => matches!(code, 502..=504),
-            RetryOn::Status(want) => want == code,
-            RetryOn::ConnectFailure | RetryOn::Reset => false,
-        }
-    }
 }
 
 impl fmt::Display for RetryOn {
@@ -378,16 +368,6 @@ mod tests {
                 RetryOn::GatewayError
             ]
         );
-    }
-
-    #[test]
-    fn retry_on_matches_statuses() {
-        assert!(RetryOn::ServerError.matches_status(500));
-        assert!(!RetryOn::ServerError.matches_status(404));
-        assert!(RetryOn::GatewayError.matches_status(504));
-        assert!(!RetryOn::GatewayError.matches_status(500));
-        assert!(RetryOn::Status(503).matches_status(503));
-        assert!(!RetryOn::Reset.matches_status(503));
     }
 
     fn serde_yaml_like<T: for<'de> Deserialize<'de>>(json: &str) -> T {
