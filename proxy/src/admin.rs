@@ -7,10 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use crate::body::Body;
+use crate::body::{Body, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
-use crate::outbound::{Req, Rsp};
 use crate::request_metrics::RequestMetrics;
 use crate::state::MeshState;
 
@@ -90,7 +89,7 @@ impl Admin {
 
     /// The snapshot in force, plus the identity (never the key).
     fn config(&self) -> Rsp {
-        let mut value = serde_json::to_value(&*self.state.load().snapshot).unwrap_or_default();
+        let mut value = self.state.load().source.to_json();
         if let (Some(object), Some(identity)) = (value.as_object_mut(), &self.identity) {
             object.insert("identity".to_owned(), identity.describe());
         }

@@ -13,6 +13,11 @@ use hyper::body::Incoming;
 
 use crate::transport::PoolSlot;
 
+/// A request inside the proxy.
+pub type Req = http::Request<Body>;
+/// A response inside the proxy.
+pub type Rsp = http::Response<Body>;
+
 /// A request or response body inside the proxy.
 #[derive(Debug, Default)]
 pub enum Body {

@@ -184,6 +184,30 @@ async fn the_request_timeout_answers_504() {
     assert_eq!(reply.header("tether-error"), "timeout");
 }
 
+/// Without `per_try_timeout` a try is bounded only by the request's
+/// `timeout` (it once defaulted to 1 s, so a 1.5 s answer under `timeout:
+/// 5s` came back `504 timeout`), with or without retries.
+#[tokio::test]
+async fn without_a_per_try_timeout_a_slow_answer_within_the_timeout_succeeds() {
+    let api = Backend::with(
+        "api",
+        Behavior {
+            delay: Duration::from_millis(1500),
+            ..Behavior::default()
+        },
+    )
+    .await;
+    let client = Client::http1();
+    for attempts in [0, 2] {
+        let policy = format!("{{ timeout: 5s, retries: {{ attempts: {attempts} }} }}");
+        let proxy = Proxy::start(&service(&policy, &[api.address()])).await;
+        let reply = client.get(proxy.outbound, "api", "/").await;
+        assert_eq!(reply.status, 200, "attempts {attempts}: {reply:?}");
+        assert_eq!(reply.header("tether-attempts"), "", "one try only");
+    }
+    assert_eq!(api.hits(), 2, "no try was cut short and retried");
+}
+
 #[tokio::test]
 async fn the_per_try_timeout_retries_on_another_endpoint() {
     let slow = Backend::with(

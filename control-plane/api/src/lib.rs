@@ -1,15 +1,20 @@
 //! Wire types shared by `tether-proxy` and `tether-control`.
 //!
-//! This crate is serde only: no runtime, no network, no TLS. The proxy's
-//! `discovery` module is the only proxy code that reads these types; it turns
-//! them into domain state. Every struct denies unknown fields so that a typo in
-//! a hand-written snapshot file is an error, not a silently ignored key.
+//! This crate is serde only: no runtime, no network, no TLS. It holds the
+//! wire types (snapshot, policy, the control plane's requests and
+//! responses) and the one set of policy rules ([`TrafficPolicy::problems`])
+//! that the control plane and the proxy both apply. In the proxy only the
+//! `discovery` module (which compiles snapshots into domain state) and the
+//! control-plane clients read these types. Every struct denies unknown
+//! fields so that a typo in a hand-written snapshot file is an error, not a
+//! silently ignored key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod control;
 mod policy;
 mod snapshot;
+mod validate;
 
 pub use control::snapshot_path;
 pub use control::{
@@ -23,4 +28,7 @@ pub use snapshot::{
     Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,
     Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector,
     TracingSettings,
+};
+pub use validate::{
+    PolicyProblem, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, MAX_BUDGET_TTL, MIN_BUDGET_TTL,
 };

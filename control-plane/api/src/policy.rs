@@ -1,7 +1,8 @@
 //! Traffic policy: timeouts, retries, balancing and circuit breaking.
 //!
 //! Every field has a default, so a snapshot (or mesh.yaml) names only what it
-//! changes. The defaults are the ones documented in `docs/configuration.md`.
+//! changes. The defaults are the ones documented in `docs/proxy.md`; the
+//! rules a policy must follow are in `validate.rs`.
 
 use std::fmt;
 use std::time::Duration;
@@ -85,9 +86,15 @@ pub struct RetryPolicy {
     /// Retries after the first try (0 disables retries).
     #[serde(default = "default_attempts")]
     pub attempts: u32,
-    /// Timeout of one try, from sending to response headers.
-    #[serde(default = "default_per_try_timeout", with = "humantime_serde")]
-    pub per_try_timeout: Duration,
+    /// Timeout of one try, from sending to response headers. `None` (the
+    /// default): a try is bounded only by the whole-request `timeout`, as in
+    /// Envoy; set it shorter to give later tries time within `timeout`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
     /// Exponential backoff between tries, with full jitter.
     #[serde(default)]
     pub backoff: Backoff,
@@ -110,9 +117,6 @@ pub struct RetryPolicy {
 fn default_attempts() -> u32 {
     2
 }
-fn default_per_try_timeout() -> Duration {
-    Duration::from_secs(1)
-}
 fn default_retry_on() -> Vec<RetryOn> {
     vec![
         RetryOn::ConnectFailure,
@@ -129,7 +133,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             attempts: default_attempts(),
-            per_try_timeout: default_per_try_timeout(),
+            per_try_timeout: None,
             backoff: Backoff::default(),
             budget: RetryBudget::default(),
             retry_on: default_retry_on(),
@@ -139,7 +143,8 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Exponential backoff: try `n` waits a random time in `[0, min(max, base·2ⁿ)]`.
+/// Exponential backoff with full jitter: retry `n` (1 for the first) waits a
+/// random time in `[0, min(max, base·2ⁿ⁻¹)]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
@@ -262,16 +267,6 @@ impl RetryOn {
             ))
         }
     }
-
-    /// Whether a response with this status is retryable under this condition.
-    pub fn matches_status(self, code: u16) -> bool {
-        match self {
-            RetryOn::ServerError => (500..600).contains(&code),
-            RetryOn::GatewayError => matches!(code, 502..=504),
-            RetryOn::Status(want) => want == code,
-            RetryOn::ConnectFailure | RetryOn::Reset => false,
-        }
-    }
 }
 
 impl fmt::Display for RetryOn {
@@ -373,16 +368,6 @@ mod tests {
                 RetryOn::GatewayError
             ]
         );
-    }
-
-    #[test]
-    fn retry_on_matches_statuses() {
-        assert!(RetryOn::ServerError.matches_status(500));
-        assert!(!RetryOn::ServerError.matches_status(404));
-        assert!(RetryOn::GatewayError.matches_status(504));
-        assert!(!RetryOn::GatewayError.matches_status(500));
-        assert!(RetryOn::Status(503).matches_status(503));
-        assert!(!RetryOn::Reset.matches_status(503));
     }
 
     fn serde_yaml_like<T: for<'de> Deserialize<'de>>(json: &str) -> T {

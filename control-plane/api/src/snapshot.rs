@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::TrafficPolicy;
 
-/// Everything one proxy needs: its upstream services with their endpoints and
-/// policy. A snapshot replaces the previous one whole; versions only grow.
+/// Everything one proxy needs: mesh settings, its upstream services (HTTP and
+/// opaque TCP) with their endpoints, routes and policy, and who may call the
+/// service it fronts. A snapshot replaces the previous one whole; versions
+/// from the control plane only grow (a file may leave it 0, and the proxy
+/// then numbers snapshots itself).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
@@ -108,13 +111,6 @@ pub struct TracingSettings {
     pub protocol: OtlpProtocol,
 }
 
-impl TracingSettings {
-    /// Whether spans go over OTLP/HTTP rather than gRPC.
-    pub fn protocol_is_http(&self) -> bool {
-        self.protocol == OtlpProtocol::HttpProtobuf
-    }
-}
-
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OtlpProtocol {
@@ -180,7 +176,8 @@ pub struct ServiceSnapshot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// `ip:port` the proxy connects to (the peer sidecar's inbound port, or the app).
+    /// `host:port` the proxy connects to (the peer sidecar's inbound port,
+    /// or the app itself in a plaintext mesh).
     pub address: String,
     /// Relative weight for the `weighted` balancer (Consul `Weights.Passing`).
     #[serde(default = "default_weight")]

@@ -59,7 +59,10 @@ mod tests {
         assert_eq!(api.timeout, Duration::from_secs(3));
         assert_eq!(api.load_balancer, LoadBalancer::RoundRobin);
         assert_eq!(api.retries.attempts, 1);
-        assert_eq!(api.retries.per_try_timeout, Duration::from_millis(500));
+        assert_eq!(
+            api.retries.per_try_timeout,
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(api.retries.retry_on, vec![RetryOn::ServerError]);
         let other = merged_policy(&raw, "web").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(other.retries.attempts, 4);

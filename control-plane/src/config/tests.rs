@@ -18,7 +18,7 @@ fn merges_service_policy_over_defaults() {
     assert_eq!(api.retries.attempts, 1);
     assert_eq!(
         api.retries.per_try_timeout,
-        Duration::from_millis(500),
+        Some(Duration::from_millis(500)),
         "kept from defaults"
     );
     assert_eq!(config.services["web"].policy.retries.attempts, 4);

@@ -1,12 +1,12 @@
 //! Semantic checks run after parsing, so that every problem in a file is
 //! reported at once, each as `FILE:LINE:COL: what is wrong, what was expected`.
 //!
-//! The rules mirror what a proxy refuses in a snapshot (proxy
-//! `discovery::build`), so a file that validates here is never refused there.
+//! Policy rules are tether-api's (`TrafficPolicy::problems`), the same ones a
+//! proxy applies to a snapshot (proxy `discovery`), so a policy that
+//! validates here is never refused there.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use tether_api::{Endpoint, Route, SplitTarget, TracingSettings, TrafficPolicy};
 
@@ -68,65 +68,14 @@ pub fn service_name(problems: &mut Problems<'_>, keys: &[&str], name: &str) {
     }
 }
 
-/// What is wrong with a policy: (key path below the policy, message).
+/// What is wrong with a policy: (key path below the policy, message), by
+/// the rules the proxy applies too (`tether_api::TrafficPolicy::problems`).
 fn policy_problems(policy: &TrafficPolicy) -> Vec<(Vec<&'static str>, String)> {
-    let mut found = Vec::new();
-    for (keys, value) in [
-        (vec!["timeout"], policy.timeout),
-        (vec!["connect_timeout"], policy.connect_timeout),
-        (
-            vec!["retries", "per_try_timeout"],
-            policy.retries.per_try_timeout,
-        ),
-    ] {
-        if value.is_zero() {
-            let message = format!("{} is 0s: expected a duration above zero", keys.join("."));
-            found.push((keys, message));
-        }
-    }
-    let backoff = &policy.retries.backoff;
-    if backoff.base > backoff.max {
-        found.push((
-            vec!["retries", "backoff"],
-            format!(
-                "retries.backoff.base ({:?}) is above max ({:?}): expected base <= max",
-                backoff.base, backoff.max
-            ),
-        ));
-    }
-    let budget = &policy.retries.budget;
-    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.ttl) {
-        found.push((
-            vec!["retries", "budget", "ttl"],
-            format!("retries.budget.ttl is {:?}: expected 1s to 60s", budget.ttl),
-        ));
-    }
-    if !(0.0..=1000.0).contains(&budget.ratio) {
-        found.push((
-            vec!["retries", "budget", "ratio"],
-            format!(
-                "retries.budget.ratio is {}: expected 0 to 1000",
-                budget.ratio
-            ),
-        ));
-    }
-    let breaker = &policy.circuit_breaker;
-    if breaker.max_requests == 0 {
-        found.push((
-            vec!["circuit_breaker", "max_requests"],
-            "circuit_breaker.max_requests is 0: expected at least 1".to_owned(),
-        ));
-    }
-    if breaker.max_ejection_percent > 100 {
-        found.push((
-            vec!["circuit_breaker", "max_ejection_percent"],
-            format!(
-                "circuit_breaker.max_ejection_percent is {}: expected 0 to 100",
-                breaker.max_ejection_percent
-            ),
-        ));
-    }
-    found
+    policy
+        .problems()
+        .into_iter()
+        .map(|p| (p.path, p.message))
+        .collect()
 }
 
 /// Checks `defaults`.

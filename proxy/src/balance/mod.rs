@@ -11,6 +11,7 @@
 //! removing them. A plain `pick()` over an immutable endpoint list that is
 //! swapped with each snapshot does all of that with no locks.
 
+mod algorithm;
 mod endpoint;
 mod outlier;
 
@@ -18,10 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rand::Rng;
-use tether_api::LoadBalancer;
 
+pub use algorithm::LoadBalancer;
 pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
-pub use outlier::{OutlierDetector, PANIC_THRESHOLD_PERCENT};
+pub use outlier::{OutlierDetector, OutlierSettings, PANIC_THRESHOLD_PERCENT};
 
 /// Why no endpoint could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,8 +208,6 @@ mod tests {
     use std::collections::HashMap;
     use std::time::Duration;
 
-    use tether_api::CircuitBreaker;
-
     use super::*;
     use crate::request_metrics::{Direction, RequestMetrics};
 
@@ -225,12 +224,13 @@ mod tests {
             .collect::<Vec<_>>();
         let metrics = RequestMetrics::new().service(Direction::Outbound, "t");
         // One failure ejects, and any share may be: tests choose.
-        let policy = CircuitBreaker {
+        let settings = OutlierSettings {
             consecutive_failures: 1,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
             max_ejection_percent: 100,
-            ..CircuitBreaker::default()
         };
-        let outliers = Arc::new(OutlierDetector::new(&policy, endpoints.len(), metrics));
+        let outliers = Arc::new(OutlierDetector::new(&settings, endpoints.len(), metrics));
         EndpointSet::new(endpoints, algorithm, outliers)
     }
 
@@ -338,9 +338,11 @@ mod tests {
         let endpoints = vec![Arc::new(
             EndpointState::new("127.0.0.1:1000", 1).unwrap_or_else(|e| panic!("{e}")),
         )];
-        let policy = CircuitBreaker {
+        let policy = OutlierSettings {
             consecutive_failures: 1,
-            ..CircuitBreaker::default()
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
         };
         let metrics = RequestMetrics::new().service(Direction::Outbound, "t");
         let outliers = Arc::new(OutlierDetector::new(&policy, 1, metrics).with_panic_threshold(0));

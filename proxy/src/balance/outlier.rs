@@ -6,8 +6,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tether_api::CircuitBreaker;
-
 use super::EndpointState;
 use crate::request_metrics::ServiceMetrics;
 
@@ -18,6 +16,19 @@ use crate::request_metrics::ServiceMetrics;
 /// ejection ran out, however soon the instance recovered. 50 % keeps a
 /// two-instance service with one ejected out of panic mode.
 pub const PANIC_THRESHOLD_PERCENT: u32 = 50;
+
+/// When endpoints are ejected, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierSettings {
+    /// Failures in a row that eject an endpoint (0: never).
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; the n-th lasts n times as long.
+    pub base_ejection: Duration,
+    /// Longest an ejection may last.
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the endpoints (0 to 100 percent).
+    pub max_ejection_percent: u32,
+}
 
 /// Per-service ejection bookkeeping.
 #[derive(Debug)]
@@ -36,7 +47,7 @@ impl OutlierDetector {
     /// A detector for a service with `endpoints` endpoints. At least one
     /// endpoint may be ejected whenever the percentage is above zero (as
     /// Envoy does), so a two-endpoint service at 10 % still ejects.
-    pub fn new(policy: &CircuitBreaker, endpoints: usize, metrics: ServiceMetrics) -> Self {
+    pub fn new(policy: &OutlierSettings, endpoints: usize, metrics: ServiceMetrics) -> Self {
         let percent = policy.max_ejection_percent.min(100) as usize;
         let max_ejected = if percent == 0 {
             0
@@ -141,10 +152,11 @@ mod tests {
     use crate::request_metrics::{Direction, RequestMetrics};
 
     fn detector(endpoints: usize, percent: u32) -> OutlierDetector {
-        let policy = CircuitBreaker {
+        let policy = OutlierSettings {
             consecutive_failures: 3,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
             max_ejection_percent: percent,
-            ..CircuitBreaker::default()
         };
         OutlierDetector::new(
             &policy,

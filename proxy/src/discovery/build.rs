@@ -1,22 +1,23 @@
-//! Builds [`MeshState`] from a snapshot, validating it and carrying live
-//! state (endpoint statistics, ejections, connection pools, limiters,
-//! budgets) over from the previous state wherever the inputs are unchanged.
+//! Builds [`MeshState`] from a snapshot, validating it (every problem at
+//! once) and carrying live state (endpoint statistics, ejections, connection
+//! pools, limiters, budgets) over from the previous state wherever the
+//! inputs are unchanged. Policies compile in `compile.rs`, authorization in
+//! `authz.rs`; nothing past this module sees a wire type.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use tether_api::{Protocol, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector};
+use tether_api::{Endpoint, Protocol, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector};
 use tower::retry::budget::TpsBudget;
 
+use super::compile::compile;
 use super::SnapshotMetrics;
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::identity::MeshIdentity;
-use crate::inbound::AuthzPolicy;
 use crate::request_metrics::{Direction, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
-use crate::state::{MeshState, RouteRule, Service, Split, TcpService};
+use crate::state::{MeshState, RouteRule, SourceDocument, Split, TcpService, UpstreamService};
 use crate::transport::{ConnectionSettings, PoolFactory};
 
 /// Builds the state for `snapshot`, or lists every problem found in it.
@@ -38,7 +39,7 @@ pub fn build(
     }
     let authorization = match &snapshot.authorization {
         None => None,
-        Some(policy) => match AuthzPolicy::compile(policy) {
+        Some(policy) => match super::authz::compile(policy) {
             Ok(policy) => Some(Arc::new(policy)),
             Err(mut found) => {
                 problems.append(&mut found);
@@ -88,7 +89,8 @@ pub fn build(
         return Err(problems);
     }
     Ok(MeshState {
-        snapshot,
+        version: snapshot.version,
+        source: SourceDocument::new(move || serde_json::to_value(&*snapshot).unwrap_or_default()),
         services,
         unknown_metrics: previous.unknown_metrics.clone(),
         authorization,
@@ -134,13 +136,18 @@ pub fn unknown_metrics(metrics: &SnapshotMetrics) -> crate::request_metrics::Ser
 fn build_service(
     name: &str,
     spec: &ServiceSnapshot,
-    previous: Option<&Arc<Service>>,
+    previous: Option<&Arc<UpstreamService>>,
     metrics: &SnapshotMetrics,
     identity: Option<&MeshIdentity>,
     problems: &mut Vec<String>,
-) -> Service {
-    let policy = &spec.policy;
-    check_policy(name, spec, problems);
+) -> UpstreamService {
+    let (policy, found) = compile(&spec.policy);
+    problems.extend(
+        found
+            .into_iter()
+            .map(|p| format!("services.{name}.policy.{}", p.message)),
+    );
+    check_splits(name, spec, problems);
 
     let service_metrics = previous
         .map(|p| p.metrics.clone())
@@ -166,12 +173,8 @@ fn build_service(
     }
     let still_ejected = endpoints.iter().filter(|e| e.is_ejected()).count();
     let outliers = Arc::new(
-        OutlierDetector::new(
-            &policy.circuit_breaker,
-            endpoints.len(),
-            service_metrics.clone(),
-        )
-        .with_ejected(still_ejected),
+        OutlierDetector::new(&policy.outliers, endpoints.len(), service_metrics.clone())
+            .with_ejected(still_ejected),
     );
 
     let subset_set = |selector: Option<&SubsetSelector>| {
@@ -253,32 +256,26 @@ fn build_service(
         .filter(|p| *p.client.settings() == settings)
         .map(|p| p.client.clone())
         .unwrap_or_else(|| PoolFactory::with_tls(settings, tls.map(|(_, t)| t)));
-    let cb = &policy.circuit_breaker;
+    let limits = (policy.max_requests, policy.max_pending);
     let limiter = previous
-        .filter(|p| p.limiter.limits() == (cb.max_requests, cb.max_pending_requests))
+        .filter(|p| p.limiter.limits() == limits)
         .map(|p| Arc::clone(&p.limiter))
-        .unwrap_or_else(|| {
-            Arc::new(ConcurrencyLimiter::new(
-                cb.max_requests,
-                cb.max_pending_requests,
-            ))
-        });
-    let budget_spec = &policy.retries.budget;
-    let budget = match previous.filter(|p| p.retries.budget == *budget_spec) {
+        .unwrap_or_else(|| Arc::new(ConcurrencyLimiter::new(limits.0, limits.1)));
+    // Budget settings are in range by construction (compile clamps them).
+    let budget_spec = policy.retries.budget;
+    let budget = match previous.filter(|p| p.retries.budget == budget_spec) {
         Some(p) => Arc::clone(&p.budget),
-        None if budget_valid(budget_spec) => Arc::new(TpsBudget::new(
+        None => Arc::new(TpsBudget::new(
             budget_spec.ttl,
             budget_spec.min_per_second,
             budget_spec.ratio,
         )),
-        // Reported by check_policy; any value keeps the build going.
-        None => Arc::new(TpsBudget::new(Duration::from_secs(10), 0, 0.0)),
     };
 
-    Service {
+    UpstreamService {
         name: name.to_owned(),
         timeout: policy.timeout,
-        retries: policy.retries.clone(),
+        retries: policy.retries,
         budget,
         limiter,
         client,
@@ -290,7 +287,7 @@ fn build_service(
     }
 }
 
-fn selects(selector: &SubsetSelector, endpoint: &tether_api::Endpoint) -> bool {
+fn selects(selector: &SubsetSelector, endpoint: &Endpoint) -> bool {
     selector.tags.iter().all(|t| endpoint.tags.contains(t))
         && selector
             .meta
@@ -298,35 +295,9 @@ fn selects(selector: &SubsetSelector, endpoint: &tether_api::Endpoint) -> bool {
             .all(|(k, v)| endpoint.meta.get(k) == Some(v))
 }
 
-fn budget_valid(budget: &tether_api::RetryBudget) -> bool {
-    (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.ttl)
-        && (0.0..=1000.0).contains(&budget.ratio)
-        && budget.min_per_second < i32::MAX as u32
-}
-
-fn check_policy(name: &str, spec: &ServiceSnapshot, problems: &mut Vec<String>) {
-    let policy = &spec.policy;
-    if !budget_valid(&policy.retries.budget) {
-        problems.push(format!(
-            "services.{name}.policy.retries.budget: ttl must be 1s to 60s and ratio 0 to 1000"
-        ));
-    }
-    if policy.circuit_breaker.max_requests == 0 {
-        problems.push(format!(
-            "services.{name}.policy.circuit_breaker.max_requests must be at least 1"
-        ));
-    }
-    for (label, d) in [
-        ("timeout", policy.timeout),
-        ("connect_timeout", policy.connect_timeout),
-        ("retries.per_try_timeout", policy.retries.per_try_timeout),
-    ] {
-        if d.is_zero() {
-            problems.push(format!(
-                "services.{name}.policy.{label} must be greater than zero"
-            ));
-        }
-    }
+/// Split weights must not all be zero (policy rules are checked by
+/// `compile`, unknown subsets where splits are built).
+fn check_splits(name: &str, spec: &ServiceSnapshot, problems: &mut Vec<String>) {
     if spec
         .split
         .iter()
@@ -343,6 +314,7 @@ mod tests {
     use super::*;
     use crate::discovery::file::parse;
     use std::path::Path;
+    use std::time::Duration;
 
     fn snapshot(text: &str) -> Arc<Snapshot> {
         Arc::new(parse(Path::new("t.yaml"), text).unwrap_or_else(|e| panic!("{e}")))

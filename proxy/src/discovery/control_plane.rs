@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tether_api::{ProxyReport, Snapshot};
 
 use super::{Applier, SnapshotError, SnapshotMetrics};
 use crate::control_client::{ControlCallError, ControlPlaneClient};
 use crate::identity::MeshIdentity;
+
+use crate::resilience::Backoff;
 
 /// How long one long-poll asks the control plane to hold the request.
 const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -25,7 +26,8 @@ const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
 /// Longest a report may take; a lost report is sent again with the next
 /// snapshot.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with full jitter.
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with equal jitter
+/// (a random time between half and all of the ceiling).
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay: a control plane that comes back is found within
 /// a few seconds, and a thousand proxies do not hammer one that is down.
@@ -147,10 +149,7 @@ fn report_base(settings: &ControlPlaneSettings, applied: u64) -> ProxyReport {
 }
 
 fn reconnect_delay(failures: u32) -> Duration {
-    let ceiling = MIN_BACKOFF
-        .saturating_mul(1 << failures.min(10))
-        .min(MAX_BACKOFF);
-    rand::thread_rng().gen_range(ceiling / 2..=ceiling)
+    Backoff::equal(MIN_BACKOFF, MAX_BACKOFF).delay(failures.saturating_add(1))
 }
 
 /// The snapshot saved in the state directory (JSON, as [`save`] writes it).

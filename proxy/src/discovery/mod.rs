@@ -1,11 +1,16 @@
 //! Discovery: where snapshots come from and how they become [`MeshState`].
 //!
-//! This is the only module that reads `tether-api`'s snapshot structure. A
-//! source (a file today; the control plane next) produces snapshots one after
-//! another; [`Applier::apply`] validates each, builds the domain state and
-//! swaps it in. A snapshot that fails leaves the last good one in force.
+//! This is the only module of the request side that reads `tether-api`'s
+//! wire types: `compile.rs` and `authz.rs` turn them into the proxy's domain
+//! types, `build.rs` assembles the state. A source (a snapshot file, watched,
+//! or the control plane, long-polled) produces snapshots one after another;
+//! [`Applier::apply`] validates each (every problem at once), builds the
+//! domain state and swaps it in. A snapshot that fails leaves the last good
+//! one in force.
 
+mod authz;
 pub mod build;
+mod compile;
 mod control_plane;
 mod file;
 mod snapshot_metrics;
@@ -19,7 +24,7 @@ use tether_api::Snapshot;
 use crate::identity::MeshIdentity;
 use crate::state::MeshState;
 use crate::tcp::TcpListeners;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, TracingSettings};
 
 pub use build::build;
 pub use control_plane::{restore, subscribe, ControlPlaneSettings, CONTROL_PLANE_IDLE_TIMEOUT};
@@ -83,6 +88,7 @@ impl Applier {
         if snapshot.version == 0 {
             snapshot.version = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         }
+        let tracing = snapshot.mesh.tracing.as_ref().map(TracingSettings::from);
         let previous = self.state.load();
         let next = build(
             Arc::new(snapshot),
@@ -96,8 +102,7 @@ impl Applier {
             None => None,
         };
         let version = next.version();
-        self.telemetry
-            .configure(next.snapshot.mesh.tracing.as_ref());
+        self.telemetry.configure(tracing.as_ref());
         self.state.store(Arc::new(next));
         if let Some(listeners) = listeners {
             listeners.commit();

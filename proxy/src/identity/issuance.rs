@@ -19,18 +19,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
-use rand::Rng;
 use tether_api::CertificateRequest;
 use tether_certs::{Identity, IdentityKey, SpiffeId};
 
 use super::IdentityMetrics;
 use super::MeshIdentity;
 use crate::control_client::{ControlCallError, ControlClientError, ControlPlaneClient};
+use crate::resilience::Backoff;
 
 /// Renew at two thirds of a certificate's life: a third (8 h of the
 /// default 24 h) remains to ride out a control-plane outage.
 pub const DEFAULT_RENEW_FRACTION: f64 = 2.0 / 3.0;
-/// First retry delay after a failed request; doubles with full jitter.
+/// First retry delay after a failed request; doubles up to [`MAX_RETRY`],
+/// with equal jitter (a random time between half and all of the ceiling).
 const MIN_RETRY: Duration = Duration::from_millis(250);
 /// Longest retry delay: a refused token is retried twice a minute, not
 /// hammered, and a control plane that comes back is found quickly.
@@ -194,10 +195,7 @@ pub async fn run(
 }
 
 fn retry_delay(failures: u32) -> Duration {
-    let ceiling = MIN_RETRY
-        .saturating_mul(1 << failures.min(10))
-        .min(MAX_RETRY);
-    rand::thread_rng().gen_range(ceiling / 2..=ceiling)
+    Backoff::equal(MIN_RETRY, MAX_RETRY).delay(failures.saturating_add(1))
 }
 
 fn read_token(path: &Path) -> Result<String, IssuanceError> {

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! accept (transport::server)   mTLS: verify the caller's chain, read its SPIFFE ID
-//!   → authorize  caller identity, method, path against the snapshot's policy (authz.rs)
-//!   → limit      concurrency limit for the local app
+//!   → authorize  caller identity, method, path against the snapshot's policy (state::AuthzPolicy)
+//!   → limit      concurrency limit for the local app (resilience::hold)
 //!   → send       to the app, over a pooled connection
 //! ```
 //!
@@ -11,10 +11,6 @@
 //! app-connect`: nothing was processed, and a calling sidecar that
 //! authenticated this one by mTLS retries it on another endpoint. An app's
 //! own `502` claiming `app-connect` has that header removed.
-
-mod authz;
-
-pub use authz::AuthzPolicy;
 
 use std::sync::Arc;
 
@@ -25,10 +21,10 @@ use crate::hop::{from_upstream, to_upstream};
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
+use crate::body::{Req, Rsp};
 use crate::observe::Observer;
-use crate::outbound::{Req, Rsp};
 use crate::request_metrics::{RequestMetrics, ServiceMetrics};
-use crate::resilience::ConcurrencyLimiter;
+use crate::resilience::{self, ConcurrencyLimiter};
 use crate::state::MeshState;
 use crate::transport::PoolFactory;
 use crate::transport::{EndpointPool, Peer, PeerIdentity};
@@ -142,28 +138,26 @@ impl Inbound {
 
     async fn send_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {
         let inner = &self.inner;
-        let _permit = inner
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| ProxyError::Overloaded("local app".into()))?;
-        let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
-        match inner.app_pool.send(request).await {
-            Ok(mut response) => {
-                // Only this sidecar may say its app was unreachable.
-                strip_app_connect(&mut response);
-                Ok(from_upstream(response))
+        resilience::hold(&inner.limiter, "local app", || async move {
+            let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
+            match inner.app_pool.send(request).await {
+                Ok(mut response) => {
+                    // Only this sidecar may say its app was unreachable.
+                    strip_app_connect(&mut response);
+                    Ok(from_upstream(response))
+                }
+                // Nothing reached the app: the calling sidecar (when it
+                // authenticated us by mTLS) retries it elsewhere.
+                Err(source) if source.is_connect() => Err(ProxyError::AppConnect {
+                    endpoint: inner.app.to_string(),
+                    source,
+                }),
+                Err(source) => Err(ProxyError::UpstreamReset {
+                    endpoint: inner.app.to_string(),
+                    source,
+                }),
             }
-            // Nothing reached the app: the calling sidecar (when it
-            // authenticated us by mTLS) retries it elsewhere.
-            Err(source) if source.is_connect() => Err(ProxyError::AppConnect {
-                endpoint: inner.app.to_string(),
-                source,
-            }),
-            Err(source) => Err(ProxyError::UpstreamReset {
-                endpoint: inner.app.to_string(),
-                source,
-            }),
-        }
+        })
+        .await
     }
 }

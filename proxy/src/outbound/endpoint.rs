@@ -1,5 +1,7 @@
-//! The innermost layer: pick an endpoint, send one try with the per-try
-//! timeout, and feed the outcome to the balancer and outlier detection.
+//! The innermost layer: pick an endpoint, send one try (within the per-try
+//! timeout, when the policy sets one: otherwise only the whole-request
+//! timeout bounds it), and feed the outcome to the balancer and outlier
+//! detection.
 
 use super::{Req, Rsp, Target};
 use crate::errors::{is_peer_app_connect, ProxyError};
@@ -25,10 +27,14 @@ pub async fn send_one_try(
     InFlightSpan::try_started(&request, endpoint.address());
     let pool = endpoint.connections(&service.client);
     let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
-    let per_try = service.retries.per_try_timeout;
-    let result = tokio::time::timeout(per_try, pool.send(request)).await;
+    let result = match service.retries.per_try_timeout {
+        Some(per_try) => tokio::time::timeout(per_try, pool.send(request))
+            .await
+            .map_err(|_| per_try),
+        None => Ok(pool.send(request).await),
+    };
     let outcome = match result {
-        Err(_) => Err(ProxyError::PerTryTimeout(per_try)),
+        Err(per_try) => Err(ProxyError::PerTryTimeout(per_try)),
         // The peer sidecar could not reach its app: nothing was processed.
         // Believed only from a peer authenticated by mTLS.
         Ok(Ok(response)) if is_peer_app_connect(&response) && pool.is_mtls() => {

@@ -4,7 +4,7 @@
 //! accept (transport::server: HTTP/1.1 or h2c, header limits)
 //!   → route     authority → service; route rules; traffic split  (route.rs)
 //!   → timeout   whole request, over queue and all tries           (timeout.rs)
-//!   → limit     per-service max_requests + max_pending            (limit.rs)
+//!   → limit     per-service max_requests + max_pending            (resilience::hold)
 //!   → retry     budget, backoff, bounded replay buffer            (retry.rs)
 //!   → try       balancer pick, per-try timeout, outlier record    (endpoint.rs)
 //!   → pool      pooled connection to the endpoint                 (transport::pool)
@@ -17,7 +17,6 @@
 //! those futures cost ~13 % of the instructions of a request).
 
 mod endpoint;
-mod limit;
 mod retry;
 mod route;
 mod target;
@@ -27,18 +26,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::body::Body;
+use crate::body::{Req, Rsp};
 use crate::errors::ProxyError;
 use crate::observe::Observer;
 use crate::request_metrics::UNKNOWN_SERVICE;
+use crate::resilience;
 use crate::state::MeshState;
 
 pub use target::Target;
-
-/// A request inside the proxy.
-pub type Req = http::Request<Body>;
-/// A response inside the proxy.
-pub type Rsp = http::Response<Body>;
 
 /// The outbound path, ready to handle requests from the local app.
 #[derive(Clone)]
@@ -98,7 +93,7 @@ fn serve<'a>(
 ) -> impl std::future::Future<Output = Result<Rsp, ProxyError>> + 'a {
     timeout::within(
         target.timeout, // whole request: queue + all tries
-        limit::hold(&target.service, || {
+        resilience::hold(&target.service.limiter, &target.service.name, || {
             // per-service in-flight + pending limits, then
             retry::retry(target, request) // budget, backoff, replay buffer; each try:
         }), // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection

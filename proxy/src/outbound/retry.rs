@@ -20,14 +20,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tether_api::RetryOn;
 use tower::retry::budget::Budget;
 
 use super::endpoint::send_one_try;
 use super::{Req, Rsp, Target};
 use crate::body::Body;
 use crate::errors::{Outcome, ProxyError, RetrySkip};
-use crate::resilience::backoff;
+use crate::resilience::RetryOn;
 use crate::telemetry::InFlightSpan;
 
 /// Sends `request` to `target`, retrying per its policy; each try goes to
@@ -77,7 +76,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         }
         service.metrics.retry();
         tracing::debug!(service = %service.name, try_number = tries + 1, "retrying");
-        tokio::time::sleep(backoff(&policy.backoff, tries)).await;
+        tokio::time::sleep(policy.backoff.delay(tries)).await;
         tries += 1;
     }
 }

@@ -6,7 +6,7 @@ use http::Request;
 
 use super::Target;
 use crate::errors::ProxyError;
-use crate::state::{MeshState, Service};
+use crate::state::{MeshState, UpstreamService};
 
 /// Suffix an app may add to a service name (`api.mesh`).
 const MESH_SUFFIX: &str = ".mesh";
@@ -17,7 +17,7 @@ fn service_name(authority: &str) -> &str {
     host.strip_suffix(MESH_SUFFIX).unwrap_or(host)
 }
 
-fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
+fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<UpstreamService>> {
     state.services.get(name).or_else(|| {
         // Host names are case-insensitive; allocate only for the rare mixed case.
         name.bytes()

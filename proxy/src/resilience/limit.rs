@@ -1,10 +1,36 @@
 //! Concurrency limit with a bounded queue: up to `max_requests` in flight,
-//! up to `max_pending` more waiting, and a fast refusal beyond that.
+//! up to `max_pending` more waiting, and a fast refusal beyond that
+//! (503 `tether-error: overloaded`). [`hold`] is the layer both the
+//! outbound path (per service: circuit breaker `max_requests` and
+//! `max_pending_requests`) and the inbound path (the local app) use.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::errors::ProxyError;
+
+/// Holds a slot of `limiter` while the rest of the path runs; `name` says
+/// what is overloaded when there is none. The rest is made by `inner` only
+/// once a slot is held: taking a ready-made future would store it twice in
+/// this one (unstarted and awaited).
+pub async fn hold<F, Fut, T>(
+    limiter: &ConcurrencyLimiter,
+    name: &str,
+    inner: F,
+) -> Result<T, ProxyError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, ProxyError>>,
+{
+    let _permit = limiter
+        .acquire()
+        .await
+        .map_err(|_| ProxyError::Overloaded(name.to_owned()))?;
+    inner().await
+}
 
 /// Limits the requests in flight to one service.
 #[derive(Debug)]

@@ -5,7 +5,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_api::RetryOn;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::retry::budget::Budget;
@@ -16,7 +15,8 @@ use crate::access_log::AccessLog;
 use crate::balance::{EndpointState, InFlight, PickError};
 use crate::errors::{Reason, RetrySkip};
 use crate::request_metrics::Direction;
-use crate::state::{Service, TcpService};
+use crate::resilience::RetryOn;
+use crate::state::{TcpService, UpstreamService};
 use crate::transport::{tls_connect, MeshStream};
 
 /// Why no stream to an endpoint could be opened.
@@ -151,7 +151,7 @@ async fn connect(tcp: &TcpService) -> Result<Connected, ConnectError> {
 /// The balancer's pick unless already tried; then a few more draws, then
 /// any endpoint not tried and not ejected (`None`: nothing left to try).
 fn pick(
-    service: &Service,
+    service: &UpstreamService,
     tried: &[Arc<EndpointState>],
 ) -> Result<Option<Arc<EndpointState>>, PickError> {
     let set = service

@@ -20,10 +20,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
-use tether_api::TracingSettings;
 use tokio::sync::{Notify, Semaphore};
 
 use super::otlp::{Envelope, SpanBuffer};
+use super::TracingSettings;
 
 /// Spans waiting for export at most (~1 MiB of encoded spans).
 const MAX_PENDING: usize = 4096;
@@ -79,8 +79,10 @@ pub enum ExportError {
 
 /// OTLP transport: everything that differs between the two is here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+pub enum Protocol {
+    /// OTLP over gRPC (port 4317).
     Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318).
     HttpProtobuf,
 }
 
@@ -179,11 +181,7 @@ impl Exporter {
         envelope: Envelope,
         counters: Counters,
     ) -> Result<Self, ConfigError> {
-        let protocol = if settings.protocol_is_http() {
-            Protocol::HttpProtobuf
-        } else {
-            Protocol::Grpc
-        };
+        let protocol = settings.protocol;
         let uri = export_uri(&settings.otlp_endpoint, protocol)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -388,7 +386,7 @@ mod tests {
         let settings = TracingSettings {
             otlp_endpoint: format!("http://127.0.0.1:{port}"),
             sample_ratio: 1.0,
-            protocol: Default::default(),
+            protocol: Protocol::Grpc,
         };
         let counters = counters();
         let exporter =

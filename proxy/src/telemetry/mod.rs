@@ -35,9 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use http::{HeaderMap, Request, StatusCode};
-use tether_api::TracingSettings;
 
 pub use context::{SpanContext, SpanId, TraceId};
+pub use export::Protocol as OtlpProtocol;
 pub use span::SpanKind;
 
 use context::TRACEPARENT;
@@ -66,6 +66,18 @@ impl InFlightSpan {
                 .record_try(endpoint, || unix_nanos(SystemTime::now()));
         }
     }
+}
+
+/// Where and how much to trace: the snapshot's `mesh.tracing`, compiled by
+/// `discovery`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// OTLP collector endpoint, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces sampled, 0.0 to 1.0 (a caller's decision wins).
+    pub sample_ratio: f64,
+    /// OTLP transport.
+    pub protocol: OtlpProtocol,
 }
 
 struct Active {

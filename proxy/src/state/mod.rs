@@ -1,30 +1,36 @@
 //! The domain state the request path reads: services, their endpoint sets,
-//! routes and policy. Built by `discovery` from a snapshot and swapped whole
+//! routes and policy, and who may call us. Built by `discovery` from a
+//! snapshot (the only module that knows the wire types) and swapped whole
 //! behind an `ArcSwap`; the request path never locks it.
 
+mod authz;
+
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use rand::Rng;
-use tether_api::{RetryPolicy, Snapshot};
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
-use crate::inbound::AuthzPolicy;
 use crate::request_metrics::ServiceMetrics;
-use crate::resilience::ConcurrencyLimiter;
+use crate::resilience::{ConcurrencyLimiter, RetryPolicy};
 use crate::tcp::TcpMetrics;
 use crate::transport::{PoolFactory, TlsTarget};
+
+pub use authz::{AuthzPolicy, AuthzRule, PathPattern};
 
 /// Everything the proxy routes by, from one snapshot.
 #[derive(Debug)]
 pub struct MeshState {
-    /// The snapshot this state was built from (served by `/config`).
-    pub snapshot: Arc<Snapshot>,
+    /// Version of the snapshot this state was built from (0: none yet).
+    pub version: u64,
+    /// The document this state was built from, for `/config` only.
+    pub source: SourceDocument,
     /// Upstream services by name.
-    pub services: HashMap<String, Arc<Service>>,
+    pub services: HashMap<String, Arc<UpstreamService>>,
     /// Metrics for requests to names that are not services.
     pub unknown_metrics: ServiceMetrics,
     /// Who may call this proxy's service; `None` lets everyone in.
@@ -37,7 +43,8 @@ impl MeshState {
     /// State before any snapshot: routes nothing.
     pub fn empty(unknown_metrics: ServiceMetrics) -> Self {
         Self {
-            snapshot: Arc::new(Snapshot::default()),
+            version: 0,
+            source: SourceDocument::none(),
             services: HashMap::new(),
             unknown_metrics,
             authorization: None,
@@ -47,13 +54,43 @@ impl MeshState {
 
     /// Version of the snapshot in force (0 before the first).
     pub fn version(&self) -> u64 {
-        self.snapshot.version
+        self.version
     }
 }
 
-/// One upstream service, ready to route to.
+/// The document a state was built from, opaque to the proxy: rendered as
+/// JSON only when `/config` asks, so no request pays for it.
+#[derive(Clone)]
+pub struct SourceDocument(Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl SourceDocument {
+    /// A document rendered by `render`.
+    pub fn new(render: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
+        Self(Arc::new(render))
+    }
+
+    /// No document yet: `{"version": 0}`.
+    pub fn none() -> Self {
+        Self::new(|| serde_json::json!({ "version": 0 }))
+    }
+
+    /// The document as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for SourceDocument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SourceDocument")
+    }
+}
+
+/// One upstream HTTP service, ready to route to: its endpoints, routes,
+/// policy and the live state shared by its requests (pool, limiter,
+/// budget, ejections).
 #[derive(Debug)]
-pub struct Service {
+pub struct UpstreamService {
     /// Service name.
     pub name: String,
     /// Whole-request timeout.
@@ -84,7 +121,7 @@ pub struct Service {
 #[derive(Debug)]
 pub struct TcpService {
     /// Endpoints, default split, outliers, retries, budget, metrics.
-    pub service: Arc<Service>,
+    pub service: Arc<UpstreamService>,
     /// The local port the app connects to.
     pub port: u16,
     /// TCP connect (and TLS handshake) timeout for one endpoint.
