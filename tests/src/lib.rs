@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod consul;
 pub mod control;
+pub mod docker;
 pub mod echo;
 pub mod h2spec;
 pub mod jaeger;
