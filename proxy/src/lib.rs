@@ -19,6 +19,8 @@ pub mod control_client;
 pub mod discovery;
 pub mod errors;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

@@ -7,7 +7,7 @@
 
 pub mod build;
 mod control_plane;
-mod file;
+pub(crate) mod file;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -19,7 +19,7 @@
 mod endpoint;
 mod limit;
 mod retry;
-mod route;
+pub(crate) mod route;
 mod target;
 mod timeout;
 
