@@ -15,7 +15,9 @@
 #   FUZZ_JOBS           libFuzzer -jobs (default 1: one process, no forks;
 #                       the machine is shared, so targets never run side by side)
 #   FUZZ_CORPUS_MAX     above this many files a target's corpus is minimized
-#                       with `cargo fuzz cmin` after its run, default 300
+#                       with `cargo fuzz cmin` after its run, default 300; the
+#                       minimized corpus keeps one input per covered edge
+#                       (-use_counters=0: with hit counts it keeps thousands)
 #   FUZZ_SANITIZER      cargo-fuzz --sanitizer, default none: the crates forbid
 #                       unsafe code, so AddressSanitizer buys little and costs
 #                       ~2x build and run time; `address` to turn it on
@@ -90,7 +92,7 @@ for target in "${targets[@]}"; do
   if [ "$files" -gt "$corpus_max" ]; then
     echo "fuzz.sh: $target: corpus has $files files, minimizing" >&2
     cargo +nightly fuzz cmin "${build_flags[@]}" "$target" "corpus/$target" -- \
-      "-rss_limit_mb=$rss_mb" "-timeout=$input_timeout" >/dev/null 2>&1 ||
+      "-rss_limit_mb=$rss_mb" "-timeout=$input_timeout" -use_counters=0 >/dev/null 2>&1 ||
       echo "fuzz.sh: $target: cmin failed; corpus left as is" >&2
   fi
 done

@@ -163,3 +163,19 @@ fn a_tcp_service_keeps_its_outbound_port() {
     assert_eq!(config.services["db"].outbound_port, Some(15306));
     assert_eq!(config.services["api"].outbound_port, None);
 }
+
+#[test]
+fn authorization_methods_must_be_http_methods() {
+    // Found by fuzzing (fuzz/fuzz_targets/mesh_config.rs): this was valid
+    // here, and every proxy then refused its snapshot.
+    let text = "services:\n  api: {}\n  web: {}\nauthorization:\n  rules:\n    - { to: api, from: [web], methods: [get, \"GET2 POST\"] }\n";
+    let found = errors(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("mesh.yaml:6:")
+            && found[0].ends_with(
+                "rules[0].methods: `GET2 POST` is not an HTTP method (expected e.g. GET, POST)"
+            ),
+        "{found:?}"
+    );
+}
