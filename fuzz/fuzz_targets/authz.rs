@@ -125,9 +125,11 @@ fuzz_target!(|data: &[u8]| {
             .collect(),
     };
     let compiled = AuthzPolicy::compile(&policy);
-    let bad_method = input.rules.iter().flat_map(|r| &r.methods).any(|m| {
-        Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err()
-    });
+    let bad_method = input
+        .rules
+        .iter()
+        .flat_map(|r| &r.methods)
+        .any(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err());
     assert_eq!(compiled.is_err(), bad_method, "compile: {compiled:?}");
     let Ok(compiled) = compiled else {
         return;
@@ -136,7 +138,11 @@ fuzz_target!(|data: &[u8]| {
         None => None,
         Some(uri) => match uri.parse::<SpiffeId>() {
             Ok(id) => {
-                assert_eq!(id.to_string(), *uri, "a SPIFFE ID does not print as it parsed");
+                assert_eq!(
+                    id.to_string(),
+                    *uri,
+                    "a SPIFFE ID does not print as it parsed"
+                );
                 Some(id)
             }
             Err(_) => return,

@@ -44,6 +44,9 @@ fuzz_target!(|data: &[u8]| {
     let key = IdentityKey::generate().unwrap_or_else(|e| panic!("{e}"));
     if let Ok(identity) = Identity::new(&key, &issued.chain_pem) {
         // A fresh key can never match a certificate issued for the CSR's key.
-        panic!("issued chain accepted a foreign key: {:?}", identity.spiffe_id());
+        panic!(
+            "issued chain accepted a foreign key: {:?}",
+            identity.spiffe_id()
+        );
     }
 });

@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
     // The same snapshot again over the state it built: the carry-over path
     // (kept endpoints, pools, limiters, budgets) must build it too.
     let again = build(snapshot, &first, &metrics, None);
-    assert!(again.is_ok(), "a snapshot built once was refused over itself: {again:?}", again = again.err());
+    assert!(
+        again.is_ok(),
+        "a snapshot built once was refused over itself: {again:?}",
+        again = again.err()
+    );
     for service in first.services.values() {
         let _ = service.default_split.choose();
         for route in &service.routes {

@@ -18,7 +18,12 @@ fn hex(bytes: &[u8]) -> String {
 fn same_id(written: &str, read: &[u8]) {
     let written = written.trim().to_ascii_lowercase();
     let padded = format!("{written:0>width$}", width = read.len() * 2);
-    assert_eq!(padded, hex(read), "B3 id `{written}` was read as {}", hex(read));
+    assert_eq!(
+        padded,
+        hex(read),
+        "B3 id `{written}` was read as {}",
+        hex(read)
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
     // Where it came from, it says the same.
     if let Some(w3c) = SpanContext::from_traceparent(&headers) {
         assert_eq!(w3c, context, "traceparent wins over B3");
-        let value = headers.get("traceparent").map(HeaderValue::as_bytes).unwrap_or_default();
+        let value = headers
+            .get("traceparent")
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
         let value = String::from_utf8_lossy(value);
         let value = value.trim();
         assert_eq!(&value[3..35], hex(&context.trace_id.0));
