@@ -18,7 +18,13 @@ fn service_name(authority: &str) -> &str {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
     };
-    host.strip_suffix(MESH_SUFFIX).unwrap_or(host)
+    // Host names are case-insensitive, the suffix too: `API.Mesh` is `API`
+    // (which `lookup` finds as `api`).
+    let cut = host.len().saturating_sub(MESH_SUFFIX.len());
+    match (host.get(..cut), host.get(cut..)) {
+        (Some(name), Some(suffix)) if suffix.eq_ignore_ascii_case(MESH_SUFFIX) => name,
+        _ => host,
+    }
 }
 
 fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<Service>> {
@@ -64,5 +70,17 @@ mod tests {
         assert_eq!(service_name("api.mesh"), "api");
         assert_eq!(service_name("api.mesh:15001"), "api");
         assert_eq!(service_name("[::1]:80"), "[::1]");
+        assert_eq!(service_name(".mesh"), "");
+        assert_eq!(service_name("mesh"), "mesh");
+        assert_eq!(service_name("é.mesh"), "é");
+    }
+
+    #[test]
+    fn the_mesh_suffix_is_case_insensitive() {
+        // Found by fuzzing (fuzz/fuzz_targets/route.rs): `Host: API.Mesh`
+        // was `unknown service API.Mesh`, though `API` and `api.mesh` routed.
+        assert_eq!(service_name("API.Mesh:15001"), "API");
+        assert_eq!(service_name("api.MESH"), "api");
+        assert_eq!(service_name("apimesh"), "apimesh");
     }
 }
