@@ -24,8 +24,10 @@
 #
 # Builds use nightly (`cargo +nightly fuzz`), release mode with debug
 # assertions (-a) so integer overflow panics instead of wrapping.
-# The corpus is fuzz/corpus/<target>/ (committed, seeded with valid inputs);
-# new interesting inputs are added to it. Crashes land in
+# The corpus is fuzz/corpus/<target>/ (committed; new interesting inputs are
+# added to it, and cmin renames files to their hashes); hand-written seeds
+# (valid inputs, past crashes) are fuzz/seeds/<target>/, read on every run
+# and never rewritten. Crashes land in
 # fuzz/artifacts/<target>/ (not committed): reproduce one with
 #   cargo +nightly fuzz run -s none -a <target> fuzz/artifacts/<target>/crash-…
 set -euo pipefail
@@ -75,13 +77,13 @@ fi
 
 failed=()
 for target in "${targets[@]}"; do
-  mkdir -p "corpus/$target"
+  mkdir -p "corpus/$target" "seeds/$target"
   dict=()
   if [ -f "dict/$target.dict" ]; then
     dict=("-dict=dict/$target.dict")
   fi
   echo "fuzz.sh: $target for ${seconds}s (corpus: $(find "corpus/$target" -type f | wc -l) files)" >&2
-  if cargo +nightly fuzz run "${build_flags[@]}" "$target" "corpus/$target" -- \
+  if cargo +nightly fuzz run "${build_flags[@]}" "$target" "corpus/$target" "seeds/$target" -- \
     "${libfuzzer_flags[@]}" "${dict[@]}"; then
     echo "fuzz.sh: $target: no crash" >&2
   else
