@@ -18,6 +18,8 @@ pub mod config;
 pub mod control_client;
 pub mod discovery;
 pub mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hop;
 pub mod identity;
 pub mod inbound;

@@ -192,3 +192,19 @@ fn a_service_written_twice_is_refused_not_merged_over_nothing() {
         "the position is the mapping's, as for a duplicate field"
     );
 }
+
+#[test]
+fn authorization_methods_must_be_http_methods() {
+    // Found by fuzzing (fuzz/fuzz_targets/mesh_config.rs): this was valid
+    // here, and every proxy then refused its snapshot.
+    let text = "services:\n  api: {}\n  web: {}\nauthorization:\n  rules:\n    - { to: api, from: [web], methods: [get, \"GET2 POST\"] }\n";
+    let found = errors(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("mesh.yaml:6:")
+            && found[0].ends_with(
+                "rules[0].methods: `GET2 POST` is not an HTTP method (expected e.g. GET, POST)"
+            ),
+        "{found:?}"
+    );
+}

@@ -300,6 +300,18 @@ pub fn authorization(
                 format!("rules[{i}].from is empty: expected caller service names, or `*`"),
             );
         }
+        // The proxy refuses a whole snapshot over one bad method name, so
+        // it is caught here, with the proxy's own rule (case-insensitive).
+        for (k, method) in rule.methods.iter().enumerate() {
+            if http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).is_err() {
+                let index = format!("[{k}]");
+                let at = [&rule_keys[..], &["methods", index.as_str()]].concat();
+                problems.at(
+                    &at,
+                    format!("rules[{i}].methods: `{method}` is not an HTTP method (expected e.g. GET, POST)"),
+                );
+            }
+        }
         if known.is_empty() {
             continue;
         }

@@ -391,4 +391,33 @@ services:
         assert!(Arc::ptr_eq(&a.limiter, &b.limiter));
         assert!(Arc::ptr_eq(&a.budget, &b.budget));
     }
+
+    #[tokio::test]
+    async fn split_weights_may_sum_past_u32() {
+        // Found by fuzzing (fuzz/fuzz_targets/snapshot.rs): the split's
+        // total was a u32 sum, which overflowed (a panic in debug builds, a
+        // wrapped total and skewed draws in release).
+        let metrics = SnapshotMetrics::for_tests();
+        let s = snapshot(
+            r#"
+services:
+  api:
+    endpoints:
+      - { address: "127.0.0.1:1", tags: [a] }
+      - { address: "127.0.0.1:2", tags: [b] }
+    subsets: { a: { tags: [a] }, b: { tags: [b] } }
+    split: [ { subset: a, weight: 4294967295 }, { subset: b, weight: 1 } ]
+"#,
+        );
+        let state = build(s, &empty(&metrics), &metrics, None).unwrap_or_else(|p| panic!("{p:?}"));
+        let split = &state.services["api"].default_split;
+        let heavy = (0..100)
+            .filter_map(|_| split.choose())
+            .filter(|set| set.endpoints()[0].address() == "127.0.0.1:1")
+            .count();
+        assert!(
+            heavy >= 99,
+            "weight 2^32-1 against 1 drew `a` {heavy} times in 100"
+        );
+    }
 }

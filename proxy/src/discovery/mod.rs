@@ -12,7 +12,7 @@ mod authz;
 pub mod build;
 mod compile;
 mod control_plane;
-mod file;
+pub(crate) mod file;
 mod snapshot_metrics;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +26,7 @@ use crate::state::MeshState;
 use crate::tcp::TcpListeners;
 use crate::telemetry::{Telemetry, TracingSettings};
 
+pub use authz::compile as compile_authorization;
 pub use build::build;
 pub use control_plane::{restore, subscribe, ControlPlaneSettings, CONTROL_PLANE_IDLE_TIMEOUT};
 pub use file::{load_file, watch_file, SnapshotError};

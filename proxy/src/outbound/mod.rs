@@ -18,7 +18,7 @@
 
 mod endpoint;
 mod retry;
-mod route;
+pub(crate) mod route;
 mod target;
 mod timeout;
 

@@ -13,8 +13,14 @@ const MESH_SUFFIX: &str = ".mesh";
 
 /// The service name an authority addresses: port and `.mesh` stripped.
 fn service_name(authority: &str) -> &str {
+    // Host names are case-insensitive, the suffix too: `API.Mesh` is `API`
+    // (which `lookup` finds as `api`).
     let host = crate::authority::host(authority);
-    host.strip_suffix(MESH_SUFFIX).unwrap_or(host)
+    let cut = host.len().saturating_sub(MESH_SUFFIX.len());
+    match (host.get(..cut), host.get(cut..)) {
+        (Some(name), Some(suffix)) if suffix.eq_ignore_ascii_case(MESH_SUFFIX) => name,
+        _ => host,
+    }
 }
 
 fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<UpstreamService>> {
@@ -60,5 +66,17 @@ mod tests {
         assert_eq!(service_name("api.mesh:15001"), "api");
         assert_eq!(service_name("[::1]:80"), "::1");
         assert_eq!(service_name("::1"), "::1");
+        assert_eq!(service_name(".mesh"), "");
+        assert_eq!(service_name("mesh"), "mesh");
+        assert_eq!(service_name("é.mesh"), "é");
+    }
+
+    #[test]
+    fn the_mesh_suffix_is_case_insensitive() {
+        // Found by fuzzing (fuzz/fuzz_targets/route.rs): `Host: API.Mesh`
+        // was `unknown service API.Mesh`, though `API` and `api.mesh` routed.
+        assert_eq!(service_name("API.Mesh:15001"), "API");
+        assert_eq!(service_name("api.MESH"), "api");
+        assert_eq!(service_name("apimesh"), "apimesh");
     }
 }

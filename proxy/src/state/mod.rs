@@ -137,14 +137,15 @@ pub struct TcpService {
 #[derive(Debug, Clone)]
 pub struct Split {
     targets: Vec<(Arc<EndpointSet>, u32)>,
-    total: u32,
+    /// Sum of the weights, in u64: two u32 weights can overflow a u32.
+    total: u64,
 }
 
 impl Split {
     /// A split over `targets` with their weights. Zero-weight targets never
     /// receive traffic; a split whose weights sum to zero sends to the first.
     pub fn new(targets: Vec<(Arc<EndpointSet>, u32)>) -> Self {
-        let total = targets.iter().map(|(_, w)| *w).sum();
+        let total = targets.iter().map(|(_, w)| u64::from(*w)).sum();
         Self { targets, total }
     }
 
@@ -155,10 +156,11 @@ impl Split {
         }
         let mut point = rand::thread_rng().gen_range(0..self.total);
         for (set, weight) in &self.targets {
-            if point < *weight {
+            let weight = u64::from(*weight);
+            if point < weight {
                 return Some(set);
             }
-            point -= *weight;
+            point -= weight;
         }
         self.targets.last().map(|(set, _)| set)
     }

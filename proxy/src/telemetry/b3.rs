@@ -26,17 +26,22 @@ fn text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// Hex digits only: `from_str_radix` alone also takes a leading `+`.
+fn is_hex(id: &str) -> bool {
+    id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn trace_id(hex: &str) -> Option<TraceId> {
     // 64-bit B3 trace ids are left-padded to 128 bits.
     let id = match hex.len() {
-        16 | 32 => u128::from_str_radix(hex, 16).ok()?,
+        16 | 32 if is_hex(hex) => u128::from_str_radix(hex, 16).ok()?,
         _ => return None,
     };
     (id != 0).then(|| TraceId(id.to_be_bytes()))
 }
 
 fn span_id(hex: &str) -> Option<SpanId> {
-    if hex.len() != 16 {
+    if hex.len() != 16 || !is_hex(hex) {
         return None;
     }
     let id = u64::from_str_radix(hex, 16).ok()?;
@@ -118,5 +123,23 @@ mod tests {
             "b3: 0 is a sampling decision only"
         );
         assert!(extract(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn ids_are_hex_digits_only() {
+        // Found by fuzzing (fuzz/fuzz_targets/trace_context.rs): a leading
+        // `+` passed `from_str_radix`, so `+0f067aa0ba902b7` read as span
+        // 00f067aa0ba902b7.
+        assert!(extract(&headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "+0f067aa0ba902b7"),
+        ]))
+        .is_none());
+        assert!(extract(&headers(&[(
+            "b3",
+            "+0f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1"
+        )]))
+        .is_none());
+        assert!(extract(&headers(&[("b3", "+4fe8b2a57d3eff7-e457b5a2e4d86bd1")])).is_none());
     }
 }

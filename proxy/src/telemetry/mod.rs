@@ -229,7 +229,7 @@ impl Telemetry {
 }
 
 /// The caller's trace context: W3C `traceparent`, else B3.
-fn extract(headers: &HeaderMap) -> Option<SpanContext> {
+pub(crate) fn extract(headers: &HeaderMap) -> Option<SpanContext> {
     SpanContext::from_traceparent(headers).or_else(|| b3::extract(headers))
 }
 
