@@ -55,6 +55,15 @@ async fn check_status(consul: &Consul, id: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The output of the instance's TTL check (the sidecar's probe note).
+async fn check_output(consul: &Consul, id: &str) -> String {
+    let checks = agent_json(consul, "/v1/agent/checks").await;
+    checks[format!("tether:{id}")]["Output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn is_passing(consul: &Consul, id: &str) -> bool {
     check_status(consul, id).await.as_deref() == Some("passing")
 }
@@ -107,7 +116,12 @@ async fn the_proxy_registers_with_tags_meta_and_a_passing_check() {
     app.set(|b| b.status = 503);
     assert_eventually!(
         Duration::from_secs(15),
-        || is_critical(&consul, "api-1"),
+        || async {
+            is_critical(&consul, "api-1").await
+                && check_output(&consul, "api-1")
+                    .await
+                    .contains("answered 503")
+        },
         "the check did not follow the app's 503; log:\n{}",
         proxy.log()
     );
@@ -162,7 +176,7 @@ async fn sigterm_deregisters_first_and_serves_during_the_grace_period() {
     let app = Backend::start("app").await;
     let mut proxy = registering(app.addr, &consul.url(), "api-3")
         .arg("--deregister-grace")
-        .arg("5s")
+        .arg("8s")
         .start()
         .await;
     assert_eventually!(
