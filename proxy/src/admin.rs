@@ -1,4 +1,5 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`.
+//! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`,
+//! `/app-health`.
 //! Loopback by default; it reveals topology, so never expose it publicly.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use crate::body::{Body, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
+use crate::registration::AppProbe;
 use crate::request_metrics::RequestMetrics;
 use crate::state::MeshState;
 
@@ -21,6 +23,7 @@ pub struct Admin {
     applier: Applier,
     identity: Option<Arc<MeshIdentity>>,
     draining: Arc<AtomicBool>,
+    app_probe: Option<AppProbe>,
 }
 
 impl Admin {
@@ -38,7 +41,14 @@ impl Admin {
             applier,
             identity,
             draining,
+            app_probe: None,
         }
+    }
+
+    /// Serves `/app-health` from `probe`.
+    pub fn with_app_probe(mut self, probe: AppProbe) -> Self {
+        self.app_probe = Some(probe);
+        self
     }
 
     /// Serves one admin request.
@@ -62,9 +72,10 @@ impl Admin {
             }
             "/config" => self.config(),
             "/endpoints" => json(&self.endpoints()),
+            "/app-health" => self.app_health().await,
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown admin path; try /live /ready /metrics /config /endpoints\n",
+                "unknown admin path; try /live /ready /metrics /config /endpoints /app-health\n",
             ),
         }
     }
@@ -85,6 +96,23 @@ impl Admin {
         } else {
             text(StatusCode::OK, "ready\n")
         }
+    }
+
+    /// Probes the app now: 200 when healthy, 503 otherwise; the body says
+    /// what was tried.
+    async fn app_health(&self) -> Rsp {
+        let Some(probe) = &self.app_probe else {
+            return text(StatusCode::NOT_FOUND, "no app probe configured\n");
+        };
+        let health = probe.probe().await;
+        let status = if health.healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let mut response = text(status, "");
+        *response.body_mut() = Body::full(format!("{}\n", health.note));
+        response
     }
 
     /// The snapshot in force, plus the identity (never the key).

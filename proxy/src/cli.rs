@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ProxyConfig, SnapshotSource};
 use crate::identity::{IdentityFiles, IdentitySource, IssuanceSettings};
+use crate::registration::RegistrationSettings;
 use crate::transport::ServerSettings;
 
 /// Tether's sidecar proxy.
@@ -244,11 +245,60 @@ pub struct ProxyArgs {
     /// Log format.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The app's health path (e.g. /healthz), probed with GET (2xx is
+    /// healthy) for /app-health and the Consul check; default: a TCP connect.
+    #[arg(long, env = "TETHER_APP_HEALTH_PATH")]
+    pub app_health_path: Option<http::uri::PathAndQuery>,
+    /// Register this instance with the local Consul agent's HTTP API, e.g.
+    /// http://127.0.0.1:8500 (needs --service).
+    #[arg(long, env = "TETHER_CONSUL_AGENT")]
+    pub consul_agent: Option<String>,
+    /// Consul ACL token for the registration (X-Consul-Token).
+    #[arg(long, env = "TETHER_CONSUL_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// Instance id in Consul (default: --proxy-id when given, else SERVICE-HOSTNAME).
+    #[arg(long, env = "TETHER_CONSUL_SERVICE_ID")]
+    pub consul_service_id: Option<String>,
+    /// Address registered in Consul (default: the inbound listener's
+    /// address, or for 0.0.0.0 the host's first non-loopback IPv4).
+    #[arg(long, env = "TETHER_CONSUL_SERVICE_ADDRESS")]
+    pub consul_service_address: Option<String>,
+    /// Tags registered in Consul (comma-separated).
+    #[arg(long, env = "TETHER_CONSUL_TAGS", value_delimiter = ',')]
+    pub consul_tags: Vec<String>,
+    /// Metadata registered in Consul (comma-separated KEY=VALUE).
+    #[arg(long, env = "TETHER_CONSUL_META", value_delimiter = ',', value_parser = parse_meta)]
+    pub consul_meta: Vec<(String, String)>,
+    /// How often the app is probed and the Consul TTL check updated (TTL:
+    /// three times this).
+    #[arg(long, env = "TETHER_CONSUL_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub consul_check_interval: Duration,
+    /// On SIGTERM with --consul-agent: deregister, then keep serving this
+    /// long while the change reaches the other sidecars, then drain.
+    #[arg(long, env = "TETHER_DEREGISTER_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub deregister_grace: Duration,
     /// Threads that serve traffic (default: one per available CPU). `1`
     /// runs everything on one thread, with no cross-thread hand-offs: the
     /// cheapest setting for a sidecar with a small CPU limit.
     #[arg(long, env = "TETHER_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+}
+
+/// `KEY=VALUE` of `--consul-meta`.
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}`: expected KEY=VALUE")),
+    }
+}
+
+/// This host's name (a pod's name in Kubernetes), for default instance ids.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 /// Log output format.
@@ -323,9 +373,40 @@ impl ProxyArgs {
         }
     }
 
+    /// The Consul registration, with --consul-agent.
+    fn registration(&self) -> Result<Option<RegistrationSettings>, UsageError> {
+        let Some(agent_url) = &self.consul_agent else {
+            return Ok(None);
+        };
+        let service = self.service.clone().ok_or_else(|| {
+            UsageError("--consul-agent needs --service NAME (the name to register)".into())
+        })?;
+        let id = self
+            .consul_service_id
+            .clone()
+            .or_else(|| self.proxy_id.clone())
+            .unwrap_or_else(|| match hostname() {
+                Some(host) => format!("{service}-{host}"),
+                None => format!("{service}-{}", std::process::id()),
+            });
+        Ok(Some(RegistrationSettings {
+            agent_url: agent_url.clone(),
+            token: self.consul_token.clone(),
+            service,
+            id,
+            address: self.consul_service_address.clone(),
+            inbound: self.inbound,
+            tags: self.consul_tags.clone(),
+            meta: self.consul_meta.iter().cloned().collect(),
+            check_interval: self.consul_check_interval,
+            deregister_grace: self.deregister_grace,
+        }))
+    }
+
     /// The proxy configuration these flags describe.
     pub fn into_config(self) -> Result<ProxyConfig, UsageError> {
         let identity = self.identity_source()?;
+        let registration = self.registration()?;
         let source = match (self.snapshot, self.control_plane) {
             (Some(path), _) => SnapshotSource::File {
                 path,
@@ -377,6 +458,8 @@ impl ProxyArgs {
             access_log: self.access_log,
             identity,
             inbound_permissive: self.inbound_permissive,
+            app_health_path: self.app_health_path,
+            registration,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 
 use crate::transport::ServerSettings;
 
@@ -54,4 +54,9 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// The app's health path, probed with `GET` (2xx is healthy); `None`
+    /// probes with a TCP connect. Behind `/app-health` and the Consul check.
+    pub app_health_path: Option<PathAndQuery>,
+    /// Register this instance with a local Consul agent.
+    pub registration: Option<crate::registration::RegistrationSettings>,
 }

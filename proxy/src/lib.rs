@@ -25,6 +25,7 @@ pub mod identity;
 pub mod inbound;
 pub mod observe;
 pub mod outbound;
+pub mod registration;
 pub mod request_metrics;
 pub mod resilience;
 pub mod state;

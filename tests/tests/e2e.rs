@@ -17,6 +17,7 @@ mod issuance;
 mod lifecycle;
 mod mtls;
 mod observability;
+mod registration;
 mod resilience;
 mod routing;
 mod tcp;

@@ -5,9 +5,11 @@
 //! outbound and inbound listeners; register the metric families; start the
 //! identity and load the first snapshot (which binds its tcp services'
 //! ports); only then spawn tasks — a taken port, a bad certificate or a bad
-//! snapshot stops the proxy before it serves anything. Shutdown: stop
-//! accepting, let in-flight requests and TCP streams finish up to the drain
-//! deadline, exit.
+//! snapshot stops the proxy before it serves anything. With a Consul agent,
+//! the instance is registered once the listeners serve. Shutdown:
+//! deregister from Consul and keep serving for the grace period (only with
+//! a Consul agent), then stop accepting, let in-flight requests and TCP
+//! streams finish up to the drain deadline, exit.
 
 mod families;
 mod serve;
@@ -32,6 +34,7 @@ use crate::config::{ProxyConfig, SnapshotSource};
 use crate::control_client::{ControlClientError, ControlPlaneClient};
 use crate::discovery::{self, load_file, watch_file, Applier, SnapshotError};
 use crate::identity::{self, IdentityError, IdentitySource, MeshIdentity};
+use crate::registration::{AgentUrlError, AppProbe, Registration};
 use crate::state::MeshState;
 use crate::tcp::{TcpListeners, TcpSettings};
 use crate::telemetry::{self, Telemetry};
@@ -55,6 +58,9 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The Consul agent URL is unusable.
+    #[error(transparent)]
+    Registration(#[from] AgentUrlError),
 }
 
 impl RunError {
@@ -62,7 +68,10 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Snapshot(SnapshotError::Listen(_)) => 1,
-            RunError::Snapshot(_) | RunError::Identity(_) | RunError::ControlPlane(_) => 2,
+            RunError::Snapshot(_)
+            | RunError::Identity(_)
+            | RunError::ControlPlane(_)
+            | RunError::Registration(_) => 2,
             RunError::Bind(_) | RunError::Signals(_) => 1,
         }
     }
@@ -89,6 +98,16 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     .with_tcp(Arc::clone(&tcp));
     let source = first_snapshot(&config, &applier, identity.as_ref(), &families).await?;
     let inbound_tls = inbound_tls(&config, identity.as_deref(), &families)?;
+    let probe = AppProbe::new(
+        config.app.clone(),
+        config.app_health_path.clone(),
+        config.app_http2,
+    );
+    let mut registration = config
+        .registration
+        .as_ref()
+        .map(|settings| Registration::new(settings, probe.clone()))
+        .transpose()?;
     let mut signals = Signals::install().map_err(RunError::Signals)?;
 
     // 3. Serve: from here on tasks run.
@@ -103,7 +122,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         applier,
         identity,
         Arc::clone(&draining),
-    );
+    )
+    .with_app_probe(probe);
     let admin_server = serve_admin(listeners.admin, &config, &families, admin);
     let mut servers = Servers::default();
     serve_outbound(&mut servers, listeners.outbound, &config, &core, &families);
@@ -124,14 +144,32 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         mtls = config.identity.is_some(),
         "tether-proxy serving"
     );
+    if let Some(registration) = &mut registration {
+        registration.start();
+    }
 
     // 4. Shutdown.
     let signal = signals.recv().await;
     tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
+    if let Some(registration) = &mut registration {
+        leave_consul(registration, &mut signals).await;
+    }
     drain(servers, &tcp, config.drain_timeout).await;
     drop(admin_server);
     Ok(())
+}
+
+/// Deregisters, then keeps serving for the grace period while the change
+/// reaches the other sidecars (a second signal cuts it short).
+async fn leave_consul(registration: &mut Registration, signals: &mut Signals) {
+    registration.deregister().await;
+    let grace = registration.grace();
+    tracing::info!(?grace, "serving on while the deregistration propagates");
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {}
+        signal = signals.recv() => tracing::info!(signal, "second signal: grace period cut short"),
+    }
 }
 
 /// The HTTP listeners, bound.
