@@ -1,5 +1,6 @@
-//! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`.
-//! Loopback by default; it reveals topology, so never expose it publicly.
+//! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`,
+//! and `POST /shutdown`. Loopback by default; it reveals topology and lets
+//! anyone who reaches it stop the proxy, so never expose it publicly.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
+use crate::app::Shutdown;
 use crate::body::{Body, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
@@ -21,6 +23,8 @@ pub struct Admin {
     applier: Applier,
     identity: Option<Arc<MeshIdentity>>,
     draining: Arc<AtomicBool>,
+    /// What `POST /shutdown` fires; without one it answers 404.
+    shutdown: Option<Shutdown>,
 }
 
 impl Admin {
@@ -38,11 +42,21 @@ impl Admin {
             applier,
             identity,
             draining,
+            shutdown: None,
         }
+    }
+
+    /// Lets `POST /shutdown` fire `shutdown` (a graceful drain, as SIGTERM).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// Serves one admin request.
     pub async fn handle(&self, request: Req) -> Rsp {
+        if request.uri().path() == "/shutdown" {
+            return self.shutdown(request.method());
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -64,9 +78,30 @@ impl Admin {
             "/endpoints" => json(&self.endpoints()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown admin path; try /live /ready /metrics /config /endpoints\n",
+                "unknown admin path; try /live /ready /metrics /config /endpoints /shutdown\n",
             ),
         }
+    }
+
+    /// `POST /shutdown`: starts the drain and answers at once; the drain
+    /// itself takes up to the drain timeout.
+    fn shutdown(&self, method: &Method) -> Rsp {
+        let Some(shutdown) = &self.shutdown else {
+            return text(StatusCode::NOT_FOUND, "shutdown is not available here\n");
+        };
+        if method != Method::POST {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/shutdown answers POST only\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        tracing::info!("POST /shutdown: stopping");
+        shutdown.trigger("POST /shutdown");
+        text(StatusCode::ACCEPTED, "shutting down: draining\n")
     }
 
     fn ready(&self) -> Rsp {

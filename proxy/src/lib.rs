@@ -25,6 +25,7 @@ pub mod observe;
 pub mod outbound;
 pub mod request_metrics;
 pub mod resilience;
+pub mod run_mode;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;

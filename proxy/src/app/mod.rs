@@ -11,6 +11,7 @@
 
 mod families;
 mod serve;
+mod shutdown;
 mod signals;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use tracing::Instrument;
 
 use self::families::Families;
 use self::serve::{drain, serve_admin, serve_inbound, serve_outbound};
+pub use self::shutdown::{Lifecycle, Shutdown};
 use self::signals::Signals;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -68,8 +70,14 @@ impl RunError {
     }
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+/// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains
+/// and returns.
 pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
+    run_with(config, Lifecycle::standalone()).await
+}
+
+/// Runs the proxy until `lifecycle` says stop, then drains and returns.
+pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), RunError> {
     // 1. Every listener first: a taken port stops start-up. (The tcp
     //    services' ports are bound with the first snapshot, below.)
     let listeners = Listeners::bind(&config).await?;
@@ -89,7 +97,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     .with_tcp(Arc::clone(&tcp));
     let source = first_snapshot(&config, &applier, identity.as_ref(), &families).await?;
     let inbound_tls = inbound_tls(&config, identity.as_deref(), &families)?;
-    let mut signals = Signals::install().map_err(RunError::Signals)?;
+    let mut signals = if lifecycle.signals {
+        Some(Signals::install().map_err(RunError::Signals)?)
+    } else {
+        None
+    };
 
     // 3. Serve: from here on tasks run.
     tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
@@ -103,7 +115,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         applier,
         identity,
         Arc::clone(&draining),
-    );
+    )
+    .with_shutdown(lifecycle.admin_shutdown.clone());
     let admin_server = serve_admin(listeners.admin, &config, &families, admin);
     let mut servers = Servers::default();
     serve_outbound(&mut servers, listeners.outbound, &config, &core, &families);
@@ -126,8 +139,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     );
 
     // 4. Shutdown.
-    let signal = signals.recv().await;
-    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
+    let signal = tokio::select! {
+        signal = signals::first(signals.as_mut()) => signal,
+        reason = lifecycle.drain.requested() => reason,
+    };
+    tracing::info!(reason = signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
     drain(servers, &tcp, config.drain_timeout).await;
     drop(admin_server);
