@@ -19,5 +19,6 @@ mod mtls;
 mod observability;
 mod resilience;
 mod routing;
+mod run_mode;
 mod tcp;
 mod tracing;
