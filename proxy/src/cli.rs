@@ -40,7 +40,7 @@ pub enum Command {
     /// Run the proxy and, once it is ready, an app beside it: signals go to
     /// the app; when it exits the proxy drains and the exit code is the app's
     /// (for batch jobs with a sidecar).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// `tether-proxy run [PROXY FLAGS] -- CMD ARGS...`.

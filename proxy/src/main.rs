@@ -14,13 +14,16 @@ fn main() -> ExitCode {
     let (proxy, run) = match cli.command {
         Some(Command::Init(args)) => return ExitCode::from(tether_proxy::cli::init(&args)),
         Some(Command::WaitReady(args)) => return wait_ready_main(cli.proxy.worker_threads, &args),
-        Some(Command::Run(args)) => (
-            args.proxy,
-            Some(RunSettings {
-                command: args.command,
-                ready_timeout: args.ready_timeout,
-            }),
-        ),
+        Some(Command::Run(args)) => {
+            let args = *args;
+            (
+                args.proxy,
+                Some(RunSettings {
+                    command: args.command,
+                    ready_timeout: args.ready_timeout,
+                }),
+            )
+        }
         None => (cli.proxy, None),
     };
     let runtime = match runtime(proxy.worker_threads) {
