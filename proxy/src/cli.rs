@@ -198,7 +198,8 @@ pub struct ProxyArgs {
     /// How often to check the snapshot file for edits.
     #[arg(long, env = "TETHER_SNAPSHOT_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub snapshot_poll_interval: Duration,
-    /// Admin listener (/live /ready /metrics /config /endpoints).
+    /// Admin listener (/live /ready /metrics /config /endpoints, POST
+    /// /shutdown); anyone who reaches it can stop the proxy.
     #[arg(long, env = "TETHER_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
     /// Outbound listener: the app sends its mesh requests here.

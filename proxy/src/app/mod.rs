@@ -1,5 +1,5 @@
 //! The composition root: builds the proxy from its configuration, serves
-//! until a signal, drains.
+//! until a signal or a shutdown request, drains.
 //!
 //! [`run`] reads top to bottom as the start-up order: bind the admin,
 //! outbound and inbound listeners; register the metric families; start the
@@ -139,11 +139,11 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
     );
 
     // 4. Shutdown.
-    let signal = tokio::select! {
+    let reason = tokio::select! {
         signal = signals::first(signals.as_mut()) => signal,
         reason = lifecycle.drain.requested() => reason,
     };
-    tracing::info!(reason = signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
+    tracing::info!(reason, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
     drain(servers, &tcp, config.drain_timeout).await;
     drop(admin_server);
