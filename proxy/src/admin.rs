@@ -1,6 +1,7 @@
 //! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`,
-//! `/app-health`.
-//! Loopback by default; it reveals topology, so never expose it publicly.
+//! `/app-health` and `POST /shutdown`. Loopback by default; it reveals
+//! topology and lets anyone who reaches it stop the proxy, so never expose
+//! it publicly.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
+use crate::app::Shutdown;
 use crate::body::{Body, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
@@ -24,6 +26,8 @@ pub struct Admin {
     identity: Option<Arc<MeshIdentity>>,
     draining: Arc<AtomicBool>,
     app_probe: Option<AppProbe>,
+    /// What `POST /shutdown` fires; without one it answers 404.
+    shutdown: Option<Shutdown>,
 }
 
 impl Admin {
@@ -42,6 +46,7 @@ impl Admin {
             identity,
             draining,
             app_probe: None,
+            shutdown: None,
         }
     }
 
@@ -51,8 +56,17 @@ impl Admin {
         self
     }
 
+    /// Lets `POST /shutdown` fire `shutdown` (a graceful drain, as SIGTERM).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
     /// Serves one admin request.
     pub async fn handle(&self, request: Req) -> Rsp {
+        if request.uri().path() == "/shutdown" {
+            return self.shutdown(request.method());
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -75,9 +89,30 @@ impl Admin {
             "/app-health" => self.app_health().await,
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown admin path; try /live /ready /metrics /config /endpoints /app-health\n",
+                "unknown admin path; try /live /ready /metrics /config /endpoints /app-health /shutdown\n",
             ),
         }
+    }
+
+    /// `POST /shutdown`: starts the drain and answers at once; the drain
+    /// itself takes up to the drain timeout.
+    fn shutdown(&self, method: &Method) -> Rsp {
+        let Some(shutdown) = &self.shutdown else {
+            return text(StatusCode::NOT_FOUND, "shutdown is not available here\n");
+        };
+        if method != Method::POST {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/shutdown answers POST only\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        tracing::info!("POST /shutdown: stopping");
+        shutdown.trigger("POST /shutdown");
+        text(StatusCode::ACCEPTED, "shutting down: draining\n")
     }
 
     fn ready(&self) -> Rsp {

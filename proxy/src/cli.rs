@@ -1,6 +1,7 @@
 //! Command line. Every flag can also be set as a `TETHER_*` environment
 //! variable; flags win.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,25 @@ pub enum Command {
     /// Write the transparent-capture nat rules into this network namespace
     /// (run once, as root with NET_ADMIN, in an init container).
     Init(InitArgs),
+    /// Run the proxy and, once it is ready, an app beside it: signals go to
+    /// the app; when it exits the proxy drains and the exit code is the app's
+    /// (for batch jobs with a sidecar).
+    Run(Box<RunArgs>),
+}
+
+/// `tether-proxy run [PROXY FLAGS] -- CMD ARGS...`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Proxy flags, as without `run`.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Give up on the proxy becoming ready after this long: the app is not
+    /// started and the exit code is 1.
+    #[arg(long, env = "TETHER_READY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+    /// The app: a program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 /// `tether-proxy init`: see docs/deploy.md for the rules it writes.
@@ -179,7 +199,8 @@ pub struct ProxyArgs {
     /// How often to check the snapshot file for edits.
     #[arg(long, env = "TETHER_SNAPSHOT_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub snapshot_poll_interval: Duration,
-    /// Admin listener (/live /ready /metrics /config /endpoints).
+    /// Admin listener (/live /ready /metrics /config /endpoints, POST
+    /// /shutdown); anyone who reaches it can stop the proxy.
     #[arg(long, env = "TETHER_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
     /// Outbound listener: the app sends its mesh requests here.

@@ -1,7 +1,8 @@
 //! `tether-proxy`: Tether's sidecar.
 //!
 //! [`run`] (in [`app`], the composition root) builds the proxy from its
-//! configuration, serves until SIGTERM or SIGINT and drains.
+//! configuration, serves until SIGTERM, SIGINT or `POST /shutdown` and
+//! drains; [`run_mode`] runs an app beside it (`tether-proxy run`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -28,6 +29,7 @@ pub mod outbound;
 pub mod registration;
 pub mod request_metrics;
 pub mod resilience;
+pub mod run_mode;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;

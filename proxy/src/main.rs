@@ -1,42 +1,46 @@
-//! `tether-proxy` binary: parses flags, sets up logging, runs the proxy.
+//! `tether-proxy` binary: parses flags, sets up logging, runs the proxy
+//! (alone, or with an app under `run`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use tether_proxy::cli::{wait_ready, Cli, Command, LogFormat};
+use tether_proxy::cli::{wait_ready, Cli, Command, LogFormat, WaitReadyArgs};
+use tether_proxy::run_mode::RunSettings;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Init(args)) = &cli.command {
-        return ExitCode::from(tether_proxy::cli::init(args));
-    }
-    let runtime = match runtime(cli.proxy.worker_threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tether-proxy: cannot start the runtime: {error}");
-            return ExitCode::from(1);
+    // `run` takes the proxy flags after its name, plain mode before it.
+    let (proxy, run) = match cli.command {
+        Some(Command::Init(args)) => return ExitCode::from(tether_proxy::cli::init(&args)),
+        Some(Command::WaitReady(args)) => return wait_ready_main(cli.proxy.worker_threads, &args),
+        Some(Command::Run(args)) => {
+            let args = *args;
+            (
+                args.proxy,
+                Some(RunSettings {
+                    command: args.command,
+                    ready_timeout: args.ready_timeout,
+                }),
+            )
         }
+        None => (cli.proxy, None),
     };
-    if let Some(Command::WaitReady(args)) = &cli.command {
-        return if runtime.block_on(wait_ready(args)) {
-            ExitCode::SUCCESS
-        } else {
-            eprintln!(
-                "tether-proxy: {} did not become ready within {:?}",
-                args.admin, args.timeout
-            );
-            ExitCode::from(1)
-        };
-    }
-    init_logging(cli.proxy.log_format);
-    let config = match cli.proxy.into_config() {
+    let runtime = match runtime(proxy.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(error) => return runtime_failed(&error),
+    };
+    init_logging(proxy.log_format);
+    let config = match proxy.into_config() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("tether-proxy: {error}");
             return ExitCode::from(2);
         }
     };
+    if let Some(settings) = run {
+        return ExitCode::from(runtime.block_on(tether_proxy::run_mode::run(config, settings)));
+    }
     match runtime.block_on(tether_proxy::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -45,6 +49,28 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// `tether-proxy wait-ready`: 0 once ready, 1 on timeout.
+fn wait_ready_main(threads: Option<u16>, args: &WaitReadyArgs) -> ExitCode {
+    let runtime = match runtime(threads) {
+        Ok(runtime) => runtime,
+        Err(error) => return runtime_failed(&error),
+    };
+    if runtime.block_on(wait_ready(args)) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "tether-proxy: {} did not become ready within {:?}",
+            args.admin, args.timeout
+        );
+        ExitCode::from(1)
+    }
+}
+
+fn runtime_failed(error: &std::io::Error) -> ExitCode {
+    eprintln!("tether-proxy: cannot start the runtime: {error}");
+    ExitCode::from(1)
 }
 
 /// The async runtime: one thread runs a current-thread runtime (no work

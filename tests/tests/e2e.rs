@@ -20,5 +20,6 @@ mod observability;
 mod registration;
 mod resilience;
 mod routing;
+mod run_mode;
 mod tcp;
 mod tracing;

@@ -1,5 +1,5 @@
 //! The composition root: builds the proxy from its configuration, serves
-//! until a signal, drains.
+//! until a signal or a shutdown request, drains.
 //!
 //! [`run`] reads top to bottom as the start-up order: bind the admin,
 //! outbound and inbound listeners; register the metric families; start the
@@ -13,6 +13,7 @@
 
 mod families;
 mod serve;
+mod shutdown;
 mod signals;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use tracing::Instrument;
 
 use self::families::Families;
 use self::serve::{drain, serve_admin, serve_inbound, serve_outbound};
+pub use self::shutdown::{Lifecycle, Shutdown};
 use self::signals::Signals;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -77,8 +79,14 @@ impl RunError {
     }
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+/// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains
+/// and returns.
 pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
+    run_with(config, Lifecycle::standalone()).await
+}
+
+/// Runs the proxy until `lifecycle` says stop, then drains and returns.
+pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), RunError> {
     // 1. Every listener first: a taken port stops start-up. (The tcp
     //    services' ports are bound with the first snapshot, below.)
     let listeners = Listeners::bind(&config).await?;
@@ -108,7 +116,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         .as_ref()
         .map(|settings| Registration::new(settings, probe.clone()))
         .transpose()?;
-    let mut signals = Signals::install().map_err(RunError::Signals)?;
+    let mut signals = if lifecycle.signals {
+        Some(Signals::install().map_err(RunError::Signals)?)
+    } else {
+        None
+    };
 
     // 3. Serve: from here on tasks run.
     tokio::spawn(source.instrument(tracing::info_span!("snapshot_source")));
@@ -123,7 +135,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
         identity,
         Arc::clone(&draining),
     )
-    .with_app_probe(probe);
+    .with_app_probe(probe)
+    .with_shutdown(lifecycle.admin_shutdown.clone());
     let admin_server = serve_admin(listeners.admin, &config, &families, admin);
     let mut servers = Servers::default();
     serve_outbound(&mut servers, listeners.outbound, &config, &core, &families);
@@ -149,11 +162,14 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
     }
 
     // 4. Shutdown.
-    let signal = signals.recv().await;
-    tracing::info!(signal, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
+    let reason = tokio::select! {
+        signal = signals::first(signals.as_mut()) => signal,
+        reason = lifecycle.drain.requested() => reason,
+    };
+    tracing::info!(reason, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
     if let Some(registration) = &mut registration {
-        leave_consul(registration, &mut signals).await;
+        leave_consul(registration, signals.as_mut()).await;
     }
     drain(servers, &tcp, config.drain_timeout).await;
     drop(admin_server);
@@ -162,13 +178,13 @@ pub async fn run(config: ProxyConfig) -> Result<(), RunError> {
 
 /// Deregisters, then keeps serving for the grace period while the change
 /// reaches the other sidecars (a second signal cuts it short).
-async fn leave_consul(registration: &mut Registration, signals: &mut Signals) {
+async fn leave_consul(registration: &mut Registration, signals: Option<&mut Signals>) {
     registration.deregister().await;
     let grace = registration.grace();
     tracing::info!(?grace, "serving on while the deregistration propagates");
     tokio::select! {
         () = tokio::time::sleep(grace) => {}
-        signal = signals.recv() => tracing::info!(signal, "second signal: grace period cut short"),
+        signal = signals::first(signals) => tracing::info!(signal, "second signal: grace period cut short"),
     }
 }
 

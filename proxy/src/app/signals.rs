@@ -24,3 +24,11 @@ impl Signals {
         }
     }
 }
+
+/// The first signal of `signals`; never resolves without handlers.
+pub(super) async fn first(signals: Option<&mut Signals>) -> &'static str {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
+    }
+}
