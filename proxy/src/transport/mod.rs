@@ -10,7 +10,7 @@ mod stream;
 
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
 pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
-pub use pool::{ClientError, EndpointPool, PoolSettings, PoolSlot, MAX_IDLE_PER_ENDPOINT};
+pub use pool::{ClientError, EndpointPool, PoolSettings, MAX_IDLE_PER_ENDPOINT};
 pub use pool_factory::{ConnectionSettings, PoolFactory};
 pub use server::{
     accept, bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers,
