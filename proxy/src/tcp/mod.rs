@@ -10,7 +10,7 @@
 //!                         plaintext mesh: the PREAMBLE instead            (outbound.rs)
 //!             → relay     copy both ways, half-close passed on             (relay.rs)
 //! inbound   peer ─► inbound listener (transport::server)
-//!             → classify  ALPN `tether-tcp`, or the plaintext PREAMBLE     (preamble.rs)
+//!             → classify  ALPN `tether-tcp`, or the plaintext PREAMBLE (transport/preamble.rs)
 //!             → authorize the caller's SPIFFE ID against L4 rules
 //!             → connect   the local app (--app)
 //!             → relay                                                      (inbound.rs)
@@ -24,7 +24,6 @@
 mod inbound;
 mod listeners;
 mod outbound;
-pub mod preamble;
 mod relay;
 mod stream_metrics;
 

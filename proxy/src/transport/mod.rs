@@ -5,6 +5,7 @@ mod connector;
 mod listener_metrics;
 mod pool;
 mod pool_factory;
+pub mod preamble;
 mod server;
 mod stream;
 
