@@ -27,6 +27,7 @@ pub mod request_metrics;
 pub mod resilience;
 pub mod state;
 pub mod tcp;
+pub mod tcp_metrics;
 pub mod telemetry;
 pub mod transport;
 

@@ -25,13 +25,11 @@ mod inbound;
 mod listeners;
 mod outbound;
 mod relay;
-mod stream_metrics;
 
 use std::sync::Arc;
 
 pub use inbound::TcpInbound;
 pub use listeners::{Reconcile, TcpBindError, TcpListeners, TcpSettings};
-pub use stream_metrics::{OpenStream, TcpFamilies, TcpMetrics};
 
 use crate::identity::{IdentityError, MeshIdentity};
 use crate::transport::TlsTarget;
