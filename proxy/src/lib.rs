@@ -23,6 +23,7 @@ pub mod identity;
 pub mod inbound;
 pub mod observe;
 pub mod outbound;
+pub mod renewal;
 pub mod request_metrics;
 pub mod resilience;
 pub mod state;

@@ -329,7 +329,7 @@ fn spawn_identity_tasks(
                 settings.bundle_reload_interval,
             );
             tokio::spawn(watch.instrument(tracing::info_span!("trust_bundle_file")));
-            let issuance = identity::issuance::run(
+            let issuance = crate::renewal::run(
                 Arc::clone(identity),
                 settings.clone(),
                 families.identity.clone(),
