@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, PUBLIC_MODE, SECRET_MODE};
-use crate::spiffe::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 use crate::x509::{cert_info, certs_from_pem, spiffe_id_of};
 
 /// File name of an identity's certificate chain in a state directory.

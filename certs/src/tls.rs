@@ -10,7 +10,7 @@ use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::error::Result;
-use crate::spiffe::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 use crate::store::IdentityStore;
 use crate::verify::{MeshClientVerifier, MeshServerVerifier};
 
