@@ -126,7 +126,7 @@ impl Identity {
             .filter(|(i, c)| *i == 0 || cert_info(c).map(|ci| !ci.self_issued).unwrap_or(true))
             .map(|(_, c)| c.clone())
             .collect();
-        let provider = crate::tls::provider();
+        let provider = crate::provider::provider();
         let signing_key = provider
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(key_der.clone_key()))

@@ -20,6 +20,7 @@ mod ca;
 mod error;
 mod fsutil;
 mod identity;
+mod provider;
 mod spiffe;
 mod spiffe_id;
 mod store;

@@ -32,7 +32,7 @@ fn other(e: Error) -> rustls::Error {
 }
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
-    crate::tls::provider().signature_verification_algorithms
+    crate::provider::provider().signature_verification_algorithms
 }
 
 /// Verifies client chains against the store's current bundle (rustls'
