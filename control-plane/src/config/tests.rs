@@ -192,3 +192,13 @@ fn a_service_written_twice_is_refused_not_merged_over_nothing() {
         "the position is the mapping's, as for a duplicate field"
     );
 }
+
+#[test]
+fn usable_addresses_have_a_host_and_a_port() {
+    assert!(usable_address("127.0.0.1:80"));
+    assert!(usable_address("[fd00::1]:80"));
+    assert!(usable_address("api.internal:8080"));
+    assert!(!usable_address("127.0.0.1"));
+    assert!(!usable_address("not an address:80"));
+    assert!(!usable_address(""));
+}
