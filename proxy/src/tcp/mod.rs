@@ -44,6 +44,3 @@ pub fn tls_target(identity: &MeshIdentity, service: &str) -> Result<TlsTarget, I
     target.config = Arc::new(config);
     Ok(target)
 }
-
-#[cfg(test)]
-mod tests;

@@ -11,10 +11,10 @@ use tether_api::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{TcpListeners, TcpSettings};
-use crate::discovery::SnapshotMetrics;
-use crate::discovery::{build, build::unknown_metrics, Applier, SnapshotError};
+use super::SnapshotMetrics;
+use super::{build, build::unknown_metrics, Applier, SnapshotError};
 use crate::state::MeshState;
+use crate::tcp::{TcpListeners, TcpSettings};
 use crate::telemetry::ExportCounters;
 use crate::telemetry::{self, Telemetry};
 use crate::transport::preamble::PREAMBLE;
