@@ -2,6 +2,21 @@
 //!
 //! [`run`] (in [`app`], the composition root) builds the proxy from its
 //! configuration, serves until SIGTERM or SIGINT and drains.
+//!
+//! Module layers, lowest first: a module uses only modules of the layers
+//! below its own, never one above or beside it (`tests/module_graph.rs`
+//! fails on any cycle between top-level modules).
+//!
+//! 1. leaves: `authority`, `body`, `capture`, `request_metrics`
+//! 2. `transport`, `access_log`, `telemetry`
+//! 3. `balance`, `identity`, `tcp_metrics`
+//! 4. `errors`, `control_client`
+//! 5. `resilience`, `hop`, `observe`
+//! 6. `state`, `renewal`
+//! 7. `outbound`, `inbound`, `tcp`
+//! 8. `discovery`
+//! 9. `config`, `admin`
+//! 10. `app`, `cli`: the composition root and its flags
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
