@@ -15,7 +15,8 @@ use rustls_pki_types::CertificateDer;
 use crate::bundle::TrustBundle;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, PUBLIC_MODE, SECRET_MODE};
-use crate::spiffe::{validate_trust_domain, SpiffeId};
+use crate::spiffe::validate_trust_domain;
+use crate::spiffe_id::SpiffeId;
 use crate::x509::{cert_info, certs_from_pem, to_offset, to_pem};
 use crate::{random_bytes, CLOCK_SKEW};
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::spiffe::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 
 /// Result alias used throughout `tether-certs`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

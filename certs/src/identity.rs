@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, PUBLIC_MODE, SECRET_MODE};
-use crate::spiffe::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 use crate::x509::{cert_info, certs_from_pem, spiffe_id_of};
 
 /// File name of an identity's certificate chain in a state directory.
@@ -126,7 +126,7 @@ impl Identity {
             .filter(|(i, c)| *i == 0 || cert_info(c).map(|ci| !ci.self_issued).unwrap_or(true))
             .map(|(_, c)| c.clone())
             .collect();
-        let provider = crate::tls::provider();
+        let provider = crate::provider::provider();
         let signing_key = provider
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(key_der.clone_key()))

@@ -20,7 +20,9 @@ mod ca;
 mod error;
 mod fsutil;
 mod identity;
+mod provider;
 mod spiffe;
+mod spiffe_id;
 mod store;
 mod tls;
 mod token;
@@ -33,7 +35,8 @@ pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, IssuedCert, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_VALIDITY};
 pub use error::{find_identity_mismatch, Error, Result};
 pub use identity::{Identity, IdentityKey, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
-pub use spiffe::{validate_service_name, validate_trust_domain, SpiffeId};
+pub use spiffe::{validate_service_name, validate_trust_domain};
+pub use spiffe_id::SpiffeId;
 pub use store::IdentityStore;
 pub use tls::{
     client_config, server_config, ClientAuth, ClientConfigs, MESH_ALPN, MESH_SERVER_ALPN,

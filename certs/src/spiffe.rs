@@ -1,28 +1,15 @@
-//! SPIFFE identities of mesh services: `spiffe://<trust_domain>/service/<name>`.
+//! SPIFFE identities of mesh services: `spiffe://<trust_domain>/service/<name>`:
+//! building, parsing and the name checks. The type is in `spiffe_id`.
 
-use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::spiffe_id::{SpiffeId, SCHEME, SERVICE_PATH};
 
-/// The URI scheme of every SPIFFE ID.
-const SCHEME: &str = "spiffe://";
-/// The only path prefix Tether issues: one identity per service.
-const SERVICE_PATH: &str = "/service/";
 /// DNS label limit; service names double as DNS labels (`api.mesh`).
 const MAX_SERVICE_LEN: usize = 63;
 /// SPIFFE limits trust domains to 255 bytes.
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
-
-/// The identity of one mesh service, carried as the only URI SAN of its
-/// certificates.
-///
-/// `Display` and `FromStr` use the form `spiffe://<trust_domain>/service/<name>`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpiffeId {
-    trust_domain: String,
-    service: String,
-}
 
 impl SpiffeId {
     /// Builds the identity of service `name` in `trust_domain`, checking both.
@@ -35,22 +22,6 @@ impl SpiffeId {
         })
     }
 
-    /// The trust domain, e.g. `tether.local`.
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
-    }
-
-    /// The service name, e.g. `api`.
-    pub fn service_name(&self) -> &str {
-        &self.service
-    }
-
-    /// The URI of the trust domain itself (`spiffe://<trust_domain>`), which
-    /// the mesh root carries as its URI SAN.
-    pub fn trust_domain_uri(trust_domain: &str) -> String {
-        format!("{SCHEME}{trust_domain}")
-    }
-
     /// A TLS server name to dial this service with (`<service>.<trust_domain>`).
     ///
     /// Mesh verifiers never check DNS names, so this only fills SNI; it is
@@ -61,22 +32,6 @@ impl SpiffeId {
             domain: self.trust_domain.clone(),
             reason: "it does not form a DNS name with the service name",
         })
-    }
-}
-
-impl fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SCHEME}{}{SERVICE_PATH}{}",
-            self.trust_domain, self.service
-        )
-    }
-}
-
-impl fmt::Debug for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SpiffeId({self})")
     }
 }
 
@@ -122,12 +77,6 @@ impl FromStr for SpiffeId {
             trust_domain: td.to_owned(),
             service: name.to_owned(),
         })
-    }
-}
-
-impl serde::Serialize for SpiffeId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) struct TrustState {
 impl TrustState {
     fn build(bundle: TrustBundle) -> Result<Self> {
         let roots = bundle.root_store()?;
-        let provider = crate::tls::provider();
+        let provider = crate::provider::provider();
         let builder =
             || WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
         let verifier_err = |e: rustls::server::VerifierBuilderError| {

@@ -2,15 +2,15 @@
 //! trust read from an [`IdentityStore`] at handshake time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::Resumption;
-use rustls::crypto::CryptoProvider;
 use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::error::Result;
-use crate::spiffe::SpiffeId;
+use crate::provider::provider;
+use crate::spiffe_id::SpiffeId;
 use crate::store::IdentityStore;
 use crate::verify::{MeshClientVerifier, MeshServerVerifier};
 
@@ -34,16 +34,6 @@ pub enum ClientAuth {
     /// A client may connect without a certificate; one it does present must
     /// be valid. The caller must then treat the peer as unauthenticated.
     Optional,
-}
-
-/// The crypto provider every mesh config uses: rustls' ring provider,
-/// chosen explicitly so the process-wide default (possibly aws-lc, possibly
-/// unset) never matters.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
 }
 
 fn alpn(protocols: &[&[u8]]) -> Vec<Vec<u8>> {

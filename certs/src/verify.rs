@@ -11,7 +11,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::error::{Error, Result};
-use crate::spiffe::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 use crate::store::IdentityStore;
 use crate::x509::spiffe_id_of;
 
@@ -32,7 +32,7 @@ fn other(e: Error) -> rustls::Error {
 }
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
-    crate::tls::provider().signature_verification_algorithms
+    crate::provider::provider().signature_verification_algorithms
 }
 
 /// Verifies client chains against the store's current bundle (rustls'

@@ -10,7 +10,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
 use crate::error::{Error, Result};
-use crate::spiffe::SpiffeId;
+use crate::spiffe_id::SpiffeId;
 
 /// Parses every `CERTIFICATE` block in `pem`, in order. Errors if there is none.
 pub(crate) fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use crate::app::Shutdown;
 use crate::body::{Body, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
 use crate::registration::AppProbe;
 use crate::request_metrics::RequestMetrics;
+use crate::shutdown::Shutdown;
 use crate::state::MeshState;
 
 /// What the admin endpoints report on.

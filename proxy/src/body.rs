@@ -5,13 +5,13 @@
 //! allocation per request.
 
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-
-use crate::transport::PoolSlot;
+use hyper::client::conn::http1;
 
 /// A request inside the proxy.
 pub type Req = http::Request<Body>;
@@ -97,6 +97,45 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(body) | Body::Pooled(body, _) => body.size_hint(),
+        }
+    }
+}
+
+/// Where a [`PoolSlot`] returns its connection: the upstream pool
+/// (`transport::EndpointPool`), which sits above this module.
+pub trait ConnectionPool: Send + Sync {
+    /// Takes back an HTTP/1.1 connection whose response body was read to the end.
+    fn give_back(self: Arc<Self>, sender: http1::SendRequest<Body>);
+}
+
+/// An HTTP/1.1 connection lent to a response: back to its pool when the
+/// response body has been read to the end, closed otherwise.
+pub struct PoolSlot {
+    pool: Weak<dyn ConnectionPool>,
+    sender: Option<http1::SendRequest<Body>>,
+}
+
+impl std::fmt::Debug for PoolSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSlot")
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolSlot {
+    /// Lends `sender`, taken from `pool`, to one response.
+    pub fn new(pool: Weak<dyn ConnectionPool>, sender: http1::SendRequest<Body>) -> Self {
+        PoolSlot {
+            pool,
+            sender: Some(sender),
+        }
+    }
+
+    /// The response body is complete: the connection can serve again.
+    pub fn release(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.give_back(sender);
         }
     }
 }

@@ -32,7 +32,7 @@ pub fn resolve(state: &MeshState, request: &Request<()>) -> Result<Target, Proxy
 /// Snapshot metric families in a registry of their own, for `build`.
 pub fn snapshot_metrics() -> crate::discovery::SnapshotMetrics {
     let requests = crate::request_metrics::RequestMetrics::new();
-    let tcp = crate::tcp::TcpFamilies::register(requests.registry());
+    let tcp = crate::tcp_metrics::TcpFamilies::register(requests.registry());
     crate::discovery::SnapshotMetrics::register(&requests, tcp)
 }
 

@@ -3,6 +3,21 @@
 //! [`run`] (in [`app`], the composition root) builds the proxy from its
 //! configuration, serves until SIGTERM, SIGINT or `POST /shutdown` and
 //! drains; [`run_mode`] runs an app beside it (`tether-proxy run`).
+//!
+//! Module layers, lowest first: a module uses only modules of the layers
+//! below its own, never one above or beside it (`tests/module_graph.rs`
+//! fails on any cycle between top-level modules).
+//!
+//! 1. leaves: `authority`, `body`, `capture`, `request_metrics`, `shutdown`
+//! 2. `transport`, `access_log`, `telemetry`
+//! 3. `balance`, `identity`, `tcp_metrics`
+//! 4. `errors`, `control_client`
+//! 5. `resilience`, `hop`, `observe`
+//! 6. `state`, `renewal`, `registration`
+//! 7. `outbound`, `inbound`, `tcp`
+//! 8. `discovery`
+//! 9. `config`, `admin`
+//! 10. `app`, `cli`, `run_mode`: the composition root, its flags, the app runner
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -27,11 +42,14 @@ pub mod inbound;
 pub mod observe;
 pub mod outbound;
 pub mod registration;
+pub mod renewal;
 pub mod request_metrics;
 pub mod resilience;
 pub mod run_mode;
+pub mod shutdown;
 pub mod state;
 pub mod tcp;
+pub mod tcp_metrics;
 pub mod telemetry;
 pub mod transport;
 

@@ -45,14 +45,6 @@ impl CatalogState {
     }
 }
 
-/// Whether a proxy can connect to `address`: `host:port`, as proxies
-/// require (one unusable endpoint would make them refuse a whole snapshot).
-pub fn usable_address(address: &str) -> bool {
-    address
-        .parse::<http::uri::Authority>()
-        .is_ok_and(|a| a.port_u16().is_some())
-}
-
 /// A source of [`CatalogState`]s. Dropping it stops its watches.
 pub trait Catalog: Send + Sync {
     /// The current state now, and every change after it.
@@ -109,15 +101,5 @@ mod tests {
         assert_eq!(state.service_names().collect::<Vec<_>>(), vec!["api"]);
         assert_eq!(state.healthy("api")[0].weight, 3);
         assert!(state.healthy("web").is_empty());
-    }
-
-    #[test]
-    fn usable_addresses_have_a_host_and_a_port() {
-        assert!(usable_address("127.0.0.1:80"));
-        assert!(usable_address("[fd00::1]:80"));
-        assert!(usable_address("api.internal:8080"));
-        assert!(!usable_address("127.0.0.1"));
-        assert!(!usable_address("not an address:80"));
-        assert!(!usable_address(""));
     }
 }

@@ -295,5 +295,13 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     })
 }
 
+/// Whether a proxy can connect to `address`: `host:port`, as proxies
+/// require (one unusable endpoint would make them refuse a whole snapshot).
+pub fn usable_address(address: &str) -> bool {
+    address
+        .parse::<http::uri::Authority>()
+        .is_ok_and(|a| a.port_u16().is_some())
+}
+
 #[cfg(test)]
 mod tests;

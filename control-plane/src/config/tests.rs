@@ -208,3 +208,13 @@ fn authorization_methods_must_be_http_methods() {
         "{found:?}"
     );
 }
+
+#[test]
+fn usable_addresses_have_a_host_and_a_port() {
+    assert!(usable_address("127.0.0.1:80"));
+    assert!(usable_address("[fd00::1]:80"));
+    assert!(usable_address("api.internal:8080"));
+    assert!(!usable_address("127.0.0.1"));
+    assert!(!usable_address("not an address:80"));
+    assert!(!usable_address(""));
+}

@@ -214,7 +214,7 @@ pub fn static_service(problems: &mut Problems<'_>, name: &str, endpoints: &[Endp
     service_name(problems, &keys, name);
     for (i, endpoint) in endpoints.iter().enumerate() {
         let item = format!("[{i}]");
-        if !crate::catalog::usable_address(&endpoint.address) {
+        if !super::usable_address(&endpoint.address) {
             let at = [&keys[..], &[item.as_str(), "address"]].concat();
             problems.at(
                 &at,

@@ -7,7 +7,7 @@ use crate::access_log::AccessLog;
 use crate::discovery::SnapshotMetrics;
 use crate::identity::IdentityMetrics;
 use crate::request_metrics::RequestMetrics;
-use crate::tcp::TcpFamilies;
+use crate::tcp_metrics::TcpFamilies;
 use crate::telemetry::ExportCounters;
 use crate::transport::ListenerMetrics;
 

@@ -13,7 +13,7 @@
 
 mod families;
 mod serve;
-mod shutdown;
+
 mod signals;
 
 use std::future::Future;
@@ -28,7 +28,6 @@ use tracing::Instrument;
 
 use self::families::Families;
 use self::serve::{drain, serve_admin, serve_inbound, serve_outbound};
-pub use self::shutdown::{Lifecycle, Shutdown};
 use self::signals::Signals;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -37,6 +36,7 @@ use crate::control_client::{ControlClientError, ControlPlaneClient};
 use crate::discovery::{self, load_file, watch_file, Applier, SnapshotError};
 use crate::identity::{self, IdentityError, IdentitySource, MeshIdentity};
 use crate::registration::{AgentUrlError, AppProbe, Registration};
+pub use crate::shutdown::{Lifecycle, Shutdown};
 use crate::state::MeshState;
 use crate::tcp::{TcpListeners, TcpSettings};
 use crate::telemetry::{self, Telemetry};
@@ -383,7 +383,7 @@ fn spawn_identity_tasks(
                 settings.bundle_reload_interval,
             );
             tokio::spawn(watch.instrument(tracing::info_span!("trust_bundle_file")));
-            let issuance = identity::issuance::run(
+            let issuance = crate::renewal::run(
                 Arc::clone(identity),
                 settings.clone(),
                 families.identity.clone(),

@@ -14,6 +14,8 @@ mod compile;
 mod control_plane;
 pub(crate) mod file;
 mod snapshot_metrics;
+#[cfg(test)]
+mod tcp_tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 use prometheus::{IntCounter, IntGauge};
 
 use crate::request_metrics::{counter, gauge, Direction, RequestMetrics, ServiceMetrics};
-use crate::tcp::TcpFamilies;
+use crate::tcp_metrics::TcpFamilies;
 
 /// What discovery counts and the families it resolves per service.
 #[derive(Clone)]

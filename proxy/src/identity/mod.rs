@@ -117,7 +117,7 @@ impl MeshIdentity {
 
     /// Starts from `source`: loads the files (a missing or bad file is an
     /// error), or, for issuance, loads the bundle and works out the trust
-    /// domain; the certificate then comes from [`issuance::run`].
+    /// domain; the certificate then comes from `renewal::run`, above this module.
     pub fn start(
         source: &IdentitySource,
         metrics: IdentityMetrics,

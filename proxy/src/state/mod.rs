@@ -17,7 +17,7 @@ use tower::retry::budget::TpsBudget;
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::request_metrics::ServiceMetrics;
 use crate::resilience::{ConcurrencyLimiter, RetryPolicy};
-use crate::tcp::TcpMetrics;
+use crate::tcp_metrics::TcpMetrics;
 use crate::transport::{PoolFactory, TlsTarget};
 
 pub use authz::{AuthzPolicy, AuthzRule, PathPattern};

@@ -12,11 +12,11 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
 use super::relay::{relay, Outcome, StreamLog};
-use super::{TcpFamilies, TcpMetrics};
 use crate::access_log::AccessLog;
 use crate::errors::Reason;
 use crate::request_metrics::{Direction, RequestMetrics};
 use crate::state::MeshState;
+use crate::tcp_metrics::{TcpFamilies, TcpMetrics};
 use crate::transport::{Downstream, Peer, StreamHandler};
 
 /// Connecting to the local app takes longer than this only when it is

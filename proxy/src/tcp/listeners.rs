@@ -1,13 +1,14 @@
 //! The outbound TCP listeners: one per tcp service, on the outbound
 //! listener's IP and the service's `outbound_port`, following snapshots.
 //!
-//! Reconciliation runs inside [`crate::discovery::Applier::apply`]:
-//! [`TcpListeners::reconcile`] binds the new ports synchronously before the
-//! state is swapped (a port that cannot be bound refuses the snapshot, and
-//! nothing changes), [`Reconcile::commit`] starts their accept loops after
-//! it and stops the listeners of ports no longer wanted. A port in both
-//! snapshots keeps its listener and its connections; each accepted
-//! connection looks its service up by port in the state in force.
+//! Reconciliation runs inside the discovery applier (`discovery::Applier::apply`,
+//! a caller above this module): [`TcpListeners::reconcile`] binds the new
+//! ports synchronously before the state is swapped (a port that cannot be
+//! bound refuses the snapshot, and nothing changes), [`Reconcile::commit`]
+//! starts their accept loops after it and stops the listeners of ports no
+//! longer wanted. A port in both snapshots keeps its listener and its
+//! connections; each accepted connection looks its service up by port in
+//! the state in force.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

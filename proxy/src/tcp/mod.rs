@@ -10,7 +10,7 @@
 //!                         plaintext mesh: the PREAMBLE instead            (outbound.rs)
 //!             → relay     copy both ways, half-close passed on             (relay.rs)
 //! inbound   peer ─► inbound listener (transport::server)
-//!             → classify  ALPN `tether-tcp`, or the plaintext PREAMBLE     (preamble.rs)
+//!             → classify  ALPN `tether-tcp`, or the plaintext PREAMBLE (transport/preamble.rs)
 //!             → authorize the caller's SPIFFE ID against L4 rules
 //!             → connect   the local app (--app)
 //!             → relay                                                      (inbound.rs)
@@ -24,15 +24,12 @@
 mod inbound;
 mod listeners;
 mod outbound;
-pub mod preamble;
 mod relay;
-mod stream_metrics;
 
 use std::sync::Arc;
 
 pub use inbound::TcpInbound;
 pub use listeners::{Reconcile, TcpBindError, TcpListeners, TcpSettings};
-pub use stream_metrics::{OpenStream, TcpFamilies, TcpMetrics};
 
 use crate::identity::{IdentityError, MeshIdentity};
 use crate::transport::TlsTarget;
@@ -47,6 +44,3 @@ pub fn tls_target(identity: &MeshIdentity, service: &str) -> Result<TlsTarget, I
     target.config = Arc::new(config);
     Ok(target)
 }
-
-#[cfg(test)]
-mod tests;

@@ -9,7 +9,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::retry::budget::Budget;
 
-use super::preamble::PREAMBLE;
 use super::relay::{relay, Outcome, StreamLog};
 use crate::access_log::AccessLog;
 use crate::balance::{EndpointState, InFlight, PickError};
@@ -17,6 +16,7 @@ use crate::errors::{Reason, RetrySkip};
 use crate::request_metrics::Direction;
 use crate::resilience::RetryOn;
 use crate::state::{TcpService, UpstreamService};
+use crate::transport::preamble::PREAMBLE;
 use crate::transport::{tls_connect, MeshStream};
 
 /// Why no stream to an endpoint could be opened.

@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::TcpMetrics;
 use crate::access_log::{timestamp, AccessLog, TcpEntry};
 use crate::errors::Reason;
 use crate::request_metrics::Direction;
+use crate::tcp_metrics::TcpMetrics;
 use crate::transport::Counted;
 
 /// How a stream ended, for its log line.

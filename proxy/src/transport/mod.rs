@@ -5,12 +5,13 @@ mod connector;
 mod listener_metrics;
 mod pool;
 mod pool_factory;
+pub mod preamble;
 mod server;
 mod stream;
 
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
 pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
-pub use pool::{ClientError, EndpointPool, PoolSettings, PoolSlot, MAX_IDLE_PER_ENDPOINT};
+pub use pool::{ClientError, EndpointPool, PoolSettings, MAX_IDLE_PER_ENDPOINT};
 pub use pool_factory::{ConnectionSettings, PoolFactory};
 pub use server::{
     accept, bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers,

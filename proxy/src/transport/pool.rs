@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use super::connector::MeshConnector;
 use super::stream::UpstreamIo;
-use crate::body::Body;
+use crate::body::{Body, ConnectionPool, PoolSlot};
 
 /// Idle HTTP/1.1 connections kept per endpoint: enough for the concurrency
 /// of a busy app, few enough that a burst does not pin memory for long.
@@ -147,10 +147,8 @@ impl EndpointPool {
                 .send_request(request)
                 .await
                 .map_err(ClientError::Request)?;
-            let slot = PoolSlot {
-                pool: Arc::downgrade(self),
-                sender: Some(sender),
-            };
+            let pool: Weak<EndpointPool> = Arc::downgrade(self);
+            let slot = PoolSlot::new(pool, sender);
             Ok(response.map(|body| Body::pooled(body, slot)))
         }
     }
@@ -322,20 +320,9 @@ where
     });
 }
 
-/// An HTTP/1.1 connection lent to a response: back to its pool when the
-/// response body has been read to the end, closed otherwise.
-#[derive(Debug)]
-pub struct PoolSlot {
-    pool: Weak<EndpointPool>,
-    sender: Option<http1::SendRequest<Body>>,
-}
-
-impl PoolSlot {
-    /// The response body is complete: the connection can serve again.
-    pub fn release(&mut self) {
-        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
-            pool.give_back(sender);
-        }
+impl ConnectionPool for EndpointPool {
+    fn give_back(self: Arc<Self>, sender: http1::SendRequest<Body>) {
+        EndpointPool::give_back(&self, sender);
     }
 }
 

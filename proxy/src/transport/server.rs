@@ -25,11 +25,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::preamble::{self, Detected};
 use super::stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};
 use super::ListenerMetrics;
 use crate::body::Body;
 use crate::request_metrics::Direction;
-use crate::tcp::preamble::{self, Detected};
 
 /// Limits applied to every downstream connection of a listener.
 #[derive(Debug, Clone, Copy)]

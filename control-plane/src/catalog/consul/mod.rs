@@ -32,8 +32,8 @@ use tokio::sync::watch;
 
 pub use api::{escape, ConsulApi, ConsulError};
 
-use super::{usable_address, AbortOnDrop, Catalog, CatalogState};
-use crate::config::ConsulConfig;
+use super::{AbortOnDrop, Catalog, CatalogState};
+use crate::config::{usable_address, ConsulConfig};
 use crate::metrics::ControlMetrics;
 
 /// Consul's own service, never a mesh upstream.

@@ -11,13 +11,13 @@ use tether_api::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::preamble::PREAMBLE;
-use super::{TcpListeners, TcpSettings};
-use crate::discovery::SnapshotMetrics;
-use crate::discovery::{build, build::unknown_metrics, Applier, SnapshotError};
+use super::SnapshotMetrics;
+use super::{build, build::unknown_metrics, Applier, SnapshotError};
 use crate::state::MeshState;
+use crate::tcp::{TcpListeners, TcpSettings};
 use crate::telemetry::ExportCounters;
 use crate::telemetry::{self, Telemetry};
+use crate::transport::preamble::PREAMBLE;
 use crate::transport::ListenerMetrics;
 
 fn snapshot(text: &str) -> Snapshot {

@@ -1,7 +1,8 @@
 //! Metrics of opaque TCP streams. Families are registered once, in the
 //! proxy's registry ([`crate::request_metrics::RequestMetrics::registry`]); per-service handles are
 //! resolved when a snapshot is applied (outbound) or at start (inbound), so a
-//! connection never looks a label set up by name.
+//! connection never looks a label set up by name. Apart from the TCP relay
+//! so that the state, which holds each TCP service's handle, sits below it.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
