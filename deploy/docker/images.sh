@@ -15,6 +15,10 @@
 # and then, from the committed Dockerfile, with those passed as build args:
 #   tether:dev                 runtime target (tether-proxy, tether-control, tether-sample)
 #   tether-init:dev            init target (tether-proxy + iptables)
+# and, for the compose demo, from the binaries deploy/scripts/install-*.sh
+# build (cached), on the runtime base:
+#   tether-consul:dev          Consul v1.14.11 (MPL-2.0)
+#   tether-jaeger:dev          Jaeger v2 with deploy/scripts/jaeger-config.yaml
 #
 # Starts dockerd if no engine answers (log: $TETHER_CACHE/docker/dockerd.log).
 # Uses Debian's docker client (/usr/bin/docker) for builds: its BuildKit is
@@ -118,5 +122,21 @@ for target in runtime init; do
     -t $tag "$root" >"$cache/build-$target.log" 2>&1 \
     || { tail -n 40 "$cache/build-$target.log" >&2; die "docker build of $tag failed"; }
 done
+# Consul and Jaeger: static Go binaries from the install scripts' cache.
+third_party_image() { # TAG BINARY [FILE...]: the binary (and files) on the runtime base
+  local tag=$1 bin=$2; shift 2
+  local ctx; ctx=$(mktemp -d)
+  cp "$bin" "$ctx/"
+  local copies="COPY $(basename "$bin") /usr/local/bin/"
+  for f in "$@"; do cp "$f" "$ctx/"; copies="$copies
+COPY $(basename "$f") /etc/tether/"; done
+  printf 'FROM tether-runtime-base:bookworm\n%s\nUSER 65532:65532\nENTRYPOINT ["/usr/local/bin/%s"]\n' \
+    "$copies" "$(basename "$bin")" >"$ctx/Dockerfile"
+  DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$tag" "$ctx" >/dev/null || die "docker build of $tag failed"
+  rm -rf "$ctx"
+}
+third_party_image tether-consul:dev "$("$root/deploy/scripts/install-consul.sh")"
+third_party_image tether-jaeger:dev "$("$root/deploy/scripts/install-jaeger.sh")" "$root/deploy/scripts/jaeger-config.yaml"
+
 log "images built in $((SECONDS - started)) s:"
-"$DOCKER" image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E 'tether(-init)?:dev' >&2
+"$DOCKER" image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E 'tether(-init|-consul|-jaeger)?:dev' >&2

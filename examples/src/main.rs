@@ -54,6 +54,11 @@ struct Args {
     /// The local sidecar's outbound listener.
     #[arg(long, default_value = "127.0.0.1:15001")]
     sidecar: SocketAddr,
+    /// A plain URL to call on every request instead (e.g. http://api:8080),
+    /// as an app that knows nothing of the mesh would: with transparent
+    /// capture its sidecar still carries the call.
+    #[arg(long, conflicts_with = "call")]
+    call_url: Option<String>,
     /// Answer with this many bytes instead of a greeting (benchmarks).
     #[arg(long, default_value_t = 0)]
     body_size: usize,
@@ -118,15 +123,26 @@ impl App {
             }
             return Response::new(full(Bytes::from(format!("{total}\n"))));
         }
-        let Some(upstream) = &self.args.call else {
-            return Response::new(full(self.body.clone()));
+        let (mut call, upstream) = match (&self.args.call, &self.args.call_url) {
+            (Some(service), _) => (
+                Request::get(format!(
+                    "http://{}{}",
+                    self.args.sidecar,
+                    request.uri().path()
+                ))
+                .header("host", service.as_str()),
+                service.as_str(),
+            ),
+            (None, Some(url)) => (
+                Request::get(format!(
+                    "{}{}",
+                    url.trim_end_matches('/'),
+                    request.uri().path()
+                )),
+                url.as_str(),
+            ),
+            (None, None) => return Response::new(full(self.body.clone())),
         };
-        let mut call = Request::get(format!(
-            "http://{}{}",
-            self.args.sidecar,
-            request.uri().path()
-        ))
-        .header("host", upstream.as_str());
         for name in TRACE_HEADERS {
             if let Some(value) = request.headers().get(*name) {
                 call = call.header(*name, value);
@@ -170,8 +186,8 @@ impl App {
             Err(error) => status(
                 StatusCode::BAD_GATEWAY,
                 format!(
-                    "hello from {}: calling {upstream} via {} failed: {error}\n",
-                    self.args.name, self.args.sidecar
+                    "hello from {}: calling {upstream} failed: {error}\n",
+                    self.args.name
                 ),
             ),
         }

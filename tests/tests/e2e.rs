@@ -14,6 +14,7 @@ mod control_reload;
 mod control_status;
 mod h2spec;
 mod issuance;
+mod kubernetes;
 mod lifecycle;
 mod mtls;
 mod observability;
