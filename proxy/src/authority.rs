@@ -19,16 +19,23 @@ pub fn of_request<B>(request: &http::Request<B>) -> Option<&str> {
 /// - `[::1]:8080`, `[::1]`: an IPv6 literal loses its brackets.
 /// - `::1`: a bare IPv6 literal (no brackets, so no port) is all host.
 /// - `api:` (empty port, allowed by RFC 3986): host `api`, no port.
+/// - A bracket not closed, or followed by anything but `:port`, is not
+///   split (`[api]80`): the whole authority is the host.
 /// - Anything else after the last colon (`api:http`, `api:99999`) is not a
 ///   port: the whole authority is the host.
 pub fn split(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
+        // `[host]` or `[host]:port`; anything else after the bracket
+        // (`[api]80`, `[::1]:http`) is not an authority we split.
         if let Some((host, after)) = rest.split_once(']') {
-            return match after.strip_prefix(':') {
-                Some(port) => (host, parse_port(port).unwrap_or(None)),
-                None => (host, None),
-            };
+            if after.is_empty() {
+                return (host, None);
+            }
+            if let Some(port) = after.strip_prefix(':').and_then(parse_port) {
+                return (host, port);
+            }
         }
+        return (authority, None);
     }
     match authority.rsplit_once(':') {
         // More than one colon without brackets: a bare IPv6 literal.
@@ -76,6 +83,15 @@ mod tests {
         assert_eq!(split("[::1]"), ("::1", None));
         assert_eq!(split("::1"), ("::1", None));
         assert_eq!(split("[fe80::1]:"), ("fe80::1", None));
+    }
+
+    #[test]
+    fn malformed_brackets_are_not_split() {
+        // Found by fuzzing (fuzz/fuzz_targets/route.rs): `[API]80` routed
+        // to `api`.
+        assert_eq!(split("[API]80"), ("[API]80", None));
+        assert_eq!(split("[::1]:http"), ("[::1]:http", None));
+        assert_eq!(split("[::1"), ("[::1", None));
     }
 
     #[test]

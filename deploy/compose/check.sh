@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Checks the running compose demo (deploy/compose/up.sh) from outside, the
+# way an operator would, and fails on the first thing that does not hold:
+#   1. web's app reaches api through both sidecars (web's outbound and the
+#      api sidecars' inbound metrics), split over v1 and v2, all over mTLS
+#      (no plaintext connection accepted by an api sidecar);
+#   2. a container on the same network without a sidecar cannot reach api's
+#      app port (the capture sends it to the mTLS listener, which refuses);
+#   3. both api instances are registered in Consul, passing;
+#   4. traces of web -> api are in Jaeger;
+#   5. `docker-compose restart api-v1` (SIGTERM: deregister, grace, drain)
+#      under a bounded load from web's pod loses no request, and api-v1's
+#      registration is back afterwards;
+#   6. `docker kill api-v1` (no drain) loses no idempotent request.
+# Every wait is bounded; every load is bounded in rate and time.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DOCKER=${DOCKER:-/usr/bin/docker}
+compose() { docker-compose -p tether -f "$here/docker-compose.yml" "$@"; }
+say() { printf '[check] %s\n' "$*"; }
+fail() { say "FAILED: $*"; exit 1; }
+WEB=15100 V1=15101 V2=15102
+
+# sum of a metric's samples whose line matches the regex $2, from admin port $1
+metric() {
+  curl -fsS -m 5 "http://127.0.0.1:$1/metrics" 2>/dev/null \
+    | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re { s += $NF } END { printf "%d\n", s + 0 }'
+}
+wait_for() { # SECONDS DESCRIPTION COMMAND...
+  local t=$1 what=$2; shift 2
+  for _ in $(seq $((t * 2))); do "$@" && return 0; sleep 0.5; done
+  fail "$what (waited ${t}s)"
+}
+more_than() { [ "$(metric "$1" "$2")" -gt "$3" ]; }
+
+# 1. Traffic through the mesh.
+wait_for 120 "web's sidecar sends 2xx to api" \
+  more_than $WEB 'tether_requests_total\{direction="outbound",service="api",class="2xx"' 20
+wait_for 60 "api-v1 serves inbound requests" more_than $V1 'tether_requests_total\{direction="inbound".*class="2xx"' 0
+wait_for 60 "api-v2 serves inbound requests" more_than $V2 'tether_requests_total\{direction="inbound".*class="2xx"' 0
+v1=$(metric $V1 'tether_requests_total\{direction="inbound".*class="2xx"')
+v2=$(metric $V2 'tether_requests_total\{direction="inbound".*class="2xx"')
+say "split: api-v1 served $v1, api-v2 served $v2 (configured 90/10)"
+[ "$v1" -gt "$v2" ] || fail "api-v1 ($v1) should serve more than api-v2 ($v2)"
+for port in $V1 $V2; do
+  plain=$(metric $port 'tether_inbound_plaintext_connections_total')
+  [ "$plain" -eq 0 ] || fail "an api sidecar accepted $plain plaintext connections"
+done
+say "ok: web -> api through both sidecars over mTLS"
+
+# 2. No sidecar, no way in.
+if "$DOCKER" run --rm --network tether_default --entrypoint /bin/bash tether-init:dev -c \
+  'exec 3<>/dev/tcp/api/8080 && printf "GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n" >&3 && timeout 5 cat <&3' \
+  2>/dev/null | grep -q '^HTTP/1.1 200'; then
+  fail "a container without a sidecar got an answer from api's app port"
+fi
+say "ok: a caller without a sidecar is refused at api's app port"
+
+# 3. Registrations.
+passing() { # how many passing instances of api Consul has
+  curl -fsS -m 5 "http://127.0.0.1:18500/v1/health/service/api?passing" 2>/dev/null \
+    | grep -o '"ServiceID":"api-v[12]"' | sort -u | wc -l
+}
+two_passing() { [ "$(passing)" -eq 2 ]; }
+wait_for 60 "both api instances registered and passing in Consul" two_passing
+say "ok: api-v1 and api-v2 registered in Consul, passing"
+
+# 4. Traces.
+traces() { curl -fsS -m 5 "http://127.0.0.1:16686/api/traces?service=web&limit=20" 2>/dev/null | grep -c '"traceID"' || true; }
+have_traces() { [ "$(traces)" -gt 0 ]; }
+wait_for 60 "traces of web in Jaeger" have_traces
+say "ok: web's traces are in Jaeger"
+
+# 5, 6. Restarts under load from web's pod (50 rps, bounded).
+load() { # SECONDS: runs tether-load in web's pod, prints its summary line
+  "$DOCKER" run --rm --network container:tether_web-pod_1 --entrypoint /usr/local/bin/tether-load \
+    tether:dev --url http://127.0.0.1:8080/ --rate 50 --connections 4 --duration "$1s" --timeout 5s \
+    --out /dev/null 2>&1 | grep '^tether-load' | tail -1
+}
+errors_in() { sed -n 's/.* \([0-9][0-9]*\) errors.*/\1/p' <<<"$1"; }
+under_load() { # WHAT COMMAND...: the command 5 s into a 20 s load; no failed request allowed
+  local what=$1; shift
+  local out; out=$(mktemp)
+  load 20 >"$out" & local pid=$!
+  sleep 5
+  "$@" >/dev/null 2>&1
+  wait $pid
+  local line; line=$(cat "$out"); rm -f "$out"
+  say "$what: $line"
+  [ -n "$line" ] || fail "$what: the load generator printed nothing"
+  [ "$(errors_in "$line")" = 0 ] || fail "$what lost requests"
+}
+under_load "restart api-v1 (drain)" compose restart api-v1
+wait_for 60 "api-v1 registered again after its restart" two_passing
+say "ok: restart lost no request; api-v1 is back in Consul"
+under_load "kill api-v1 (no drain)" "$DOCKER" kill tether_api-v1_1
+compose up -d --no-recreate api-v1 >/dev/null 2>&1 || compose start api-v1 >/dev/null
+say "ok: kill lost no idempotent request"
+say "all checks passed"
