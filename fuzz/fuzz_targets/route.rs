@@ -90,8 +90,15 @@ impl<'a> Input<'a> {
 /// The service an authority names, written independently of the proxy's:
 /// port and `.mesh` stripped, and host names are case-insensitive.
 fn expected_service(authority: &str) -> String {
+    // A port is empty or a number that fits in 16 bits (`api:99999` is
+    // not `api`); names here have no brackets or colons of their own.
     let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        Some((host, port))
+            if port.is_empty()
+                || (port.chars().all(|c| c.is_ascii_digit()) && port.parse::<u16>().is_ok()) =>
+        {
+            host
+        }
         _ => authority,
     };
     let host = host.to_ascii_lowercase();
