@@ -28,14 +28,7 @@ fn the_runtime_image_runs_the_binaries_as_uid_1337_with_no_shell() {
         "/usr/local/bin/tether-control",
         "/usr/local/bin/tether-sample",
     ] {
-        let out = docker(&[
-            "run",
-            "--rm",
-            "--entrypoint",
-            bin,
-            RUNTIME_IMAGE,
-            "--help",
-        ]);
+        let out = docker(&["run", "--rm", "--entrypoint", bin, RUNTIME_IMAGE, "--help"]);
         assert!(out.status.success(), "{bin}: {}", text(&out.stderr));
     }
     let shell = docker(&[

@@ -10,6 +10,11 @@
 //!   → pool      pooled connection to the endpoint                 (transport::pool)
 //! ```
 //!
+//! A captured request (transparent mode: it carries an
+//! [`OriginalDst`]) whose authority is no mesh service is passed through
+//! to that destination or refused, as `outbound_policy` says
+//! (passthrough.rs).
+//!
 //! `route` runs in [`Outbound::handle`], which also records metrics and turns
 //! errors into responses. The layers below it are plain async functions,
 //! each in its own file, composed in [`serve`] outermost first: one future
@@ -17,6 +22,7 @@
 //! those futures cost ~13 % of the instructions of a request).
 
 mod endpoint;
+mod passthrough;
 mod retry;
 mod route;
 mod target;
@@ -29,10 +35,13 @@ use arc_swap::ArcSwap;
 use crate::body::{Req, Rsp};
 use crate::errors::ProxyError;
 use crate::observe::Observer;
+use crate::original_dst::OriginalDst;
 use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::resilience;
-use crate::state::MeshState;
+use crate::state::{MeshState, OutboundPolicy};
+use crate::transport::ListenerMetrics;
 
+pub use passthrough::Passthrough;
 pub use target::Target;
 
 /// The outbound path, ready to handle requests from the local app.
@@ -40,12 +49,26 @@ pub use target::Target;
 pub struct Outbound {
     state: Arc<ArcSwap<MeshState>>,
     observer: Observer,
+    /// Captured requests to destinations outside the mesh; `None`: not
+    /// handled (every unknown authority is refused, as without capture).
+    passthrough: Option<Arc<Passthrough>>,
 }
 
 impl Outbound {
     /// Builds the outbound stack over the (swappable) mesh state.
     pub fn new(state: Arc<ArcSwap<MeshState>>, observer: Observer) -> Self {
-        Self { state, observer }
+        Self {
+            state,
+            observer,
+            passthrough: None,
+        }
+    }
+
+    /// Handles captured requests whose authority is no mesh service as
+    /// `outbound_policy` says, counted in `metrics`.
+    pub fn with_passthrough(mut self, metrics: &ListenerMetrics) -> Self {
+        self.passthrough = Some(Arc::new(Passthrough::new(metrics)));
+        self
     }
 
     /// Handles one request from the app; never fails: errors become responses
@@ -58,14 +81,30 @@ impl Outbound {
             Err(error) => {
                 tracing::debug!(%error, "not routed");
                 let observation = self.observer.begin(&mut request, UNKNOWN_SERVICE, None);
-                let mut response = error.into_response();
-                self.observer.end(
-                    observation,
-                    &mut response,
-                    &state.unknown_metrics,
-                    UNKNOWN_SERVICE,
-                    None,
-                );
+                let metrics = state.unknown_metrics.clone();
+                let original = request.extensions().get::<OriginalDst>().copied();
+                let passthrough = match (&error, original, &self.passthrough) {
+                    (ProxyError::UnknownService(_), Some(OriginalDst(original)), Some(p)) => {
+                        match state.outbound_policy {
+                            OutboundPolicy::AllowAny => Some((Arc::clone(p), original)),
+                            OutboundPolicy::RegistryOnly => {
+                                p.refused.inc();
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                drop(state);
+                let mut response = match passthrough {
+                    // Boxed: rare, and its future would enlarge every request's.
+                    Some((p, original)) => Box::pin(p.send(request, original))
+                        .await
+                        .unwrap_or_else(ProxyError::into_response),
+                    None => error.into_response(),
+                };
+                self.observer
+                    .end(observation, &mut response, &metrics, UNKNOWN_SERVICE, None);
                 return response;
             }
         };
