@@ -21,3 +21,4 @@ mod resilience;
 mod routing;
 mod tcp;
 mod tracing;
+mod transparent;

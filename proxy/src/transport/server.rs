@@ -416,13 +416,24 @@ async fn secure(
     let Some(tls) = tls else {
         return Some((MeshStream::Plain(stream), None));
     };
-    if tls.permissive {
-        let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(tls.handshake_timeout, stream.peek(&mut first)).await;
-        if !matches!(peeked, Ok(Ok(1))) || first[0] != 0x16 {
-            metrics.inbound_plaintext.inc();
-            return Some((MeshStream::Plain(stream), None));
-        }
+    // A TLS record starts with 0x16. Peeked in strict mode too, so that a
+    // caller without a sidecar (plaintext, e.g. redirected to this
+    // listener by transparent capture) is counted as `not-tls`, not as a
+    // failed handshake.
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(tls.handshake_timeout, stream.peek(&mut first)).await;
+    let plaintext = !matches!(peeked, Ok(Ok(1))) || first[0] != 0x16;
+    if plaintext && tls.permissive {
+        metrics.inbound_plaintext.inc();
+        return Some((MeshStream::Plain(stream), None));
+    }
+    if matches!(peeked, Ok(Ok(1))) && plaintext {
+        metrics
+            .tls_handshake_errors
+            .with_label_values(&["inbound", "not-tls"])
+            .inc();
+        tracing::debug!("plaintext on the mTLS inbound listener refused (not permissive)");
+        return None;
     }
     match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
