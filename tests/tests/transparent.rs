@@ -5,11 +5,13 @@
 //! sends the `Host` an app resolving `api` would send.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use tether_e2e::metric;
 use tether_e2e::netns::{Netns, Pair};
+use tether_e2e::pki::TestPki;
 use tether_e2e::proxy::proxy_bin;
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -21,9 +23,11 @@ const NOWHERE_PORT: u16 = 8081;
 const DB_PORT: u16 = 9000;
 /// A peer port outside the mesh.
 const OUTSIDE_PORT: u16 = 7000;
+/// The app's own port on the app host, redirected to the inbound listener.
+const APP_PORT: u16 = 8080;
 const ADMIN: &str = "127.0.0.1:15000";
 
-/// The proxy, an HTTP server and a tcp-service endpoint, killed on drop.
+/// The hosts, the proxy and the servers, killed on drop.
 struct Host {
     pair: Pair,
     children: Vec<Child>,
@@ -48,25 +52,46 @@ fn spawn(ns: &Netns, script: &str) -> Child {
         .unwrap_or_else(|e| panic!("python3: {e}"))
 }
 
-fn start(mesh: &str) -> Host {
-    let mut pair = Pair::new();
-    let peer_ip = pair.peer_ip.clone();
-    let mut children = Vec::new();
-    // `api`'s endpoint: HTTP/1.1 `200 peer-api` to anything.
-    children.push(spawn(
-        &pair.peer,
+/// An HTTP/1.1 server on `port` of `ns`: `200` with `x-backend: <tag>`.
+fn http_server(ns: &Netns, port: u16, tag: &str) -> Child {
+    spawn(
+        ns,
         &format!(
             "import http.server\n\
              class H(http.server.BaseHTTPRequestHandler):\n    \
                  protocol_version = 'HTTP/1.1'\n    \
                  def do_GET(self):\n        \
                      self.send_response(200)\n        \
-                     self.send_header('x-backend', 'peer-api')\n        \
+                     self.send_header('x-backend', '{tag}')\n        \
                      self.send_header('content-length', '0')\n        \
                      self.end_headers()\n\
-             http.server.ThreadingHTTPServer(('0.0.0.0', {API_PORT}), H).serve_forever()\n"
+             http.server.ThreadingHTTPServer(('0.0.0.0', {port}), H).serve_forever()\n"
         ),
-    ));
+    )
+}
+
+/// From `ns`, `GET /` with `host` to `ip:port` in plaintext; returns the
+/// response head (lowercase), or "" when the connection gave none.
+fn http(ns: &Netns, ip: &str, port: u16, host: &str) -> String {
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{ip}', {port}), timeout=5)\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while True:\n    d = s.recv(65536)\n    if not d: break\n    data += d\n\
+         print(data.split(b'\\r\\n\\r\\n')[0].decode())\n"
+    );
+    let out = ns.run(PYTHON, &["-c", &script]);
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
+/// The hosts, `init`'s rules on the app host and the proxy on it as uid
+/// 1337 with `mesh` in its snapshot; `setup` returns more flags, given a
+/// directory uid 1337 can read.
+fn start(mesh: &str, setup: impl FnOnce(&Path) -> Vec<String>) -> Host {
+    let mut pair = Pair::new();
+    let peer_ip = pair.peer_ip.clone();
+    let mut children = vec![http_server(&pair.peer, API_PORT, "peer-api")];
     // `db`'s endpoint: says whether the stream came through a sidecar
     // (which sends the plaintext preamble first) or straight from the app.
     children.push(spawn(
@@ -108,21 +133,22 @@ fn start(mesh: &str) -> Host {
     );
     let log =
         std::fs::File::create(dir.path().join("proxy.log")).unwrap_or_else(|e| panic!("log: {e}"));
+    let snapshot_text = snapshot.display().to_string();
+    let extra = setup(dir.path());
+    let mut args = vec![
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        &bin_text,
+        "--snapshot",
+        &snapshot_text,
+        "--admin",
+        ADMIN,
+    ];
+    args.extend(extra.iter().map(String::as_str));
     let proxy = pair
         .app
-        .command(
-            "setpriv",
-            &[
-                "--reuid=1337",
-                "--regid=1337",
-                "--clear-groups",
-                &bin_text,
-                "--snapshot",
-                &snapshot.display().to_string(),
-                "--admin",
-                ADMIN,
-            ],
-        )
+        .command("setpriv", &args)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -165,20 +191,9 @@ impl Host {
         self.admin("/metrics")
     }
 
-    /// The app sends `GET /` with `host` to `port` on the peer; returns the
-    /// response head, or "" when the connection gave none.
+    /// The app sends `GET /` with `host` to `port` on the peer.
     fn http(&self, port: u16, host: &str) -> String {
-        let script = format!(
-            "import socket\n\
-             s = socket.create_connection(('{}', {port}), timeout=5)\n\
-             s.sendall(b'GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n')\n\
-             data = b''\n\
-             while True:\n    d = s.recv(65536)\n    if not d: break\n    data += d\n\
-             print(data.split(b'\\r\\n\\r\\n')[0].decode())\n",
-            self.pair.peer_ip
-        );
-        let out = self.pair.app.run(PYTHON, &["-c", &script]);
-        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+        http(&self.pair.app, &self.pair.peer_ip, port, host)
     }
 
     /// The app opens a TCP connection to `port` on the peer and sends
@@ -191,7 +206,7 @@ impl Host {
 
 #[test]
 fn http_routes_by_host_and_tcp_by_original_destination() {
-    let host = start("");
+    let host = start("", |_| Vec::new());
     // `api:8080` sent to a port where nothing listens: routed by Host.
     let head = host.http(NOWHERE_PORT, &format!("api:{API_PORT}"));
     assert!(head.starts_with("http/1.1 200"), "{head}\n{}", host.log());
@@ -236,7 +251,7 @@ fn http_routes_by_host_and_tcp_by_original_destination() {
 
 #[test]
 fn registry_only_refuses_destinations_outside_the_mesh() {
-    let host = start("mesh: { outbound_policy: registry-only }\n");
+    let host = start("mesh: { outbound_policy: registry-only }\n", |_| Vec::new());
     let head = host.http(API_PORT, "example.com");
     assert!(head.starts_with("http/1.1 503"), "{head}\n{}", host.log());
     assert!(head.contains("tether-error: unknown-service"), "{head}");
@@ -254,5 +269,82 @@ fn registry_only_refuses_destinations_outside_the_mesh() {
     assert_eq!(
         metric(&metrics, r#"tether_passthrough_total{protocol="tcp"}"#).unwrap_or(0.0),
         0.0
+    );
+}
+
+/// The proxy with mTLS (identity `api`, `flags` added) and the app, an
+/// HTTP server on `APP_PORT`.
+fn start_with_identity(flags: &[&str]) -> Host {
+    let pki = TestPki::new();
+    let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+    let mut host = start("", |dir| {
+        let identity = dir.join("identity");
+        std::fs::create_dir(&identity).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        pki.issue_to("api", Duration::from_secs(3600), &identity);
+        let bundle = dir.join("bundle.pem");
+        std::fs::copy(pki.bundle(), &bundle).unwrap_or_else(|e| panic!("copy: {e}"));
+        // Readable by uid 1337 (a throwaway key).
+        let chmod = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        };
+        chmod(&identity, 0o755);
+        for entry in std::fs::read_dir(&identity).unwrap_or_else(|e| panic!("{e}")) {
+            chmod(&entry.unwrap_or_else(|e| panic!("{e}")).path(), 0o644);
+        }
+        chmod(&bundle, 0o644);
+        let mut args = vec![
+            "--service".to_owned(),
+            "api".to_owned(),
+            "--app".to_owned(),
+            format!("127.0.0.1:{APP_PORT}"),
+            "--identity-dir".to_owned(),
+            identity.display().to_string(),
+            "--trust-bundle".to_owned(),
+            bundle.display().to_string(),
+        ];
+        args.extend(flags);
+        args
+    });
+    let app = http_server(&host.pair.app, APP_PORT, "app");
+    host.children.push(app);
+    // Loopback is not captured: the app answers there once it listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !http(&host.pair.app, "127.0.0.1", APP_PORT, "app").starts_with("http/1.1 200") {
+        assert!(Instant::now() < deadline, "the app never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host
+}
+
+#[test]
+fn a_caller_without_a_sidecar_is_refused_by_mtls_and_counted() {
+    let host = start_with_identity(&[]);
+    let app_ip = host.pair.app_ip.clone();
+    let head = http(&host.pair.peer, &app_ip, APP_PORT, "api");
+    assert_eq!(head, "", "plaintext must not reach the app\n{}", host.log());
+    let metrics = host.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"tether_tls_handshake_errors_total{direction="inbound",reason="not-tls"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_caller_without_a_sidecar_is_let_through_in_permissive_mode_and_counted() {
+    let host = start_with_identity(&["--inbound-permissive"]);
+    let app_ip = host.pair.app_ip.clone();
+    let head = http(&host.pair.peer, &app_ip, APP_PORT, "api");
+    assert!(head.starts_with("http/1.1 200"), "{head}\n{}", host.log());
+    assert!(head.contains("x-backend: app"), "{head}");
+    let metrics = host.metrics();
+    assert_eq!(
+        metric(&metrics, "tether_inbound_plaintext_connections_total"),
+        Some(1.0),
+        "{metrics}"
     );
 }
