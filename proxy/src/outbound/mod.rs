@@ -144,6 +144,81 @@ mod tests {
     use super::*;
     use crate::request_metrics::Direction;
 
+    /// An outbound path over an empty state with `policy`, its passthrough
+    /// counters, and a server outside the mesh that answers one request.
+    async fn captured(policy: OutboundPolicy) -> (Outbound, ListenerMetrics, std::net::SocketAddr) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let metrics = crate::discovery::SnapshotMetrics::for_tests();
+        let mut state = MeshState::empty(crate::discovery::build::unknown_metrics(&metrics));
+        state.outbound_policy = policy;
+        let telemetry = crate::telemetry::Telemetry::new(
+            crate::telemetry::Identity {
+                service: "web".into(),
+                instance: "web-1".into(),
+            },
+            crate::telemetry::ExportCounters::register(metrics.requests().registry()),
+        );
+        let listeners = ListenerMetrics::register(&prometheus::Registry::new());
+        let outbound = Outbound::new(
+            Arc::new(ArcSwap::from_pointee(state)),
+            Observer::new(telemetry, None, Direction::Outbound),
+        )
+        .with_passthrough(&listeners);
+        let outside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = outside.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = outside.accept().await.unwrap();
+            let mut head = vec![0u8; 1024];
+            let n = stream.read(&mut head).await.unwrap();
+            let host = String::from_utf8_lossy(&head[..n]).contains("host: example.com");
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nx-outside: {host}\r\ncontent-length: 0\r\n\r\n");
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+        (outbound, listeners, addr)
+    }
+
+    fn request_to(host: &str, original: Option<std::net::SocketAddr>) -> Req {
+        let mut request = http::Request::builder()
+            .uri("/")
+            .header(http::header::HOST, host)
+            .body(crate::body::Body::Empty)
+            .unwrap();
+        if let Some(original) = original {
+            request.extensions_mut().insert(OriginalDst(original));
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn a_captured_request_outside_the_mesh_passes_through_with_its_host() {
+        let (outbound, metrics, outside) = captured(OutboundPolicy::AllowAny).await;
+        let response = outbound
+            .handle(request_to("example.com", Some(outside)))
+            .await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(response.headers()["x-outside"], "true");
+        assert_eq!(metrics.passthrough.with_label_values(&["http"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn registry_only_and_explicit_requests_get_unknown_service() {
+        let (outbound, metrics, outside) = captured(OutboundPolicy::RegistryOnly).await;
+        let response = outbound
+            .handle(request_to("example.com", Some(outside)))
+            .await;
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            metrics.outbound_refused.with_label_values(&["http"]).get(),
+            1
+        );
+        // Not captured (no original destination): refused as always, whatever the policy.
+        let (outbound, metrics, _) = captured(OutboundPolicy::AllowAny).await;
+        let response = outbound.handle(request_to("example.com", None)).await;
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(metrics.passthrough.with_label_values(&["http"]).get(), 0);
+    }
+
     /// The request's future is moved a few times (into hyper's dispatcher,
     /// among others): every KiB it grows costs every request. Wrapping a
     /// future in an `async fn`/`async` block that awaits it doubles it; this

@@ -108,3 +108,80 @@ async fn pass_through(mut app: Downstream, original: SocketAddr) {
         Err(error) => tracing::debug!(%error, "passthrough stream ended with an error"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::discovery::build::unknown_metrics;
+    use crate::discovery::SnapshotMetrics;
+    use crate::transport::{ByteCounters, Counted, MeshStream, Rewind};
+
+    /// A captured stream as the listener hands it over: its first bytes
+    /// (`sniffed`) already read, the rest still on the socket. Returns the
+    /// app's end too.
+    async fn captured(sniffed: &'static [u8]) -> (Downstream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let stream = Counted::new(MeshStream::Plain(accepted), ByteCounters::detached());
+        (Rewind::new(Bytes::from_static(sniffed), stream), app)
+    }
+
+    fn handler(policy: OutboundPolicy) -> (TcpCaptured, ListenerMetrics) {
+        let metrics = SnapshotMetrics::for_tests();
+        let mut state = MeshState::empty(unknown_metrics(&metrics));
+        state.outbound_policy = policy;
+        let listeners = ListenerMetrics::register(&prometheus::Registry::new());
+        let state = Arc::new(ArcSwap::from_pointee(state));
+        (TcpCaptured::new(state, &listeners, None), listeners)
+    }
+
+    #[tokio::test]
+    async fn allow_any_relays_to_the_original_destination_untouched() {
+        let outside = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let original = outside.local_addr().unwrap();
+        let (handler, metrics) = handler(OutboundPolicy::AllowAny);
+        let (stream, mut app) = captured(b"hel").await;
+        let served = tokio::spawn(handler.serve(stream, original));
+        let (mut server, _) = outside.accept().await.unwrap();
+        app.write_all(b"lo").await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            &got, b"hello",
+            "the sniffed bytes come first, then the rest"
+        );
+        server.write_all(b"hi").await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hi");
+        // The relay ends once the app closes its side too.
+        drop(app);
+        served.await.unwrap();
+        let passed = metrics.passthrough.with_label_values(&["tcp"]).get();
+        assert_eq!(passed, 1);
+    }
+
+    #[tokio::test]
+    async fn registry_only_closes_and_counts() {
+        let outside = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (handler, metrics) = handler(OutboundPolicy::RegistryOnly);
+        let (stream, mut app) = captured(b"").await;
+        handler.serve(stream, outside.local_addr().unwrap()).await;
+        let mut back = Vec::new();
+        let read = app.read_to_end(&mut back).await;
+        assert!(back.is_empty(), "{read:?}");
+        assert_eq!(
+            metrics.outbound_refused.with_label_values(&["tcp"]).get(),
+            1
+        );
+        assert_eq!(metrics.passthrough.with_label_values(&["tcp"]).get(), 0);
+    }
+}
