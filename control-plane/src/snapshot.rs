@@ -275,6 +275,7 @@ pub fn header(config: &MeshConfig, service: &str) -> Snapshot {
         mesh: MeshSettings {
             trust_domain: config.trust_domain.clone(),
             tracing: config.tracing.clone(),
+            outbound_policy: config.outbound_policy,
         },
         services: BTreeMap::new(),
         authorization,

@@ -40,6 +40,7 @@ pub mod hop;
 pub mod identity;
 pub mod inbound;
 pub mod observe;
+pub mod original_dst;
 pub mod outbound;
 pub mod registration;
 pub mod renewal;

@@ -24,3 +24,4 @@ mod routing;
 mod run_mode;
 mod tcp;
 mod tracing;
+mod transparent;

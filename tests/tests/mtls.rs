@@ -171,7 +171,7 @@ async fn plaintext_to_an_mtls_inbound_is_refused() {
     assert_eq!(
         metric(
             &metrics,
-            r#"tether_tls_handshake_errors_total{direction="inbound",reason="handshake"}"#
+            r#"tether_tls_handshake_errors_total{direction="inbound",reason="not-tls"}"#
         ),
         Some(1.0),
         "{metrics}"

@@ -26,8 +26,8 @@ pub use policy::{
 };
 pub use snapshot::{
     Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,
-    Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget, SubsetSelector,
-    TracingSettings,
+    OutboundPolicy, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget,
+    SubsetSelector, TracingSettings,
 };
 pub use validate::{
     PolicyProblem, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, MAX_BUDGET_TTL, MIN_BUDGET_TTL,

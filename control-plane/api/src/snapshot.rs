@@ -81,6 +81,22 @@ pub struct MeshSettings {
     /// Tracing export settings; `None` disables tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSettings>,
+    /// What a sidecar with transparent capture does with outbound traffic
+    /// to a destination that is not in the mesh.
+    #[serde(default)]
+    pub outbound_policy: OutboundPolicy,
+}
+
+/// What a sidecar does with a captured outbound connection (or HTTP
+/// request) whose destination is not a mesh service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutboundPolicy {
+    /// Pass it through to its original destination, untouched (counted).
+    #[default]
+    AllowAny,
+    /// Refuse it (counted): only mesh services can be reached.
+    RegistryOnly,
 }
 
 fn default_trust_domain() -> String {
@@ -92,6 +108,7 @@ impl Default for MeshSettings {
         Self {
             trust_domain: default_trust_domain(),
             tracing: None,
+            outbound_policy: OutboundPolicy::AllowAny,
         }
     }
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tether_api::{
-    AuthorizationDefault, Endpoint, Protocol, Route, SplitTarget, SubsetSelector, TracingSettings,
-    TrafficPolicy,
+    AuthorizationDefault, Endpoint, OutboundPolicy, Protocol, Route, SplitTarget, SubsetSelector,
+    TracingSettings, TrafficPolicy,
 };
 
 use self::validate::Problems;
@@ -26,6 +26,9 @@ pub struct MeshConfig {
     pub catalog: CatalogConfig,
     /// Tracing settings handed to every proxy.
     pub tracing: Option<TracingSettings>,
+    /// What sidecars with transparent capture do with outbound traffic to
+    /// destinations outside the mesh (`mesh.outbound_policy`).
+    pub outbound_policy: OutboundPolicy,
     /// Policy for services not listed under `services`.
     pub defaults: TrafficPolicy,
     /// Services with their merged policy.
@@ -128,6 +131,8 @@ struct MeshSection {
     catalog: CatalogSection,
     #[serde(default)]
     tracing: Option<TracingSettings>,
+    #[serde(default)]
+    outbound_policy: OutboundPolicy,
 }
 
 impl Default for MeshSection {
@@ -136,6 +141,7 @@ impl Default for MeshSection {
             trust_domain: default_trust_domain(),
             catalog: CatalogSection::default(),
             tracing: None,
+            outbound_policy: OutboundPolicy::default(),
         }
     }
 }
@@ -289,6 +295,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         trust_domain: file.mesh.trust_domain,
         catalog,
         tracing: file.mesh.tracing,
+        outbound_policy: file.mesh.outbound_policy,
         defaults: file.defaults,
         services,
         authorization: file.authorization,

@@ -218,3 +218,21 @@ fn usable_addresses_have_a_host_and_a_port() {
     assert!(!usable_address("not an address:80"));
     assert!(!usable_address(""));
 }
+
+#[test]
+fn outbound_policy_defaults_to_allow_any_and_names_its_values() {
+    let config = parse_str("services: {}\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.outbound_policy, OutboundPolicy::AllowAny);
+    let config =
+        parse_str("mesh:\n  outbound_policy: registry-only\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.outbound_policy, OutboundPolicy::RegistryOnly);
+    let error = parse_str("mesh:\n  outbound_policy: deny\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(error.starts_with("mesh.yaml:2:20: "), "{error}");
+    assert!(
+        error.contains("expected `allow-any` or `registry-only`"),
+        "{error}"
+    );
+}

@@ -14,9 +14,10 @@ use crate::inbound::{Inbound, InboundSettings};
 use crate::observe::Observer;
 use crate::outbound::Outbound;
 use crate::request_metrics::Direction;
-use crate::tcp::{TcpInbound, TcpListeners};
+use crate::tcp::{TcpCaptured, TcpInbound, TcpListeners};
 use crate::transport::{
-    ConnectionSettings, InboundTls, ListenerOptions, PoolFactory, Servers, StreamHandler,
+    CapturedHandler, ConnectionSettings, InboundTls, ListenerOptions, PoolFactory, Servers,
+    StreamHandler,
 };
 
 /// Connect timeout to the local app: it is on loopback, so a second means
@@ -40,6 +41,7 @@ pub(super) fn serve_admin(
         settings: config.server,
         tls: None,
         streams: None,
+        captured: None,
     };
     server.spawn(
         listener,
@@ -66,12 +68,20 @@ pub(super) fn serve_outbound(
         core.access_log.clone(),
         Direction::Outbound,
     );
-    let outbound = Outbound::new(Arc::clone(&core.state), observer);
+    // Transparent capture is detected per connection (original_dst.rs).
+    let outbound =
+        Outbound::new(Arc::clone(&core.state), observer).with_passthrough(&families.listeners);
+    let captured: Arc<dyn CapturedHandler> = Arc::new(TcpCaptured::new(
+        Arc::clone(&core.state),
+        &families.listeners,
+        core.access_log.clone(),
+    ));
     let options = ListenerOptions {
         direction: Some(Direction::Outbound),
         settings: config.server,
         tls: None,
         streams: None,
+        captured: Some(captured),
     };
     servers.spawn(
         listener,
@@ -130,6 +140,7 @@ pub(super) fn serve_inbound(
         settings: config.server,
         tls,
         streams: Some(streams),
+        captured: None,
     };
     servers.spawn(
         listener,

@@ -5,6 +5,7 @@
 //! `authz.rs`; nothing past this module sees a wire type.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
@@ -17,7 +18,9 @@ use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::identity::MeshIdentity;
 use crate::request_metrics::{Direction, UNKNOWN_SERVICE};
 use crate::resilience::ConcurrencyLimiter;
-use crate::state::{MeshState, RouteRule, SourceDocument, Split, TcpService, UpstreamService};
+use crate::state::{
+    MeshState, OutboundPolicy, RouteRule, SourceDocument, Split, TcpService, UpstreamService,
+};
 use crate::transport::{ConnectionSettings, PoolFactory};
 
 /// Builds the state for `snapshot`, or lists every problem found in it.
@@ -88,6 +91,11 @@ pub fn build(
     if !problems.is_empty() {
         return Err(problems);
     }
+    let tcp_endpoints = tcp_endpoints(&tcp);
+    let outbound_policy = match snapshot.mesh.outbound_policy {
+        tether_api::OutboundPolicy::AllowAny => OutboundPolicy::AllowAny,
+        tether_api::OutboundPolicy::RegistryOnly => OutboundPolicy::RegistryOnly,
+    };
     Ok(MeshState {
         version: snapshot.version,
         source: SourceDocument::new(move || serde_json::to_value(&*snapshot).unwrap_or_default()),
@@ -95,7 +103,27 @@ pub fn build(
         unknown_metrics: previous.unknown_metrics.clone(),
         authorization,
         tcp,
+        tcp_endpoints,
+        outbound_policy,
     })
+}
+
+/// Each tcp service by the `ip:port` of its endpoints (endpoints named by
+/// host name have no fixed address and are left out): a captured
+/// connection to one of them goes through its service. An address two
+/// services share goes to the first by port, the same every time.
+fn tcp_endpoints(tcp: &HashMap<u16, Arc<TcpService>>) -> HashMap<SocketAddr, Arc<TcpService>> {
+    let mut by_port: Vec<&Arc<TcpService>> = tcp.values().collect();
+    by_port.sort_by_key(|t| t.port);
+    let mut found = HashMap::new();
+    for service in by_port {
+        for endpoint in &service.service.endpoints {
+            if let Ok(addr) = endpoint.address().parse::<SocketAddr>() {
+                found.entry(addr).or_insert_with(|| Arc::clone(service));
+            }
+        }
+    }
+    found
 }
 
 /// The outbound port of a tcp service (`None` for other protocols), after
@@ -419,5 +447,34 @@ services:
             heavy >= 99,
             "weight 2^32-1 against 1 drew `a` {heavy} times in 100"
         );
+    }
+
+    #[tokio::test]
+    async fn indexes_tcp_endpoints_and_compiles_the_outbound_policy() {
+        let metrics = SnapshotMetrics::for_tests();
+        let text = r#"
+mesh: { outbound_policy: registry-only }
+services:
+  db:
+    protocol: tcp
+    outbound_port: 15432
+    endpoints: [ { address: "10.0.0.5:5432" }, { address: "db.example:5432" } ]
+  api:
+    endpoints: [ { address: "10.0.0.6:8080" } ]
+"#;
+        let state = build(snapshot(text), &empty(&metrics), &metrics, None)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(state.outbound_policy, OutboundPolicy::RegistryOnly);
+        let db: SocketAddr = "10.0.0.5:5432".parse().unwrap();
+        assert_eq!(
+            state.tcp_endpoints.len(),
+            1,
+            "host names and http services are not indexed"
+        );
+        assert_eq!(state.tcp_endpoints[&db].service.name, "db");
+        let state = build(snapshot("services: {}\n"), &state, &metrics, None)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(state.outbound_policy, OutboundPolicy::AllowAny);
+        assert!(state.tcp_endpoints.is_empty());
     }
 }

@@ -10,6 +10,11 @@
 //!   → pool      pooled connection to the endpoint                 (transport::pool)
 //! ```
 //!
+//! A captured request (transparent mode: it carries an
+//! [`OriginalDst`]) whose authority is no mesh service is passed through
+//! to that destination or refused, as `outbound_policy` says
+//! (passthrough.rs).
+//!
 //! `route` runs in [`Outbound::handle`], which also records metrics and turns
 //! errors into responses. The layers below it are plain async functions,
 //! each in its own file, composed in [`serve`] outermost first: one future
@@ -17,6 +22,7 @@
 //! those futures cost ~13 % of the instructions of a request).
 
 mod endpoint;
+mod passthrough;
 mod retry;
 pub(crate) mod route;
 mod target;
@@ -29,10 +35,13 @@ use arc_swap::ArcSwap;
 use crate::body::{Req, Rsp};
 use crate::errors::ProxyError;
 use crate::observe::Observer;
+use crate::original_dst::OriginalDst;
 use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::resilience;
-use crate::state::MeshState;
+use crate::state::{MeshState, OutboundPolicy};
+use crate::transport::ListenerMetrics;
 
+pub use passthrough::Passthrough;
 pub use target::Target;
 
 /// The outbound path, ready to handle requests from the local app.
@@ -40,12 +49,26 @@ pub use target::Target;
 pub struct Outbound {
     state: Arc<ArcSwap<MeshState>>,
     observer: Observer,
+    /// Captured requests to destinations outside the mesh; `None`: not
+    /// handled (every unknown authority is refused, as without capture).
+    passthrough: Option<Arc<Passthrough>>,
 }
 
 impl Outbound {
     /// Builds the outbound stack over the (swappable) mesh state.
     pub fn new(state: Arc<ArcSwap<MeshState>>, observer: Observer) -> Self {
-        Self { state, observer }
+        Self {
+            state,
+            observer,
+            passthrough: None,
+        }
+    }
+
+    /// Handles captured requests whose authority is no mesh service as
+    /// `outbound_policy` says, counted in `metrics`.
+    pub fn with_passthrough(mut self, metrics: &ListenerMetrics) -> Self {
+        self.passthrough = Some(Arc::new(Passthrough::new(metrics)));
+        self
     }
 
     /// Handles one request from the app; never fails: errors become responses
@@ -58,14 +81,30 @@ impl Outbound {
             Err(error) => {
                 tracing::debug!(%error, "not routed");
                 let observation = self.observer.begin(&mut request, UNKNOWN_SERVICE, None);
-                let mut response = error.into_response();
-                self.observer.end(
-                    observation,
-                    &mut response,
-                    &state.unknown_metrics,
-                    UNKNOWN_SERVICE,
-                    None,
-                );
+                let metrics = state.unknown_metrics.clone();
+                let original = request.extensions().get::<OriginalDst>().copied();
+                let passthrough = match (&error, original, &self.passthrough) {
+                    (ProxyError::UnknownService(_), Some(OriginalDst(original)), Some(p)) => {
+                        match state.outbound_policy {
+                            OutboundPolicy::AllowAny => Some((Arc::clone(p), original)),
+                            OutboundPolicy::RegistryOnly => {
+                                p.refused.inc();
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                drop(state);
+                let mut response = match passthrough {
+                    // Boxed: rare, and its future would enlarge every request's.
+                    Some((p, original)) => Box::pin(p.send(request, original))
+                        .await
+                        .unwrap_or_else(ProxyError::into_response),
+                    None => error.into_response(),
+                };
+                self.observer
+                    .end(observation, &mut response, &metrics, UNKNOWN_SERVICE, None);
                 return response;
             }
         };
@@ -104,6 +143,81 @@ fn serve<'a>(
 mod tests {
     use super::*;
     use crate::request_metrics::Direction;
+
+    /// An outbound path over an empty state with `policy`, its passthrough
+    /// counters, and a server outside the mesh that answers one request.
+    async fn captured(policy: OutboundPolicy) -> (Outbound, ListenerMetrics, std::net::SocketAddr) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let metrics = crate::discovery::SnapshotMetrics::for_tests();
+        let mut state = MeshState::empty(crate::discovery::build::unknown_metrics(&metrics));
+        state.outbound_policy = policy;
+        let telemetry = crate::telemetry::Telemetry::new(
+            crate::telemetry::Identity {
+                service: "web".into(),
+                instance: "web-1".into(),
+            },
+            crate::telemetry::ExportCounters::register(metrics.requests().registry()),
+        );
+        let listeners = ListenerMetrics::register(&prometheus::Registry::new());
+        let outbound = Outbound::new(
+            Arc::new(ArcSwap::from_pointee(state)),
+            Observer::new(telemetry, None, Direction::Outbound),
+        )
+        .with_passthrough(&listeners);
+        let outside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = outside.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = outside.accept().await.unwrap();
+            let mut head = vec![0u8; 1024];
+            let n = stream.read(&mut head).await.unwrap();
+            let host = String::from_utf8_lossy(&head[..n]).contains("host: example.com");
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nx-outside: {host}\r\ncontent-length: 0\r\n\r\n");
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+        (outbound, listeners, addr)
+    }
+
+    fn request_to(host: &str, original: Option<std::net::SocketAddr>) -> Req {
+        let mut request = http::Request::builder()
+            .uri("/")
+            .header(http::header::HOST, host)
+            .body(crate::body::Body::Empty)
+            .unwrap();
+        if let Some(original) = original {
+            request.extensions_mut().insert(OriginalDst(original));
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn a_captured_request_outside_the_mesh_passes_through_with_its_host() {
+        let (outbound, metrics, outside) = captured(OutboundPolicy::AllowAny).await;
+        let response = outbound
+            .handle(request_to("example.com", Some(outside)))
+            .await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(response.headers()["x-outside"], "true");
+        assert_eq!(metrics.passthrough.with_label_values(&["http"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn registry_only_and_explicit_requests_get_unknown_service() {
+        let (outbound, metrics, outside) = captured(OutboundPolicy::RegistryOnly).await;
+        let response = outbound
+            .handle(request_to("example.com", Some(outside)))
+            .await;
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            metrics.outbound_refused.with_label_values(&["http"]).get(),
+            1
+        );
+        // Not captured (no original destination): refused as always, whatever the policy.
+        let (outbound, metrics, _) = captured(OutboundPolicy::AllowAny).await;
+        let response = outbound.handle(request_to("example.com", None)).await;
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(metrics.passthrough.with_label_values(&["http"]).get(), 0);
+    }
 
     /// The request's future is moved a few times (into hyper's dispatcher,
     /// among others): every KiB it grows costs every request. Wrapping a

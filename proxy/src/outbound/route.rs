@@ -11,16 +11,40 @@ use crate::state::{MeshState, UpstreamService};
 /// Suffix an app may add to a service name (`api.mesh`).
 const MESH_SUFFIX: &str = ".mesh";
 
-/// The service name an authority addresses: port and `.mesh` stripped.
+/// The service name an authority addresses, whatever the port (an app
+/// resolving `api` through its own DNS calls `api:8080`): the port, a
+/// trailing dot, `.mesh` and Consul's DNS form (`api.service.consul`,
+/// `api.service.<datacenter>.consul`) stripped.
 fn service_name(authority: &str) -> &str {
     // Host names are case-insensitive, the suffix too: `API.Mesh` is `API`
     // (which `lookup` finds as `api`).
     let host = crate::authority::host(authority);
+    let host = host.strip_suffix('.').unwrap_or(host);
     let cut = host.len().saturating_sub(MESH_SUFFIX.len());
     match (host.get(..cut), host.get(cut..)) {
         (Some(name), Some(suffix)) if suffix.eq_ignore_ascii_case(MESH_SUFFIX) => name,
-        _ => host,
+        _ => consul_service(host).unwrap_or(host),
     }
+}
+
+/// The service of a Consul DNS name: `api.service.consul` or
+/// `api.service.dc1.consul` (case-insensitive labels). Tagged
+/// (`v1.api.service.consul`) and node names are not services.
+fn consul_service(host: &str) -> Option<&str> {
+    let cut = host.len().checked_sub(".consul".len())?;
+    let (rest, suffix) = (host.get(..cut)?, host.get(cut..)?);
+    if !suffix.eq_ignore_ascii_case(".consul") {
+        return None;
+    }
+    let (name, tail) = rest.split_once('.')?;
+    let service = match tail.split_once('.') {
+        None => tail,
+        Some((service, datacenter)) if !datacenter.is_empty() && !datacenter.contains('.') => {
+            service
+        }
+        Some(_) => return None,
+    };
+    (service.eq_ignore_ascii_case("service") && !name.is_empty()).then_some(name)
 }
 
 fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<UpstreamService>> {
@@ -78,5 +102,28 @@ mod tests {
         assert_eq!(service_name("API.Mesh:15001"), "API");
         assert_eq!(service_name("api.MESH"), "api");
         assert_eq!(service_name("apimesh"), "apimesh");
+    }
+
+    #[test]
+    fn the_port_of_a_name_does_not_matter() {
+        assert_eq!(service_name("api:8080"), "api");
+        assert_eq!(service_name("api.:8080"), "api");
+    }
+
+    #[test]
+    fn consul_dns_names_mean_the_service() {
+        assert_eq!(service_name("api.service.consul"), "api");
+        assert_eq!(service_name("api.service.consul."), "api");
+        assert_eq!(service_name("api.service.consul:8080"), "api");
+        assert_eq!(service_name("api.service.dc1.consul"), "api");
+        assert_eq!(service_name("api.SERVICE.Consul."), "api");
+        // Not a service name: kept whole, so it matches no service.
+        assert_eq!(
+            service_name("v1.api.service.consul"),
+            "v1.api.service.consul"
+        );
+        assert_eq!(service_name("node1.node.consul"), "node1.node.consul");
+        assert_eq!(service_name(".service.consul"), ".service.consul");
+        assert_eq!(service_name("consul"), "consul");
     }
 }

@@ -7,6 +7,7 @@ mod authz;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,33 @@ pub struct MeshState {
     pub authorization: Option<Arc<AuthzPolicy>>,
     /// Opaque TCP services by their outbound port.
     pub tcp: HashMap<u16, Arc<TcpService>>,
+    /// Opaque TCP services by the address of each of their endpoints: where
+    /// a captured (transparent) connection to that address goes.
+    pub tcp_endpoints: HashMap<SocketAddr, Arc<TcpService>>,
+    /// What captured outbound traffic to a destination outside the mesh
+    /// gets.
+    pub outbound_policy: OutboundPolicy,
+}
+
+/// What a captured outbound connection or request whose destination is not
+/// a mesh service gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    /// Passed through to its original destination, untouched.
+    #[default]
+    AllowAny,
+    /// Refused.
+    RegistryOnly,
+}
+
+impl OutboundPolicy {
+    /// The name used in mesh.yaml, metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutboundPolicy::AllowAny => "allow-any",
+            OutboundPolicy::RegistryOnly => "registry-only",
+        }
+    }
 }
 
 impl MeshState {
@@ -49,6 +77,8 @@ impl MeshState {
             unknown_metrics,
             authorization: None,
             tcp: HashMap::new(),
+            tcp_endpoints: HashMap::new(),
+            outbound_policy: OutboundPolicy::AllowAny,
         }
     }
 

@@ -16,11 +16,15 @@
 //!             → relay                                                      (inbound.rs)
 //! ```
 //!
+//! Captured (transparent) connections that are not HTTP are routed by
+//! their original destination in `captured.rs`.
+//!
 //! Why ALPN and a preamble: the inbound port is shared with HTTP. With TLS
 //! the protocol is negotiated in the handshake, costing nothing; without
 //! TLS a fixed preamble no HTTP request starts with is read byte by byte
 //! and HTTP is let through at its first differing byte.
 
+mod captured;
 mod inbound;
 mod listeners;
 mod outbound;
@@ -28,6 +32,7 @@ mod relay;
 
 use std::sync::Arc;
 
+pub use captured::TcpCaptured;
 pub use inbound::TcpInbound;
 pub use listeners::{Reconcile, TcpBindError, TcpListeners, TcpSettings};
 

@@ -20,6 +20,12 @@ pub struct ListenerMetrics {
     /// TLS handshakes that failed, by direction and reason (inbound here,
     /// outbound in the connector).
     pub tls_handshake_errors: IntCounterVec,
+    /// Captured outbound traffic to destinations outside the mesh passed
+    /// through (`outbound_policy: allow-any`), by protocol.
+    pub passthrough: IntCounterVec,
+    /// Captured outbound traffic to destinations outside the mesh refused
+    /// (`outbound_policy: registry-only`), by protocol.
+    pub outbound_refused: IntCounterVec,
 }
 
 impl ListenerMetrics {
@@ -57,8 +63,20 @@ impl ListenerMetrics {
             tls_handshake_errors: counter_vec(
                 registry,
                 "tether_tls_handshake_errors_total",
-                "TLS handshakes that failed, by direction and reason (handshake, timeout, identity-mismatch).",
+                "TLS handshakes that failed, by direction and reason (handshake, timeout, identity-mismatch, not-tls).",
                 &["direction", "reason"],
+            ),
+            passthrough: counter_vec(
+                registry,
+                "tether_passthrough_total",
+                "Captured outbound TCP connections (protocol tcp) and HTTP requests (protocol http) to destinations outside the mesh, passed through to their original destination (outbound_policy allow-any).",
+                &["protocol"],
+            ),
+            outbound_refused: counter_vec(
+                registry,
+                "tether_outbound_refused_total",
+                "Captured outbound TCP connections (protocol tcp) and HTTP requests (protocol http) to destinations outside the mesh, refused (outbound_policy registry-only).",
+                &["protocol"],
             ),
         }
     }

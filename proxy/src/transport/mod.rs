@@ -14,7 +14,7 @@ pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
 pub use pool::{ClientError, EndpointPool, PoolSettings, MAX_IDLE_PER_ENDPOINT};
 pub use pool_factory::{ConnectionSettings, PoolFactory};
 pub use server::{
-    accept, bind, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings, Servers,
-    StreamHandler,
+    accept, bind, CapturedHandler, InboundTls, ListenerOptions, Peer, PeerIdentity, ServerSettings,
+    Servers, StreamHandler,
 };
 pub use stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};

@@ -4,6 +4,7 @@
 //! HTTP/1.1 and HTTP/2 (detected per connection), and drains gracefully.
 
 mod preface;
+mod sniff;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,7 +30,9 @@ use super::preamble::{self, Detected};
 use super::stream::{ByteCounters, Counted, Downstream, MeshStream, Rewind};
 use super::ListenerMetrics;
 use crate::body::Body;
+use crate::original_dst::{self, OriginalDst};
 use crate::request_metrics::Direction;
+use sniff::Sniffed;
 
 /// Limits applied to every downstream connection of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +70,19 @@ pub trait StreamHandler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
+/// Serves the connections that nat rules redirected to the outbound
+/// listener (transparent capture) and that are not HTTP: by their original
+/// destination.
+pub trait CapturedHandler: Send + Sync + 'static {
+    /// Serves one captured stream (its first bytes replayed) until it ends.
+    /// `original` is the address the app connected to.
+    fn serve(
+        &self,
+        stream: Downstream,
+        original: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
 /// How one listener treats its connections.
 #[derive(Clone)]
 pub struct ListenerOptions {
@@ -79,6 +95,10 @@ pub struct ListenerOptions {
     pub tls: Option<InboundTls>,
     /// Takes opaque TCP streams; `None`: every connection is HTTP.
     pub streams: Option<Arc<dyn StreamHandler>>,
+    /// Takes captured connections (an original destination other than the
+    /// listener's address) that are not HTTP; captured HTTP requests carry
+    /// an [`OriginalDst`] extension. `None`: no capture detection.
+    pub captured: Option<Arc<dyn CapturedHandler>>,
 }
 
 /// The caller's mesh identity, put in each request's extensions by the
@@ -187,6 +207,7 @@ where
         settings,
         tls,
         streams,
+        captured,
     } = options;
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(settings.max_connections));
@@ -218,15 +239,18 @@ where
             accepted = accept(&listener) => accepted,
         };
         let _ = stream.set_nodelay(true);
+        // One getsockopt per connection, only where capture is handled.
+        let original = captured.as_ref().and_then(|_| original_dst::of(&stream));
         let guard = direction.map(|d| metrics.connection_opened(d));
         let handler = handler.clone();
         let builders = Arc::clone(&builders);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let streams = streams.clone();
+        let captured = captured.clone();
         let metrics = metrics.clone();
         let bytes = bytes.clone();
-        let span = tracing::debug_span!("connection", %peer);
+        let span = tracing::debug_span!("connection", %peer, original = ?original);
         tokio::spawn(
             async move {
                 let Some((stream, identity)) = secure(stream, tls.as_ref(), &metrics).await else {
@@ -239,9 +263,24 @@ where
                     })
                 });
                 let mut stream = Counted::new(stream, bytes);
-                let prefix = match &streams {
-                    None => Bytes::new(),
-                    Some(streams) => {
+                let prefix = match (&captured, original, &streams) {
+                    (Some(captured), Some(original), _) => {
+                        match sniff::sniff(&mut stream).await {
+                            Ok(Sniffed::Http(prefix)) => prefix,
+                            Ok(Sniffed::Opaque(prefix)) => {
+                                let stream = Rewind::new(prefix, stream);
+                                captured.serve(stream, original).await;
+                                drop((watcher, guard, permit));
+                                return;
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "captured connection closed before its first bytes");
+                                return;
+                            }
+                        }
+                    }
+                    (_, _, None) => Bytes::new(),
+                    (_, _, Some(streams)) => {
                         let timeout = settings.header_read_timeout;
                         match classify(&mut stream, timeout).await {
                             Some(Class::Http(prefix)) => prefix,
@@ -268,8 +307,12 @@ where
                     (&builders.either, prefix)
                 };
                 let identity = PeerIdentity(peer);
+                let original = original.map(OriginalDst);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let mut request = request.map(Body::from);
+                    if let Some(original) = original {
+                        request.extensions_mut().insert(original);
+                    }
                     // Absent means no identity: no extensions map to allocate
                     // for plaintext callers (every outbound request).
                     if identity.0.is_some() {
@@ -373,13 +416,24 @@ async fn secure(
     let Some(tls) = tls else {
         return Some((MeshStream::Plain(stream), None));
     };
-    if tls.permissive {
-        let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(tls.handshake_timeout, stream.peek(&mut first)).await;
-        if !matches!(peeked, Ok(Ok(1))) || first[0] != 0x16 {
-            metrics.inbound_plaintext.inc();
-            return Some((MeshStream::Plain(stream), None));
-        }
+    // A TLS record starts with 0x16. Peeked in strict mode too, so that a
+    // caller without a sidecar (plaintext, e.g. redirected to this
+    // listener by transparent capture) is counted as `not-tls`, not as a
+    // failed handshake.
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(tls.handshake_timeout, stream.peek(&mut first)).await;
+    let plaintext = !matches!(peeked, Ok(Ok(1))) || first[0] != 0x16;
+    if plaintext && tls.permissive {
+        metrics.inbound_plaintext.inc();
+        return Some((MeshStream::Plain(stream), None));
+    }
+    if matches!(peeked, Ok(Ok(1))) && plaintext {
+        metrics
+            .tls_handshake_errors
+            .with_label_values(&["inbound", "not-tls"])
+            .inc();
+        tracing::debug!("plaintext on the mTLS inbound listener refused (not permissive)");
+        return None;
     }
     match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
