@@ -90,6 +90,10 @@ impl<'a> Input<'a> {
 /// The service an authority names, written independently of the proxy's:
 /// port and `.mesh` stripped, and host names are case-insensitive.
 fn expected_service(authority: &str) -> String {
+    // Brackets hold IPv6 literals: never a service name.
+    if authority.starts_with('[') {
+        return authority.to_owned();
+    }
     // A port is empty or a number that fits in 16 bits (`api:99999` is
     // not `api`); names here have no brackets or colons of their own.
     let host = match authority.rsplit_once(':') {
@@ -102,7 +106,19 @@ fn expected_service(authority: &str) -> String {
         _ => authority,
     };
     let host = host.to_ascii_lowercase();
-    host.strip_suffix(".mesh").unwrap_or(&host).to_owned()
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if let Some(name) = host.strip_suffix(".mesh") {
+        return name.to_owned();
+    }
+    // Consul DNS: NAME.service.consul or NAME.service.DC.consul.
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [name, "service", "consul"] if !name.is_empty() => (*name).to_owned(),
+        [name, "service", dc, "consul"] if !name.is_empty() && !dc.is_empty() => {
+            (*name).to_owned()
+        }
+        _ => host.to_owned(),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -27,7 +27,8 @@ pub fn split(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         // `[host]` or `[host]:port`; anything else after the bracket
         // (`[api]80`, `[::1]:http`) is not an authority we split.
-        if let Some((host, after)) = rest.split_once(']') {
+        // Brackets hold IPv6 literals only, which always have a colon.
+        if let Some((host, after)) = rest.split_once(']').filter(|(h, _)| h.contains(':')) {
             if after.is_empty() {
                 return (host, None);
             }
@@ -92,6 +93,7 @@ mod tests {
         assert_eq!(split("[API]80"), ("[API]80", None));
         assert_eq!(split("[::1]:http"), ("[::1]:http", None));
         assert_eq!(split("[::1"), ("[::1", None));
+        assert_eq!(split("[api]"), ("[api]", None));
     }
 
     #[test]
