@@ -14,33 +14,7 @@ use crate::{eventually, free_port, Client};
 
 /// The Consul binary: `CONSUL_BIN`, else what the install script prints.
 pub fn consul_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("CONSUL_BIN") {
-        return PathBuf::from(path);
-    }
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/install-consul.sh");
-    let output = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {}: {e} (set CONSUL_BIN to a consul binary)",
-                script.display()
-            )
-        });
-    assert!(
-        output.status.success(),
-        "{} failed: Consul is required for this test",
-        script.display()
-    );
-    let path = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    assert!(!path.is_empty(), "install-consul.sh printed no path");
-    PathBuf::from(path)
+    crate::installed_binary("CONSUL_BIN", "install-consul.sh")
 }
 
 /// One instance to register.

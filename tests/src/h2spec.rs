@@ -19,36 +19,8 @@ const RUN_DEADLINE: Duration = Duration::from_secs(300);
 /// (it builds h2spec the first time). Resolved once per test binary.
 pub fn h2spec_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("H2SPEC_BIN") {
-            return PathBuf::from(path);
-        }
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/install-h2spec.sh");
-        let output = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {}: {e} (set H2SPEC_BIN to an h2spec binary)",
-                    script.display()
-                )
-            });
-        assert!(
-            output.status.success(),
-            "{} failed: h2spec is required for this test",
-            script.display()
-        );
-        let path = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        assert!(!path.is_empty(), "install-h2spec.sh printed no path");
-        PathBuf::from(path)
-    })
-    .clone()
+    BIN.get_or_init(|| crate::installed_binary("H2SPEC_BIN", "install-h2spec.sh"))
+        .clone()
 }
 
 /// The outcome of one h2spec run.

@@ -24,6 +24,37 @@ pub use client::{Client, H2Connection, Reply};
 pub use pki::TestPki;
 pub use proxy::{Proxy, ProxyBuilder};
 
+/// A tool the suite needs, built or found by its install script: `$ENV_VAR`
+/// if set, else the path `deploy/scripts/SCRIPT` prints last on stdout. The
+/// script's log goes to stderr. A missing tool fails the test.
+pub fn installed_binary(env_var: &str, script: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/scripts")
+        .join(script);
+    let output = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (or set {env_var})", script.display()));
+    assert!(
+        output.status.success(),
+        "{} failed: this test needs what it installs (or set {env_var})",
+        script.display()
+    );
+    let path = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(!path.is_empty(), "{} printed no path", script.display());
+    PathBuf::from(path)
+}
+
 /// Polls `check` every 20 ms until it returns true or `within` passes.
 /// Returns whether it became true.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
