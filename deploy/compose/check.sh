@@ -35,11 +35,11 @@ more_than() { [ "$(metric "$1" "$2")" -gt "$3" ]; }
 
 # 1. Traffic through the mesh.
 wait_for 120 "web's sidecar sends 2xx to api" \
-  more_than $WEB 'tether_requests_total\{direction="outbound",service="api",class="2xx"' 20
-wait_for 60 "api-v1 serves inbound requests" more_than $V1 'tether_requests_total\{direction="inbound".*class="2xx"' 0
-wait_for 60 "api-v2 serves inbound requests" more_than $V2 'tether_requests_total\{direction="inbound".*class="2xx"' 0
-v1=$(metric $V1 'tether_requests_total\{direction="inbound".*class="2xx"')
-v2=$(metric $V2 'tether_requests_total\{direction="inbound".*class="2xx"')
+  more_than $WEB 'tether_requests_total\{direction="outbound",service="api",status_class="2xx"' 20
+wait_for 60 "api-v1 serves inbound requests" more_than $V1 'tether_requests_total\{direction="inbound".*status_class="2xx"' 0
+wait_for 60 "api-v2 serves inbound requests" more_than $V2 'tether_requests_total\{direction="inbound".*status_class="2xx"' 0
+v1=$(metric $V1 'tether_requests_total\{direction="inbound".*status_class="2xx"')
+v2=$(metric $V2 'tether_requests_total\{direction="inbound".*status_class="2xx"')
 say "split: api-v1 served $v1, api-v2 served $v2 (configured 90/10)"
 [ "$v1" -gt "$v2" ] || fail "api-v1 ($v1) should serve more than api-v2 ($v2)"
 for port in $V1 $V2; do
@@ -59,7 +59,7 @@ say "ok: a caller without a sidecar is refused at api's app port"
 # 3. Registrations.
 passing() { # how many passing instances of api Consul has
   curl -fsS -m 5 "http://127.0.0.1:18500/v1/health/service/api?passing" 2>/dev/null \
-    | grep -o '"ServiceID":"api-v[12]"' | sort -u | wc -l
+    | grep -oE '"ID": *"api-v[12]"' | sort -u | wc -l
 }
 two_passing() { [ "$(passing)" -eq 2 ]; }
 wait_for 60 "both api instances registered and passing in Consul" two_passing

@@ -421,6 +421,42 @@ services:
     }
 
     #[tokio::test]
+    async fn an_empty_subset_gives_its_share_to_the_others() {
+        // A canary split whose v1 (90 %) has no instance for a moment (its
+        // one instance restarting): v2 takes everything rather than 90 %
+        // of requests failing with no-endpoints. A zero weight still means
+        // no traffic, and with no instance anywhere requests fail.
+        let metrics = SnapshotMetrics::for_tests();
+        let text = |v1: &str| {
+            format!(
+                r#"
+services:
+  api:
+    endpoints: [ {v1} {{ address: "127.0.0.1:2", tags: [v2] }}, {{ address: "127.0.0.1:3", tags: [v3] }} ]
+    subsets: {{ v1: {{ tags: [v1] }}, v2: {{ tags: [v2] }}, v3: {{ tags: [v3] }} }}
+    split: [ {{ subset: v1, weight: 90 }}, {{ subset: v2, weight: 10 }}, {{ subset: v3, weight: 0 }} ]
+"#
+            )
+        };
+        let drawn = |text: String| {
+            let state = build(snapshot(&text), &empty(&metrics), &metrics, None)
+                .unwrap_or_else(|p| panic!("{p:?}"));
+            let split = state.services["api"].default_split.clone();
+            (0..200)
+                .filter_map(|_| split.choose().map(|set| set.endpoints().len()))
+                .collect::<Vec<_>>()
+        };
+        let with_v1 = drawn(text(r#"{ address: "127.0.0.1:1", tags: [v1] },"#));
+        assert_eq!(with_v1.len(), 200);
+        let without_v1 = drawn(text(""));
+        assert_eq!(without_v1.len(), 200, "every draw finds a set");
+        assert!(
+            without_v1.iter().all(|n| *n == 1),
+            "every draw is a set with an endpoint (v2; v3 has weight 0)"
+        );
+    }
+
+    #[tokio::test]
     async fn split_weights_may_sum_past_u32() {
         // Found by fuzzing (fuzz/fuzz_targets/snapshot.rs): the split's
         // total was a u32 sum, which overflowed (a panic in debug builds, a

@@ -174,7 +174,19 @@ pub struct Split {
 impl Split {
     /// A split over `targets` with their weights. Zero-weight targets never
     /// receive traffic; a split whose weights sum to zero sends to the first.
+    ///
+    /// A target with no endpoints (a subset whose only instance is
+    /// restarting) is left out, so its share goes to the others in
+    /// proportion to their weights instead of failing with `no-endpoints`;
+    /// only when no weighted target has an endpoint do requests fail. Sets
+    /// are fixed per snapshot, so this costs nothing per request.
     pub fn new(targets: Vec<(Arc<EndpointSet>, u32)>) -> Self {
+        let live: Vec<_> = targets
+            .iter()
+            .filter(|(set, weight)| *weight > 0 && !set.endpoints().is_empty())
+            .cloned()
+            .collect();
+        let targets = if live.is_empty() { targets } else { live };
         let total = targets.iter().map(|(_, w)| u64::from(*w)).sum();
         Self { targets, total }
     }
