@@ -102,6 +102,16 @@ impl EndpointSet {
         .ok_or(PickError::AllEjected)
     }
 
+    /// Whether every endpoint is ejected (false for an empty set).
+    pub fn all_ejected(&self) -> bool {
+        !self.endpoints.is_empty() && self.endpoints.iter().all(|e| e.is_ejected())
+    }
+
+    /// Whether the set has an endpoint other than `address`.
+    pub fn has_other_than(&self, address: &str) -> bool {
+        self.endpoints.iter().any(|e| e.address() != address)
+    }
+
     /// Like [`pick`](Self::pick), but away from the endpoint at `avoid`
     /// (where the last try could not connect) while another can be had.
     pub fn pick_avoiding(&self, avoid: Option<&str>) -> Result<&Arc<EndpointState>, PickError> {

@@ -16,8 +16,16 @@ pub async fn send_one_try(
     avoid: Option<&str>,
 ) -> Result<Rsp, ProxyError> {
     let service = &target.service;
-    let endpoint = target
-        .endpoints
+    // A retry whose subset has no endpoint but the one that just failed to
+    // connect goes to another subset of the split, if there is one.
+    let set = match avoid {
+        Some(failed) if !target.endpoints.has_other_than(failed) => target
+            .split()
+            .choose_other(&target.endpoints)
+            .unwrap_or(&target.endpoints),
+        _ => &target.endpoints,
+    };
+    let endpoint = set
         .pick_avoiding(avoid)
         .map_err(|error| ProxyError::unpicked(error, &service.name))?;
     let in_flight = endpoint.start();

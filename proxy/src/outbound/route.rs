@@ -63,18 +63,28 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
     let path = request.uri().path();
-    let rule = service
+    let route = service
         .routes
         .iter()
-        .find(|r| r.matches(path, request.headers()));
+        .position(|r| r.matches(path, request.headers()));
+    let rule = route.and_then(|i| service.routes.get(i));
     let split = rule.map_or(&service.default_split, |r| &r.split);
-    let endpoints = split
+    let mut endpoints = split
         .choose()
         .ok_or_else(|| ProxyError::NoEndpoints(service.name.clone()))?;
+    // A subset whose every endpoint is ejected (its one instance died)
+    // gives way to another subset of the split that has one: one atomic
+    // load per request while nothing is ejected.
+    if service.outliers.ejected() > 0 && endpoints.all_ejected() {
+        if let Some(other) = split.choose_other(endpoints).filter(|s| !s.all_ejected()) {
+            endpoints = other;
+        }
+    }
     Ok(Target {
         service: Arc::clone(service),
         endpoints: Arc::clone(endpoints),
         timeout: rule.and_then(|r| r.timeout).unwrap_or(service.timeout),
+        route,
     })
 }
 

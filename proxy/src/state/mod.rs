@@ -206,6 +206,33 @@ impl Split {
         }
         self.targets.last().map(|(set, _)| set)
     }
+
+    /// Draws, by weight, a set other than `exclude` that has endpoints (a
+    /// subset to fall back to when `exclude` cannot serve); `None` if there
+    /// is none.
+    pub fn choose_other(&self, exclude: &Arc<EndpointSet>) -> Option<&Arc<EndpointSet>> {
+        let usable = |(set, weight): &&(Arc<EndpointSet>, u32)| {
+            *weight > 0 && !Arc::ptr_eq(set, exclude) && !set.endpoints().is_empty()
+        };
+        let total: u64 = self
+            .targets
+            .iter()
+            .filter(usable)
+            .map(|(_, w)| u64::from(*w))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = rand::thread_rng().gen_range(0..total);
+        for (set, weight) in self.targets.iter().filter(usable) {
+            let weight = u64::from(*weight);
+            if point < weight {
+                return Some(set);
+            }
+            point -= weight;
+        }
+        None
+    }
 }
 
 /// One route rule.
