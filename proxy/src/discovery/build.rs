@@ -457,6 +457,36 @@ services:
     }
 
     #[tokio::test]
+    async fn choose_other_draws_another_subset_with_endpoints() {
+        let metrics = SnapshotMetrics::for_tests();
+        let text = r#"
+services:
+  api:
+    endpoints: [ { address: "127.0.0.1:1", tags: [v1] }, { address: "127.0.0.1:2", tags: [v2] } ]
+    subsets: { v1: { tags: [v1] }, v2: { tags: [v2] }, v3: { tags: [v3] } }
+    split: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 }, { subset: v3, weight: 50 } ]
+"#;
+        let state = build(snapshot(text), &empty(&metrics), &metrics, None)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        let split = &state.services["api"].default_split;
+        let v1 = (0..1000)
+            .filter_map(|_| split.choose())
+            .find(|set| set.endpoints()[0].address() == "127.0.0.1:1")
+            .cloned()
+            .unwrap_or_else(|| panic!("v1 is drawn"));
+        for _ in 0..50 {
+            let other = split
+                .choose_other(&v1)
+                .map(|set| set.endpoints()[0].address());
+            assert_eq!(
+                other,
+                Some("127.0.0.1:2"),
+                "v2: the only other subset with endpoints"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn split_weights_may_sum_past_u32() {
         // Found by fuzzing (fuzz/fuzz_targets/snapshot.rs): the split's
         // total was a u32 sum, which overflowed (a panic in debug builds, a
