@@ -128,6 +128,7 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
         spawn_identity_tasks(source, identity, &families);
     }
     let draining = Arc::new(AtomicBool::new(false));
+    let (ready_applier, ready_identity) = (applier.clone(), identity.clone());
     let admin = Admin::new(
         Arc::clone(&core.state),
         families.requests.clone(),
@@ -158,7 +159,16 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
         "tether-proxy serving"
     );
     if let Some(registration) = &mut registration {
-        registration.start();
+        let (applier, identity) = (ready_applier, ready_identity);
+        registration.start(Arc::new(move || {
+            if !applier.loaded() {
+                Some("no snapshot loaded yet")
+            } else if identity.as_ref().is_some_and(|i| !i.ready()) {
+                Some("no valid mesh certificate")
+            } else {
+                None
+            }
+        }));
     }
 
     // 4. Shutdown.

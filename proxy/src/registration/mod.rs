@@ -134,11 +134,12 @@ impl Registration {
     }
 
     /// Starts registering and keeping the check updated, in the background.
-    pub fn start(&mut self) {
+    pub fn start(&mut self, sidecar_ready: SidecarReady) {
         let keeper = keep_registered(
             self.client.clone(),
             self.registration.clone(),
             self.probe.clone(),
+            sidecar_ready,
             self.interval,
         );
         let span = tracing::info_span!(
@@ -177,10 +178,15 @@ impl Registration {
 /// Registers, then updates the TTL check every `interval` from a probe of
 /// the app; any failed update (the agent restarted and answers 404 for the
 /// unknown check, or is down) registers again, after a backoff.
+/// Whether the sidecar can serve callers: `None` when ready, else why not
+/// (the same conditions as `/ready`).
+pub type SidecarReady = std::sync::Arc<dyn Fn() -> Option<&'static str> + Send + Sync>;
+
 async fn keep_registered(
     client: AgentClient,
     template: ServiceRegistration,
     probe: AppProbe,
+    sidecar_ready: SidecarReady,
     interval: Duration,
 ) {
     let check_id = template.check.check_id.clone();
@@ -188,7 +194,13 @@ async fn keep_registered(
     let mut failures = 0u32;
     let mut last_healthy: Option<bool> = None;
     loop {
-        let health = probe.probe().await;
+        let mut health = probe.probe().await;
+        // Callers reach the app through this sidecar: the instance passes
+        // only once the sidecar can serve them (config and certificate).
+        if let Some(why) = sidecar_ready() {
+            health.healthy = false;
+            health.note = format!("sidecar not ready: {why}");
+        }
         if last_healthy != Some(health.healthy) {
             if health.healthy {
                 tracing::info!(note = %health.note, "app healthy");
