@@ -11,7 +11,9 @@
 #   5. `docker-compose restart api-v1` (SIGTERM: deregister, grace, drain)
 #      under a bounded load from web's pod loses no request, and api-v1's
 #      registration is back afterwards;
-#   6. `docker kill api-v1` (no drain) loses no idempotent request.
+#   6. restarting the Consul container (a dev server: it comes back empty)
+#      under that load loses no request, and every sidecar registers again;
+#   7. `docker kill api-v1` (no drain) loses no idempotent request.
 # Every wait is bounded; every load is bounded in rate and time.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -93,6 +95,9 @@ under_load() { # WHAT COMMAND...: the command 5 s into a 20 s load; no failed re
 under_load "restart api-v1 (drain)" compose restart api-v1
 wait_for 60 "api-v1 registered again after its restart" two_passing
 say "ok: restart lost no request; api-v1 is back in Consul"
+under_load "restart the Consul container" compose restart consul
+wait_for 60 "api-v1 and api-v2 registered again after Consul's restart" two_passing
+say "ok: a Consul restart lost no request; the registrations came back"
 under_load "kill api-v1 (no drain)" "$DOCKER" kill tether_api-v1_1
 compose up -d --no-recreate api-v1 >/dev/null 2>&1 || compose start api-v1 >/dev/null
 say "ok: kill lost no idempotent request"
