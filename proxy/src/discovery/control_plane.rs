@@ -155,18 +155,7 @@ fn reconnect_delay(failures: u32) -> Duration {
 /// The snapshot saved in the state directory (JSON, as [`save`] writes it).
 fn parse_saved(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     serde_json::from_slice(bytes).map_err(|error| {
-        let message = error.to_string();
-        // serde_json appends " at line L column C"; the prefix already says it.
-        let message = match message.find(" at line ") {
-            Some(at) => message[..at].to_owned(),
-            None => message,
-        };
-        SnapshotError::Parse {
-            path: path.to_owned(),
-            line: error.line(),
-            column: error.column(),
-            message,
-        }
+        super::file::parse_error(path, error.line(), error.column(), error.to_string())
     })
 }
 

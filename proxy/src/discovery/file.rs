@@ -39,22 +39,32 @@ pub enum SnapshotError {
     Listen(#[from] crate::tcp::TcpBindError),
 }
 
+/// A parse error at `line:column` of `path`. Both decoders (serde_norway,
+/// serde_json) append " at line L column C" to their message; the prefix
+/// already says where, so it is cut.
+pub(super) fn parse_error(
+    path: &Path,
+    line: usize,
+    column: usize,
+    message: String,
+) -> SnapshotError {
+    let message = match message.find(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    };
+    SnapshotError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
 /// Parses snapshot text (YAML, of which JSON is a subset).
 pub fn parse(path: &Path, text: &str) -> Result<Snapshot, SnapshotError> {
     serde_norway::from_str(text).map_err(|error| {
         let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let message = error.to_string();
-        // serde_norway appends " at line L column C"; the prefix already says it.
-        let message = match message.find(" at line ") {
-            Some(at) => message[..at].to_owned(),
-            None => message,
-        };
-        SnapshotError::Parse {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-        }
+        parse_error(path, line, column, error.to_string())
     })
 }
 
