@@ -27,6 +27,8 @@ pub struct ControlMetrics {
     pub consul_latency: Histogram,
     /// Consul blocking queries kept open (service list + one per service).
     pub consul_watches: IntGauge,
+    /// Times Consul answered again after a failure and removals were held.
+    pub consul_resync_holds: IntCounter,
     /// Proxy reports that refused a snapshot.
     pub proxy_rejections: IntCounter,
     /// Certificates signed, by how the caller authenticated (`token`, `certificate`).
@@ -111,6 +113,10 @@ impl ControlMetrics {
             consul_watches: gauge(
                 "tether_control_consul_watches",
                 "Consul blocking queries kept open: the service list and one per service.",
+            ),
+            consul_resync_holds: counter(
+                "tether_control_consul_resync_holds_total",
+                "Times Consul answered again after a failure (or its index went backwards) and instances that vanished were kept for `resync_hold`.",
             ),
             proxy_rejections: counter(
                 "tether_control_proxy_rejections_total",

@@ -11,8 +11,13 @@ use tether_e2e::consul::{Consul, Instance};
 use tether_e2e::control::ControlPlane;
 
 fn mesh(consul: &Consul) -> String {
+    mesh_with(consul, "")
+}
+
+/// mesh.yaml with `extra` added to the Consul settings (`, key: value`).
+fn mesh_with(consul: &Consul, extra: &str) -> String {
     format!(
-        "mesh:\n  catalog:\n    consul: {{ address: \"{}\", datacenter: dc1 }}\nservices:\n  web: {{}}\n  api:\n    policy: {{ timeout: 2s }}\n",
+        "mesh:\n  catalog:\n    consul: {{ address: \"{}\", datacenter: dc1{extra} }}\nservices:\n  web: {{}}\n  api:\n    policy: {{ timeout: 2s }}\n",
         consul.url()
     )
 }
@@ -51,10 +56,15 @@ async fn addresses(plane: &ControlPlane) -> Vec<String> {
 
 /// Consul with two `api` instances and a control plane that has seen both.
 async fn two_instances() -> (Consul, ControlPlane) {
+    two_instances_with("").await
+}
+
+/// [`two_instances`], with `extra` Consul settings.
+async fn two_instances_with(extra: &str) -> (Consul, ControlPlane) {
     let consul = Consul::start().await;
     consul.register(&api("api-1", 18081)).await;
     consul.register(&api("api-2", 18082)).await;
-    let plane = ControlPlane::start(&mesh(&consul)).await;
+    let plane = ControlPlane::start(&mesh_with(&consul, extra)).await;
     assert_eventually!(
         Duration::from_secs(5),
         || async { addresses(&plane).await.len() == 2 },
@@ -231,6 +241,95 @@ async fn the_last_snapshot_is_served_while_consul_is_down() {
     assert_eq!(after, before, "same content, same version");
     let reply = plane.poll("web", before.version, "1s").await;
     assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+}
+
+/// Stops `consul` and starts an empty one on the same HTTP port, once the
+/// control plane has noticed the outage.
+async fn restart_empty(consul: &mut Consul, plane: &ControlPlane) -> Consul {
+    consul.stop();
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async {
+            plane
+                .metric("tether_control_consul_watch_errors_total")
+                .await
+                > 0.0
+        },
+        "the control plane never noticed Consul was gone"
+    );
+    Consul::start_on(consul.http.port()).await
+}
+
+#[tokio::test]
+async fn a_consul_that_restarts_empty_does_not_empty_the_snapshot() {
+    let (mut consul, plane) = two_instances_with(", resync_hold: 10m").await;
+    let consul = restart_empty(&mut consul, &plane).await;
+    // api-1 registers again (as a sidecar does), api-3 is new, api-2 is late.
+    consul.register(&api("api-1", 18081)).await;
+    consul.register(&api("api-3", 18083)).await;
+    assert_eventually!(
+        Duration::from_secs(20),
+        || async {
+            addresses(&plane).await == ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"]
+        },
+        "during the hold: new instances added, none removed; got {:?}; log:\n{}",
+        addresses(&plane).await,
+        plane.log()
+    );
+    assert_eq!(
+        plane
+            .metric("tether_control_consul_resync_holds_total")
+            .await,
+        1.0,
+        "one hold for one outage, however many watches recovered"
+    );
+    let before = plane.snapshot("web").await;
+    let reply = plane.poll("web", before.version, "1s").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_MODIFIED,
+        "nothing changes while the hold runs and Consul is quiet"
+    );
+}
+
+#[tokio::test]
+async fn instances_consul_lost_are_dropped_when_the_hold_ends() {
+    let (mut consul, plane) = two_instances_with(", resync_hold: 2s").await;
+    let consul = restart_empty(&mut consul, &plane).await;
+    consul.register(&api("api-1", 18081)).await;
+    assert_eventually!(
+        Duration::from_secs(30),
+        || async { addresses(&plane).await == ["127.0.0.1:18081"] },
+        "api-2 never left after the hold; got {:?}; log:\n{}",
+        addresses(&plane).await,
+        plane.log()
+    );
+    assert!(
+        plane
+            .metric("tether_control_consul_resync_holds_total")
+            .await
+            >= 1.0,
+        "the restart started a hold"
+    );
+}
+
+#[tokio::test]
+async fn without_a_hold_a_restarted_consul_is_taken_as_it_answers() {
+    let (mut consul, plane) = two_instances_with(", resync_hold: 0s").await;
+    let consul = restart_empty(&mut consul, &plane).await;
+    consul.register(&api("api-3", 18083)).await;
+    assert_eventually!(
+        Duration::from_secs(30),
+        || async { addresses(&plane).await == ["127.0.0.1:18083"] },
+        "got {:?}",
+        addresses(&plane).await
+    );
+    assert_eq!(
+        plane
+            .metric("tether_control_consul_resync_holds_total")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]

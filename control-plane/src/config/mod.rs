@@ -61,6 +61,16 @@ pub struct ConsulConfig {
     /// ACL token (`X-Consul-Token`).
     #[serde(default)]
     pub token: Option<String>,
+    /// After Consul answers again following a failure (or its index went
+    /// backwards: a server that lost its state), instances that disappear
+    /// are kept this long so sidecars re-registering with a restarted,
+    /// empty Consul are not dropped meanwhile. `0s` turns it off.
+    #[serde(default = "default_resync_hold", with = "humantime_serde")]
+    pub resync_hold: std::time::Duration,
+}
+
+fn default_resync_hold() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 /// One service as configured.

@@ -167,6 +167,11 @@ impl ConsulApi {
         uri
     }
 
+    /// How long removals wait after Consul answers again (`resync_hold`).
+    pub fn resync_hold(&self) -> Duration {
+        self.config.resync_hold
+    }
+
     /// The metrics this client reports to.
     pub fn metrics(&self) -> &ControlMetrics {
         &self.metrics

@@ -23,14 +23,17 @@
 //! that limit on the agent the control plane talks to.
 
 mod api;
+mod hold;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use tether_api::Endpoint;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 pub use api::{escape, ConsulApi, ConsulError};
+use hold::Hold;
 
 use super::{AbortOnDrop, Catalog, CatalogState};
 use crate::config::{usable_address, ConsulConfig};
@@ -83,6 +86,8 @@ struct Known {
     listed: Option<BTreeSet<String>>,
     /// Every listed service had a health answer at least once.
     synced: bool,
+    /// Set while Consul's removals wait (see [`hold`]).
+    hold: Option<Hold>,
 }
 
 type Shared = Arc<Mutex<Known>>;
@@ -100,13 +105,64 @@ fn publish(tx: &watch::Sender<Arc<CatalogState>>, shared: &Shared) {
         // Nobody uses a partial state: skip copying it (O(n²) at start-up).
         return;
     }
-    let services = &known.services;
+    if known
+        .hold
+        .as_ref()
+        .is_some_and(|h| !h.active(Instant::now()))
+    {
+        known.hold = None;
+        tracing::info!("consul resync hold over: instances Consul no longer lists are dropped");
+    }
+    let merged;
+    let services = match &known.hold {
+        Some(hold) => {
+            merged = hold.merge(&known.services);
+            &merged
+        }
+        None => &known.services,
+    };
     tx.send_if_modified(|current| {
         if current.synced && current.services == *services {
             return false;
         }
         *current = Arc::new(CatalogState::synced(services.clone()));
         true
+    });
+}
+
+/// Starts a resync hold (unless one runs or none is configured): called by
+/// a watch whose query succeeded after failing, or whose index went
+/// backwards, before its answer is applied.
+fn hold_removals(api: &ConsulApi, tx: &watch::Sender<Arc<CatalogState>>, shared: &Shared) {
+    let hold_for = api.resync_hold();
+    let now = Instant::now();
+    let running = shared.lock().map_or(true, |known| {
+        known.hold.as_ref().is_some_and(|h| h.active(now))
+    });
+    if hold_for.is_zero() || running {
+        return;
+    }
+    // Cloned before taking the lock: `publish` locks `shared`, then `tx`.
+    let published = {
+        let current = tx.borrow();
+        current.synced.then(|| current.services.clone())
+    };
+    let Some(held) = published else {
+        return; // nothing handed out yet, nothing to keep
+    };
+    let until = now + hold_for;
+    if let Ok(mut known) = shared.lock() {
+        known.hold = Some(Hold { until, held });
+    }
+    api.metrics().consul_resync_holds.inc();
+    tracing::info!(
+        hold = ?hold_for,
+        "consul answers again after a failure: instances it no longer lists are kept meanwhile, so sidecars re-registering with a restarted Consul are not dropped"
+    );
+    let (tx, shared) = (tx.clone(), Arc::clone(shared));
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until).await;
+        publish(&tx, &shared);
     });
 }
 
@@ -119,10 +175,17 @@ async fn watch_services(api: ConsulApi, tx: watch::Sender<Arc<CatalogState>>) {
         let names: BTreeMap<String, serde_json::Value> =
             match api.get("/v1/catalog/services", index).await {
                 Ok((names, next)) => {
+                    if failures > 0 || went_backwards(index, next) {
+                        hold_removals(&api, &tx, &shared);
+                    }
                     (index, failures) = (next, 0);
                     names
                 }
                 Err(error) => {
+                    // The next answer may come from a restarted or another
+                    // server, whose index means nothing against ours: a
+                    // lower one would block a whole `wait` before it shows.
+                    index = 0;
                     api.backoff(&mut failures, &error).await;
                     continue;
                 }
@@ -143,6 +206,12 @@ async fn watch_services(api: ConsulApi, tx: watch::Sender<Arc<CatalogState>>) {
         api.metrics().consul_watches.set(1 + watchers.len() as i64);
         publish(&tx, &shared);
     }
+}
+
+/// Whether Consul's index went backwards (the next index is reset to 0,
+/// see [`api`]): the server answering lost state, or is another one.
+fn went_backwards(index: u64, next: u64) -> bool {
+    index != 0 && next == 0
 }
 
 /// Says, once per crossing, that Consul's default per-client connection
@@ -172,10 +241,14 @@ async fn watch_health(
     loop {
         let entries: Vec<api::HealthEntry> = match api.get(&path, index).await {
             Ok((entries, next)) => {
+                if failures > 0 || went_backwards(index, next) {
+                    hold_removals(&api, &tx, &shared);
+                }
                 (index, failures) = (next, 0);
                 entries
             }
             Err(error) => {
+                index = 0; // as for the service list
                 api.backoff(&mut failures, &error).await;
                 continue;
             }
