@@ -50,22 +50,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Points `request` at `authority`, in the HTTP version the upstream speaks,
-/// keeping the original authority in `Host`. HTTP/2 gets the absolute URI
-/// (`:scheme`, `:authority`); HTTP/1.1 the origin form (`/path?query`), as
-/// a server expects it on its request line.
+/// Readies `request` for a connection to `endpoint`, in the HTTP version
+/// the upstream speaks, keeping the authority the caller asked for (the
+/// connection, not the request, says where it goes). HTTP/2 gets the
+/// absolute URI with that authority as `:authority` and no `Host` (RFC 9113
+/// §8.3.1: a `Host` differing from `:authority` is malformed); HTTP/1.1 the
+/// origin form (`/path?query`) with the authority in `Host`. A request that
+/// names none gets the endpoint's.
 pub fn to_upstream(
     mut request: Request<Body>,
-    authority: &Authority,
+    endpoint: &Authority,
     http2: bool,
 ) -> Result<Request<Body>, ProxyError> {
-    if !request.headers().contains_key(header::HOST) {
-        if let Some(original) = request.uri().authority() {
-            let host = HeaderValue::from_str(original.as_str())
-                .map_err(|_| ProxyError::BadRequest("authority is not a valid Host".into()))?;
-            request.headers_mut().insert(header::HOST, host);
-        }
-    }
     let path = request
         .uri()
         .path_and_query()
@@ -73,8 +69,22 @@ pub fn to_upstream(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
     if http2 {
+        let from_host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| Authority::try_from(v.as_bytes()).ok());
+        if from_host.is_some() {
+            request.headers_mut().remove(header::HOST);
+        }
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority.clone());
+        parts.authority = from_host
+            .or_else(|| request.uri().authority().cloned())
+            .or_else(|| Some(endpoint.clone()));
+    } else if !request.headers().contains_key(header::HOST) {
+        let original = request.uri().authority().unwrap_or(endpoint);
+        let host = HeaderValue::from_str(original.as_str())
+            .map_err(|_| ProxyError::BadRequest("authority is not a valid Host".into()))?;
+        request.headers_mut().insert(header::HOST, host);
     }
     parts.path_and_query = Some(path);
     *request.uri_mut() = Uri::from_parts(parts)
@@ -118,5 +128,45 @@ mod tests {
         assert!(out.headers().get("x-secret").is_none());
         assert_eq!(out.headers()["te"], "trailers");
         assert_eq!(out.headers()["x-keep"], "yes");
+    }
+
+    #[test]
+    fn http2_carries_the_callers_authority_and_no_host() {
+        let endpoint: Authority = "10.0.0.7:15443".parse().unwrap_or_else(|e| panic!("{e}"));
+        let from_h1 = Request::builder()
+            .uri("/v1/x")
+            .header("host", "api:8080")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let out = to_upstream(from_h1, &endpoint, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.uri(), "http://api:8080/v1/x");
+        assert!(
+            out.headers().get("host").is_none(),
+            "no Host beside :authority"
+        );
+        assert_eq!(out.version(), Version::HTTP_2);
+        let from_h2 = Request::builder()
+            .uri("http://api.mesh/y")
+            .version(Version::HTTP_2)
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let out = to_upstream(from_h2, &endpoint, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.uri(), "http://api.mesh/y");
+        let nameless = Request::builder()
+            .uri("/z")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let out = to_upstream(nameless, &endpoint, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            out.uri(),
+            "http://10.0.0.7:15443/z",
+            "the endpoint's when none was named"
+        );
+        let nameless = Request::builder()
+            .uri("/z")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let out = to_upstream(nameless, &endpoint, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.headers()["host"], "10.0.0.7:15443");
     }
 }
