@@ -45,6 +45,10 @@ pub enum ClientError {
     /// No connection could be made (TCP connect, TLS, or HTTP handshake).
     #[error("{0}")]
     Connect(#[source] BoxError),
+    /// The connection closed with the request still queued, twice: it was
+    /// never written, so nothing reached the endpoint.
+    #[error("the connection closed before the request was sent: {0}")]
+    NotSent(#[source] hyper::Error),
     /// The connection failed before response headers arrived.
     #[error("{0}")]
     Request(#[source] hyper::Error),
@@ -53,7 +57,7 @@ pub enum ClientError {
 impl ClientError {
     /// Whether nothing reached the endpoint (safe to retry any method).
     pub fn is_connect(&self) -> bool {
-        matches!(self, ClientError::Connect(_))
+        matches!(self, ClientError::Connect(_) | ClientError::NotSent(_))
     }
 }
 
@@ -130,26 +134,51 @@ impl EndpointPool {
 
     /// Sends `request` (URI in the form the protocol wants: origin-form for
     /// HTTP/1.1, absolute for HTTP/2) on a pooled or new connection.
+    ///
+    /// A connection that closes while the request waits to be written (an
+    /// idle timeout, the endpoint's GOAWAY or close, racing this request)
+    /// hands the request back unsent; it then goes once more on another
+    /// connection, whatever its method: nothing reached the endpoint.
     pub async fn send(
         self: &Arc<Self>,
-        request: Request<Body>,
+        mut request: Request<Body>,
     ) -> Result<Response<Body>, ClientError> {
-        if self.settings.http2 {
-            let mut sender = self.http2_sender().await?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(ClientError::Request)?;
-            Ok(response.map(Body::from))
-        } else {
-            let mut sender = self.http1_sender().await?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(ClientError::Request)?;
-            let pool: Weak<EndpointPool> = Arc::downgrade(self);
-            let slot = PoolSlot::new(pool, sender);
-            Ok(response.map(|body| Body::pooled(body, slot)))
+        let mut resent = false;
+        loop {
+            let mut error = if self.settings.http2 {
+                let mut sender = self.http2_sender().await?;
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response.map(Body::from)),
+                    Err(error) => error,
+                }
+            } else {
+                let mut sender = self.http1_sender().await?;
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let pool: Weak<EndpointPool> = Arc::downgrade(self);
+                        let slot = PoolSlot::new(pool, sender);
+                        return Ok(response.map(|body| Body::pooled(body, slot)));
+                    }
+                    Err(error) => error,
+                }
+            };
+            request = match error.take_message() {
+                Some(unsent) if !resent => unsent,
+                Some(_) => return Err(ClientError::NotSent(error.into_error())),
+                None => return Err(ClientError::Request(error.into_error())),
+            };
+            resent = true;
+            self.forget_closed_http2();
+            tracing::debug!(endpoint = %self.uri, "connection closed before the request was written; sending it on another");
+        }
+    }
+
+    /// Drops the shared HTTP/2 connection if it has closed.
+    fn forget_closed_http2(&self) {
+        if let Ok(mut shared) = self.shared.lock() {
+            if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                *shared = None;
+            }
         }
     }
 
@@ -165,11 +194,7 @@ impl EndpointPool {
                 return Ok(sender);
             }
             // The connection went away between the check and now: forget it.
-            if let Ok(mut shared) = self.shared.lock() {
-                if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
-                    *shared = None;
-                }
-            }
+            self.forget_closed_http2();
         }
         Err(ClientError::Connect(
             "the HTTP/2 connection closed as it was used".into(),
