@@ -3,10 +3,13 @@
 # way an operator would, and fails on the first thing that does not hold:
 #   1. web's app reaches api through both sidecars (web's outbound and the
 #      api sidecars' inbound metrics), split over v1 and v2, all over mTLS
-#      (no plaintext connection accepted by an api sidecar);
+#      (no plaintext connection accepted by an api sidecar; web's identity
+#      in api's access log);
 #   2. a container on the same network without a sidecar cannot reach api's
 #      app port (the capture sends it to the mTLS listener, which refuses);
-#   3. both api instances are registered in Consul, passing;
+#      from web's pod a GET reaches api and a POST is denied (authorization);
+#   3. both api instances are registered in Consul, passing; a stopped
+#      sidecar's registration goes, and comes back when it starts;
 #   4. traces of web -> api are in Jaeger;
 #   5. `docker-compose restart api-v1` (SIGTERM: deregister, grace, drain)
 #      under a bounded load from web's pod loses no request, and api-v1's
@@ -48,7 +51,11 @@ for port in $V1 $V2; do
   plain=$(metric $port 'tether_inbound_plaintext_connections_total')
   [ "$plain" -eq 0 ] || fail "an api sidecar accepted $plain plaintext connections"
 done
-say "ok: web -> api through both sidecars over mTLS"
+# grep -c reads to the end: with -q, `docker logs` would die of SIGPIPE and pipefail fail the line.
+from_web_logged=$("$DOCKER" logs tether_api-v1_1 2>/dev/null \
+  | grep -c '"peer_identity":"spiffe://tether.local/service/web","method":"GET","authority":"api:8080"' || true)
+[ "$from_web_logged" -gt 0 ] || fail "api-v1's access log has no GET for api:8080 from web's mesh identity"
+say "ok: web -> api through both sidecars over mTLS (peer spiffe://tether.local/service/web in api's access log)"
 
 # 2. No sidecar, no way in.
 if "$DOCKER" run --rm --network tether_default --entrypoint /bin/bash tether-init:dev -c \
@@ -57,6 +64,15 @@ if "$DOCKER" run --rm --network tether_default --entrypoint /bin/bash tether-ini
   fail "a container without a sidecar got an answer from api's app port"
 fi
 say "ok: a caller without a sidecar is refused at api's app port"
+from_web() { # METHOD: the status line of METHOD / to http://api:8080 from web's pod (captured)
+  "$DOCKER" run --rm --network container:tether_web-pod_1 --entrypoint /bin/bash tether-init:dev -c \
+    "exec 3<>/dev/tcp/api/8080 && printf '$1 / HTTP/1.1\r\nHost: api:8080\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3 && timeout 5 head -1 <&3" \
+    2>/dev/null | tr -d '\r'
+}
+get=$(from_web GET); post=$(from_web POST)
+[ "${get%% *}" = HTTP/1.1 ] && [ "$(cut -d' ' -f2 <<<"$get")" = 200 ] || fail "GET from web's pod to api: '$get'"
+[ "$(cut -d' ' -f2 <<<"$post")" = 403 ] || fail "POST from web's pod to api should be denied (403): '$post'"
+say "ok: authorization: from web's pod GET api -> 200, POST api -> 403"
 
 # 3. Registrations.
 passing() { # how many passing instances of api Consul has
@@ -66,6 +82,12 @@ passing() { # how many passing instances of api Consul has
 two_passing() { [ "$(passing)" -eq 2 ]; }
 wait_for 60 "both api instances registered and passing in Consul" two_passing
 say "ok: api-v1 and api-v2 registered in Consul, passing"
+one_passing() { [ "$(passing)" -eq 1 ]; }
+compose stop api-v2 >/dev/null 2>&1
+wait_for 30 "api-v2's registration gone once its sidecar stopped" one_passing
+compose start api-v2 >/dev/null 2>&1
+wait_for 60 "api-v2 registered again once its sidecar started" two_passing
+say "ok: a stopped sidecar's registration goes and comes back when it starts"
 
 # 4. Traces.
 traces() { curl -fsS -m 5 "http://127.0.0.1:16686/api/traces?service=web&limit=20" 2>/dev/null | grep -c '"traceID"' || true; }

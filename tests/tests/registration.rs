@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 use tether_e2e::consul::Consul;
+use tether_e2e::control::ControlPlane;
 use tether_e2e::{assert_eventually, free_port, Backend, Client, Proxy, ProxyBuilder};
 use tokio::net::TcpListener;
 
@@ -168,6 +169,50 @@ async fn the_check_goes_critical_when_the_app_is_down_and_passing_when_it_is_bac
         "never passing again with the app back; log:\n{}",
         proxy.log()
     );
+}
+
+#[tokio::test]
+async fn a_sidecar_without_a_snapshot_keeps_its_check_critical_though_the_app_is_up() {
+    // The proxy registers with `agent`; its control plane reads a catalog
+    // from a second Consul that is not up yet, so it serves no snapshot.
+    let agent = Consul::start().await;
+    let catalog_port = free_port();
+    let plane = ControlPlane::start_unready(&format!(
+        "mesh:\n  catalog:\n    consul: {{ address: \"http://127.0.0.1:{catalog_port}\" }}\nservices:\n  api: {{}}\n"
+    ))
+    .await;
+    let app = Backend::start("app").await;
+    let proxy = Proxy::subscribed(&plane.url(), "api")
+        .app(app.addr)
+        .arg("--consul-agent")
+        .arg(&agent.url())
+        .arg("--consul-service-id")
+        .arg("api-6")
+        .arg("--consul-check-interval")
+        .arg(CHECK_INTERVAL)
+        .spawn();
+    assert_eventually!(
+        Duration::from_secs(15),
+        || async {
+            is_critical(&agent, "api-6").await
+                && check_output(&agent, "api-6").await.contains("no snapshot")
+        },
+        "registered, but not critical for want of a snapshot: {:?} {:?}; log:\n{}",
+        check_status(&agent, "api-6").await,
+        check_output(&agent, "api-6").await,
+        proxy.log()
+    );
+    assert!(!proxy.is_ready().await, "ready without a snapshot");
+    // The catalog comes up: snapshot, readiness, and only then passing.
+    let _catalog = Consul::start_on(catalog_port).await;
+    assert_eventually!(
+        Duration::from_secs(30),
+        || is_passing(&agent, "api-6"),
+        "never passing once the sidecar had its snapshot: {:?}; log:\n{}",
+        check_output(&agent, "api-6").await,
+        proxy.log()
+    );
+    assert!(proxy.is_ready().await);
 }
 
 #[tokio::test]
