@@ -92,7 +92,14 @@ pub struct InitArgs {
     /// default: the one the namespace already uses, else nft, else legacy.
     #[arg(long, env = "TETHER_IPTABLES_BINARY")]
     pub iptables_binary: Option<String>,
-    /// Print the rules (iptables-restore input) and change nothing.
+    /// TCP over IPv6, which is not redirected: `reject` refuses it (a TCP
+    /// reset) except loopback, the proxy's own connections and exclusions,
+    /// so nothing goes around the proxy; `leave` lets it pass untouched.
+    /// Applied only where the namespace has IPv6.
+    #[arg(long, env = "TETHER_IPV6", value_enum, default_value = "reject")]
+    pub ipv6: Ipv6Mode,
+    /// Print the rules (iptables-restore input, then ip6tables-restore
+    /// input) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Remove Tether's rules instead of writing them.
@@ -116,37 +123,123 @@ impl InitArgs {
     }
 }
 
+/// What `tether-proxy init` does with TCP over IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ipv6Mode {
+    /// Refuse it (except loopback, the proxy, replies and exclusions).
+    Reject,
+    /// Let it pass: it goes around the proxy.
+    Leave,
+}
+
+/// Whether this network namespace has IPv6 (an address, not disabled).
+fn namespace_has_ipv6() -> bool {
+    let disabled = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .map_or(true, |v| v.trim() == "1");
+    let addresses = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    !disabled && !addresses.trim().is_empty()
+}
+
 /// Runs `tether-proxy init`; the process exit code (0 on success, see
 /// [`crate::capture::CaptureError::exit_code`]).
 pub fn init(args: &InitArgs) -> u8 {
-    use crate::capture::{Backend, Change, RuleSet};
-    let rules = RuleSet::new(&args.settings());
+    use crate::capture::{Backend, CaptureError, Change, RuleSet};
+    let settings = args.settings();
+    let rules = RuleSet::new(&settings);
+    let guard = RuleSet::ipv6_guard(&settings);
     if args.dry_run {
-        print!("{}", rules.restore_input());
+        print!("# iptables-restore --noflush\n{}", rules.restore_input());
+        if args.ipv6 == Ipv6Mode::Reject {
+            print!(
+                "# ip6tables-restore --noflush (only where the namespace has IPv6)\n{}",
+                guard.restore_input()
+            );
+        }
         return 0;
     }
-    let backend = match &args.iptables_binary {
-        Some(name) => Ok(Backend::named(name.clone())),
-        None => Backend::detect(),
+    let describe = |change: Change, what: &str| -> String {
+        match change {
+            Change::Applied => format!("{what} applied"),
+            Change::Unchanged => format!("{what} already in force; nothing changed"),
+            Change::Replaced => format!("earlier {what} replaced"),
+            Change::Removed => format!("{what} removed"),
+            Change::NothingToRemove => format!("no {what} to remove"),
+        }
     };
-    let result = backend.and_then(|backend| {
-        let change = if args.cleanup {
-            backend.cleanup()
-        } else {
-            backend.apply(&rules)
-        }?;
-        Ok((backend, change))
-    });
-    match result {
-        Ok((backend, change)) => {
-            let what = match change {
-                Change::Applied => "capture rules applied",
-                Change::Unchanged => "capture rules already in force; nothing changed",
-                Change::Replaced => "earlier capture rules replaced",
-                Change::Removed => "capture rules removed",
-                Change::NothingToRemove => "no capture rules to remove",
-            };
-            eprintln!("tether-proxy init: {what} ({})", backend.iptables);
+    let run = || -> Result<Vec<String>, CaptureError> {
+        let backend = match &args.iptables_binary {
+            Some(name) => Backend::named(name.clone()),
+            None => Backend::detect()?,
+        };
+        let ipv6 = backend.ipv6();
+        let mut said = Vec::new();
+        if args.cleanup {
+            let change = backend.cleanup(&rules)?;
+            said.push(format!(
+                "{} ({})",
+                describe(change, "capture rules"),
+                backend.iptables
+            ));
+            // An earlier guard is removed whatever --ipv6 says now; no
+            // ip6tables (or no IPv6) means there is none.
+            match ipv6.cleanup(&guard) {
+                Ok(change) => said.push(format!(
+                    "{} ({})",
+                    describe(change, "IPv6 guard"),
+                    ipv6.iptables
+                )),
+                Err(CaptureError::NotFound(_)) => {}
+                Err(error) if !namespace_has_ipv6() => {
+                    tracing::debug!(%error, "no IPv6 guard to remove");
+                }
+                Err(error) => return Err(error),
+            }
+            return Ok(said);
+        }
+        let change = backend.apply(&rules)?;
+        said.push(format!(
+            "{} ({})",
+            describe(change, "capture rules"),
+            backend.iptables
+        ));
+        match args.ipv6 {
+            Ipv6Mode::Reject if namespace_has_ipv6() => {
+                let change = ipv6.apply(&guard).map_err(|error| match error {
+                    CaptureError::NotFound(tried) => CaptureError::NotFound(format!(
+                        "{tried}; this namespace has IPv6, which is not captured: install ip6tables beside iptables, or pass --ipv6 leave to let IPv6 go around the proxy"
+                    )),
+                    other => other,
+                })?;
+                said.push(format!(
+                    "{}: TCP over IPv6 is refused but for loopback, the proxy and exclusions ({})",
+                    describe(change, "IPv6 guard"),
+                    ipv6.iptables
+                ));
+            }
+            Ipv6Mode::Reject => said.push("no IPv6 in this namespace: no IPv6 guard needed".into()),
+            Ipv6Mode::Leave if namespace_has_ipv6() => {
+                // An earlier run's guard goes: `leave` means none.
+                match ipv6.cleanup(&guard) {
+                    Ok(Change::Removed) => {
+                        said.push(format!("earlier IPv6 guard removed ({})", ipv6.iptables))
+                    }
+                    Ok(_) | Err(CaptureError::NotFound(_)) => {}
+                    Err(error) => return Err(error),
+                }
+                said.push(
+                    "--ipv6 leave: TCP over IPv6 goes around the proxy (not captured, not refused)"
+                        .into(),
+                );
+            }
+            Ipv6Mode::Leave => {}
+        }
+        Ok(said)
+    };
+    match run() {
+        Ok(said) => {
+            for line in said {
+                eprintln!("tether-proxy init: {line}");
+            }
             0
         }
         Err(error) => {

@@ -31,6 +31,10 @@ pub struct Pair {
     pub app_ip: String,
     /// `peer`'s address.
     pub peer_ip: String,
+    /// `app`'s IPv6 address (a /64 of fd18::/16, unique local).
+    pub app_ip6: String,
+    /// `peer`'s IPv6 address.
+    pub peer_ip6: String,
 }
 
 fn ip(args: &[&str]) {
@@ -75,9 +79,18 @@ impl Netns {
     /// Starts a responder on `host:port` that writes `tag` to every
     /// connection and closes it; returns once it accepts connections.
     pub fn respond(&mut self, host: &str, port: u16, tag: &str) {
+        // An IPv6 host (`::`) listens on IPv6 only, beside an IPv4 one.
+        let (family, v6only) = if host.contains(':') {
+            (
+                "AF_INET6",
+                "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n",
+            )
+        } else {
+            ("AF_INET", "")
+        };
         let script = format!(
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
-             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+            "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n{v6only}\
              s.bind(('{host}', {port}))\ns.listen(64)\n\
              while True:\n    c, _ = s.accept()\n    c.sendall(b'{tag}')\n    c.close()\n"
         );
@@ -88,7 +101,11 @@ impl Netns {
             .spawn()
             .unwrap_or_else(|e| panic!("python3 responder: {e}"));
         self.children.push(child);
-        let target = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+        let target = match host {
+            "0.0.0.0" => "127.0.0.1",
+            "::" => "::1",
+            other => other,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.connect(target, port, None).as_deref() != Some(tag) {
             assert!(
@@ -176,6 +193,21 @@ impl Pair {
             "dev",
             &vp,
         ]);
+        // fd18:<n>::/64; nodad: usable at once, no duplicate detection wait.
+        let (app_ip6, peer_ip6) = (format!("fd18:{n:x}::1"), format!("fd18:{n:x}::2"));
+        for (ns, dev, address) in [(&app, &va, &app_ip6), (&peer, &vp, &peer_ip6)] {
+            ip(&[
+                "-n",
+                &ns.name,
+                "-6",
+                "addr",
+                "add",
+                &format!("{address}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
         ip(&["-n", &app.name, "link", "set", &va, "up"]);
         ip(&["-n", &peer.name, "link", "set", &vp, "up"]);
         Self {
@@ -183,6 +215,8 @@ impl Pair {
             peer,
             app_ip,
             peer_ip,
+            app_ip6,
+            peer_ip6,
         }
     }
 }

@@ -110,6 +110,120 @@ fn init_captures_the_app_not_the_proxy_with_legacy() {
     captures_and_cleans_up_with("iptables-legacy");
 }
 
+fn ip6_rules(ns: &Netns, ip6tables: &str) -> String {
+    let out = ns.run(&format!("{ip6tables}-save"), &["-t", "filter"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// TCP over IPv6 is not redirected, so it must not go around the proxy.
+fn ipv6_is_refused_around_the_proxy_with(iptables: &str) {
+    let ip6tables = iptables.replacen("iptables", "ip6tables", 1);
+    let mut pair = Pair::new();
+    pair.peer.respond("::", APP_PORT, "peer-app6");
+    pair.app.respond("::", APP_PORT, "app6");
+    pair.app.respond("::", 2222, "ssh6");
+    let (app6, peer6) = (pair.app_ip6.clone(), pair.peer_ip6.clone());
+    assert_eq!(
+        pair.app.connect(&peer6, APP_PORT, None).as_deref(),
+        Some("peer-app6"),
+        "IPv6 works before init"
+    );
+    assert_eq!(
+        pair.peer.connect(&app6, APP_PORT, None).as_deref(),
+        Some("app6")
+    );
+
+    let args = [
+        "--iptables-binary",
+        iptables,
+        "--exclude-inbound-ports",
+        "2222",
+    ];
+    let out = init(&pair.app, &args);
+    assert!(out.status.success(), "init failed: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("IPv6 guard applied"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pair.app.connect(&peer6, APP_PORT, None),
+        None,
+        "the app cannot go around its sidecar over IPv6"
+    );
+    assert_eq!(
+        pair.peer.connect(&app6, APP_PORT, None),
+        None,
+        "a caller cannot reach the app around its sidecar over IPv6"
+    );
+    assert_eq!(
+        pair.app.connect(&peer6, APP_PORT, Some(1337)).as_deref(),
+        Some("peer-app6"),
+        "the proxy's own IPv6 connections pass"
+    );
+    assert_eq!(
+        pair.app.connect("::1", APP_PORT, None).as_deref(),
+        Some("app6"),
+        "IPv6 loopback passes"
+    );
+    assert_eq!(
+        pair.peer.connect(&app6, 2222, None).as_deref(),
+        Some("ssh6"),
+        "an excluded inbound port passes"
+    );
+
+    let before = ip6_rules(&pair.app, &ip6tables);
+    let out = init(&pair.app, &args);
+    assert!(
+        stderr(&out).contains("IPv6 guard already in force"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        ip6_rules(&pair.app, &ip6tables),
+        before,
+        "a second run is a no-op"
+    );
+
+    // --ipv6 leave takes the guard away.
+    let out = init(
+        &pair.app,
+        &["--iptables-binary", iptables, "--ipv6", "leave"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!ip6_rules(&pair.app, &ip6tables).contains("TETHER"));
+    assert_eq!(
+        pair.app.connect(&peer6, APP_PORT, None).as_deref(),
+        Some("peer-app6")
+    );
+
+    // --cleanup removes the guard too.
+    let out = init(&pair.app, &["--iptables-binary", iptables]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ip6_rules(&pair.app, &ip6tables).contains("TETHER_OUTBOUND6"));
+    let out = init(&pair.app, &["--cleanup", "--iptables-binary", iptables]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!ip6_rules(&pair.app, &ip6tables).contains("TETHER"));
+    assert_eq!(
+        pair.peer.connect(&app6, APP_PORT, None).as_deref(),
+        Some("app6")
+    );
+}
+
+#[test]
+fn ipv6_is_refused_around_the_proxy_with_nft() {
+    ipv6_is_refused_around_the_proxy_with("iptables-nft");
+}
+
+#[test]
+fn ipv6_is_refused_around_the_proxy_with_legacy() {
+    ipv6_is_refused_around_the_proxy_with("iptables-legacy");
+}
+
 #[test]
 fn excluded_destinations_and_ports_are_reached_directly() {
     let mut pair = Pair::new();

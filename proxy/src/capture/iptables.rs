@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::rules::{RuleSet, CHAINS};
+use super::rules::RuleSet;
 
 /// An iptables flavour: the binaries that go together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,19 @@ impl Backend {
             .ok_or_else(|| CaptureError::NotFound(candidates.join(", ")))
     }
 
+    /// The IPv6 flavour of the same back end: `iptables-nft` ->
+    /// `ip6tables-nft`, `/sbin/iptables` -> `/sbin/ip6tables`.
+    pub fn ipv6(&self) -> Self {
+        let (dir, name) = match self.iptables.rfind('/') {
+            Some(at) => self.iptables.split_at(at + 1),
+            None => ("", self.iptables.as_str()),
+        };
+        Self::named(format!(
+            "{dir}{}",
+            name.replacen("iptables", "ip6tables", 1)
+        ))
+    }
+
     fn tool(&self, suffix: &str) -> String {
         // iptables-nft -> iptables-nft-save; /sbin/iptables -> /sbin/iptables-save
         format!("{}{suffix}", self.iptables)
@@ -98,20 +111,25 @@ impl Backend {
 
     /// `iptables-save -t nat`.
     pub fn save(&self) -> Result<String, CaptureError> {
-        run(&self.tool("-save"), &["-t", "nat"], None)
+        self.save_table("nat")
     }
 
-    /// Makes `rules` the rules in force: nothing if they already are; the
-    /// earlier set removed first if another is.
+    /// `iptables-save -t TABLE`.
+    pub fn save_table(&self, table: &str) -> Result<String, CaptureError> {
+        run(&self.tool("-save"), &["-t", table], None)
+    }
+
+    /// Makes `rules` the rules in force in their table: nothing if they
+    /// already are; the earlier set removed first if another is.
     pub fn apply(&self, rules: &RuleSet) -> Result<Change, CaptureError> {
-        let installed = RuleSet::installed(&self.save()?);
+        let installed = RuleSet::installed(&self.save_table(rules.table)?);
         if rules.same_as(&installed) {
             return Ok(Change::Unchanged);
         }
         let change = if installed.is_empty() {
             Change::Applied
         } else {
-            self.cleanup()?;
+            self.cleanup(rules)?;
             Change::Replaced
         };
         run(
@@ -122,11 +140,14 @@ impl Backend {
         Ok(change)
     }
 
-    /// Removes Tether's jumps and chains, in one transaction.
-    pub fn cleanup(&self) -> Result<Change, CaptureError> {
-        let save = self.save()?;
+    /// Removes Tether's jumps and chains from the table of `like` (a rule
+    /// set of the kind to remove; its rules do not matter), in one
+    /// transaction.
+    pub fn cleanup(&self, like: &RuleSet) -> Result<Change, CaptureError> {
+        let save = self.save_table(like.table)?;
         let installed = RuleSet::installed(&save);
-        let declared: Vec<&str> = CHAINS
+        let declared: Vec<&str> = like
+            .chains
             .iter()
             .copied()
             .filter(|chain| save.lines().any(|l| l.starts_with(&format!(":{chain} "))))
@@ -134,13 +155,14 @@ impl Backend {
         if installed.is_empty() && declared.is_empty() {
             return Ok(Change::NothingToRemove);
         }
-        let mut text = String::from("*nat\n");
+        let mut text = format!("*{}\n", like.table);
         // Jumps from the built-in chains go first; then our chains are
         // emptied (declaring them flushes them) and deleted.
-        for rule in installed
-            .iter()
-            .filter(|r| r.starts_with("-A PREROUTING ") || r.starts_with("-A OUTPUT "))
-        {
+        let ours = |rule: &&String| {
+            let chain = rule.split_whitespace().nth(1).unwrap_or_default();
+            like.chains.contains(&chain)
+        };
+        for rule in installed.iter().filter(|r| !ours(r)) {
             text.push_str(&rule.replacen("-A ", "-D ", 1));
             text.push('\n');
         }
@@ -200,4 +222,22 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Capt
         return Err(CaptureError::Failed { command, stderr });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv6_back_end_is_named_like_the_ipv4_one() {
+        assert_eq!(
+            Backend::named("iptables-nft").ipv6().iptables,
+            "ip6tables-nft"
+        );
+        assert_eq!(Backend::named("iptables").ipv6().iptables, "ip6tables");
+        assert_eq!(
+            Backend::named("/usr/sbin/iptables-legacy").ipv6().iptables,
+            "/usr/sbin/ip6tables-legacy"
+        );
+    }
 }

@@ -11,13 +11,19 @@ pub const INBOUND_REDIRECT_CHAIN: &str = "TETHER_INBOUND_REDIRECT";
 pub const OUTBOUND_CHAIN: &str = "TETHER_OUTBOUND";
 /// Chain that redirects to the outbound listener.
 pub const OUTBOUND_REDIRECT_CHAIN: &str = "TETHER_OUTBOUND_REDIRECT";
-/// Every chain Tether owns, in the order they are declared.
+/// Every chain Tether owns in the nat table, in the order they are declared.
 pub const CHAINS: [&str; 4] = [
     INBOUND_CHAIN,
     INBOUND_REDIRECT_CHAIN,
     OUTBOUND_CHAIN,
     OUTBOUND_REDIRECT_CHAIN,
 ];
+/// IPv6 filter chain that INPUT jumps to: TCP arriving over IPv6.
+pub const INBOUND6_CHAIN: &str = "TETHER_INBOUND6";
+/// IPv6 filter chain that OUTPUT jumps to: TCP leaving over IPv6.
+pub const OUTBOUND6_CHAIN: &str = "TETHER_OUTBOUND6";
+/// Every chain Tether owns in the IPv6 filter table.
+pub const IPV6_CHAINS: [&str; 2] = [INBOUND6_CHAIN, OUTBOUND6_CHAIN];
 
 /// What to capture and what to leave alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +43,8 @@ pub struct CaptureSettings {
     /// but the excluded ones.
     pub inbound_ports: Vec<u16>,
     /// Destination blocks the app reaches directly (e.g. the Consul agent,
-    /// the control plane). IPv4 blocks only: IPv6 is not captured.
+    /// the control plane): IPv4 blocks skip the capture, IPv6 blocks the
+    /// IPv6 guard.
     pub exclude_outbound_cidrs: Vec<Cidr>,
     /// Destination ports the app reaches directly.
     pub exclude_outbound_ports: Vec<u16>,
@@ -48,12 +55,71 @@ pub struct CaptureSettings {
 /// The rules for one table, as `iptables-save` would print them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
+    /// The table (`nat`, `filter`).
+    pub table: &'static str,
+    /// The chains Tether owns in it, in the order they are declared.
+    pub chains: &'static [&'static str],
     /// The `-A …` lines, in order (chain declarations excluded).
     pub rules: Vec<String>,
 }
 
 impl RuleSet {
-    /// The rules of `settings`.
+    /// The IPv6 guard of `settings` (ip6tables, filter table). Only IPv4 is
+    /// redirected to the proxy, so TCP over IPv6 would go around it: a
+    /// caller without a sidecar reaching the app, or the app reaching
+    /// anything unseen. The guard refuses both with a TCP reset (so
+    /// clients that tried IPv6 first fall back to IPv4 at once), except
+    /// loopback, the proxy's own connections, replies, and what is
+    /// excluded from the capture. UDP, ICMPv6 and neighbour discovery are
+    /// untouched.
+    pub fn ipv6_guard(settings: &CaptureSettings) -> Self {
+        let mut rules = Vec::new();
+        let mut add = |line: String| rules.push(line);
+        add(format!("-A INPUT -p tcp -j {INBOUND6_CHAIN}"));
+        add(format!("-A {INBOUND6_CHAIN} -i lo -j RETURN"));
+        add(format!(
+            "-A {INBOUND6_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+        ));
+        for port in dedup(settings.exclude_inbound_ports.clone()) {
+            add(format!(
+                "-A {INBOUND6_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
+            ));
+        }
+        add(format!(
+            "-A {INBOUND6_CHAIN} -p tcp -j REJECT --reject-with tcp-reset"
+        ));
+        add(format!("-A OUTPUT -p tcp -j {OUTBOUND6_CHAIN}"));
+        add(format!("-A {OUTBOUND6_CHAIN} -o lo -j RETURN"));
+        add(format!(
+            "-A {OUTBOUND6_CHAIN} -m owner --uid-owner {} -j RETURN",
+            settings.proxy_uid
+        ));
+        add(format!(
+            "-A {OUTBOUND6_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+        ));
+        for cidr in settings
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|c| !c.is_ipv4())
+        {
+            add(format!("-A {OUTBOUND6_CHAIN} -d {cidr} -j RETURN"));
+        }
+        for port in dedup(settings.exclude_outbound_ports.clone()) {
+            add(format!(
+                "-A {OUTBOUND6_CHAIN} -p tcp -m tcp --dport {port} -j RETURN"
+            ));
+        }
+        add(format!(
+            "-A {OUTBOUND6_CHAIN} -p tcp -j REJECT --reject-with tcp-reset"
+        ));
+        Self {
+            table: "filter",
+            chains: &IPV6_CHAINS,
+            rules,
+        }
+    }
+
+    /// The capture rules of `settings` (iptables, nat table).
     pub fn new(settings: &CaptureSettings) -> Self {
         let mut rules = Vec::new();
         let mut add = |line: String| rules.push(line);
@@ -112,14 +178,18 @@ impl RuleSet {
             "-A {OUTBOUND_REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
             settings.outbound_port
         ));
-        Self { rules }
+        Self {
+            table: "nat",
+            chains: &CHAINS,
+            rules,
+        }
     }
 
     /// `iptables-restore --noflush` input that declares (and so empties)
     /// Tether's chains and adds every rule, in one transaction.
     pub fn restore_input(&self) -> String {
-        let mut text = String::from("*nat\n");
-        for chain in CHAINS {
+        let mut text = format!("*{}\n", self.table);
+        for chain in self.chains {
             text.push_str(&format!(":{chain} - [0:0]\n"));
         }
         for rule in &self.rules {
@@ -210,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn exclusions_return_before_the_redirect_and_ipv6_blocks_are_left_out() {
+    fn exclusions_return_before_the_redirect_and_ipv6_blocks_are_left_out_of_nat() {
         let rules = RuleSet::new(&settings()).rules;
         assert!(rules.contains(&"-A TETHER_OUTBOUND -d 10.5.0.2/32 -j RETURN".to_owned()));
         assert!(!rules.iter().any(|r| r.contains("fd00")));
@@ -239,6 +309,44 @@ mod tests {
             &"-A TETHER_INBOUND -p tcp -m tcp --dport 8080 -j TETHER_INBOUND_REDIRECT".to_owned()
         ));
         assert!(!rules.contains(&"-A TETHER_INBOUND -p tcp -j TETHER_INBOUND_REDIRECT".to_owned()));
+    }
+
+    #[test]
+    fn the_ipv6_guard_lets_loopback_the_proxy_replies_and_exclusions_pass_and_resets_the_rest() {
+        let guard = RuleSet::ipv6_guard(&settings());
+        assert_eq!(guard.table, "filter");
+        let rules = &guard.rules;
+        let last_in = rules
+            .iter()
+            .rposition(|r| r.starts_with("-A TETHER_INBOUND6 "))
+            .unwrap();
+        assert_eq!(
+            rules[last_in],
+            "-A TETHER_INBOUND6 -p tcp -j REJECT --reject-with tcp-reset"
+        );
+        assert_eq!(
+            rules.last().unwrap(),
+            "-A TETHER_OUTBOUND6 -p tcp -j REJECT --reject-with tcp-reset"
+        );
+        for pass in [
+            "-A TETHER_INBOUND6 -i lo -j RETURN",
+            "-A TETHER_INBOUND6 -p tcp -m tcp --dport 22 -j RETURN",
+            "-A TETHER_OUTBOUND6 -o lo -j RETURN",
+            "-A TETHER_OUTBOUND6 -m owner --uid-owner 1337 -j RETURN",
+            "-A TETHER_OUTBOUND6 -d fd00::/8 -j RETURN",
+            "-A TETHER_OUTBOUND6 -p tcp -m tcp --dport 8500 -j RETURN",
+        ] {
+            assert!(
+                rules.iter().any(|r| r == pass),
+                "{pass} missing: {rules:#?}"
+            );
+        }
+        assert!(
+            !rules.iter().any(|r| r.contains("10.5.0.2")),
+            "IPv4 blocks stay out"
+        );
+        let text = guard.restore_input();
+        assert!(text.starts_with("*filter\n:TETHER_INBOUND6 - [0:0]\n:TETHER_OUTBOUND6 - [0:0]\n"));
     }
 
     #[test]
