@@ -56,6 +56,8 @@ pub enum Reason {
     Unauthorized,
     /// An opaque TCP stream broke after it was set up.
     Reset,
+    /// An opaque TCP stream carried nothing for its idle timeout and was closed.
+    IdleTimeout,
 }
 
 impl Reason {
@@ -74,6 +76,7 @@ impl Reason {
             Reason::NotReady => "not-ready",
             Reason::Unauthorized => "unauthorized",
             Reason::Reset => "reset",
+            Reason::IdleTimeout => "idle-timeout",
         }
     }
 }

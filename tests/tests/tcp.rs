@@ -43,10 +43,23 @@ impl Mesh {
 }
 
 async fn mesh(mtls: bool, authorization: &str, web_args: &[&str]) -> Mesh {
-    let pki = mtls.then(TestPki::new);
     let echo = EchoServer::start().await;
+    let app = echo.addr;
+    mesh_to(echo, app, mtls, authorization, web_args, "{}").await
+}
+
+/// [`mesh`] with db's app at `app` and web's policy for db.
+async fn mesh_to(
+    echo: EchoServer,
+    app: SocketAddr,
+    mtls: bool,
+    authorization: &str,
+    web_args: &[&str],
+    policy: &str,
+) -> Mesh {
+    let pki = mtls.then(TestPki::new);
     let mut db = Proxy::builder(&db_snapshot(authorization))
-        .app(echo.addr)
+        .app(app)
         .arg("--service")
         .arg("db")
         .arg("--access-log");
@@ -55,7 +68,7 @@ async fn mesh(mtls: bool, authorization: &str, web_args: &[&str]) -> Mesh {
     }
     let db = db.start().await;
     let port = free_port();
-    let mut web = Proxy::builder(&web_snapshot(port, &[db.inbound], "{}"))
+    let mut web = Proxy::builder(&web_snapshot(port, &[db.inbound], policy))
         .arg("--service")
         .arg("web")
         .arg("--access-log");
@@ -78,6 +91,156 @@ async fn mesh(mtls: bool, authorization: &str, web_args: &[&str]) -> Mesh {
 /// The value of `series` in `proxy`'s metrics, 0 when absent.
 async fn value(proxy: &Proxy, series: &str) -> f64 {
     metric(&proxy.metrics().await, series).unwrap_or(0.0)
+}
+
+/// A real Redis (Debian's `redis-server`) on a free loopback port, no
+/// persistence; killed on drop.
+struct Redis {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server: {e} (apt-get install redis-server)"));
+        let redis = Self {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while redis_cli(redis.addr, &["PING"], None) != "PONG" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `redis-cli -h IP -p PORT ARGS` (the last argument from `stdin` with
+/// `-x`), its trimmed output.
+fn redis_cli(addr: SocketAddr, args: &[&str], stdin: Option<&[u8]>) -> String {
+    use std::io::Write;
+    let mut command = std::process::Command::new("redis-cli");
+    command.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()]);
+    if stdin.is_some() {
+        command.arg("-x");
+    }
+    let mut child = command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-cli: {e} (apt-get install redis-tools)"));
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(data)
+            .unwrap_or_else(|e| panic!("redis-cli stdin: {e}"));
+    }
+    drop(child.stdin.take());
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn redis_through_two_sidecars_over_mtls() {
+    let redis = Redis::start();
+    let echo = EchoServer::start().await;
+    let mesh = mesh_to(echo, redis.addr, true, "", &[], "{}").await;
+    let via = mesh.tcp();
+    let cli = move |args: Vec<String>, stdin: Option<Vec<u8>>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis_cli(via, &args, stdin.as_deref())
+        })
+    };
+    let run = |args: &[&str]| cli(args.iter().map(|a| a.to_string()).collect(), None);
+    assert_eq!(
+        run(&["PING"]).await.unwrap_or_default(),
+        "PONG",
+        "web:\n{}",
+        mesh.web.log()
+    );
+    assert_eq!(run(&["SET", "k", "v"]).await.unwrap_or_default(), "OK");
+    assert_eq!(run(&["GET", "k"]).await.unwrap_or_default(), "v");
+    // 1 MiB each way: SET from stdin, then STRLEN and GETRANGE of the end.
+    let big = vec![b'x'; 1 << 20];
+    let set = cli(vec!["SET".into(), "big".into()], Some(big)).await;
+    assert_eq!(set.unwrap_or_default(), "OK");
+    assert_eq!(run(&["STRLEN", "big"]).await.unwrap_or_default(), "1048576");
+    let got = run(&["GET", "big"]).await.unwrap_or_default();
+    assert_eq!(got.len(), 1 << 20, "the whole value came back");
+    assert_eq!(
+        redis_cli(redis.addr, &["GET", "k"], None),
+        "v",
+        "the data is in the real server"
+    );
+    let streams = value(
+        &mesh.web,
+        r#"tether_tcp_connections_total{direction="outbound",service="db"}"#,
+    )
+    .await;
+    assert_eq!(
+        streams, 6.0,
+        "one stream per redis-cli run through the mesh"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_stream_is_closed_at_the_services_stream_idle_timeout() {
+    let echo = EchoServer::start().await;
+    let app = echo.addr;
+    let mesh = mesh_to(echo, app, true, "", &[], "{ stream_idle_timeout: 1s }").await;
+    let mut stream = TcpStream::connect(mesh.tcp())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ping(&mut stream, 7).await, "the stream works");
+    // Then nothing: the caller's sidecar closes both ends.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt;
+        stream.read_to_end(&mut rest).await
+    })
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the idle stream was not closed: {read:?}"
+    );
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async { mesh.web.stdout().contains(r#""error":"idle-timeout""#) },
+        "web's access log names the idle timeout:\n{}",
+        mesh.web.stdout()
+    );
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async {
+            value(
+                &mesh.db,
+                r#"tether_tcp_connections_open{direction="inbound",service="db"}"#,
+            )
+            .await
+                == 0.0
+        },
+        "db's sidecar closed its side too"
+    );
 }
 
 #[tokio::test]

@@ -244,6 +244,9 @@ fn http_routes_by_host_and_tcp_by_original_destination() {
             r#"tether_tcp_connections_total{direction="outbound",service="db"}"#,
             1.0,
         ),
+        // Both connections sent nothing first; only the undeclared one
+        // waited for detection: a tcp service's endpoint is served at once.
+        ("tether_protocol_detect_timeouts_total", 1.0),
     ] {
         assert_eq!(metric(&metrics, series), Some(want), "{series}\n{metrics}");
     }

@@ -23,6 +23,10 @@ pub struct TrafficPolicy {
     /// How long a pooled upstream connection may sit idle before it is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// `tcp` services: how long an opaque stream may carry no byte in either
+    /// direction before the caller's sidecar closes it (both ends).
+    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
     /// Retry policy.
     #[serde(default)]
     pub retries: RetryPolicy,
@@ -50,6 +54,12 @@ fn default_connect_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+// One hour (Envoy's tcp_proxy default): long enough for database and
+// message-queue connections that idle between bursts, short enough that a
+// peer that vanished without a FIN does not hold a stream forever.
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
 
 impl Default for TrafficPolicy {
     fn default() -> Self {
@@ -57,6 +67,7 @@ impl Default for TrafficPolicy {
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
+            stream_idle_timeout: default_stream_idle_timeout(),
             retries: RetryPolicy::default(),
             load_balancer: LoadBalancer::default(),
             circuit_breaker: CircuitBreaker::default(),

@@ -45,6 +45,7 @@ impl TrafficPolicy {
         for (path, value) in [
             (vec!["timeout"], Some(self.timeout)),
             (vec!["connect_timeout"], Some(self.connect_timeout)),
+            (vec!["stream_idle_timeout"], Some(self.stream_idle_timeout)),
             (vec!["retries", "per_try_timeout"], per_try),
         ] {
             if value.is_some_and(|v| v.is_zero()) {

@@ -82,6 +82,7 @@ pub fn build(
         let tcp_service = TcpService {
             port,
             connect_timeout: spec.policy.connect_timeout,
+            idle_timeout: spec.policy.stream_idle_timeout,
             tls,
             metrics: metrics.tcp.service(Direction::Outbound, name),
             service: Arc::new(service),

@@ -20,6 +20,8 @@ pub struct ServicePolicy {
     pub connect_timeout: Duration,
     /// How long a pooled connection may sit idle.
     pub idle_timeout: Duration,
+    /// How long an opaque TCP stream may carry nothing before it is closed.
+    pub stream_idle_timeout: Duration,
     /// Retry policy.
     pub retries: RetryPolicy,
     /// Endpoint selection algorithm.
@@ -55,6 +57,7 @@ pub fn compile(policy: &TrafficPolicy) -> (ServicePolicy, Vec<PolicyProblem>) {
         timeout: policy.timeout,
         connect_timeout: policy.connect_timeout,
         idle_timeout: policy.idle_timeout,
+        stream_idle_timeout: policy.stream_idle_timeout,
         retries: retry_policy(&policy.retries),
         load_balancer: policy.load_balancer.into(),
         outliers: OutlierSettings {
@@ -228,6 +231,7 @@ mod tests {
             }
             if maybe(rng) {
                 p.idle_timeout = duration(rng);
+                p.stream_idle_timeout = duration(rng);
             }
             if maybe(rng) {
                 p.retries.attempts = count(rng, &[0, 1, 2, u32::MAX]);

@@ -156,6 +156,8 @@ pub struct TcpService {
     pub port: u16,
     /// TCP connect (and TLS handshake) timeout for one endpoint.
     pub connect_timeout: Duration,
+    /// A stream that carries no byte either way for this long is closed.
+    pub idle_timeout: Duration,
     /// mTLS to the endpoints (ALPN `tether-tcp`), or `None` for plaintext
     /// (the preamble is sent instead).
     pub tls: Option<TlsTarget>,

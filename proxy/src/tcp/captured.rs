@@ -57,6 +57,10 @@ impl TcpCaptured {
 }
 
 impl CapturedHandler for TcpCaptured {
+    fn is_declared_opaque(&self, original: SocketAddr) -> bool {
+        self.state.load().tcp_endpoints.contains_key(&original)
+    }
+
     fn serve(
         &self,
         stream: Downstream,
@@ -103,9 +107,12 @@ async fn pass_through(mut app: Downstream, original: SocketAddr) {
         }
     };
     let _ = server.set_nodelay(true);
-    match tokio::io::copy_bidirectional(&mut app, &mut server).await {
-        Ok((sent, received)) => tracing::debug!(sent, received, "passthrough stream ended"),
-        Err(error) => tracing::debug!(%error, "passthrough stream ended with an error"),
+    match super::relay::copy_until_idle(&mut app, &mut server, super::BACKSTOP_IDLE_TIMEOUT).await {
+        Some(Ok((sent, received))) => tracing::debug!(sent, received, "passthrough stream ended"),
+        Some(Err(error)) => tracing::debug!(%error, "passthrough stream ended with an error"),
+        None => {
+            tracing::debug!(idle = ?super::BACKSTOP_IDLE_TIMEOUT, "passthrough stream idle: closed")
+        }
     }
 }
 

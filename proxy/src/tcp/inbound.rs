@@ -120,7 +120,7 @@ impl TcpInbound {
             }
         };
         let _ = app.set_nodelay(true);
-        let outcome = relay(stream, app, &inner.metrics).await;
+        let outcome = relay(stream, app, &inner.metrics, super::BACKSTOP_IDLE_TIMEOUT).await;
         log.finish(access_log, outcome);
     }
 }

@@ -31,6 +31,7 @@ mod outbound;
 mod relay;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use captured::TcpCaptured;
 pub use inbound::TcpInbound;
@@ -38,6 +39,12 @@ pub use listeners::{Reconcile, TcpBindError, TcpListeners, TcpSettings};
 
 use crate::identity::{IdentityError, MeshIdentity};
 use crate::transport::TlsTarget;
+
+/// Idle limit of inbound streams and of passed-through (captured, outside
+/// the mesh) ones, which have no service policy: the caller's sidecar
+/// closes a `tcp` service's idle stream at its `stream_idle_timeout`; this
+/// is the backstop for a peer that vanished without a FIN.
+pub const BACKSTOP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// TLS settings to reach `service`'s endpoints with opaque TCP: as for HTTP
 /// (the endpoint must prove it is `service`), but offering only ALPN

@@ -75,7 +75,13 @@ where
     let outcome = match connect(&service).await {
         Ok(connected) => {
             log.endpoint = Some(connected.in_flight.endpoint().address().to_owned());
-            let outcome = relay(app, connected.stream, &service.metrics).await;
+            let outcome = relay(
+                app,
+                connected.stream,
+                &service.metrics,
+                service.idle_timeout,
+            )
+            .await;
             drop(connected.in_flight);
             outcome
         }

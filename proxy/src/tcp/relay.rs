@@ -1,9 +1,13 @@
 //! Copies one opaque TCP stream both ways and reports it when it ends:
 //! per-service byte counters while it runs, one access-log line at the end.
 
-use std::time::SystemTime;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::access_log::{timestamp, AccessLog, TcpEntry};
@@ -24,29 +28,128 @@ pub struct Outcome {
 }
 
 /// Copies between `client` (the side that connected to this proxy) and
-/// `server` until both directions end. An end of stream on one side is
+/// `server` until both directions end, or until no byte has moved either
+/// way for `idle` (both are then closed). An end of stream on one side is
 /// passed on as a half-close (TCP FIN, or TLS close_notify then FIN), and
 /// the other direction keeps flowing; each direction moves through one
 /// fixed buffer, never a whole stream.
-pub async fn relay<C, S>(client: C, mut server: S, metrics: &TcpMetrics) -> Outcome
+pub async fn relay<C, S>(client: C, mut server: S, metrics: &TcpMetrics, idle: Duration) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client = Counted::new(client, metrics.bytes.clone());
-    let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let copied = copy_until_idle(&mut client, &mut server, idle).await;
     let (received, sent) = client.totals();
     let error = match copied {
-        Ok(_) => None,
-        Err(error) => {
+        Some(Ok(_)) => None,
+        Some(Err(error)) => {
             tracing::debug!(%error, received, sent, "tcp stream ended with an error");
             Some(Reason::Reset)
+        }
+        None => {
+            tracing::debug!(?idle, received, sent, "tcp stream idle: closed");
+            Some(Reason::IdleTimeout)
         }
     };
     Outcome {
         received,
         sent,
         error,
+    }
+}
+
+/// Copies both ways until both directions end (`Some`, with the bytes
+/// each way or the error), or until nothing has moved for `idle` (`None`;
+/// dropping the streams then closes them).
+pub async fn copy_until_idle<C, S>(
+    client: &mut C,
+    server: &mut S,
+    idle: Duration,
+) -> Option<io::Result<(u64, u64)>>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let started = Instant::now();
+    let activity = AtomicU64::new(0);
+    // Every byte either way crosses the client's side: reads are the
+    // client's bytes, writes the server's.
+    let mut client = Active {
+        inner: client,
+        activity: &activity,
+        started,
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, server) => Some(copied),
+        () = idle_for(&activity, started, idle) => None,
+    }
+}
+
+/// Returns once nothing has moved for `idle`: `activity` holds the time of
+/// the last byte, in milliseconds after `started`.
+async fn idle_for(activity: &AtomicU64, started: Instant, idle: Duration) {
+    loop {
+        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let due = last + idle;
+        if Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+/// A stream that notes when bytes last moved through it (a relaxed store
+/// per read or write that moved bytes).
+struct Active<'a, S: ?Sized> {
+    inner: &'a mut S,
+    activity: &'a AtomicU64,
+    started: Instant,
+}
+
+impl<S: ?Sized> Active<'_, S> {
+    fn moved(&self) {
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(millis, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.moved();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Active<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.moved();
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -91,5 +194,44 @@ impl StreamLog {
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             error: outcome.error.map(Reason::as_str),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::tcp_metrics::TcpFamilies;
+
+    fn metrics() -> TcpMetrics {
+        TcpFamilies::register(&prometheus::Registry::new()).service(Direction::Outbound, "db")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_is_closed_and_a_busy_one_is_not() {
+        let (client, mut app) = tokio::io::duplex(64);
+        let (server, mut upstream) = tokio::io::duplex(64);
+        let idle = Duration::from_secs(60);
+        let relaying = tokio::spawn(async move { relay(client, server, &metrics(), idle).await });
+        // Traffic every 40 s keeps it open past several idle periods.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            app.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            upstream.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+        }
+        assert!(!relaying.is_finished(), "a busy stream stays open");
+        // Then silence: closed one idle period after the last byte.
+        let outcome = relaying.await.unwrap();
+        assert_eq!(outcome.error, Some(Reason::IdleTimeout));
+        assert_eq!(outcome.received, 20);
+        let mut rest = Vec::new();
+        assert_eq!(
+            app.read_to_end(&mut rest).await.unwrap(),
+            0,
+            "the client's end is closed"
+        );
     }
 }

@@ -26,6 +26,9 @@ pub struct ListenerMetrics {
     /// Captured outbound traffic to destinations outside the mesh refused
     /// (`outbound_policy: registry-only`), by protocol.
     pub outbound_refused: IntCounterVec,
+    /// Captured connections that sent nothing within the detection
+    /// timeout, relayed as opaque TCP (a server-first protocol).
+    pub detect_timeouts: IntCounter,
 }
 
 impl ListenerMetrics {
@@ -71,6 +74,11 @@ impl ListenerMetrics {
                 "tether_passthrough_total",
                 "Captured outbound TCP connections (protocol tcp) and HTTP requests (protocol http) to destinations outside the mesh, passed through to their original destination (outbound_policy allow-any).",
                 &["protocol"],
+            ),
+            detect_timeouts: counter(
+                registry,
+                "tether_protocol_detect_timeouts_total",
+                "Captured outbound connections that sent nothing within the protocol detection timeout (500 ms) and were relayed as opaque TCP: a server-first protocol to a destination not declared as a tcp service.",
             ),
             outbound_refused: counter_vec(
                 registry,

@@ -81,6 +81,13 @@ pub trait CapturedHandler: Send + Sync + 'static {
         stream: Downstream,
         original: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Whether connections to `original` are declared opaque (an endpoint
+    /// of a `tcp` service): served at once, without waiting for the first
+    /// bytes, so server-first protocols are not held back.
+    fn is_declared_opaque(&self, _original: SocketAddr) -> bool {
+        false
+    }
 }
 
 /// How one listener treats its connections.
@@ -264,10 +271,19 @@ where
                 });
                 let mut stream = Counted::new(stream, bytes);
                 let prefix = match (&captured, original, &streams) {
+                    (Some(captured), Some(original), _) if captured.is_declared_opaque(original) => {
+                        captured.serve(Rewind::new(Bytes::new(), stream), original).await;
+                        drop((watcher, guard, permit));
+                        return;
+                    }
                     (Some(captured), Some(original), _) => {
-                        match sniff::sniff(&mut stream).await {
+                        let sniffed = sniff::sniff(&mut stream).await;
+                        if let Ok(Sniffed::Silent(_)) = &sniffed {
+                            metrics.detect_timeouts.inc();
+                        }
+                        match sniffed {
                             Ok(Sniffed::Http(prefix)) => prefix,
-                            Ok(Sniffed::Opaque(prefix)) => {
+                            Ok(Sniffed::Opaque(prefix) | Sniffed::Silent(prefix)) => {
                                 let stream = Rewind::new(prefix, stream);
                                 captured.serve(stream, original).await;
                                 drop((watcher, guard, permit));

@@ -39,8 +39,11 @@ const HTTP_OPENINGS: &[&[u8]] = &[
 pub(super) enum Sniffed {
     /// An HTTP request or the HTTP/2 preface: serve it as HTTP.
     Http(Bytes),
-    /// Anything else, including silence: relay it as opaque bytes.
+    /// Anything else: relay it as opaque bytes.
     Opaque(Bytes),
+    /// Nothing within [`DETECT_TIMEOUT`] (a server-first protocol, or an
+    /// HTTP client slower than that): relayed as opaque too, and counted.
+    Silent(Bytes),
 }
 
 /// Whether `received` starts an HTTP request (`Some(true)`), cannot
@@ -75,15 +78,15 @@ pub(super) async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Sn
             }
         }
     };
-    let http = match tokio::time::timeout(DETECT_TIMEOUT, read).await {
-        Ok(result) => result?,
-        Err(_) => false,
+    let judged = match tokio::time::timeout(DETECT_TIMEOUT, read).await {
+        Ok(result) => Some(result?),
+        Err(_) => None,
     };
     let received = received.freeze();
-    Ok(if http {
-        Sniffed::Http(received)
-    } else {
-        Sniffed::Opaque(received)
+    Ok(match judged {
+        Some(true) => Sniffed::Http(received),
+        Some(false) => Sniffed::Opaque(received),
+        None => Sniffed::Silent(received),
     })
 }
 
@@ -110,11 +113,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silence_is_opaque_after_the_timeout() {
+    async fn silence_is_told_apart_after_the_timeout() {
         tokio::time::pause();
         let (mut client, _server) = tokio::io::duplex(64);
         let sniffed = sniff(&mut client).await.unwrap();
-        assert_eq!(sniffed, Sniffed::Opaque(Bytes::new()));
+        assert_eq!(sniffed, Sniffed::Silent(Bytes::new()));
     }
 
     #[tokio::test]
