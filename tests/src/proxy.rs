@@ -8,6 +8,25 @@ use std::time::Duration;
 
 use crate::{eventually, free_port, Client};
 
+/// Places the proxy binary at `dest` so that it can be run at once: a hard
+/// link where the file system allows (nobody holds it open for writing),
+/// else a copy that is run (`--version`) until the kernel stops answering
+/// "Text file busy" (another test thread may have forked while the copy's
+/// descriptor was open; the child keeps it until it execs).
+pub fn place_proxy_bin(dest: &Path) {
+    if std::fs::hard_link(proxy_bin(), dest).is_ok() {
+        return;
+    }
+    std::fs::copy(proxy_bin(), dest).unwrap_or_else(|e| panic!("copy: {e}"));
+    for _ in 0..100 {
+        match Command::new(dest).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(26) => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
+    panic!("{} stays busy", dest.display());
+}
+
 /// Path of the built `tether-proxy` binary: `TETHER_PROXY_BIN`, or the one
 /// cargo built beside this test (`cargo test --workspace` builds it, because
 /// the proxy package has integration tests of its own).

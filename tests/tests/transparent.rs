@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tether_e2e::metric;
 use tether_e2e::netns::{Netns, Pair};
 use tether_e2e::pki::TestPki;
-use tether_e2e::proxy::proxy_bin;
+use tether_e2e::proxy::place_proxy_bin;
 
 const PYTHON: &str = "/usr/bin/python3";
 /// The mesh service `api`'s endpoint (a plain HTTP server on the peer).
@@ -113,7 +113,7 @@ fn start(mesh: &str, setup: impl FnOnce(&Path) -> Vec<String>) -> Host {
     let mode = std::fs::Permissions::from_mode(0o755);
     std::fs::set_permissions(dir.path(), mode.clone()).unwrap_or_else(|e| panic!("chmod: {e}"));
     let bin = dir.path().join("tether-proxy");
-    std::fs::copy(proxy_bin(), &bin).unwrap_or_else(|e| panic!("copy: {e}"));
+    place_proxy_bin(&bin);
     std::fs::set_permissions(&bin, mode).unwrap_or_else(|e| panic!("chmod: {e}"));
     let snapshot = dir.path().join("snapshot.yaml");
     let text = format!(
