@@ -12,6 +12,18 @@ pub fn of_request<B>(request: &http::Request<B>) -> Option<&str> {
     })
 }
 
+/// Whether `request` carries more than one `Host` header, which RFC 9112
+/// §3.2 requires a server to answer with 400: two proxies that each pick a
+/// different one would route one request two ways.
+pub fn has_duplicate_host<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+}
+
 /// `authority` split into its host and port.
 ///
 /// - `api`, `api:80`, `API.mesh:15001`: the host keeps its case (lookups

@@ -30,6 +30,37 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn two_host_headers_get_400_not_a_route() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::start(&one_service(&api)).await;
+    // RFC 9112 §3.2: a server answers 400 to more than one Host.
+    let answer = raw_exchange(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: api\r\nHost: other\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("tether-error: bad-request"), "{answer}");
+    assert!(answer.contains("more than one Host header"), "{answer}");
+    // The same on the inbound listener, before the app sees it.
+    let answer = raw_exchange(
+        proxy.inbound,
+        b"GET / HTTP/1.1\r\nHost: api\r\nHost: api\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = raw_exchange(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "one Host is fine: {answer}"
+    );
+}
+
+#[tokio::test]
 async fn a_malformed_request_gets_400_and_the_next_one_succeeds() {
     let api = Backend::start("api").await;
     let proxy = Proxy::start(&one_service(&api)).await;

@@ -100,7 +100,12 @@ impl Inbound {
         let observation = inner
             .observer
             .begin(&mut request, &inner.service, peer_text);
-        let result = match self.authorize(peer.as_deref(), &request) {
+        let checked = if crate::authority::has_duplicate_host(&request) {
+            Err(ProxyError::BadRequest("more than one Host header".into()))
+        } else {
+            self.authorize(peer.as_deref(), &request)
+        };
+        let result = match checked {
             Ok(()) => self.send_to_app(request).await,
             Err(error) => Err(error),
         };

@@ -59,6 +59,9 @@ fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<UpstreamServic
 
 /// Decides where a request goes.
 pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, ProxyError> {
+    if crate::authority::has_duplicate_host(request) {
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
     let authority = crate::authority::of_request(request).ok_or(ProxyError::MissingAuthority)?;
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
