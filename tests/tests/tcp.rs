@@ -477,6 +477,60 @@ async fn a_plaintext_mesh_uses_the_preamble_and_http_shares_the_inbound_port() {
 }
 
 #[tokio::test]
+async fn a_silent_plaintext_caller_on_the_inbound_port_gets_the_server_first_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The app speaks first, like SMTP or MySQL.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let greeter = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let _ = conn.write_all(b"220 greetings\r\n").await;
+        }
+    });
+    let echo = EchoServer::start().await;
+    let mesh = mesh_to(echo, app, false, "", &[], "{}").await;
+    // A caller without a sidecar (plaintext mesh) that sends nothing: after
+    // the detection wait the stream goes to the app, which greets it.
+    let mut stream = TcpStream::connect(mesh.db.inbound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut greeting = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut greeting))
+        .await
+        .unwrap_or_else(|_| panic!("no greeting; db:\n{}", mesh.db.log()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&greeting, b"220 greetings\r\n");
+    assert_eq!(
+        value(
+            &mesh.db,
+            r#"tether_protocol_detect_timeouts_total{direction="inbound"}"#
+        )
+        .await,
+        1.0
+    );
+    // Through web's sidecar (preamble first) it is greeted as well, with no wait counted.
+    let mut stream = TcpStream::connect(mesh.tcp())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut greeting))
+        .await
+        .unwrap_or_else(|_| panic!("no greeting through the mesh"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&greeting, b"220 greetings\r\n");
+    assert_eq!(
+        value(
+            &mesh.db,
+            r#"tether_protocol_detect_timeouts_total{direction="inbound"}"#
+        )
+        .await,
+        1.0
+    );
+    greeter.abort();
+}
+
+#[tokio::test]
 async fn removing_the_service_closes_its_listener_and_adding_it_back_reopens_it() {
     let mesh = mesh(false, "", &[]).await;
     let addr = mesh.tcp();

@@ -246,7 +246,10 @@ fn http_routes_by_host_and_tcp_by_original_destination() {
         ),
         // Both connections sent nothing first; only the undeclared one
         // waited for detection: a tcp service's endpoint is served at once.
-        ("tether_protocol_detect_timeouts_total", 1.0),
+        (
+            r#"tether_protocol_detect_timeouts_total{direction="outbound"}"#,
+            1.0,
+        ),
     ] {
         assert_eq!(metric(&metrics, series), Some(want), "{series}\n{metrics}");
     }

@@ -26,9 +26,10 @@ pub struct ListenerMetrics {
     /// Captured outbound traffic to destinations outside the mesh refused
     /// (`outbound_policy: registry-only`), by protocol.
     pub outbound_refused: IntCounterVec,
-    /// Captured connections that sent nothing within the detection
-    /// timeout, relayed as opaque TCP (a server-first protocol).
-    pub detect_timeouts: IntCounter,
+    /// Connections that sent nothing within the detection timeout, relayed
+    /// as opaque TCP (a server-first protocol), by direction: captured
+    /// outbound ones, and plaintext ones on the inbound listener.
+    pub detect_timeouts: IntCounterVec,
 }
 
 impl ListenerMetrics {
@@ -75,10 +76,11 @@ impl ListenerMetrics {
                 "Captured outbound TCP connections (protocol tcp) and HTTP requests (protocol http) to destinations outside the mesh, passed through to their original destination (outbound_policy allow-any).",
                 &["protocol"],
             ),
-            detect_timeouts: counter(
+            detect_timeouts: counter_vec(
                 registry,
                 "tether_protocol_detect_timeouts_total",
-                "Captured outbound connections that sent nothing within the protocol detection timeout (500 ms) and were relayed as opaque TCP: a server-first protocol to a destination not declared as a tcp service.",
+                "Connections that sent nothing within the protocol detection timeout (500 ms) and were relayed as opaque TCP (a server-first protocol): captured outbound ones to a destination not declared as a tcp service, plaintext ones on the inbound listener (permissive mode).",
+                &["direction"],
             ),
             outbound_refused: counter_vec(
                 registry,

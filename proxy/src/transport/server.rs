@@ -279,7 +279,7 @@ where
                     (Some(captured), Some(original), _) => {
                         let sniffed = sniff::sniff(&mut stream).await;
                         if let Ok(Sniffed::Silent(_)) = &sniffed {
-                            metrics.detect_timeouts.inc();
+                            metrics.detect_timeouts.with_label_values(&["outbound"]).inc();
                         }
                         match sniffed {
                             Ok(Sniffed::Http(prefix)) => prefix,
@@ -298,9 +298,13 @@ where
                     (_, _, None) => Bytes::new(),
                     (_, _, Some(streams)) => {
                         let timeout = settings.header_read_timeout;
-                        match classify(&mut stream, timeout).await {
+                        let class = classify(&mut stream, timeout).await;
+                        if let Some(Class::Silent) = class {
+                            metrics.detect_timeouts.with_label_values(&["inbound"]).inc();
+                        }
+                        match class {
                             Some(Class::Http(prefix)) => prefix,
-                            Some(Class::Tcp) => {
+                            Some(Class::Tcp | Class::Silent) => {
                                 // Holding the watcher makes a drain wait for the stream.
                                 streams.serve(Rewind::new(Bytes::new(), stream), peer).await;
                                 drop((watcher, guard, permit));
@@ -394,10 +398,14 @@ enum Class {
     Http(Bytes),
     /// An opaque TCP stream (preamble consumed).
     Tcp,
+    /// Plaintext and silent for the detection wait: an opaque TCP stream
+    /// from a server-first client.
+    Silent,
 }
 
 /// TLS: the negotiated ALPN decides. Plaintext: the preamble, read as it
-/// arrives within `timeout`. `None`: closed, failed or timed out first.
+/// arrives, within the detection wait (500 ms, or `timeout` if shorter).
+/// `None`: closed or failed first.
 async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option<Class> {
     if !stream.get_ref().is_plain() {
         return Some(
@@ -408,7 +416,11 @@ async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option
             },
         );
     }
-    match tokio::time::timeout(timeout, preamble::detect(stream)).await {
+    // A sidecar writes the preamble or its request at once; a caller that
+    // stays silent (a server-first protocol, plaintext: permissive mode or
+    // a plaintext mesh) is taken for opaque TCP after the detection wait.
+    let wait = sniff::DETECT_TIMEOUT.min(timeout);
+    match tokio::time::timeout(wait, preamble::detect(stream)).await {
         Ok(Ok(Detected::Tcp)) => Some(Class::Tcp),
         Ok(Ok(Detected::Other(prefix))) => Some(Class::Http(prefix)),
         Ok(Err(error)) => {
@@ -416,8 +428,11 @@ async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option
             None
         }
         Err(_) => {
-            tracing::debug!(?timeout, "no first bytes within the header-read timeout");
-            None
+            tracing::debug!(
+                ?wait,
+                "no first bytes within the detection timeout: opaque TCP"
+            );
+            Some(Class::Silent)
         }
     }
 }
