@@ -1,6 +1,7 @@
 //! Command line. Every flag can also be set as a `TETHER_*` environment
 //! variable; flags win.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -248,6 +249,19 @@ pub fn init(args: &InitArgs) -> u8 {
         }
     }
 }
+
+/// The registered metadata: the operator's `--consul-meta`, plus
+/// `tether_admin_port` (where Prometheus scrapes `/metrics`; see
+/// deploy/prometheus/) unless the operator set it.
+fn registration_meta(given: &[(String, String)], admin_port: u16) -> BTreeMap<String, String> {
+    let mut meta: BTreeMap<String, String> = given.iter().cloned().collect();
+    meta.entry(ADMIN_PORT_META.to_owned())
+        .or_insert_with(|| admin_port.to_string());
+    meta
+}
+
+/// The Consul service metadata key naming the sidecar's admin port.
+pub const ADMIN_PORT_META: &str = "tether_admin_port";
 
 /// `tether-proxy wait-ready`.
 #[derive(Debug, Args)]
@@ -511,7 +525,7 @@ impl ProxyArgs {
             address: self.consul_service_address.clone(),
             inbound: self.inbound,
             tags: self.consul_tags.clone(),
-            meta: self.consul_meta.iter().cloned().collect(),
+            meta: registration_meta(&self.consul_meta, self.admin.port()),
             check_interval: self.consul_check_interval,
             deregister_grace: self.deregister_grace,
         }))

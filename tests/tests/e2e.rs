@@ -18,6 +18,7 @@ mod kubernetes;
 mod lifecycle;
 mod mtls;
 mod observability;
+mod prometheus;
 mod registration;
 mod resilience;
 mod routing;

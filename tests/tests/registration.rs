@@ -104,6 +104,11 @@ async fn the_proxy_registers_with_tags_meta_and_a_passing_check() {
     assert_eq!(instance["Tags"], serde_json::json!(["v1", "canary"]));
     assert_eq!(instance["Meta"]["zone"], "a");
     assert_eq!(instance["Meta"]["team"], "payments");
+    assert_eq!(
+        instance["Meta"]["tether_admin_port"],
+        proxy.admin.port().to_string(),
+        "where Prometheus scrapes the sidecar"
+    );
     let health = Client::http1()
         .get(proxy.admin, "admin", "/app-health")
         .await;
