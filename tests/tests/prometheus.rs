@@ -178,11 +178,14 @@ async fn a_sidecar_registered_in_consul_is_found_and_scraped_by_the_committed_co
     assert_eq!(sidecars.len(), 1, "{targets}");
     // The committed rules load and evaluate.
     let rules = prometheus.api("rules").await;
-    let groups: Vec<&str> = rules["data"]["groups"]
+    let mut groups: Vec<&str> = rules["data"]["groups"]
         .as_array()
         .map(|g| g.iter().filter_map(|g| g["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(groups, ["tether-edges", "tether-alerts"], "{rules}");
+    groups.sort_unstable();
+    assert_eq!(groups, ["tether-alerts", "tether-edges"], "{rules}");
+    let healthy = rules.to_string().matches(r#""health":"ok""#).count();
+    assert_eq!(healthy, 11, "every rule evaluates: {rules}");
     assert_eventually!(
         Duration::from_secs(60),
         || async {
