@@ -14,6 +14,7 @@ pub mod config;
 pub mod issuer;
 pub mod locate;
 pub mod metrics;
+pub mod plan;
 pub mod reload;
 pub mod server;
 pub mod snapshot;

@@ -54,6 +54,16 @@ enum Command {
         #[arg(env = "TETHER_CONFIG")]
         config: PathBuf,
     },
+    /// What a new mesh.yaml would change for the proxies, before it is
+    /// applied. Exit 0: nothing changes; 2: something does; 1: a file is
+    /// invalid (its problems as FILE:LINE:COL).
+    Plan {
+        /// The new file.
+        new: PathBuf,
+        /// The file in force.
+        #[arg(long, env = "TETHER_CONFIG", default_value = "mesh.yaml")]
+        current: PathBuf,
+    },
     /// List every proxy the control plane knows, with its applied version.
     Status {
         /// The control plane (`https://` when it runs a CA).
@@ -135,6 +145,28 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Plan { new, current } => {
+            let (current_mesh, new_mesh) = match (
+                tether_control::config::load(&current),
+                tether_control::config::load(&new),
+            ) {
+                (Ok(a), Ok(b)) => (a, b),
+                (a, b) => {
+                    for errors in [a.err(), b.err()].into_iter().flatten() {
+                        eprintln!("{errors}");
+                    }
+                    return ExitCode::from(1);
+                }
+            };
+            let plan = tether_control::plan::Plan::between(&current_mesh, &new_mesh);
+            println!("{} -> {}:", current.display(), new.display());
+            print!("{plan}");
+            if plan.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
         Command::Status {
             control_plane,
             trust_bundle,

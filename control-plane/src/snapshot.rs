@@ -225,7 +225,7 @@ fn same_content(old: &Snapshot, new: &Snapshot) -> bool {
 }
 
 /// Every service (configured or in the catalog) with endpoints and policy.
-fn compute_services(
+pub(crate) fn compute_services(
     config: &MeshConfig,
     catalog: &CatalogState,
 ) -> BTreeMap<String, ServiceSnapshot> {

@@ -57,3 +57,46 @@ fn a_typo_is_refused_with_what_was_expected() {
         "{err}"
     );
 }
+
+/// `tether-control plan NEW --current CURRENT`: (exit code, stdout, stderr).
+fn plan(current: &str, new: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (dir.path().join("mesh.yaml"), dir.path().join("next.yaml"));
+    std::fs::write(&a, current).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&b, new).unwrap_or_else(|e| panic!("{e}"));
+    let output = Command::new(env!("CARGO_BIN_EXE_tether-control"))
+        .arg("plan")
+        .arg(&b)
+        .arg("--current")
+        .arg(&a)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plan_says_what_changes_and_its_exit_code_says_whether() {
+    let current = "services:\n  api: { policy: { timeout: 5s } }\n  web: {}\n";
+    let (code, out, _) = plan(current, current);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("no change for any proxy"), "{out}");
+    let next = "services:\n  api: { policy: { timeout: 2s } }\n  web: {}\n";
+    let (code, out, _) = plan(current, next);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(
+            "upstream api (every proxy's view of it):\n  ~ policy.timeout: \"5s\" -> \"2s\""
+        ),
+        "{out}"
+    );
+    let (code, _, err) = plan(current, "services:\n  api: { policy: { timeout: 0s } }\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("next.yaml:2:"),
+        "the new file's problem with its position: {err}"
+    );
+}
