@@ -12,9 +12,13 @@ fn validate(text: &str) -> (Option<i32>, String, String) {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let path = dir.join("mesh.yaml");
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    run(&["validate".as_ref(), path.as_os_str()])
+}
+
+/// `tether-control ARGS`: (exit code, stdout, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_tether-control"))
-        .arg("validate")
-        .arg(&path)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     (
@@ -64,18 +68,12 @@ fn plan(current: &str, new: &str) -> (Option<i32>, String, String) {
     let (a, b) = (dir.path().join("mesh.yaml"), dir.path().join("next.yaml"));
     std::fs::write(&a, current).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(&b, new).unwrap_or_else(|e| panic!("{e}"));
-    let output = Command::new(env!("CARGO_BIN_EXE_tether-control"))
-        .arg("plan")
-        .arg(&b)
-        .arg("--current")
-        .arg(&a)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    run(&[
+        "plan".as_ref(),
+        b.as_os_str(),
+        "--current".as_ref(),
+        a.as_os_str(),
+    ])
 }
 
 #[test]
