@@ -174,6 +174,8 @@ pub enum AppProtocol {
     Http,
     /// HTTP/2 with prior knowledge (h2c).
     Http2,
+    /// gRPC: HTTP/2 with prior knowledge (h2c), as `http2`.
+    Grpc,
 }
 
 /// Flags of the proxy itself.
@@ -467,7 +469,7 @@ impl ProxyArgs {
             outbound_addr: self.outbound,
             inbound_addr: self.inbound,
             app: self.app,
-            app_http2: matches!(self.app_protocol, AppProtocol::Http2),
+            app_http2: matches!(self.app_protocol, AppProtocol::Http2 | AppProtocol::Grpc),
             server: ServerSettings {
                 header_read_timeout: self.header_read_timeout,
                 max_header_bytes: self.max_header_bytes,

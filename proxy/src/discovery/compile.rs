@@ -120,6 +120,7 @@ impl From<wire::RetryOn> for RetryOn {
             wire::RetryOn::ServerError => RetryOn::ServerError,
             wire::RetryOn::GatewayError => RetryOn::GatewayError,
             wire::RetryOn::Status(code) => RetryOn::Status(code),
+            wire::RetryOn::Grpc(code) => RetryOn::Grpc(code),
         }
     }
 }

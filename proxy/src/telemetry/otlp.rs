@@ -108,6 +108,7 @@ mod tests {
             end_unix_nano: 2,
             status: Some(StatusCode::OK),
             error: None,
+            grpc: None,
         }
     }
 
@@ -192,6 +193,7 @@ mod tests {
             end_unix_nano: 30,
             status: Some(StatusCode::GATEWAY_TIMEOUT),
             error: Some("timeout"),
+            grpc: None,
         });
         let mut plain_5xx = SpanBuilder::begin(&head);
         plain_5xx.end(&SpanEnd {
