@@ -44,10 +44,12 @@ struct AppState {
     unavailable: AtomicUsize,
 }
 
-/// A tonic gRPC server on loopback (h2c), served by hyper directly.
+/// A tonic gRPC server on loopback (h2c), served by hyper directly, with
+/// tonic's standard health service beside the test service.
 struct App {
     addr: SocketAddr,
     state: Arc<AppState>,
+    health: tonic_health::server::HealthReporter,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,15 +65,26 @@ impl App {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(AppState::default());
         let shared = Arc::clone(&state);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("test.Echo", tonic_health::ServingStatus::Serving)
+            .await;
         let task = tokio::spawn(async move {
             // Connections die with the app (aborting this task drops them).
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let state = Arc::clone(&shared);
+                let health = health_service.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
+                    let service = hyper::service::service_fn(move |request: http::Request<_>| {
                         let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(route(state, request).await) }
+                        let health = health.clone();
+                        async move {
+                            if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+                                return tower::ServiceExt::oneshot(health, request).await;
+                            }
+                            Ok::<_, Infallible>(route(state, request).await)
+                        }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -79,7 +92,12 @@ impl App {
                 });
             }
         });
-        App { addr, state, task }
+        App {
+            addr,
+            state,
+            health,
+            task,
+        }
     }
 
     fn calls(&self) -> usize {
@@ -564,4 +582,43 @@ async fn assert_unavailable_eventually(client: &mut Client) -> Status {
         }
     }
     panic!("calls to a dead app never became UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn the_app_health_probe_can_be_a_grpc_health_check() {
+    let app = App::start().await;
+    let sidecar = Proxy::builder("service: api\nservices: {}\n")
+        .app(app.addr)
+        .arg("--app-protocol")
+        .arg("grpc")
+        .arg("--app-health-grpc-service")
+        .arg("test.Echo")
+        .start()
+        .await;
+    let client = tether_e2e::Client::http1();
+    let health = client.get(sidecar.admin, "admin", "/app-health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(health.body.contains("answered SERVING"), "{}", health.body);
+
+    app.health
+        .set_service_status("test.Echo", tonic_health::ServingStatus::NotServing)
+        .await;
+    let health = client.get(sidecar.admin, "admin", "/app-health").await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(health.body.contains("NOT_SERVING"), "{}", health.body);
+
+    // A name the app's health service does not know: NOT_FOUND.
+    let unknown = Proxy::builder("service: api\nservices: {}\n")
+        .app(app.addr)
+        .arg("--app-health-grpc-service")
+        .arg("nope")
+        .start()
+        .await;
+    let health = client.get(unknown.admin, "admin", "/app-health").await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(
+        health.body.contains("grpc-status not-found"),
+        "{}",
+        health.body
+    );
 }

@@ -14,6 +14,7 @@
 //!
 //! A non-gRPC request pays for the one `content-type` check only.
 
+pub mod health;
 mod replay;
 mod tail;
 
