@@ -3,7 +3,8 @@
 //! A try is retried when it failed in a way the service's `retry_on` names
 //! and all of these hold:
 //! - the method is idempotent, or the failure was `connect-failure` (nothing
-//!   reached the upstream), or `retry_non_idempotent` is set;
+//!   reached the upstream), or a gRPC status `retry_on` names (the service
+//!   said the call may be retried), or `retry_non_idempotent` is set;
 //! - the body could be kept for replay: empty, or a declared length within
 //!   `replay_buffer_bytes` (a body of unknown length streams and is never
 //!   buffered, so slow or streaming uploads are not held back); a gRPC
@@ -42,9 +43,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     if policy.attempts == 0 {
         return send_one_try(target, request, None).await;
     }
-    // gRPC calls are POSTs that the protocol lets a client retry when
-    // the server says UNAVAILABLE and the like: the conditions decide.
-    let idempotent = target.grpc || is_idempotent(request.method());
+    let idempotent = is_idempotent(request.method());
     let (mut first, template) =
         keep_for_replay(request, policy.replay_buffer_bytes, target.grpc).await?;
     let mut tries = 1u32;
@@ -88,20 +87,21 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     }
 }
 
-/// If the try failed retryably, whether only `connect-failure` applies
-/// (`Some(true)`: safe for any method) or another condition (`Some(false)`).
-/// A gRPC call's trailers-only response is also matched by its
-/// `grpc-status` (`unavailable`, …).
+/// If the try failed retryably, whether it is safe for any method
+/// (`Some(true)`: `connect-failure`, or a gRPC call's trailers-only
+/// `grpc-status` that `retry_on` names, as gRPC's own retry policy treats
+/// the codes a service lists) or only for idempotent ones (`Some(false)`).
 fn wants_retry(result: &Result<Rsp, ProxyError>, retry_on: &[RetryOn], grpc: bool) -> Option<bool> {
     match result {
         Ok(response) => {
             let code = response.status().as_u16();
-            let by_status = retry_on.iter().any(|c| c.matches_status(code));
-            let by_grpc = || {
-                crate::grpc::status_of(response.headers())
-                    .is_some_and(|g| retry_on.iter().any(|c| c.matches_grpc(g.number())))
-            };
-            (by_status || (grpc && by_grpc())).then_some(false)
+            if retry_on.iter().any(|c| c.matches_status(code)) {
+                return Some(false);
+            }
+            let by_grpc = grpc
+                && crate::grpc::status_of(response.headers())
+                    .is_some_and(|g| retry_on.iter().any(|c| c.matches_grpc(g.number())));
+            by_grpc.then_some(true)
         }
         Err(error) if error.is_connect_failure() => {
             retry_on.contains(&RetryOn::ConnectFailure).then_some(true)
@@ -278,7 +278,7 @@ mod tests {
             Ok(r)
         };
         let on_grpc = [RetryOn::Grpc(14)];
-        assert_eq!(wants_retry(&unavailable(), &on_grpc, true), Some(false));
+        assert_eq!(wants_retry(&unavailable(), &on_grpc, true), Some(true));
         assert_eq!(
             wants_retry(&unavailable(), &on_grpc, false),
             None,
