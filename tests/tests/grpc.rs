@@ -140,13 +140,21 @@ async fn route(
             grpc.server_streaming(service, request).await
         }
         CLIENT_STREAM => {
-            let service = tower::service_fn(|call: Request<Streaming<Msg>>| async move {
-                let mut stream = call.into_inner();
-                let mut all = Vec::new();
-                while let Some(m) = stream.message().await? {
-                    all.push(m.text);
+            let service = tower::service_fn(move |call: Request<Streaming<Msg>>| {
+                let state = Arc::clone(&state);
+                async move {
+                    let mut stream = call.into_inner();
+                    let mut all = Vec::new();
+                    while let Some(m) = stream.message().await? {
+                        // Refused after its first message, the rest unread.
+                        if m.text == "flaky" && state.unavailable.load(Ordering::SeqCst) > 0 {
+                            state.unavailable.fetch_sub(1, Ordering::SeqCst);
+                            return Err(Status::unavailable("not now"));
+                        }
+                        all.push(m.text);
+                    }
+                    Ok::<_, Status>(Response::new(msg(all.join(","))))
                 }
-                Ok::<_, Status>(Response::new(msg(all.join(","))))
             });
             grpc.client_streaming(service, request).await
         }
@@ -621,4 +629,32 @@ async fn the_app_health_probe_can_be_a_grpc_health_check() {
         "{}",
         health.body
     );
+}
+
+#[tokio::test]
+async fn a_stream_partly_sent_is_never_replayed() {
+    let mesh = mesh("{ retries: { backoff: { base: 1ms, max: 1ms } } }").await;
+    mesh.app.state.unavailable.store(1, Ordering::SeqCst);
+    let mut api = client(mesh.web.outbound, "api").await;
+    api.ready().await.expect("ready");
+    // The client stream stays open: only its first message was sent when
+    // the app answered UNAVAILABLE.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(msg("flaky")).await.expect("send");
+    let status = api
+        .client_streaming(
+            Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(CLIENT_STREAM),
+            codec(),
+        )
+        .await
+        .expect_err("the app's UNAVAILABLE, not retried");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.message(), "not now");
+    assert_eq!(
+        metadata(status.metadata(), "tether-retry-skipped"),
+        "body-not-replayable"
+    );
+    assert_eq!(mesh.app.calls(), 1);
+    drop(tx);
 }
