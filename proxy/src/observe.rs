@@ -141,8 +141,9 @@ impl Observer {
             reason.as_str()
         });
         let status = response.status();
-        let entry = match (&self.access_log, observation.line) {
-            (Some(_), Some((method, authority, path))) => Some(Entry {
+        let entry = |line: (String, String, String), trace_id: Option<String>| {
+            let (method, authority, path) = line;
+            Entry {
                 timestamp: timestamp(observation.arrived),
                 direction: self.direction.as_str(),
                 service: service.to_owned(),
@@ -155,36 +156,44 @@ impl Observer {
                 retries: outcome.retries(),
                 error,
                 grpc_status: None,
-                trace_id: observation.trace_id,
-            }),
-            _ => None,
+                trace_id,
+            }
         };
+        if !observation.grpc {
+            // The common case, as before gRPC: nothing is kept for later.
+            if let Some(span) = observation.span {
+                span.finish(status, error, elapsed);
+            }
+            if let (Some(log), Some(line)) = (&self.access_log, observation.line) {
+                log.log(entry(line, observation.trace_id));
+            }
+            return;
+        }
         let done = Done {
             span: observation.span,
-            entry,
+            entry: match (&self.access_log, observation.line) {
+                (Some(_), Some(line)) => Some(entry(line, observation.trace_id)),
+                _ => None,
+            },
             status,
             error,
             elapsed,
         };
-        if !observation.grpc {
-            done.finish(self.access_log.as_ref(), None, None);
-            return;
-        }
         // A gRPC call ends with its grpc-status: in the headers of a
         // trailers-only response, else in the trailers, once streamed.
         match grpc::status_of(response.headers()) {
-            Some(code) => done.finish(self.access_log.as_ref(), Some(metrics), Some(code)),
+            Some(code) => done.finish(self.access_log.as_ref(), metrics, Some(code)),
             None if status != http::StatusCode::OK
                 || http_body::Body::is_end_stream(response.body()) =>
             {
-                done.finish(self.access_log.as_ref(), Some(metrics), None)
+                done.finish(self.access_log.as_ref(), metrics, None)
             }
             None => {
                 let log = self.access_log.clone();
                 let metrics = metrics.clone();
                 let body = std::mem::take(response.body_mut());
                 let tail = grpc::StatusTail::new(body, move |code| {
-                    done.finish(log.as_ref(), Some(&metrics), code);
+                    done.finish(log.as_ref(), &metrics, code);
                 });
                 *response.body_mut() = Body::Boxed(BoxBody::new(tail));
             }
@@ -192,8 +201,8 @@ impl Observer {
     }
 }
 
-/// What is left to record of a request once its response is known: its
-/// span and access log line, written now, or (a gRPC call whose status
+/// What is left to record of a gRPC call once its response headers are
+/// known: its span and access log line, written now, or (a status that
 /// comes in the trailers) when the response stream ends.
 struct Done {
     span: Option<HopSpan>,
@@ -204,17 +213,10 @@ struct Done {
 }
 
 impl Done {
-    /// Records the span and the log line; for a gRPC call (`metrics`
-    /// given) also its status, `none` when it ended without one.
-    fn finish(
-        self,
-        log: Option<&AccessLog>,
-        metrics: Option<&ServiceMetrics>,
-        code: Option<grpc::Code>,
-    ) {
-        if let Some(metrics) = metrics {
-            metrics.grpc_status(code.map_or("none", grpc::Code::name));
-        }
+    /// Records the call's status (`none` when it ended without one), its
+    /// span and its log line.
+    fn finish(self, log: Option<&AccessLog>, metrics: &ServiceMetrics, code: Option<grpc::Code>) {
+        metrics.grpc_status(code.map_or("none", grpc::Code::name));
         let grpc = code.map(|c| (c.number(), c.name(), c.is_server_failure()));
         if let Some(span) = self.span {
             span.finish_grpc(self.status, self.error, self.elapsed, grpc);

@@ -248,6 +248,7 @@ async fn mesh(policy: &str) -> Mesh {
         .identity(&pki.issue("web"), &pki.bundle())
         .arg("--service")
         .arg("web")
+        .arg("--access-log")
         .start()
         .await;
     Mesh {
@@ -412,6 +413,19 @@ async fn trailers_and_the_grpc_status_arrive_intact() {
         );
         assert_eq!(metric(&web, &series), Some(n), "{series}\n{web}");
     }
+    // The access log line of the stream is written at its end, with the
+    // status from its trailers (9: FAILED_PRECONDITION).
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async {
+            mesh.web.stdout().lines().any(|l| {
+                l.contains(r#""path":"/test.Echo/ServerStream""#)
+                    && l.contains(r#""grpc_status":9"#)
+            })
+        },
+        "no access log line with the stream's grpc_status:\n{}",
+        mesh.web.stdout()
+    );
     // HTTP says 200 for both: the gRPC status is the outcome.
     let twos = metric(
         &web,

@@ -104,6 +104,34 @@ mod tests {
         assert_eq!(*seen.lock().unwrap_or_else(|e| e.into_inner()), [None]);
     }
 
+    #[tokio::test]
+    async fn trailers_report_their_grpc_status_and_pass_on_untouched() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(
+            super::super::GRPC_STATUS,
+            http::HeaderValue::from_static("9"),
+        );
+        let frames = futures_util::stream::iter([
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"m"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let inner = Body::Boxed(crate::body::BoxBody::new(http_body_util::StreamBody::new(
+            frames,
+        )));
+        let (tail, seen) = watched(inner);
+        let collected = tail.collect().await.ok();
+        let kept = collected
+            .as_ref()
+            .and_then(|c| c.trailers())
+            .and_then(|t| t.get("grpc-status"))
+            .cloned();
+        assert_eq!(kept, Some(http::HeaderValue::from_static("9")));
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            [Some(Code::FailedPrecondition)]
+        );
+    }
+
     #[test]
     fn a_dropped_body_reports_none() {
         let (tail, seen) = watched(Body::full("x"));
