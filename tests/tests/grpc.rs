@@ -672,3 +672,24 @@ async fn a_stream_partly_sent_is_never_replayed() {
     assert_eq!(mesh.app.calls(), 1);
     drop(tx);
 }
+
+#[tokio::test]
+async fn a_full_circuit_breaker_is_resource_exhausted() {
+    let mesh =
+        mesh("{ timeout: 30s, circuit_breaker: { max_requests: 1, max_pending_requests: 0 } }")
+            .await;
+    let mut slow = client(mesh.web.outbound, "api").await;
+    let hold = tokio::spawn(async move { call(&mut slow, "slow").await });
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async { mesh.app.calls() == 1 },
+        "the slow call never reached the app"
+    );
+    // The slow call holds the one slot: the next is refused at once.
+    let mut api = client(mesh.web.outbound, "api").await;
+    let status = call(&mut api, "x").await.expect_err("overloaded");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(metadata(status.metadata(), "tether-error"), "overloaded");
+    assert_eq!(mesh.app.calls(), 1);
+    hold.abort();
+}

@@ -274,6 +274,8 @@ mod tests {
                     wire::RetryOn::ServerError,
                     wire::RetryOn::GatewayError,
                     wire::RetryOn::Status(503),
+                    wire::RetryOn::Grpc(0),
+                    wire::RetryOn::Grpc(14),
                 ];
                 p.retries.retry_on = all.into_iter().filter(|_| rng.gen_bool(0.5)).collect();
             }
