@@ -42,6 +42,10 @@ pub struct Entry {
     /// `tether-error` reason, if the proxy answered itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    /// A gRPC call's `grpc-status` (from the trailers when the response
+    /// streamed: the line is written when the stream ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     /// W3C trace id, when traced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,

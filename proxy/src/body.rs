@@ -31,6 +31,28 @@ pub enum Body {
     /// A response body streamed from a pooled HTTP/1.1 connection, which
     /// goes back to its pool once the body has been read to the end.
     Pooled(Incoming, PoolSlot),
+    /// Any other body, boxed: a body someone watches (a gRPC response whose
+    /// status comes in its trailers, a gRPC request kept for replay). Only
+    /// gRPC calls pay for the box.
+    Boxed(BoxBody),
+}
+
+/// A boxed body of the proxy's frame and error types.
+pub struct BoxBody(Pin<Box<dyn http_body::Body<Data = Bytes, Error = hyper::Error> + Send>>);
+
+impl BoxBody {
+    /// Boxes `body`.
+    pub fn new(
+        body: impl http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    ) -> Self {
+        BoxBody(Box::pin(body))
+    }
+}
+
+impl std::fmt::Debug for BoxBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxBody")
+    }
 }
 
 impl Body {
@@ -81,6 +103,7 @@ impl http_body::Body for Body {
                 }
                 frame
             }
+            Body::Boxed(body) => body.0.as_mut().poll_frame(cx),
         }
     }
 
@@ -89,6 +112,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::Incoming(body) | Body::Pooled(body, _) => body.is_end_stream(),
+            Body::Boxed(body) => body.0.is_end_stream(),
         }
     }
 
@@ -97,6 +121,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(body) | Body::Pooled(body, _) => body.size_hint(),
+            Body::Boxed(body) => body.0.size_hint(),
         }
     }
 }

@@ -281,6 +281,8 @@ pub enum AppProtocol {
     Http,
     /// HTTP/2 with prior knowledge (h2c).
     Http2,
+    /// gRPC: HTTP/2 with prior knowledge (h2c), as `http2`.
+    Grpc,
 }
 
 /// Flags of the proxy itself.
@@ -377,6 +379,18 @@ pub struct ProxyArgs {
     /// healthy) for /app-health and the Consul check; default: a TCP connect.
     #[arg(long, env = "TETHER_APP_HEALTH_PATH")]
     pub app_health_path: Option<http::uri::PathAndQuery>,
+    /// Probe the app with a gRPC health check (grpc.health.v1.Health/Check
+    /// over h2c; SERVING is healthy) of this service name; without a name,
+    /// the server as a whole. Instead of --app-health-path.
+    #[arg(
+        long,
+        env = "TETHER_APP_HEALTH_GRPC_SERVICE",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with = "app_health_path",
+        value_name = "SERVICE"
+    )]
+    pub app_health_grpc_service: Option<String>,
     /// Register this instance with the local Consul agent's HTTP API, e.g.
     /// http://127.0.0.1:8500 (needs --service).
     #[arg(long, env = "TETHER_CONSUL_AGENT")]
@@ -574,7 +588,7 @@ impl ProxyArgs {
             outbound_addr: self.outbound,
             inbound_addr: self.inbound,
             app: self.app,
-            app_http2: matches!(self.app_protocol, AppProtocol::Http2),
+            app_http2: matches!(self.app_protocol, AppProtocol::Http2 | AppProtocol::Grpc),
             server: ServerSettings {
                 header_read_timeout: self.header_read_timeout,
                 max_header_bytes: self.max_header_bytes,
@@ -587,6 +601,7 @@ impl ProxyArgs {
             identity,
             inbound_permissive: self.inbound_permissive,
             app_health_path: self.app_health_path,
+            app_health_grpc_service: self.app_health_grpc_service,
             registration,
         })
     }

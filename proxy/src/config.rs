@@ -57,6 +57,9 @@ pub struct ProxyConfig {
     /// The app's health path, probed with `GET` (2xx is healthy); `None`
     /// probes with a TCP connect. Behind `/app-health` and the Consul check.
     pub app_health_path: Option<PathAndQuery>,
+    /// Probe the app with a gRPC health check (`grpc.health.v1`) of this
+    /// service (empty: the server as a whole) instead, over HTTP/2.
+    pub app_health_grpc_service: Option<String>,
     /// Register this instance with a local Consul agent.
     pub registration: Option<crate::registration::RegistrationSettings>,
 }

@@ -13,6 +13,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::Body;
+use crate::grpc;
 
 // Header names are constants, not `&str`: a `&str` name is parsed and
 // validated on every lookup or insert.
@@ -179,11 +180,29 @@ pub fn is_peer_app_connect<B>(response: &Response<B>) -> bool {
             .is_some_and(|v| v.as_bytes() == Reason::AppConnect.as_str().as_bytes())
 }
 
+/// [`is_peer_app_connect`] for a gRPC call: the peer sidecar answers it
+/// as a gRPC error (HTTP 200, `grpc-status: 14`) with `tether-error:
+/// app-connect`, or as a `502` (an older sidecar).
+pub fn is_peer_grpc_app_connect<B>(response: &Response<B>) -> bool {
+    (response.status() == StatusCode::OK || response.status() == StatusCode::BAD_GATEWAY)
+        && response
+            .headers()
+            .get(TETHER_ERROR)
+            .is_some_and(|v| v.as_bytes() == Reason::AppConnect.as_str().as_bytes())
+}
+
 /// Removes a claimed `app-connect` from an app's own `502`: only this
 /// sidecar may say its app was unreachable, so an app (or a caller it
 /// relays) cannot make the calling sidecar retry a processed request.
 pub fn strip_app_connect<B>(response: &mut Response<B>) {
     if is_peer_app_connect(response) {
+        response.headers_mut().remove(TETHER_ERROR);
+    }
+}
+
+/// [`strip_app_connect`] for a gRPC call, whose claim may come on a 200.
+pub fn strip_grpc_app_connect<B>(response: &mut Response<B>) {
+    if is_peer_grpc_app_connect(response) {
         response.headers_mut().remove(TETHER_ERROR);
     }
 }
@@ -329,6 +348,42 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC caller gets for this error (docs/proxy.md,
+    /// "gRPC": the mapping table).
+    pub fn grpc_code(&self) -> grpc::Code {
+        match self {
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => grpc::Code::DeadlineExceeded,
+            ProxyError::Overloaded(_) => grpc::Code::ResourceExhausted,
+            ProxyError::Unauthorized { .. } => grpc::Code::PermissionDenied,
+            ProxyError::BadRequest(_) => grpc::Code::Internal,
+            ProxyError::UnknownService(_)
+            | ProxyError::MissingAuthority
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::AllEndpointsEjected(_)
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::PeerAppConnect { .. }
+            | ProxyError::AppConnect { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::NotReady(_) => grpc::Code::Unavailable,
+        }
+    }
+
+    /// The response for this error in the caller's protocol: a gRPC error
+    /// (HTTP 200, `grpc-status`, `grpc-message`) for a gRPC call, else as
+    /// [`ProxyError::into_response`].
+    pub fn into_response_for(self, grpc_call: bool) -> Response<Body> {
+        if !grpc_call {
+            return self.into_response();
+        }
+        let reason = self.reason();
+        let mut response = grpc::error_response(self.grpc_code(), &format!("tether: {self}"));
+        response.extensions_mut().insert(Outcome {
+            error: Some(reason),
+            ..Outcome::default()
+        });
+        response
+    }
+
     /// The response the proxy sends for this error, its [`Outcome`] naming
     /// the reason (`tether-error` is written by [`Outcome::render`]).
     pub fn into_response(self) -> Response<Body> {
@@ -368,6 +423,35 @@ mod tests {
             Body::Full(Some(bytes)) => assert!(String::from_utf8_lossy(&bytes).contains("nope")),
             other => panic!("unexpected body {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_grpc_caller_gets_a_grpc_error_with_the_reason() {
+        let mut response = ProxyError::NoEndpoints("api".into()).into_response_for(true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[grpc::GRPC_STATUS], "14");
+        let message = response.headers()[grpc::GRPC_MESSAGE]
+            .to_str()
+            .unwrap_or("");
+        assert!(message.contains("`api` has no endpoints"), "{message}");
+        Outcome::render(&mut response);
+        assert_eq!(response.headers()[TETHER_ERROR], "no-endpoints");
+        let code = |e: ProxyError| e.grpc_code();
+        assert_eq!(
+            code(ProxyError::Timeout(Duration::from_secs(1))),
+            grpc::Code::DeadlineExceeded
+        );
+        assert_eq!(
+            code(ProxyError::Overloaded("api".into())),
+            grpc::Code::ResourceExhausted
+        );
+        let denied = ProxyError::Unauthorized {
+            caller: "web".into(),
+            service: "api".into(),
+        };
+        assert_eq!(code(denied), grpc::Code::PermissionDenied);
+        let plain = ProxyError::NoEndpoints("api".into()).into_response_for(false);
+        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

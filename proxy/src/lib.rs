@@ -9,7 +9,7 @@
 //! fails on any cycle between top-level modules).
 //!
 //! 1. leaves: `authority`, `body`, `capture`, `request_metrics`, `shutdown`
-//! 2. `transport`, `access_log`, `telemetry`
+//! 2. `transport`, `access_log`, `telemetry`, `grpc`
 //! 3. `balance`, `identity`, `tcp_metrics`
 //! 4. `errors`, `control_client`
 //! 5. `resilience`, `hop`, `observe`
@@ -36,6 +36,7 @@ pub mod discovery;
 pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod hop;
 pub mod identity;
 pub mod inbound;

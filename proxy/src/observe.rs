@@ -9,8 +9,9 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 use crate::access_log::{timestamp, AccessLog, Entry};
-use crate::body::Body;
+use crate::body::{Body, BoxBody};
 use crate::errors::Outcome;
+use crate::grpc;
 use crate::request_metrics::{Direction, ServiceMetrics};
 use crate::telemetry::{HopSpan, SpanKind, SpanStart, Telemetry};
 
@@ -29,6 +30,15 @@ pub struct Observation {
     span: Option<HopSpan>,
     trace_id: Option<String>,
     line: Option<(String, String, String)>,
+    grpc: bool,
+}
+
+impl Observation {
+    /// Whether the request is a gRPC call (`content-type:
+    /// application/grpc*`): its errors are answered as gRPC errors.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
 }
 
 impl Observer {
@@ -54,6 +64,7 @@ impl Observer {
     ) -> Observation {
         let started = Instant::now();
         let arrived = SystemTime::now();
+        let grpc = grpc::is_grpc(request.headers());
         // Nothing to build when neither tracing nor the access log is on:
         // the common case pays for two clock reads only.
         let tracing = self.telemetry.is_on();
@@ -64,6 +75,7 @@ impl Observer {
                 span: None,
                 trace_id: None,
                 line: None,
+                grpc,
             };
         }
         let line = self.access_log.as_ref().map(|_| {
@@ -102,6 +114,7 @@ impl Observer {
             span,
             trace_id,
             line,
+            grpc,
         }
     }
 
@@ -127,11 +140,10 @@ impl Observer {
             metrics.proxy_error(reason.as_str());
             reason.as_str()
         });
-        if let Some(span) = observation.span {
-            span.finish(response.status(), error, elapsed);
-        }
-        if let (Some(log), Some((method, authority, path))) = (&self.access_log, observation.line) {
-            log.log(Entry {
+        let status = response.status();
+        let entry = |line: (String, String, String), trace_id: Option<String>| {
+            let (method, authority, path) = line;
+            Entry {
                 timestamp: timestamp(observation.arrived),
                 direction: self.direction.as_str(),
                 service: service.to_owned(),
@@ -139,12 +151,79 @@ impl Observer {
                 method,
                 authority,
                 path,
-                status: response.status().as_u16(),
+                status: status.as_u16(),
                 duration_ms: elapsed.as_secs_f64() * 1e3,
                 retries: outcome.retries(),
                 error,
-                trace_id: observation.trace_id,
-            });
+                grpc_status: None,
+                trace_id,
+            }
+        };
+        if !observation.grpc {
+            // The common case, as before gRPC: nothing is kept for later.
+            if let Some(span) = observation.span {
+                span.finish(status, error, elapsed);
+            }
+            if let (Some(log), Some(line)) = (&self.access_log, observation.line) {
+                log.log(entry(line, observation.trace_id));
+            }
+            return;
+        }
+        let done = Done {
+            span: observation.span,
+            entry: match (&self.access_log, observation.line) {
+                (Some(_), Some(line)) => Some(entry(line, observation.trace_id)),
+                _ => None,
+            },
+            status,
+            error,
+            elapsed,
+        };
+        // A gRPC call ends with its grpc-status: in the headers of a
+        // trailers-only response, else in the trailers, once streamed.
+        match grpc::status_of(response.headers()) {
+            Some(code) => done.finish(self.access_log.as_ref(), metrics, Some(code)),
+            None if status != http::StatusCode::OK
+                || http_body::Body::is_end_stream(response.body()) =>
+            {
+                done.finish(self.access_log.as_ref(), metrics, None)
+            }
+            None => {
+                let log = self.access_log.clone();
+                let metrics = metrics.clone();
+                let body = std::mem::take(response.body_mut());
+                let tail = grpc::StatusTail::new(body, move |code| {
+                    done.finish(log.as_ref(), &metrics, code);
+                });
+                *response.body_mut() = Body::Boxed(BoxBody::new(tail));
+            }
+        }
+    }
+}
+
+/// What is left to record of a gRPC call once its response headers are
+/// known: its span and access log line, written now, or (a status that
+/// comes in the trailers) when the response stream ends.
+struct Done {
+    span: Option<HopSpan>,
+    entry: Option<Entry>,
+    status: http::StatusCode,
+    error: Option<&'static str>,
+    elapsed: std::time::Duration,
+}
+
+impl Done {
+    /// Records the call's status (`none` when it ended without one), its
+    /// span and its log line.
+    fn finish(self, log: Option<&AccessLog>, metrics: &ServiceMetrics, code: Option<grpc::Code>) {
+        metrics.grpc_status(code.map_or("none", grpc::Code::name));
+        let grpc = code.map(|c| (c.number(), c.name(), c.is_server_failure()));
+        if let Some(span) = self.span {
+            span.finish_grpc(self.status, self.error, self.elapsed, grpc);
+        }
+        if let (Some(log), Some(mut entry)) = (log, self.entry) {
+            entry.grpc_status = code.map(grpc::Code::number);
+            log.log(entry);
         }
     }
 }

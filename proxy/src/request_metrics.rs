@@ -36,6 +36,7 @@ pub struct RequestMetrics {
     retries_skipped: IntCounterVec,
     ejections: IntCounterVec,
     lb_panics: IntCounterVec,
+    grpc: IntCounterVec,
     /// Inbound requests refused by authorization, by service.
     pub authz_denied: IntCounterVec,
 }
@@ -130,8 +131,15 @@ impl RequestMetrics {
             "Inbound requests and TCP connections refused by authorization policy.",
             &["service"],
         );
+        let grpc = counter_vec(
+            &registry,
+            "tether_grpc_responses_total",
+            "gRPC calls finished, by direction, service and grpc-status (code name in kebab-case; `none` when the stream ended without one).",
+            &["direction", "service", "grpc_status"],
+        );
         Self {
             authz_denied,
+            grpc,
             registry,
             requests,
             duration,
@@ -176,6 +184,7 @@ impl RequestMetrics {
             upstream,
             errors: self.proxy_errors.clone(),
             skipped: self.retries_skipped.clone(),
+            grpc: self.grpc.clone(),
         }
     }
 
@@ -226,6 +235,7 @@ pub struct ServiceMetrics {
     upstream: Option<UpstreamCounters>,
     errors: IntCounterVec,
     skipped: IntCounterVec,
+    grpc: IntCounterVec,
 }
 
 /// Counters of an upstream service only.
@@ -256,6 +266,14 @@ impl ServiceMetrics {
     pub fn proxy_error(&self, reason: &str) {
         self.errors
             .with_label_values(&[self.direction.as_str(), &self.service, reason])
+            .inc();
+    }
+
+    /// Counts a finished gRPC call by its `grpc-status` name (gRPC calls
+    /// only: the label set is looked up per call).
+    pub fn grpc_status(&self, code: &str) {
+        self.grpc
+            .with_label_values(&[self.direction.as_str(), &self.service, code])
             .inc();
     }
 

@@ -12,6 +12,7 @@ mod control_lifecycle;
 mod control_plane;
 mod control_reload;
 mod control_status;
+mod grpc;
 mod h2spec;
 mod issuance;
 mod kubernetes;

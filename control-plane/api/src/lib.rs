@@ -22,7 +22,8 @@ pub use control::{
     CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, SNAPSHOT_PATH_PREFIX, STATUS_PATH,
 };
 pub use policy::{
-    Backoff, CircuitBreaker, LoadBalancer, RetryBudget, RetryOn, RetryPolicy, TrafficPolicy,
+    default_grpc_retry_on, is_default_retry_on, Backoff, CircuitBreaker, LoadBalancer, RetryBudget,
+    RetryOn, RetryPolicy, TrafficPolicy, GRPC_CODE_NAMES,
 };
 pub use snapshot::{
     Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,

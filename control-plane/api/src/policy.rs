@@ -222,7 +222,10 @@ impl Default for RetryBudget {
 /// A condition that makes a try retryable.
 ///
 /// Written as `connect-failure`, `reset`, `5xx`, `gateway-error`
-/// (502, 503, 504) or a status code such as `503`.
+/// (502, 503, 504), a status code such as `503`, or a gRPC status code by
+/// name (`unavailable`, `resource-exhausted`, `deadline-exceeded`, …: the
+/// names of [`GRPC_CODE_NAMES`]), matched against a gRPC call's
+/// trailers-only response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RetryOnRepr", into = "String")]
 pub enum RetryOn {
@@ -236,6 +239,43 @@ pub enum RetryOn {
     GatewayError,
     /// This exact status code.
     Status(u16),
+    /// This gRPC status code (0-16), written by name.
+    Grpc(u8),
+}
+
+/// The gRPC status codes by number, named as `retry_on` writes them
+/// (`grpc/doc/statuscodes.md`, in kebab-case).
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid-argument",
+    "deadline-exceeded",
+    "not-found",
+    "already-exists",
+    "permission-denied",
+    "resource-exhausted",
+    "failed-precondition",
+    "aborted",
+    "out-of-range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data-loss",
+    "unauthenticated",
+];
+
+/// The default `retry_on` of a service with `protocol: grpc` whose policy
+/// does not set one: `[connect-failure, reset, unavailable]`.
+pub fn default_grpc_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::Grpc(14)]
+}
+
+/// Whether `retry_on` is the HTTP default (`[connect-failure, reset,
+/// 503]`), which a `protocol: grpc` service reads as
+/// [`default_grpc_retry_on`].
+pub fn is_default_retry_on(retry_on: &[RetryOn]) -> bool {
+    retry_on == default_retry_on().as_slice()
 }
 
 #[derive(Deserialize)]
@@ -260,9 +300,12 @@ impl TryFrom<RetryOnRepr> for RetryOn {
             "gateway-error" => Ok(RetryOn::GatewayError),
             other => match other.parse::<u16>() {
                 Ok(code) => RetryOn::status(code),
-                Err(_) => Err(format!(
-                    "unknown retry_on condition `{other}`: expected connect-failure, reset, 5xx, gateway-error or a status code such as 503"
-                )),
+                Err(_) => match GRPC_CODE_NAMES.iter().position(|n| *n == other) {
+                    Some(code) => Ok(RetryOn::Grpc(code as u8)),
+                    None => Err(format!(
+                        "unknown retry_on condition `{other}`: expected connect-failure, reset, 5xx, gateway-error, a status code such as 503, or a gRPC status name such as unavailable"
+                    )),
+                },
             },
         }
     }
@@ -288,6 +331,11 @@ impl fmt::Display for RetryOn {
             RetryOn::ServerError => f.write_str("5xx"),
             RetryOn::GatewayError => f.write_str("gateway-error"),
             RetryOn::Status(code) => write!(f, "{code}"),
+            RetryOn::Grpc(code) => f.write_str(
+                GRPC_CODE_NAMES
+                    .get(usize::from(*code))
+                    .unwrap_or(&"unknown"),
+            ),
         }
     }
 }
@@ -379,6 +427,22 @@ mod tests {
                 RetryOn::GatewayError
             ]
         );
+    }
+
+    #[test]
+    fn retry_on_reads_grpc_codes_by_name_and_writes_them_back() {
+        let w: Wrap = serde_yaml_like(
+            r#"{"retry_on": ["unavailable", "resource-exhausted", "deadline-exceeded"]}"#,
+        );
+        assert_eq!(
+            w.retry_on,
+            vec![RetryOn::Grpc(14), RetryOn::Grpc(8), RetryOn::Grpc(4)]
+        );
+        assert_eq!(RetryOn::Grpc(14).to_string(), "unavailable");
+        let bad = serde_json::from_str::<Wrap>(r#"{"retry_on": ["UNAVAILABLE"]}"#);
+        assert!(bad.is_err());
+        assert!(is_default_retry_on(&RetryPolicy::default().retry_on));
+        assert!(!is_default_retry_on(&default_grpc_retry_on()));
     }
 
     fn serde_yaml_like<T: for<'de> Deserialize<'de>>(json: &str) -> T {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{RetryBudget, TrafficPolicy};
+use crate::policy::{RetryBudget, RetryOn, TrafficPolicy};
 
 /// Shortest retry budget window: below a second the budget would count too
 /// few requests to mean anything.
@@ -61,6 +61,12 @@ impl TrafficPolicy {
                     "retries.backoff.base ({:?}) is above max ({:?}): expected base <= max",
                     backoff.base, backoff.max
                 ),
+            ));
+        }
+        if self.retries.retry_on.contains(&RetryOn::Grpc(0)) {
+            found.push(PolicyProblem::new(
+                vec!["retries", "retry_on"],
+                "retries.retry_on has `ok`: a gRPC success is never retried; expected a failure such as unavailable".to_owned(),
             ));
         }
         budget_problems(&self.retries.budget, &mut found);

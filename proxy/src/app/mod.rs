@@ -106,11 +106,14 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
     .with_tcp(Arc::clone(&tcp));
     let source = first_snapshot(&config, &applier, identity.as_ref(), &families).await?;
     let inbound_tls = inbound_tls(&config, identity.as_deref(), &families)?;
-    let probe = AppProbe::new(
-        config.app.clone(),
-        config.app_health_path.clone(),
-        config.app_http2,
-    );
+    let probe = match &config.app_health_grpc_service {
+        Some(service) => AppProbe::grpc(config.app.clone(), service.clone()),
+        None => AppProbe::new(
+            config.app.clone(),
+            config.app_health_path.clone(),
+            config.app_http2,
+        ),
+    };
     let mut registration = config
         .registration
         .as_ref()

@@ -17,7 +17,7 @@ use super::SnapshotMetrics;
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::identity::MeshIdentity;
 use crate::request_metrics::{Direction, UNKNOWN_SERVICE};
-use crate::resilience::ConcurrencyLimiter;
+use crate::resilience::{ConcurrencyLimiter, RetryOn};
 use crate::state::{
     MeshState, OutboundPolicy, RouteRule, SourceDocument, Split, TcpService, UpstreamService,
 };
@@ -301,10 +301,21 @@ fn build_service(
         )),
     };
 
+    // A gRPC service left on the HTTP default retries on UNAVAILABLE
+    // instead of a 503 (which a gRPC server never answers).
+    let mut retries = policy.retries;
+    if spec.protocol == Protocol::Grpc
+        && tether_api::is_default_retry_on(&spec.policy.retries.retry_on)
+    {
+        retries.retry_on = tether_api::default_grpc_retry_on()
+            .into_iter()
+            .map(RetryOn::from)
+            .collect();
+    }
     UpstreamService {
         name: name.to_owned(),
         timeout: policy.timeout,
-        retries: policy.retries,
+        retries,
         budget,
         limiter,
         client,

@@ -123,6 +123,7 @@ impl From<wire::RetryOn> for RetryOn {
             wire::RetryOn::ServerError => RetryOn::ServerError,
             wire::RetryOn::GatewayError => RetryOn::GatewayError,
             wire::RetryOn::Status(code) => RetryOn::Status(code),
+            wire::RetryOn::Grpc(code) => RetryOn::Grpc(code),
         }
     }
 }
@@ -277,6 +278,8 @@ mod tests {
                     wire::RetryOn::ServerError,
                     wire::RetryOn::GatewayError,
                     wire::RetryOn::Status(503),
+                    wire::RetryOn::Grpc(0),
+                    wire::RetryOn::Grpc(14),
                 ];
                 p.retries.retry_on = all.into_iter().filter(|_| rng.gen_bool(0.5)).collect();
             }

@@ -10,13 +10,15 @@
 //! When the app cannot be reached the answer is `502 tether-error:
 //! app-connect`: nothing was processed, and a calling sidecar that
 //! authenticated this one by mTLS retries it on another endpoint. An app's
-//! own `502` claiming `app-connect` has that header removed.
+//! own `502` claiming `app-connect` has that header removed. A gRPC call
+//! gets its errors as gRPC errors (HTTP 200, `grpc-status`), `app-connect`
+//! included, which a calling sidecar recognises the same way.
 
 use std::sync::Arc;
 
 use http::uri::Authority;
 
-use crate::errors::{strip_app_connect, ProxyError};
+use crate::errors::{strip_app_connect, strip_grpc_app_connect, ProxyError};
 use crate::hop::{from_upstream, to_upstream};
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
@@ -100,20 +102,21 @@ impl Inbound {
         let observation = inner
             .observer
             .begin(&mut request, &inner.service, peer_text);
+        let grpc = observation.is_grpc();
         let checked = if crate::authority::has_duplicate_host(&request) {
             Err(ProxyError::BadRequest("more than one Host header".into()))
         } else {
             self.authorize(peer.as_deref(), &request)
         };
         let result = match checked {
-            Ok(()) => self.send_to_app(request).await,
+            Ok(()) => self.send_to_app(request, grpc).await,
             Err(error) => Err(error),
         };
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "inbound request failed");
-                error.into_response()
+                error.into_response_for(grpc)
             }
         };
         inner.observer.end(
@@ -141,14 +144,18 @@ impl Inbound {
         })
     }
 
-    async fn send_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {
+    async fn send_to_app(&self, request: Req, grpc: bool) -> Result<Rsp, ProxyError> {
         let inner = &self.inner;
         resilience::hold(&inner.limiter, "local app", || async move {
             let request = to_upstream(request, &inner.app, inner.app_pool.is_http2())?;
             match inner.app_pool.send(request).await {
                 Ok(mut response) => {
                     // Only this sidecar may say its app was unreachable.
-                    strip_app_connect(&mut response);
+                    if grpc {
+                        strip_grpc_app_connect(&mut response);
+                    } else {
+                        strip_app_connect(&mut response);
+                    }
                     Ok(from_upstream(response))
                 }
                 // Nothing reached the app: the calling sidecar (when it

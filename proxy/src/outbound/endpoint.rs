@@ -4,7 +4,8 @@
 //! detection.
 
 use super::{Req, Rsp, Target};
-use crate::errors::{is_peer_app_connect, ProxyError};
+use crate::errors::{is_peer_app_connect, is_peer_grpc_app_connect, ProxyError};
+use crate::grpc;
 use crate::hop::{from_upstream, to_upstream};
 use crate::telemetry::InFlightSpan;
 
@@ -34,7 +35,14 @@ pub async fn send_one_try(
     // (each one costs its export).
     InFlightSpan::try_started(&request, endpoint.address());
     let pool = endpoint.connections(&service.client);
-    let request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
+    let mut request = to_upstream(request, endpoint.authority(), pool.is_http2())?;
+    if let Some(deadline) = target.deadline {
+        // The caller's deadline, less the time spent here so far.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        request
+            .headers_mut()
+            .insert(grpc::GRPC_TIMEOUT, grpc::encode_timeout(left));
+    }
     let result = match service.retries.per_try_timeout {
         Some(per_try) => tokio::time::timeout(per_try, pool.send(request))
             .await
@@ -45,7 +53,14 @@ pub async fn send_one_try(
         Err(per_try) => Err(ProxyError::PerTryTimeout(per_try)),
         // The peer sidecar could not reach its app: nothing was processed.
         // Believed only from a peer authenticated by mTLS.
-        Ok(Ok(response)) if is_peer_app_connect(&response) && pool.is_mtls() => {
+        Ok(Ok(response))
+            if pool.is_mtls()
+                && if target.grpc {
+                    is_peer_grpc_app_connect(&response)
+                } else {
+                    is_peer_app_connect(&response)
+                } =>
+        {
             Err(ProxyError::PeerAppConnect {
                 endpoint: endpoint.address().to_owned(),
             })
@@ -61,7 +76,12 @@ pub async fn send_one_try(
         }),
     };
     let failed = match &outcome {
-        Ok(response) => response.status().is_server_error(),
+        Ok(response) => {
+            response.status().is_server_error()
+                || (target.grpc
+                    && grpc::status_of(response.headers())
+                        .is_some_and(grpc::Code::is_server_failure))
+        }
         Err(_) => true,
     };
     if outcome.is_ok() {

@@ -81,6 +81,7 @@ impl Outbound {
             Err(error) => {
                 tracing::debug!(%error, "not routed");
                 let observation = self.observer.begin(&mut request, UNKNOWN_SERVICE, None);
+                let grpc = observation.is_grpc();
                 let metrics = state.unknown_metrics.clone();
                 let original = request.extensions().get::<OriginalDst>().copied();
                 let passthrough = match (&error, original, &self.passthrough) {
@@ -100,8 +101,8 @@ impl Outbound {
                     // Boxed: rare, and its future would enlarge every request's.
                     Some((p, original)) => Box::pin(p.send(request, original))
                         .await
-                        .unwrap_or_else(ProxyError::into_response),
-                    None => error.into_response(),
+                        .unwrap_or_else(|e| e.into_response_for(grpc)),
+                    None => error.into_response_for(grpc),
                 };
                 self.observer
                     .end(observation, &mut response, &metrics, UNKNOWN_SERVICE, None);
@@ -109,11 +110,16 @@ impl Outbound {
             }
         };
         drop(state);
+        let mut target = target;
         let service = Arc::clone(&target.service);
         let observation = self.observer.begin(&mut request, &service.name, None);
+        if observation.is_grpc() {
+            target.grpc_call(request.headers());
+        }
+        let grpc = target.grpc;
         let mut response = serve(&target, request)
             .await
-            .unwrap_or_else(ProxyError::into_response);
+            .unwrap_or_else(|e| e.into_response_for(grpc));
         self.observer.end(
             observation,
             &mut response,

@@ -3,10 +3,15 @@
 //! A try is retried when it failed in a way the service's `retry_on` names
 //! and all of these hold:
 //! - the method is idempotent, or the failure was `connect-failure` (nothing
-//!   reached the upstream), or `retry_non_idempotent` is set;
+//!   reached the upstream), or a gRPC status `retry_on` names (the service
+//!   said the call may be retried), or `retry_non_idempotent` is set;
 //! - the body could be kept for replay: empty, or a declared length within
 //!   `replay_buffer_bytes` (a body of unknown length streams and is never
-//!   buffered, so slow or streaming uploads are not held back);
+//!   buffered, so slow or streaming uploads are not held back); a gRPC
+//!   call's body of unknown length streams with a copy kept up to
+//!   `replay_buffer_bytes`, and is replayed only if it was not read at all
+//!   or was sent to its end within that size (`grpc::Replayable`): a
+//!   stream partly sent is never replayed;
 //! - the service's retry budget allows it.
 //!
 //! A retry after a connect failure (including a peer sidecar's `app-connect`)
@@ -39,27 +44,28 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         return send_one_try(target, request, None).await;
     }
     let idempotent = is_idempotent(request.method());
-    let (mut first, template) = keep_for_replay(request, policy.replay_buffer_bytes).await?;
+    let (mut first, template) =
+        keep_for_replay(request, policy.replay_buffer_bytes, target.grpc).await?;
     let mut tries = 1u32;
     // The endpoint of the last connect failure: the next try avoids it.
     let mut failed: Option<String> = None;
     loop {
         let this_try = match first.take() {
             Some(request) => request,
-            None => match &template {
-                Some(template) => template.request(),
+            None => match template.as_ref().and_then(Replay::request) {
+                Some(request) => request,
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             },
         };
         let result = send_one_try(target, this_try, failed.as_deref()).await;
-        let Some(connect_only) = wants_retry(&result, &policy.retry_on) else {
-            return finish(result, tries, None);
+        let Some(connect_only) = wants_retry(&result, &policy.retry_on, target.grpc) else {
+            return finish(result, tries, None, target.grpc);
         };
         let skip = if tries > policy.attempts {
-            return finish(result, tries, None);
+            return finish(result, tries, None, target.grpc);
         } else if !(idempotent || connect_only || policy.retry_non_idempotent) {
             Some(RetrySkip::NonIdempotent)
-        } else if template.is_none() {
+        } else if !template.as_ref().is_some_and(Replay::can_replay) {
             Some(RetrySkip::BodyNotReplayable)
         } else if !service.budget.withdraw() {
             Some(RetrySkip::BudgetExhausted)
@@ -68,7 +74,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         };
         if let Some(skip) = skip {
             service.metrics.retry_skipped(skip.as_str());
-            return finish(result, tries, Some(skip));
+            return finish(result, tries, Some(skip), target.grpc);
         }
         // Rare (a connect failure): the address is copied only then.
         if let Err(error) = &result {
@@ -81,16 +87,21 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     }
 }
 
-/// If the try failed retryably, whether only `connect-failure` applies
-/// (`Some(true)`: safe for any method) or another condition (`Some(false)`).
-fn wants_retry(result: &Result<Rsp, ProxyError>, retry_on: &[RetryOn]) -> Option<bool> {
+/// If the try failed retryably, whether it is safe for any method
+/// (`Some(true)`: `connect-failure`, or a gRPC call's trailers-only
+/// `grpc-status` that `retry_on` names, as gRPC's own retry policy treats
+/// the codes a service lists) or only for idempotent ones (`Some(false)`).
+fn wants_retry(result: &Result<Rsp, ProxyError>, retry_on: &[RetryOn], grpc: bool) -> Option<bool> {
     match result {
         Ok(response) => {
             let code = response.status().as_u16();
-            retry_on
-                .iter()
-                .any(|c| c.matches_status(code))
-                .then_some(false)
+            if retry_on.iter().any(|c| c.matches_status(code)) {
+                return Some(false);
+            }
+            let by_grpc = grpc
+                && crate::grpc::status_of(response.headers())
+                    .is_some_and(|g| retry_on.iter().any(|c| c.matches_grpc(g.number())));
+            by_grpc.then_some(true)
         }
         Err(error) if error.is_connect_failure() => {
             retry_on.contains(&RetryOn::ConnectFailure).then_some(true)
@@ -109,10 +120,11 @@ fn finish(
     result: Result<Rsp, ProxyError>,
     tries: u32,
     skip: Option<RetrySkip>,
+    grpc: bool,
 ) -> Result<Rsp, ProxyError> {
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => error.into_response_for(grpc),
     };
     if tries > 1 || skip.is_some() {
         Outcome::update(&mut response, |outcome| {
@@ -142,13 +154,34 @@ struct Replay {
     version: Version,
     headers: HeaderMap,
     trace: Option<InFlightSpan>,
-    body: Bytes,
+    body: ReplayBody,
+}
+
+/// The body a later try gets.
+#[derive(Debug)]
+enum ReplayBody {
+    /// Buffered before the first try (a declared length within the cap).
+    Kept(Bytes),
+    /// A gRPC body kept as it streams.
+    Streamed(crate::grpc::Replayable),
 }
 
 impl Replay {
-    /// A fresh copy of the request for another try.
-    fn request(&self) -> Req {
-        let mut request = Request::new(Body::full(self.body.clone()));
+    /// Whether another try can have the body.
+    fn can_replay(&self) -> bool {
+        match &self.body {
+            ReplayBody::Kept(_) => true,
+            ReplayBody::Streamed(streamed) => streamed.can_replay(),
+        }
+    }
+
+    /// A fresh copy of the request for another try, if its body can be had.
+    fn request(&self) -> Option<Req> {
+        let body = match &self.body {
+            ReplayBody::Kept(bytes) => Body::full(bytes.clone()),
+            ReplayBody::Streamed(streamed) => streamed.body()?,
+        };
+        let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
@@ -156,21 +189,37 @@ impl Replay {
         if let Some(trace) = &self.trace {
             request.extensions_mut().insert(trace.clone());
         }
-        request
+        Some(request)
     }
 }
 
 /// Returns the request to send first and, when the body can be replayed, a
 /// template to rebuild later tries from. Buffers at most `cap` bytes, and
-/// only when the body's length is declared.
+/// only when the body's length is declared; a gRPC body of unknown length
+/// streams, kept as it goes.
 async fn keep_for_replay(
     request: Req,
     cap: usize,
+    grpc: bool,
 ) -> Result<(Option<Req>, Option<Replay>), ProxyError> {
     let body = request.body();
-    let replayable =
-        body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= cap as u64);
+    let hint = body.size_hint();
+    let replayable = body.is_end_stream() || hint.exact().is_some_and(|n| n <= cap as u64);
     if !replayable {
+        if grpc && hint.exact().is_none() && hint.lower() <= cap as u64 {
+            let (parts, body) = request.into_parts();
+            let streamed = crate::grpc::Replayable::new(body, cap);
+            let first = streamed.body().unwrap_or_default();
+            let template = Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                trace: parts.extensions.get::<InFlightSpan>().cloned(),
+                body: ReplayBody::Streamed(streamed),
+            };
+            return Ok((Some(Request::from_parts(parts, first)), Some(template)));
+        }
         return Ok((Some(request), None));
     }
     let (parts, body) = request.into_parts();
@@ -188,7 +237,7 @@ async fn keep_for_replay(
         version: parts.version,
         headers: parts.headers.clone(),
         trace: parts.extensions.get::<InFlightSpan>().cloned(),
-        body: bytes.clone(),
+        body: ReplayBody::Kept(bytes.clone()),
     };
     let first = Request::from_parts(parts, Body::full(bytes));
     Ok((Some(first), Some(template)))
@@ -214,12 +263,28 @@ mod tests {
             *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or_default();
             Ok(r)
         };
-        assert_eq!(wants_retry(&status(503), &on), Some(false));
-        assert_eq!(wants_retry(&status(500), &on), None);
-        assert_eq!(wants_retry(&status(200), &on), None);
+        assert_eq!(wants_retry(&status(503), &on, false), Some(false));
+        assert_eq!(wants_retry(&status(500), &on, false), None);
+        assert_eq!(wants_retry(&status(200), &on, false), None);
         let timeout = Err(ProxyError::PerTryTimeout(std::time::Duration::from_secs(1)));
-        assert_eq!(wants_retry(&timeout, &on), None);
-        assert_eq!(wants_retry(&timeout, &[RetryOn::Reset]), Some(false));
+        assert_eq!(wants_retry(&timeout, &on, false), None);
+        assert_eq!(wants_retry(&timeout, &[RetryOn::Reset], false), Some(false));
+        let unavailable = || {
+            let mut r = Rsp::new(Body::Empty);
+            r.headers_mut().insert(
+                crate::grpc::GRPC_STATUS,
+                http::HeaderValue::from_static("14"),
+            );
+            Ok(r)
+        };
+        let on_grpc = [RetryOn::Grpc(14)];
+        assert_eq!(wants_retry(&unavailable(), &on_grpc, true), Some(true));
+        assert_eq!(
+            wants_retry(&unavailable(), &on_grpc, false),
+            None,
+            "not a gRPC call"
+        );
+        assert_eq!(wants_retry(&unavailable(), &on, true), None);
     }
 
     #[tokio::test]
@@ -228,13 +293,18 @@ mod tests {
             .method(Method::POST)
             .body(Body::full("abc"))
             .unwrap_or_default();
-        let (first, template) = keep_for_replay(small, 8).await.unwrap_or((None, None));
+        let (first, template) = keep_for_replay(small, 8, false)
+            .await
+            .unwrap_or((None, None));
         assert!(first.is_some());
-        assert_eq!(template.map(|t| t.body), Some(Bytes::from_static(b"abc")));
+        assert!(matches!(
+            template.map(|t| t.body),
+            Some(ReplayBody::Kept(b)) if b == "abc"
+        ));
         let big = Request::builder()
             .body(Body::full(vec![0u8; 9]))
             .unwrap_or_default();
-        let (first, template) = keep_for_replay(big, 8).await.unwrap_or((None, None));
+        let (first, template) = keep_for_replay(big, 8, false).await.unwrap_or((None, None));
         assert!(first.is_some() && template.is_none());
     }
 }

@@ -88,6 +88,8 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
         endpoints: Arc::clone(endpoints),
         timeout: rule.and_then(|r| r.timeout).unwrap_or(service.timeout),
         route,
+        grpc: false,
+        deadline: None,
     })
 }
 

@@ -18,9 +18,28 @@ pub struct Target {
     /// The route rule that matched (its index), or `None` for the
     /// service's default split.
     pub route: Option<usize>,
+    /// A gRPC call: errors are gRPC errors, `grpc-status` decides retries
+    /// and outlier detection.
+    pub grpc: bool,
+    /// A gRPC call's deadline from its `grpc-timeout` (capped by
+    /// `timeout`), passed on reduced by the time spent at each try.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl Target {
+    /// Makes this a gRPC call: its `grpc-timeout`, if any, becomes the
+    /// deadline when it is shorter than the policy's timeout.
+    pub fn grpc_call(&mut self, headers: &http::HeaderMap) {
+        self.grpc = true;
+        if let Some(wanted) = headers
+            .get(crate::grpc::GRPC_TIMEOUT)
+            .and_then(crate::grpc::parse_timeout)
+        {
+            self.timeout = self.timeout.min(wanted);
+            self.deadline = Some(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+
     /// The split `endpoints` was drawn from, for a retry that must leave a
     /// subset with nothing else to try.
     pub fn split(&self) -> &Split {

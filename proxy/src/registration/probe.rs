@@ -1,6 +1,7 @@
 //! The proxy's probe of the local app's health, behind both the Consul TTL
-//! check and the admin `/app-health` endpoint: a TCP connect to the app, or
-//! with a health path an HTTP `GET` of it (2xx is healthy).
+//! check and the admin `/app-health` endpoint: a TCP connect to the app,
+//! with a health path an HTTP `GET` of it (2xx is healthy), or a gRPC
+//! health check (`grpc.health.v1.Health/Check`, `SERVING` is healthy).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use http::{header, HeaderValue, Request};
 use http_body_util::BodyExt;
 
 use crate::body::Body;
+use crate::grpc;
 use crate::transport::{ConnectionSettings, EndpointPool, PoolFactory};
 
 /// One probe, connect to answer: the app is on loopback, so an app that
@@ -43,6 +45,10 @@ enum ProbeKind {
         http2: bool,
         pool: Arc<EndpointPool>,
     },
+    Grpc {
+        service: String,
+        pool: Arc<EndpointPool>,
+    },
 }
 
 impl AppProbe {
@@ -54,16 +60,20 @@ impl AppProbe {
             Some(path) => ProbeKind::Http {
                 path,
                 http2,
-                pool: PoolFactory::new(ConnectionSettings {
-                    http2,
-                    connect_timeout: PROBE_TIMEOUT,
-                    idle_timeout: PROBE_IDLE_TIMEOUT,
-                    expected_identity: None,
-                })
-                .pool_for(&app),
+                pool: probe_pool(&app, http2),
             },
         };
         Self { app, kind }
+    }
+
+    /// A gRPC health check of `app` (HTTP/2) for `service` (empty: the
+    /// server as a whole).
+    pub fn grpc(app: Authority, service: String) -> Self {
+        let pool = probe_pool(&app, true);
+        Self {
+            app,
+            kind: ProbeKind::Grpc { service, pool },
+        }
     }
 
     /// Probes the app once, within a bounded time.
@@ -118,7 +128,68 @@ impl AppProbe {
                     },
                 }
             }
+            ProbeKind::Grpc { service, pool } => grpc_check(app, service, pool).await,
         }
+    }
+}
+
+fn probe_pool(app: &Authority, http2: bool) -> Arc<EndpointPool> {
+    PoolFactory::new(ConnectionSettings {
+        http2,
+        connect_timeout: PROBE_TIMEOUT,
+        idle_timeout: PROBE_IDLE_TIMEOUT,
+        expected_identity: None,
+    })
+    .pool_for(app)
+}
+
+/// One `grpc.health.v1.Health/Check` call: healthy when it answers
+/// `grpc-status: 0` and `SERVING`.
+async fn grpc_check(app: &Authority, service: &str, pool: &Arc<EndpointPool>) -> Health {
+    let unhealthy = |note: String| Health {
+        healthy: false,
+        note,
+    };
+    let request = Request::post(format!("http://{app}{}", grpc::health::CHECK_PATH))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .header(header::USER_AGENT, "tether-proxy-health")
+        .body(Body::full(grpc::health::check_request(service)));
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return unhealthy(format!("cannot build the gRPC health check: {error}")),
+    };
+    let what = format!("app at {app}: gRPC health check of {service:?}");
+    let response = match pool.send(request).await {
+        Ok(response) => response,
+        Err(error) => return unhealthy(format!("{what} failed: {error}")),
+    };
+    let head_status = grpc::status_of(response.headers());
+    let http_status = response.status();
+    let collected = match response.into_body().collect().await {
+        Ok(collected) => collected,
+        Err(error) => return unhealthy(format!("{what}: reading the answer failed: {error}")),
+    };
+    let code = head_status.or_else(|| collected.trailers().and_then(grpc::status_of));
+    match code {
+        Some(grpc::Code::Ok) => {}
+        Some(code) => return unhealthy(format!("{what} answered grpc-status {}", code.name())),
+        None => {
+            return unhealthy(format!(
+                "{what} answered HTTP {http_status} without a grpc-status"
+            ))
+        }
+    }
+    match grpc::health::serving_status(&collected.to_bytes()) {
+        Some(grpc::health::SERVING) => Health {
+            healthy: true,
+            note: format!("{what} answered SERVING"),
+        },
+        Some(status) => unhealthy(format!(
+            "{what} answered {}",
+            grpc::health::status_name(status)
+        )),
+        None => unhealthy(format!("{what}: the answer is not a HealthCheckResponse")),
     }
 }
 

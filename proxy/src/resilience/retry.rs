@@ -51,6 +51,9 @@ pub enum RetryOn {
     GatewayError,
     /// This exact status code.
     Status(u16),
+    /// This `grpc-status` of a gRPC call's trailers-only response
+    /// (`unavailable` is 14).
+    Grpc(u8),
 }
 
 impl RetryOn {
@@ -60,8 +63,14 @@ impl RetryOn {
             RetryOn::ServerError => (500..600).contains(&code),
             RetryOn::GatewayError => matches!(code, 502..=504),
             RetryOn::Status(want) => want == code,
-            RetryOn::ConnectFailure | RetryOn::Reset => false,
+            RetryOn::ConnectFailure | RetryOn::Reset | RetryOn::Grpc(_) => false,
         }
+    }
+
+    /// Whether a gRPC call answered with this `grpc-status` is retryable
+    /// under this condition.
+    pub fn matches_grpc(self, code: u8) -> bool {
+        self == RetryOn::Grpc(code)
     }
 }
 

@@ -255,13 +255,20 @@ struct Recording {
 }
 
 impl Recording {
-    fn end(self, status: Option<StatusCode>, error: Option<&'static str>, elapsed: Duration) {
+    fn end(
+        self,
+        status: Option<StatusCode>,
+        error: Option<&'static str>,
+        elapsed: Duration,
+        grpc: Option<(u8, &'static str, bool)>,
+    ) {
         let mut span = self.span.lock();
         span.end(&SpanEnd {
             end_unix_nano: unix_nanos(self.arrived)
                 .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)),
             status,
             error,
+            grpc,
         });
         self.active.exporter.submit(span.bytes());
     }
@@ -275,9 +282,21 @@ impl HopSpan {
 
     /// Records the outcome and hands the span to the exporter, if recorded.
     /// `elapsed` is the time from arrival to the response.
-    pub fn finish(mut self, status: StatusCode, error: Option<&'static str>, elapsed: Duration) {
+    pub fn finish(self, status: StatusCode, error: Option<&'static str>, elapsed: Duration) {
+        self.finish_grpc(status, error, elapsed, None);
+    }
+
+    /// [`HopSpan::finish`] for a gRPC call: `grpc` is its status code,
+    /// name and whether the server failed.
+    pub fn finish_grpc(
+        mut self,
+        status: StatusCode,
+        error: Option<&'static str>,
+        elapsed: Duration,
+        grpc: Option<(u8, &'static str, bool)>,
+    ) {
         if let Some(recording) = self.recording.take() {
-            recording.end(Some(status), error, elapsed);
+            recording.end(Some(status), error, elapsed, grpc);
         }
     }
 }
@@ -286,7 +305,7 @@ impl Drop for HopSpan {
     fn drop(&mut self) {
         if let Some(recording) = self.recording.take() {
             let elapsed = recording.started.elapsed();
-            recording.end(None, Some("cancelled"), elapsed);
+            recording.end(None, Some("cancelled"), elapsed, None);
         }
     }
 }

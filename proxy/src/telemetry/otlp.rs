@@ -108,6 +108,7 @@ mod tests {
             end_unix_nano: 2,
             status: Some(StatusCode::OK),
             error: None,
+            grpc: None,
         }
     }
 
@@ -179,6 +180,42 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_span_carries_its_status_code_and_fails_on_server_codes() {
+        let head = head(&Method::POST, "api", "/test.Echo/Unary");
+        let mut unavailable = SpanBuilder::begin(&head);
+        unavailable.end(&SpanEnd {
+            grpc: Some((14, "unavailable", true)),
+            ..ok()
+        });
+        let mut not_found = SpanBuilder::begin(&head);
+        not_found.end(&SpanEnd {
+            grpc: Some((5, "not-found", false)),
+            ..ok()
+        });
+        let request = decode(&[unavailable, not_found]);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(attribute(&spans[0], "rpc.system"), text("grpc"));
+        assert_eq!(
+            attribute(&spans[0], "rpc.grpc.status_code"),
+            Some(Value::IntValue(14))
+        );
+        assert_eq!(attribute(&spans[0], "error.type"), text("unavailable"));
+        let status = spans[0].status.as_ref().expect("status");
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (2, "gRPC unavailable")
+        );
+        assert_eq!(
+            attribute(&spans[1], "rpc.grpc.status_code"),
+            Some(Value::IntValue(5))
+        );
+        assert!(
+            spans[1].status.is_none(),
+            "a caller's error is no server failure"
+        );
+    }
+
+    #[test]
     fn a_failed_retried_span_carries_events_and_error_status() {
         let mut head = head(&Method::POST, "api", "/v1/orders");
         head.kind = SpanKind::Server;
@@ -192,6 +229,7 @@ mod tests {
             end_unix_nano: 30,
             status: Some(StatusCode::GATEWAY_TIMEOUT),
             error: Some("timeout"),
+            grpc: None,
         });
         let mut plain_5xx = SpanBuilder::begin(&head);
         plain_5xx.end(&SpanEnd {

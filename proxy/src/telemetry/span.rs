@@ -61,6 +61,10 @@ pub struct SpanEnd {
     /// `tether.error` and `error.type`: the proxy's reason, when it failed
     /// the request itself (`cancelled` when abandoned).
     pub error: Option<&'static str>,
+    /// `rpc.grpc.status_code` of a gRPC call (with `rpc.system: grpc`),
+    /// and its name as `error.type` when the server failed (`UNKNOWN`,
+    /// `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`).
+    pub grpc: Option<(u8, &'static str, bool)>,
 }
 
 /// The encoded body of one `Span` message, being built.
@@ -161,6 +165,10 @@ impl SpanBuilder {
                 i64::from(code.as_u16()),
             );
         }
+        if let Some((code, _, _)) = end.grpc {
+            string_attribute(out, ATTRIBUTE, "rpc.system", "grpc");
+            int_attribute(out, ATTRIBUTE, "rpc.grpc.status_code", i64::from(code));
+        }
         if self.tries > 1 {
             int_attribute(out, ATTRIBUTE, "tether.retries", i64::from(self.tries - 1));
         }
@@ -171,6 +179,11 @@ impl SpanBuilder {
                 &[reason]
             }
             None => match &end.status {
+                _ if end.grpc.is_some_and(|(_, _, failed)| failed) => {
+                    let name = end.grpc.map_or("", |(_, name, _)| name);
+                    string_attribute(out, ATTRIBUTE, "error.type", name);
+                    &["gRPC ", name]
+                }
                 Some(code) if code.is_server_error() => {
                     string_attribute(out, ATTRIBUTE, "error.type", code.as_str());
                     &["HTTP ", code.as_str()]
