@@ -25,3 +25,4 @@ mod run_mode;
 mod tcp;
 mod tracing;
 mod transparent;
+mod websocket;

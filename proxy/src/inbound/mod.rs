@@ -28,9 +28,10 @@ use crate::resilience::{self, ConcurrencyLimiter};
 use crate::state::MeshState;
 use crate::transport::PoolFactory;
 use crate::transport::{EndpointPool, Peer, PeerIdentity};
+use crate::upgrade::Upgrades;
 
 /// Settings of the inbound path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InboundSettings {
     /// The service this sidecar fronts (span and log label).
     pub service: String,
@@ -40,6 +41,8 @@ pub struct InboundSettings {
     pub max_requests: u32,
     /// Requests queued beyond `max_requests` before fast 503s.
     pub max_pending: u32,
+    /// Relays HTTP/1.1 upgrades (metrics, idle timeout, drain).
+    pub upgrades: Upgrades,
 }
 
 /// The inbound path, ready to handle requests from other sidecars.
@@ -58,6 +61,7 @@ struct Inner {
     app_pool: Arc<EndpointPool>,
     limiter: ConcurrencyLimiter,
     metrics: ServiceMetrics,
+    upgrades: Upgrades,
 }
 
 impl Inbound {
@@ -83,6 +87,7 @@ impl Inbound {
             app: settings.app,
             limiter,
             metrics,
+            upgrades: settings.upgrades,
         };
         Self {
             inner: Arc::new(inner),
@@ -101,6 +106,11 @@ impl Inbound {
             .observer
             .begin(&mut request, &inner.service, peer_text);
         let result = match self.authorize(peer.as_deref(), &request) {
+            // Authorized like any request; then relayed, outside the
+            // app's request limit (an upgraded stream is long lived).
+            Ok(()) if crate::upgrade::requested(&request) => {
+                Box::pin(self.upgrade_to_app(request)).await
+            }
             Ok(()) => self.send_to_app(request).await,
             Err(error) => Err(error),
         };
@@ -134,6 +144,34 @@ impl Inbound {
             caller: peer.map_or_else(|| "unauthenticated".to_owned(), |p| p.text.clone()),
             service: self.inner.service.clone(),
         })
+    }
+
+    async fn upgrade_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {
+        let inner = &self.inner;
+        let app = &inner.app;
+        let forwarded = inner.upgrades.forward(
+            crate::request_metrics::Direction::Inbound,
+            &inner.service,
+            &inner.app_pool,
+            app,
+            request,
+            |source| {
+                if source.is_connect() {
+                    ProxyError::AppConnect {
+                        endpoint: app.to_string(),
+                        source,
+                    }
+                } else {
+                    ProxyError::UpstreamReset {
+                        endpoint: app.to_string(),
+                        source,
+                    }
+                }
+            },
+        );
+        let mut response = forwarded.await?;
+        strip_app_connect(&mut response);
+        Ok(response)
     }
 
     async fn send_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {

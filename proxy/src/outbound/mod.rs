@@ -27,6 +27,7 @@ mod retry;
 pub(crate) mod route;
 mod target;
 mod timeout;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::resilience;
 use crate::state::{MeshState, OutboundPolicy};
 use crate::transport::ListenerMetrics;
+use crate::upgrade::Upgrades;
 
 pub use passthrough::Passthrough;
 pub use target::Target;
@@ -52,6 +54,8 @@ pub struct Outbound {
     /// Captured requests to destinations outside the mesh; `None`: not
     /// handled (every unknown authority is refused, as without capture).
     passthrough: Option<Arc<Passthrough>>,
+    /// Relays HTTP/1.1 upgrades (`crate::upgrade`).
+    upgrades: Upgrades,
 }
 
 impl Outbound {
@@ -61,7 +65,14 @@ impl Outbound {
             state,
             observer,
             passthrough: None,
+            upgrades: Upgrades::default(),
         }
+    }
+
+    /// Relays HTTP/1.1 upgrades with `upgrades` (metrics, idle timeout, drain).
+    pub fn with_upgrades(mut self, upgrades: Upgrades) -> Self {
+        self.upgrades = upgrades;
+        self
     }
 
     /// Handles captured requests whose authority is no mesh service as
@@ -111,9 +122,13 @@ impl Outbound {
         drop(state);
         let service = Arc::clone(&target.service);
         let observation = self.observer.begin(&mut request, &service.name, None);
-        let mut response = serve(&target, request)
-            .await
-            .unwrap_or_else(ProxyError::into_response);
+        let result = if crate::upgrade::requested(&request) {
+            // Boxed: rare, and its future would enlarge every request's.
+            Box::pin(upgrade::send(&target, &self.upgrades, request)).await
+        } else {
+            serve(&target, request).await
+        };
+        let mut response = result.unwrap_or_else(ProxyError::into_response);
         self.observer.end(
             observation,
             &mut response,

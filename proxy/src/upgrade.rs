@@ -1,0 +1,403 @@
+//! HTTP/1.1 upgrades (`Upgrade: websocket` and any other protocol): the
+//! upgrade request crosses the hop like any request (routed, authorized),
+//! but on an HTTP/1.1 connection of its own that keeps `Connection:
+//! upgrade` and `Upgrade`; when the far side answers `101`, that answer goes
+//! back unchanged and both connections become one byte stream, relayed
+//! here until both directions end.
+//!
+//! ```text
+//! downstream (HTTP/1.1, hyper with upgrades) ──101──► relay ◄──101── upstream
+//!                                                     (new HTTP/1.1 connection,
+//!                                                      never pooled; mTLS ALPN http/1.1)
+//! ```
+//!
+//! Only a request that hyper flagged as an upgrade (it carries an
+//! [`OnUpgrade`], put there for HTTP/1.1 requests with an `Upgrade` header
+//! or `CONNECT`) and that has an `Upgrade` header takes this path:
+//! [`requested`] is one look at the request's extensions (absent for most
+//! requests), so other requests pay nothing.
+//!
+//! Upgraded streams are counted (`tether_upgraded_*`), closed after
+//! [`Upgrades::idle_timeout`] without a byte either way, outlive snapshot
+//! changes (they hold nothing of the state), and get the drain deadline on
+//! shutdown ([`Upgrades::drain`]), like opaque TCP streams.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::StatusCode;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::body::{Req, Rsp};
+use crate::errors::ProxyError;
+use crate::hop::{from_upstream, to_upstream};
+use crate::request_metrics::{counter_vec, gauge_vec, Direction};
+use crate::transport::{ByteCounters, ClientError, EndpointPool};
+
+/// Default of `--upgrade-idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Whether `request` asks for an HTTP/1.1 upgrade this proxy relays. Cheap:
+/// one look at the extensions (absent or empty for most requests) before
+/// the header is looked up.
+#[inline]
+pub fn requested(request: &Req) -> bool {
+    request.extensions().get::<OnUpgrade>().is_some()
+        && request.headers().contains_key(header::UPGRADE)
+}
+
+/// The metric families of upgraded connections.
+#[derive(Clone)]
+pub struct UpgradeFamilies {
+    connections: IntCounterVec,
+    open: IntGaugeVec,
+    bytes: IntCounterVec,
+    idle_closed: IntCounterVec,
+}
+
+impl UpgradeFamilies {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            connections: counter_vec(
+                registry,
+                "tether_upgraded_connections_total",
+                "Upgraded HTTP/1.1 connections (101 Switching Protocols, e.g. WebSocket), by direction and service.",
+                &["direction", "service"],
+            ),
+            open: gauge_vec(
+                registry,
+                "tether_upgraded_connections_open",
+                "Upgraded HTTP/1.1 connections open now, by direction and service.",
+                &["direction", "service"],
+            ),
+            bytes: counter_vec(
+                registry,
+                "tether_upgraded_bytes_total",
+                "Bytes of upgraded connections after the 101, by direction, service and flow (received from or sent to the client).",
+                &["direction", "service", "flow"],
+            ),
+            idle_closed: counter_vec(
+                registry,
+                "tether_upgraded_idle_closed_total",
+                "Upgraded connections closed by the proxy after --upgrade-idle-timeout without a byte either way.",
+                &["direction", "service"],
+            ),
+        }
+    }
+}
+
+/// Relays upgraded connections: their metrics, idle timeout and drain.
+#[derive(Clone)]
+pub struct Upgrades {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    families: UpgradeFamilies,
+    idle_timeout: Duration,
+    /// Every relay holds a receiver; the drain waits for none to be left.
+    open: watch::Sender<()>,
+}
+
+impl Default for Upgrades {
+    /// Counted in a registry nobody renders (tests), default idle timeout.
+    fn default() -> Self {
+        Self::new(
+            UpgradeFamilies::register(&Registry::new()),
+            DEFAULT_IDLE_TIMEOUT,
+        )
+    }
+}
+
+impl Upgrades {
+    /// Relays counted in `families`, closed after `idle_timeout` idle.
+    pub fn new(families: UpgradeFamilies, idle_timeout: Duration) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                families,
+                idle_timeout,
+                open: watch::Sender::new(()),
+            }),
+        }
+    }
+
+    /// How long an upgraded connection may stay without a byte either way.
+    pub fn idle_timeout(&self) -> Duration {
+        self.shared.idle_timeout
+    }
+
+    /// Upgraded connections being relayed now.
+    pub fn open(&self) -> usize {
+        self.shared.open.receiver_count()
+    }
+
+    /// Waits up to `deadline` for every upgraded connection to end; returns
+    /// whether all did (those still open are dropped with the process).
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, self.shared.open.closed())
+            .await
+            .is_ok()
+    }
+
+    /// Sends the upgrade `request` over a new HTTP/1.1 connection of `pool`
+    /// (to `endpoint`) and returns the answer. A `101` goes back unchanged
+    /// (its `Connection` and `Upgrade` headers included) and both sides are
+    /// relayed on a task of their own once the downstream side has it; any
+    /// other answer is an ordinary response, cleaned for the hop. A failed
+    /// send becomes the error `failed` makes of it.
+    pub async fn forward(
+        &self,
+        direction: Direction,
+        service: &str,
+        pool: &Arc<EndpointPool>,
+        endpoint: &Authority,
+        mut request: Req,
+        failed: impl FnOnce(ClientError) -> ProxyError,
+    ) -> Result<Rsp, ProxyError> {
+        let downstream = hyper::upgrade::on(&mut request);
+        let request = for_upstream(request, endpoint)?;
+        let mut response = pool.send_upgrade(request).await.map_err(failed)?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(from_upstream(response));
+        }
+        let upstream = hyper::upgrade::on(&mut response);
+        let stream = self.opened(direction, service);
+        let span = tracing::debug_span!("upgraded", direction = direction.as_str(), %service);
+        tokio::spawn(
+            async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((client, server)) => stream.relay(client, server).await,
+                    Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(response)
+    }
+
+    /// Counts a stream opened; what the relay needs to count and close it.
+    fn opened(&self, direction: Direction, service: &str) -> Stream {
+        let families = &self.shared.families;
+        let d = direction.as_str();
+        families.connections.with_label_values(&[d, service]).inc();
+        let open = families.open.with_label_values(&[d, service]);
+        open.inc();
+        Stream {
+            open: OpenGauge(open),
+            bytes: ByteCounters {
+                received: families.bytes.with_label_values(&[d, service, "received"]),
+                sent: families.bytes.with_label_values(&[d, service, "sent"]),
+            },
+            idle_closed: families.idle_closed.with_label_values(&[d, service]),
+            idle_timeout: self.shared.idle_timeout,
+            _held: self.shared.open.subscribe(),
+        }
+    }
+}
+
+/// The upgrade request as it goes to the next hop: HTTP/1.1, origin form,
+/// `Host` kept, hop-by-hop headers removed but for the upgrade's own.
+fn for_upstream(request: Req, endpoint: &Authority) -> Result<Req, ProxyError> {
+    let protocols: Vec<HeaderValue> = request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .cloned()
+        .collect();
+    let mut request = to_upstream(request, endpoint, false)?;
+    let headers = request.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    for protocol in protocols {
+        headers.append(header::UPGRADE, protocol);
+    }
+    Ok(request)
+}
+
+/// One upgraded stream being relayed.
+struct Stream {
+    open: OpenGauge,
+    bytes: ByteCounters,
+    idle_closed: IntCounter,
+    idle_timeout: Duration,
+    /// Dropped when the relay ends: the drain waits for that.
+    _held: watch::Receiver<()>,
+}
+
+/// Decrements the open-connections gauge when dropped.
+struct OpenGauge(IntGauge);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Stream {
+    /// Copies both ways until both directions end (an end of stream on one
+    /// side is passed on as a half-close, the other direction keeps
+    /// flowing), or nothing moved for the idle timeout.
+    async fn relay(self, client: Upgraded, server: Upgraded) {
+        let activity = Arc::new(Activity::new());
+        let mut client = Watched {
+            inner: TokioIo::new(client),
+            bytes: self.bytes.clone(),
+            activity: Arc::clone(&activity),
+        };
+        let mut server = TokioIo::new(server);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
+                Ok((received, sent)) => tracing::debug!(received, sent, "upgraded connection ended"),
+                Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
+            },
+            () = activity.idle_for(self.idle_timeout) => {
+                self.idle_closed.inc();
+                tracing::debug!(idle_timeout = ?self.idle_timeout, "upgraded connection idle: closed");
+            }
+        }
+        drop(self.open);
+    }
+}
+
+/// When bytes last moved on a relayed stream.
+struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last read or write that moved bytes.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(elapsed, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `timeout`; sleeps once per
+    /// activity seen, never polls.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let due = last + timeout;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// The client side of a relayed stream: counts its bytes and records
+/// activity (either way: a write to the client is activity too).
+struct Watched<S> {
+    inner: S,
+    bytes: ByteCounters,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.bytes.received.inc_by(read as u64);
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = polled {
+            if written > 0 {
+                self.bytes.sent.inc_by(written as u64);
+                self.activity.touch();
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::Body;
+
+    #[test]
+    fn only_a_flagged_request_with_an_upgrade_header_is_an_upgrade() {
+        let plain = http::Request::builder()
+            .header("upgrade", "websocket")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        assert!(!requested(&plain), "not flagged by hyper: no upgrade");
+        let endpoint: Authority = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let request = http::Request::builder()
+            .uri("http://api/chat")
+            .header("host", "api")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("keep-alive", "timeout=5")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let out = for_upstream(request, &endpoint).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.uri(), "/chat");
+        assert_eq!(out.version(), http::Version::HTTP_11);
+        assert_eq!(out.headers()["connection"], "upgrade");
+        assert_eq!(out.headers()["upgrade"], "websocket");
+        assert_eq!(out.headers()["host"], "api");
+        assert_eq!(
+            out.headers()["sec-websocket-key"],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        assert!(out.headers().get("keep-alive").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_no_byte_for_the_whole_timeout() {
+        let activity = Activity::new();
+        let timeout = Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        activity.touch();
+        let started = Instant::now();
+        activity.idle_for(timeout).await;
+        // Due 10 s after the touch, not 10 s after the start.
+        assert!(started.elapsed() >= Duration::from_secs(10));
+    }
+}
