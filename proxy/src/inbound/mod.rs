@@ -7,6 +7,9 @@
 //!   → send       to the app, over a pooled connection
 //! ```
 //!
+//! An authorized upgrade request (`Upgrade: websocket`) skips the limit and
+//! goes to the app on a connection of its own (`crate::upgrade`).
+//!
 //! When the app cannot be reached the answer is `502 tether-error:
 //! app-connect`: nothing was processed, and a calling sidecar that
 //! authenticated this one by mTLS retries it on another endpoint. An app's

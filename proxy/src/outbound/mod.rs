@@ -10,6 +10,9 @@
 //!   → pool      pooled connection to the endpoint                 (transport::pool)
 //! ```
 //!
+//! An upgrade request (`Upgrade: websocket`, hyper flagged it) takes
+//! another way after `route`: upgrade.rs, then `crate::upgrade`.
+//!
 //! A captured request (transparent mode: it carries an
 //! [`OriginalDst`]) whose authority is no mesh service is passed through
 //! to that destination or refused, as `outbound_policy` says
