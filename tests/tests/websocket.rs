@@ -481,3 +481,25 @@ async fn a_plain_http1_upgrade_relays_bytes_with_half_close() {
         "web's relay did not end after both halves closed"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_through_one_plaintext_sidecar_stays_open_after_the_101() {
+    // The report: from outside through one sidecar, the 101 came
+    // back and the connection was reset.
+    let app = App::start().await;
+    let api = Proxy::builder(&api_snapshot(""))
+        .app(app.addr)
+        .arg("--service")
+        .arg("api")
+        .start()
+        .await;
+    let mut ws = open(api.inbound).await;
+    for i in 0..3 {
+        let text = format!("message {i}");
+        assert_eq!(
+            echo(&mut ws, Message::text(text.clone())).await,
+            Message::text(text)
+        );
+    }
+    assert_eq!(value(&api, IN_OPEN).await, 1.0);
+}
