@@ -49,11 +49,13 @@ use crate::transport::{ByteCounters, ClientError, EndpointPool};
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Whether `request` asks for an HTTP/1.1 upgrade this proxy relays. Cheap:
-/// one look at the extensions (absent or empty for most requests) before
-/// the header is looked up.
+/// the version first (every HTTP/2 request, so every mesh hop, stops
+/// there), then one look at the extensions (absent for most HTTP/1.1
+/// requests), and only then the header.
 #[inline]
 pub fn requested(request: &Req) -> bool {
-    request.extensions().get::<OnUpgrade>().is_some()
+    request.version() == http::Version::HTTP_11
+        && request.extensions().get::<OnUpgrade>().is_some()
         && request.headers().contains_key(header::UPGRADE)
 }
 
