@@ -31,6 +31,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::StatusCode;
+use hyper::client::conn::http1;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
@@ -39,11 +40,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::body::{Req, Rsp};
+use crate::body::{Body, Req, Rsp};
 use crate::errors::ProxyError;
 use crate::hop::{from_upstream, to_upstream};
 use crate::request_metrics::{counter_vec, gauge_vec, Direction};
-use crate::transport::{ByteCounters, ClientError, EndpointPool};
+#[cfg(doc)]
+use crate::transport::EndpointPool;
+use crate::transport::{ByteCounters, ClientError};
 
 /// Default of `--upgrade-idle-timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -153,24 +156,28 @@ impl Upgrades {
             .is_ok()
     }
 
-    /// Sends the upgrade `request` over a new HTTP/1.1 connection of `pool`
-    /// (to `endpoint`) and returns the answer. A `101` goes back unchanged
-    /// (its `Connection` and `Upgrade` headers included) and both sides are
-    /// relayed on a task of their own once the downstream side has it; any
-    /// other answer is an ordinary response, cleaned for the hop. A failed
-    /// send becomes the error `failed` makes of it.
+    /// Sends the upgrade `request` on `connection` (to `endpoint`, from
+    /// [`EndpointPool::connect_upgrade`]) and returns the answer. A `101`
+    /// goes back unchanged (its `Connection` and `Upgrade` headers included)
+    /// and both sides are relayed on a task of their own once the downstream
+    /// side has it; any other answer is an ordinary response, cleaned for
+    /// the hop. A failed send becomes the error `failed` makes of it.
     pub async fn forward(
         &self,
         direction: Direction,
         service: &str,
-        pool: &Arc<EndpointPool>,
+        mut connection: http1::SendRequest<Body>,
         endpoint: &Authority,
         mut request: Req,
         failed: impl FnOnce(ClientError) -> ProxyError,
     ) -> Result<Rsp, ProxyError> {
         let downstream = hyper::upgrade::on(&mut request);
         let request = for_upstream(request, endpoint)?;
-        let mut response = pool.send_upgrade(request).await.map_err(failed)?;
+        let mut response = connection
+            .send_request(request)
+            .await
+            .map_err(|e| failed(ClientError::Request(e)))?
+            .map(Body::from);
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(from_upstream(response));
         }
@@ -359,7 +366,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body::Body;
 
     #[test]
     fn only_a_flagged_request_with_an_upgrade_header_is_an_upgrade() {

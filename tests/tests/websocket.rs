@@ -503,3 +503,35 @@ async fn a_websocket_through_one_plaintext_sidecar_stays_open_after_the_101() {
     }
     assert_eq!(value(&api, IN_OPEN).await, 1.0);
 }
+
+#[tokio::test]
+async fn an_upgrade_that_cannot_connect_is_retried_on_another_endpoint() {
+    let mesh = mesh("", &[]).await;
+    let dead = format!("127.0.0.1:{}", tether_e2e::free_port()); // nothing listens here
+    let api = mesh.api.inbound;
+    let version = mesh.web.config_version().await;
+    mesh.web.write_snapshot(&format!(
+        "service: web\nservices:\n  api:\n    policy: {{ load_balancer: round-robin }}\n    endpoints: [ {{ address: \"{dead}\" }}, {{ address: \"{api}\" }} ]\n"
+    ));
+    assert_eventually!(
+        WAIT,
+        || async { mesh.web.config_version().await > version },
+        "web never applied its new snapshot"
+    );
+    // Round robin picks the dead endpoint first or second: every upgrade
+    // succeeds, the one that met it after a retry.
+    let mut open_ones = Vec::new();
+    for i in 0..4 {
+        let mut ws = open(mesh.web.outbound).await;
+        let text = format!("upgrade {i}");
+        assert_eq!(
+            echo(&mut ws, Message::text(text.clone())).await,
+            Message::text(text)
+        );
+        open_ones.push(ws);
+    }
+    let web = mesh.web.metrics().await;
+    let retries = metric(&web, r#"tether_retries_total{service="api"}"#).unwrap_or(0.0);
+    assert!(retries >= 1.0, "{web}");
+    assert_eq!(value(&mesh.web, OUT_OPEN).await, 4.0);
+}

@@ -152,24 +152,24 @@ impl Inbound {
     async fn upgrade_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {
         let inner = &self.inner;
         let app = &inner.app;
+        let connection =
+            inner
+                .app_pool
+                .connect_upgrade()
+                .await
+                .map_err(|source| ProxyError::AppConnect {
+                    endpoint: app.to_string(),
+                    source,
+                })?;
         let forwarded = inner.upgrades.forward(
             crate::request_metrics::Direction::Inbound,
             &inner.service,
-            &inner.app_pool,
+            connection,
             app,
             request,
-            |source| {
-                if source.is_connect() {
-                    ProxyError::AppConnect {
-                        endpoint: app.to_string(),
-                        source,
-                    }
-                } else {
-                    ProxyError::UpstreamReset {
-                        endpoint: app.to_string(),
-                        source,
-                    }
-                }
+            |source| ProxyError::UpstreamReset {
+                endpoint: app.to_string(),
+                source,
             },
         );
         let mut response = forwarded.await?;

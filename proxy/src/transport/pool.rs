@@ -173,16 +173,13 @@ impl EndpointPool {
         }
     }
 
-    /// Sends an upgrade request (`Upgrade`, HTTP/1.1, its `Connection` and
-    /// `Upgrade` headers kept) on a new connection of its own, never pooled:
+    /// A new HTTP/1.1 connection of its own, never pooled, for one upgrade
+    /// request (`Upgrade`, its `Connection` and `Upgrade` headers kept):
     /// after a `101` the connection is the upgraded stream
     /// ([`hyper::upgrade::on`] the response); after any other answer it
     /// closes once the body is read. Always HTTP/1.1, whatever the pool
     /// speaks: over mTLS it offers ALPN `http/1.1` instead of `h2`.
-    pub async fn send_upgrade(
-        &self,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, ClientError> {
+    pub async fn connect_upgrade(&self) -> Result<http1::SendRequest<Body>, ClientError> {
         let io = self
             .settings
             .connector
@@ -190,16 +187,12 @@ impl EndpointPool {
             .call(self.uri.clone())
             .await
             .map_err(ClientError::Connect)?;
-        let (mut sender, connection) = http1::Builder::new()
+        let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| ClientError::Connect(e.into()))?;
         drive(connection.with_upgrades(), "HTTP/1.1 upgrade");
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(ClientError::Request)?;
-        Ok(response.map(Body::from))
+        Ok(sender)
     }
 
     /// Drops the shared HTTP/2 connection if it has closed.
