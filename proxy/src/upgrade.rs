@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use hyper::client::conn::http1;
+use hyper::ext::Protocol;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
@@ -51,15 +52,22 @@ use crate::transport::{ByteCounters, ClientError};
 /// Default of `--upgrade-idle-timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Whether `request` asks for an HTTP/1.1 upgrade this proxy relays. Cheap:
-/// the version first (every HTTP/2 request, so every mesh hop, stops
-/// there), then one look at the extensions (absent for most HTTP/1.1
-/// requests), and only then the header.
+/// Whether `request` asks for an upgrade this proxy relays: an HTTP/1.1
+/// upgrade, or an HTTP/2 extended CONNECT (RFC 8441, `:protocol`). Cheap:
+/// HTTP/1.1 looks at the extensions (absent for most requests) before the
+/// header; HTTP/2 compares the method first.
 #[inline]
 pub fn requested(request: &Req) -> bool {
-    request.version() == http::Version::HTTP_11
-        && request.extensions().get::<OnUpgrade>().is_some()
-        && request.headers().contains_key(header::UPGRADE)
+    match request.version() {
+        http::Version::HTTP_11 => {
+            request.extensions().get::<OnUpgrade>().is_some()
+                && request.headers().contains_key(header::UPGRADE)
+        }
+        http::Version::HTTP_2 => {
+            request.method() == Method::CONNECT && request.extensions().get::<Protocol>().is_some()
+        }
+        _ => false,
+    }
 }
 
 /// The metric families of upgraded connections.
@@ -172,6 +180,12 @@ impl Upgrades {
         failed: impl FnOnce(ClientError) -> ProxyError,
     ) -> Result<Rsp, ProxyError> {
         let downstream = hyper::upgrade::on(&mut request);
+        let extended_connect = request.version() == http::Version::HTTP_2;
+        let request = if extended_connect {
+            from_extended_connect(request)?
+        } else {
+            request
+        };
         let request = for_upstream(request, endpoint)?;
         let mut response = connection
             .send_request(request)
@@ -182,6 +196,11 @@ impl Upgrades {
             return Ok(from_upstream(response));
         }
         let upstream = hyper::upgrade::on(&mut response);
+        let response = if extended_connect {
+            to_extended_connect(response)
+        } else {
+            response
+        };
         let stream = self.opened(direction, service);
         let span = tracing::debug_span!("upgraded", direction = direction.as_str(), %service);
         tokio::spawn(
@@ -232,6 +251,46 @@ fn for_upstream(request: Req, endpoint: &Authority) -> Result<Req, ProxyError> {
         headers.append(header::UPGRADE, protocol);
     }
     Ok(request)
+}
+
+/// An HTTP/2 extended CONNECT (RFC 8441 §4) as the HTTP/1.1 upgrade it
+/// stands for: `GET` with `Upgrade: <:protocol>`, and for WebSocket a fresh
+/// `Sec-WebSocket-Key` (HTTP/2 carries none; RFC 6455 §4.1 wants one).
+fn from_extended_connect(request: Req) -> Result<Req, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let protocol = parts
+        .extensions
+        .remove::<Protocol>()
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT without :protocol".into()))?;
+    let upgrade = HeaderValue::from_str(protocol.as_str())
+        .map_err(|_| ProxyError::BadRequest("unusable :protocol".into()))?;
+    if protocol.as_str().eq_ignore_ascii_case("websocket") {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let key = HeaderValue::from_str(&key)
+            .map_err(|_| ProxyError::BadRequest("cannot make a WebSocket key".into()))?;
+        parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    parts.headers.insert(header::UPGRADE, upgrade);
+    parts.method = Method::GET;
+    Ok(Req::from_parts(parts, body))
+}
+
+/// The upstream's `101` as the answer to an extended CONNECT: `200` with
+/// its headers but those of the HTTP/1.1 handshake (RFC 8441 §5).
+fn to_extended_connect(response: Rsp) -> Rsp {
+    let (mut parts, _) = response.into_parts();
+    parts.status = StatusCode::OK;
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        parts.headers.remove(name);
+    }
+    Rsp::from_parts(parts, Body::Empty)
 }
 
 /// One upgraded stream being relayed.
@@ -395,6 +454,56 @@ mod tests {
             "dGhlIHNhbXBsZSBub25jZQ=="
         );
         assert!(out.headers().get("keep-alive").is_none());
+    }
+
+    #[test]
+    fn an_extended_connect_becomes_an_http1_websocket_upgrade_and_back() {
+        let mut request = http::Request::builder()
+            .method(Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri("http://api/chat?room=1")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-protocol", "chat")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        request
+            .extensions_mut()
+            .insert(Protocol::from_static("websocket"));
+        assert!(requested(&request));
+        let endpoint: Authority = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let out = from_extended_connect(request).unwrap_or_else(|e| panic!("{e}"));
+        let out = for_upstream(out, &endpoint).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.method(), Method::GET);
+        assert_eq!(out.version(), http::Version::HTTP_11);
+        assert_eq!(out.uri(), "/chat?room=1");
+        assert_eq!(out.headers()["host"], "api");
+        assert_eq!(out.headers()["upgrade"], "websocket");
+        assert_eq!(out.headers()["connection"], "upgrade");
+        assert_eq!(out.headers()["sec-websocket-protocol"], "chat");
+        let key = out.headers()["sec-websocket-key"].as_bytes();
+        assert_eq!(key.len(), 24, "16 bytes in base64");
+        let switching = http::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .header("sec-websocket-protocol", "chat")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let answer = to_extended_connect(switching);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()["sec-websocket-protocol"], "chat");
+        for gone in ["connection", "upgrade", "sec-websocket-accept"] {
+            assert!(answer.headers().get(gone).is_none(), "{gone}");
+        }
+        // A plain HTTP/2 CONNECT (no :protocol) is no upgrade.
+        let tunnel = http::Request::builder()
+            .method(Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri("http://api:443")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        assert!(!requested(&tunnel));
     }
 
     #[tokio::test(start_paused = true)]

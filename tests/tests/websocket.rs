@@ -535,3 +535,74 @@ async fn an_upgrade_that_cannot_connect_is_retried_on_another_endpoint() {
     assert!(retries >= 1.0, "{web}");
     assert_eq!(value(&mesh.web, OUT_OPEN).await, 4.0);
 }
+
+#[tokio::test]
+async fn a_websocket_over_http2_extended_connect_reaches_an_http1_app() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let mesh = mesh(ALLOW_WEB_V1, &[]).await;
+    let stream = TcpStream::connect(mesh.web.outbound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("h2c handshake: {e}"));
+    tokio::spawn(connection);
+    // A first request, so that the sidecar's SETTINGS (with
+    // ENABLE_CONNECT_PROTOCOL) have arrived before the CONNECT.
+    let first = http::Request::get("http://nowhere/")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answer = sender
+        .send_request(first)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer.status(), 503, "unknown service");
+    let mut request = http::Request::connect("http://api/v1/chat")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("extended CONNECT: {e}"));
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert!(response.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(&mut response)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    let big = payload(512 * 1024);
+    ws.send(Message::binary(big.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let echoed = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) => break data,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no echo: {other:?}"),
+        }
+    };
+    assert!(echoed == big, "{} bytes back", echoed.len());
+    assert_eq!(value(&mesh.web, OUT_OPEN).await, 1.0);
+    assert_eq!(value(&mesh.api, IN_OPEN).await, 1.0);
+    // The same rules as over HTTP/1.1.
+    let mut denied = http::Request::connect("http://api/admin")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    denied
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let answer = sender
+        .send_request(denied)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer.status(), 403);
+}

@@ -222,6 +222,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    if direction == Some(Direction::Outbound) {
+        // WebSocket over HTTP/2 from the app (RFC 8441): `upgrade.rs`.
+        builder.http2().enable_connect_protocol();
+    }
     let builders = Arc::new(Builders {
         h2: builder.clone().http2_only(),
         either: builder,
