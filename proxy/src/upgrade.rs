@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
@@ -41,13 +41,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::access_log::{timestamp, AccessLog, TcpEntry};
 use crate::body::{Body, Req, Rsp};
 use crate::errors::ProxyError;
 use crate::hop::{from_upstream, to_upstream};
 use crate::request_metrics::{counter_vec, gauge_vec, Direction};
 #[cfg(doc)]
 use crate::transport::EndpointPool;
-use crate::transport::{ByteCounters, ClientError};
+use crate::transport::{ByteCounters, ClientError, PeerIdentity};
 
 /// Default of `--upgrade-idle-timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -122,6 +123,8 @@ struct Shared {
     idle_timeout: Duration,
     /// Every relay holds a receiver; the drain waits for none to be left.
     open: watch::Sender<()>,
+    /// One line per upgraded connection when it closes, when on.
+    access_log: Option<AccessLog>,
 }
 
 impl Default for Upgrades {
@@ -137,11 +140,22 @@ impl Default for Upgrades {
 impl Upgrades {
     /// Relays counted in `families`, closed after `idle_timeout` idle.
     pub fn new(families: UpgradeFamilies, idle_timeout: Duration) -> Self {
+        Self::with_access_log(families, idle_timeout, None)
+    }
+
+    /// The same, each upgraded connection also logged to `access_log` when
+    /// it closes.
+    pub fn with_access_log(
+        families: UpgradeFamilies,
+        idle_timeout: Duration,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 families,
                 idle_timeout,
                 open: watch::Sender::new(()),
+                access_log,
             }),
         }
     }
@@ -180,6 +194,20 @@ impl Upgrades {
         failed: impl FnOnce(ClientError) -> ProxyError,
     ) -> Result<Rsp, ProxyError> {
         let downstream = hyper::upgrade::on(&mut request);
+        let log = self.shared.access_log.clone().map(|log| StreamLog {
+            log,
+            arrived: SystemTime::now(),
+            started: Instant::now(),
+            direction: direction.as_str(),
+            protocol: protocol_of(&request),
+            service: service.to_owned(),
+            peer_identity: request
+                .extensions()
+                .get::<PeerIdentity>()
+                .and_then(|p| p.0.as_ref())
+                .map(|p| p.text.clone()),
+            endpoint: (direction == Direction::Outbound).then(|| endpoint.to_string()),
+        });
         let extended_connect = request.version() == http::Version::HTTP_2;
         let request = if extended_connect {
             from_extended_connect(request)?
@@ -201,7 +229,8 @@ impl Upgrades {
         } else {
             response
         };
-        let stream = self.opened(direction, service);
+        let mut stream = self.opened(direction, service);
+        stream.log = log;
         let span = tracing::debug_span!("upgraded", direction = direction.as_str(), %service);
         tokio::spawn(
             async move {
@@ -230,6 +259,7 @@ impl Upgrades {
             },
             idle_closed: families.idle_closed.with_label_values(&[d, service]),
             idle_timeout: self.shared.idle_timeout,
+            log: None,
             _held: self.shared.open.subscribe(),
         }
     }
@@ -299,8 +329,39 @@ struct Stream {
     bytes: ByteCounters,
     idle_closed: IntCounter,
     idle_timeout: Duration,
+    /// Its access-log line, when the log is on.
+    log: Option<StreamLog>,
     /// Dropped when the relay ends: the drain waits for that.
     _held: watch::Receiver<()>,
+}
+
+/// What the access-log line of an upgraded connection says besides its end.
+struct StreamLog {
+    log: AccessLog,
+    arrived: SystemTime,
+    started: Instant,
+    direction: &'static str,
+    protocol: &'static str,
+    service: String,
+    peer_identity: Option<String>,
+    endpoint: Option<String>,
+}
+
+/// The access log's `protocol` of an upgrade: `websocket` (over HTTP/1.1
+/// or HTTP/2), else `upgrade` (the token is the client's, unbounded).
+fn protocol_of(request: &Req) -> &'static str {
+    let websocket = match request.extensions().get::<Protocol>() {
+        Some(protocol) => protocol.as_str().eq_ignore_ascii_case("websocket"),
+        None => request
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")),
+    };
+    if websocket {
+        "websocket"
+    } else {
+        "upgrade"
+    }
 }
 
 /// Decrements the open-connections gauge when dropped.
@@ -322,19 +383,42 @@ impl Stream {
             inner: TokioIo::new(client),
             bytes: self.bytes.clone(),
             activity: Arc::clone(&activity),
+            received: 0,
+            sent: 0,
         };
         let mut server = TokioIo::new(server);
-        tokio::select! {
+        let error = tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
-                Ok((received, sent)) => tracing::debug!(received, sent, "upgraded connection ended"),
-                Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
+                Ok((received, sent)) => {
+                    tracing::debug!(received, sent, "upgraded connection ended");
+                    None
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "upgraded connection ended with an error");
+                    Some("reset")
+                }
             },
             () = activity.idle_for(self.idle_timeout) => {
                 self.idle_closed.inc();
                 tracing::debug!(idle_timeout = ?self.idle_timeout, "upgraded connection idle: closed");
+                Some("idle-timeout")
             }
-        }
+        };
         drop(self.open);
+        if let Some(line) = self.log {
+            line.log.log_tcp(TcpEntry {
+                timestamp: timestamp(line.arrived),
+                direction: line.direction,
+                protocol: line.protocol,
+                service: line.service,
+                peer_identity: line.peer_identity,
+                endpoint: line.endpoint,
+                bytes_received: client.received,
+                bytes_sent: client.sent,
+                duration_ms: line.started.elapsed().as_secs_f64() * 1000.0,
+                error,
+            });
+        }
     }
 }
 
@@ -378,6 +462,8 @@ struct Watched<S> {
     inner: S,
     bytes: ByteCounters,
     activity: Arc<Activity>,
+    received: u64,
+    sent: u64,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -390,6 +476,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);
         if read > 0 {
+            self.received += read as u64;
             self.bytes.received.inc_by(read as u64);
             self.activity.touch();
         }
@@ -406,6 +493,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = polled {
             if written > 0 {
+                self.sent += written as u64;
                 self.bytes.sent.inc_by(written as u64);
                 self.activity.touch();
             }

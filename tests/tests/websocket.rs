@@ -196,7 +196,7 @@ const IN_OPEN: &str = r#"tether_upgraded_connections_open{direction="inbound",se
 
 #[tokio::test]
 async fn a_websocket_echoes_large_messages_both_ways_through_two_sidecars_over_mtls() {
-    let mesh = mesh(ALLOW_WEB_V1, &[]).await;
+    let mesh = mesh(ALLOW_WEB_V1, &["--access-log"]).await;
     let mut ws = open(mesh.web.outbound).await;
     let big = payload(1024 * 1024);
     let echoed = echo(&mut ws, Message::binary(big.clone())).await;
@@ -275,6 +275,32 @@ async fn a_websocket_echoes_large_messages_both_ways_through_two_sidecars_over_m
         Some(1.0),
         "{api}"
     );
+    // One access-log line for the stream when it closed, beside the
+    // request's (status 101).
+    assert_eventually!(
+        WAIT,
+        || async { stream_line(&mesh.web.stdout()).is_some() },
+        "no access-log line for the stream: {}",
+        mesh.web.stdout()
+    );
+    let line = stream_line(&mesh.web.stdout()).unwrap_or_default();
+    assert_eq!(line["direction"], "outbound");
+    assert_eq!(line["service"], "api");
+    assert_eq!(line["endpoint"], mesh.api.inbound.to_string());
+    assert!(
+        line["bytes_received"].as_u64().unwrap_or(0) > 1024 * 1024,
+        "{line}"
+    );
+    assert!(
+        line["bytes_sent"].as_u64().unwrap_or(0) > 1024 * 1024,
+        "{line}"
+    );
+    assert!(line.get("error").is_none(), "{line}");
+    assert!(
+        mesh.web.stdout().contains(r#""status":101"#),
+        "{}",
+        mesh.web.stdout()
+    );
     // The upgrade request itself is a request like any other: 101.
     assert_eq!(
         metric(
@@ -284,6 +310,14 @@ async fn a_websocket_echoes_large_messages_both_ways_through_two_sidecars_over_m
         Some(1.0),
         "{web}"
     );
+}
+
+/// The access-log line of a WebSocket stream in `stdout`, if written.
+fn stream_line(stdout: &str) -> Option<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["protocol"] == "websocket")
 }
 
 #[tokio::test]

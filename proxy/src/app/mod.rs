@@ -268,7 +268,11 @@ impl Core {
         let access_log = config
             .access_log
             .then(|| AccessLog::start(families.access_log_dropped.clone()));
-        let upgrades = Upgrades::new(families.upgrades.clone(), config.upgrade_idle_timeout);
+        let upgrades = Upgrades::with_access_log(
+            families.upgrades.clone(),
+            config.upgrade_idle_timeout,
+            access_log.clone(),
+        );
         Self {
             service,
             state,
