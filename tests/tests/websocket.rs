@@ -348,7 +348,7 @@ async fn authorization_applies_to_the_upgrade_request() {
 
 #[tokio::test]
 async fn an_idle_upgraded_connection_is_closed_after_the_idle_timeout() {
-    let mesh = mesh("", &["--upgrade-idle-timeout", "1s"]).await;
+    let mesh = mesh("", &["--upgrade-idle-timeout", "2s"]).await;
     let mut ws = open(mesh.web.outbound).await;
     assert_eq!(
         echo(&mut ws, Message::text("one")).await,
@@ -426,7 +426,7 @@ async fn snapshot_reloads_do_not_cut_an_open_upgraded_connection() {
 
 #[tokio::test]
 async fn sigterm_gives_an_upgraded_connection_the_drain_deadline() {
-    let mut mesh = mesh("", &["--drain-timeout", "2s"]).await;
+    let mut mesh = mesh("", &["--drain-timeout", "3s"]).await;
     let mut ws = open(mesh.web.outbound).await;
     assert_eq!(echo(&mut ws, Message::text("1")).await, Message::text("1"));
     mesh.web.signal("TERM");
