@@ -640,3 +640,34 @@ async fn a_websocket_over_http2_extended_connect_reaches_an_http1_app() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(answer.status(), 403);
 }
+
+#[tokio::test]
+async fn a_websocket_through_two_plaintext_sidecars() {
+    let app = App::start().await;
+    let api = Proxy::builder(&api_snapshot(""))
+        .app(app.addr)
+        .arg("--service")
+        .arg("api")
+        .start()
+        .await;
+    let snapshot = format!(
+        "service: web\nservices:\n  api:\n    protocol: http2\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+        api.inbound
+    );
+    let web = Proxy::builder(&snapshot)
+        .arg("--service")
+        .arg("web")
+        .start()
+        .await;
+    // The pool between the sidecars is h2c; the upgrade takes HTTP/1.1.
+    let mut ws = open(web.outbound).await;
+    let big = payload(1024 * 1024);
+    assert_eq!(
+        echo(&mut ws, Message::binary(big.clone()))
+            .await
+            .into_data(),
+        big
+    );
+    assert_eq!(value(&web, OUT_OPEN).await, 1.0);
+    assert_eq!(value(&api, IN_OPEN).await, 1.0);
+}
