@@ -58,7 +58,8 @@ pub struct TcpEntry {
     pub timestamp: String,
     /// `outbound` or `inbound`.
     pub direction: &'static str,
-    /// Always `tcp`: tells these lines from HTTP ones.
+    /// `tcp`, or for an upgraded HTTP connection (its stream after the
+    /// `101`) `websocket` or `upgrade`: tells these lines from HTTP ones.
     pub protocol: &'static str,
     /// The service: upstream (outbound) or this proxy's (inbound).
     pub service: String,

@@ -343,6 +343,10 @@ pub struct ProxyArgs {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "TETHER_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// An upgraded connection (WebSocket and other HTTP/1.1 upgrades) that
+    /// moves no byte either way for this long is closed.
+    #[arg(long, env = "TETHER_UPGRADE_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub upgrade_idle_timeout: Duration,
     /// Directory with this proxy's certificate chain (`identity.pem`) and
     /// key (`identity-key.pem`): turns on mTLS, inbound and outbound.
     #[arg(long, env = "TETHER_IDENTITY_DIR", requires = "trust_bundle")]
@@ -597,6 +601,7 @@ impl ProxyArgs {
             inbound_max_requests: self.inbound_max_requests.max(1),
             inbound_max_pending: self.inbound_max_pending,
             drain_timeout: self.drain_timeout,
+            upgrade_idle_timeout: self.upgrade_idle_timeout,
             access_log: self.access_log,
             identity,
             inbound_permissive: self.inbound_permissive,

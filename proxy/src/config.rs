@@ -54,6 +54,8 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Upgraded connections idle this long (no byte either way) are closed.
+    pub upgrade_idle_timeout: Duration,
     /// The app's health path, probed with `GET` (2xx is healthy); `None`
     /// probes with a TCP connect. Behind `/app-health` and the Consul check.
     pub app_health_path: Option<PathAndQuery>,

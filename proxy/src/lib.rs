@@ -12,7 +12,7 @@
 //! 2. `transport`, `access_log`, `telemetry`, `grpc`
 //! 3. `balance`, `identity`, `tcp_metrics`
 //! 4. `errors`, `control_client`
-//! 5. `resilience`, `hop`, `observe`
+//! 5. `resilience`, `hop`, `observe`, `upgrade`
 //! 6. `state`, `renewal`, `registration`
 //! 7. `outbound`, `inbound`, `tcp`
 //! 8. `discovery`
@@ -54,5 +54,6 @@ pub mod tcp;
 pub mod tcp_metrics;
 pub mod telemetry;
 pub mod transport;
+pub mod upgrade;
 
 pub use app::{run, RunError};

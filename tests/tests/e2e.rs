@@ -27,3 +27,4 @@ mod run_mode;
 mod tcp;
 mod tracing;
 mod transparent;
+mod websocket;

@@ -10,6 +10,7 @@ use crate::request_metrics::RequestMetrics;
 use crate::tcp_metrics::TcpFamilies;
 use crate::telemetry::ExportCounters;
 use crate::transport::ListenerMetrics;
+use crate::upgrade::UpgradeFamilies;
 
 /// The families, handed to the parts of the proxy as they are built.
 pub(super) struct Families {
@@ -19,6 +20,8 @@ pub(super) struct Families {
     pub listeners: ListenerMetrics,
     /// Opaque TCP streams.
     pub tcp: TcpFamilies,
+    /// Upgraded HTTP/1.1 connections (WebSocket).
+    pub upgrades: UpgradeFamilies,
     /// The snapshot in force and the control plane's connection.
     pub snapshots: SnapshotMetrics,
     /// The certificate in force and requests for new ones.
@@ -36,6 +39,7 @@ impl Families {
         let registry = requests.registry();
         let listeners = ListenerMetrics::register(registry);
         let tcp = TcpFamilies::register(registry);
+        let upgrades = UpgradeFamilies::register(registry);
         let snapshots = SnapshotMetrics::register(&requests, tcp.clone());
         let identity = IdentityMetrics::register(registry, listeners.tls_handshake_errors.clone());
         let export = ExportCounters::register(registry);
@@ -44,6 +48,7 @@ impl Families {
             requests,
             listeners,
             tcp,
+            upgrades,
             snapshots,
             identity,
             export,

@@ -41,6 +41,7 @@ use crate::state::MeshState;
 use crate::tcp::{TcpListeners, TcpSettings};
 use crate::telemetry::{self, Telemetry};
 use crate::transport::{bind, InboundTls, Servers};
+use crate::upgrade::Upgrades;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +185,7 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
     if let Some(registration) = &mut registration {
         leave_consul(registration, signals.as_mut()).await;
     }
-    drain(servers, &tcp, config.drain_timeout).await;
+    drain(servers, &tcp, &core.upgrades, config.drain_timeout).await;
     drop(admin_server);
     Ok(())
 }
@@ -241,6 +242,8 @@ struct Core {
     state: Arc<ArcSwap<MeshState>>,
     telemetry: Arc<Telemetry>,
     access_log: Option<AccessLog>,
+    /// Upgraded connections of both paths (drained with the listeners).
+    upgrades: Upgrades,
 }
 
 impl Core {
@@ -268,9 +271,15 @@ impl Core {
         let access_log = config
             .access_log
             .then(|| AccessLog::start(families.access_log_dropped.clone()));
+        let upgrades = Upgrades::with_access_log(
+            families.upgrades.clone(),
+            config.upgrade_idle_timeout,
+            access_log.clone(),
+        );
         Self {
             service,
             state,
+            upgrades,
             telemetry,
             access_log,
         }

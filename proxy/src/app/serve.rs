@@ -19,6 +19,7 @@ use crate::transport::{
     CapturedHandler, ConnectionSettings, InboundTls, ListenerOptions, PoolFactory, Servers,
     StreamHandler,
 };
+use crate::upgrade::Upgrades;
 
 /// Connect timeout to the local app: it is on loopback, so a second means
 /// it is not listening, not that it is far.
@@ -69,8 +70,12 @@ pub(super) fn serve_outbound(
         Direction::Outbound,
     );
     // Transparent capture is detected per connection (original_dst.rs).
-    let outbound =
-        Outbound::new(Arc::clone(&core.state), observer).with_passthrough(&families.listeners);
+    // In an `Arc`: one reference count per request, whatever it holds.
+    let outbound = Arc::new(
+        Outbound::new(Arc::clone(&core.state), observer)
+            .with_passthrough(&families.listeners)
+            .with_upgrades(core.upgrades.clone()),
+    );
     let captured: Arc<dyn CapturedHandler> = Arc::new(TcpCaptured::new(
         Arc::clone(&core.state),
         &families.listeners,
@@ -88,7 +93,7 @@ pub(super) fn serve_outbound(
         options,
         families.listeners.clone(),
         move |request| {
-            let outbound = outbound.clone();
+            let outbound = Arc::clone(&outbound);
             async move { outbound.handle(request).await }
         },
     );
@@ -116,6 +121,7 @@ pub(super) fn serve_inbound(
             app: config.app.clone(),
             max_requests: config.inbound_max_requests,
             max_pending: config.inbound_max_pending,
+            upgrades: core.upgrades.clone(),
         },
         app,
         families.requests.service(Direction::Inbound, service),
@@ -153,11 +159,20 @@ pub(super) fn serve_inbound(
     );
 }
 
-/// Stops the HTTP and tcp listeners together; open requests and streams get
-/// the same deadline.
-pub(super) async fn drain(servers: Servers, tcp: &TcpListeners, deadline: Duration) {
-    let (http, tcp) = tokio::join!(servers.drain(deadline), tcp.drain(deadline));
-    if http && tcp {
+/// Stops the HTTP and tcp listeners together; open requests, streams and
+/// upgraded connections get the same deadline.
+pub(super) async fn drain(
+    servers: Servers,
+    tcp: &TcpListeners,
+    upgrades: &Upgrades,
+    deadline: Duration,
+) {
+    let (http, tcp, upgraded) = tokio::join!(
+        servers.drain(deadline),
+        tcp.drain(deadline),
+        upgrades.drain(deadline)
+    );
+    if http && tcp && upgraded {
         tracing::info!("drained cleanly");
     } else {
         tracing::warn!("drain deadline passed with requests or streams still open");

@@ -7,6 +7,9 @@
 //!   → send       to the app, over a pooled connection
 //! ```
 //!
+//! An authorized upgrade request (`Upgrade: websocket`) skips the limit and
+//! goes to the app on a connection of its own (`crate::upgrade`).
+//!
 //! When the app cannot be reached the answer is `502 tether-error:
 //! app-connect`: nothing was processed, and a calling sidecar that
 //! authenticated this one by mTLS retries it on another endpoint. An app's
@@ -30,9 +33,10 @@ use crate::resilience::{self, ConcurrencyLimiter};
 use crate::state::MeshState;
 use crate::transport::PoolFactory;
 use crate::transport::{EndpointPool, Peer, PeerIdentity};
+use crate::upgrade::Upgrades;
 
 /// Settings of the inbound path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InboundSettings {
     /// The service this sidecar fronts (span and log label).
     pub service: String,
@@ -42,6 +46,8 @@ pub struct InboundSettings {
     pub max_requests: u32,
     /// Requests queued beyond `max_requests` before fast 503s.
     pub max_pending: u32,
+    /// Relays HTTP/1.1 upgrades (metrics, idle timeout, drain).
+    pub upgrades: Upgrades,
 }
 
 /// The inbound path, ready to handle requests from other sidecars.
@@ -60,6 +66,7 @@ struct Inner {
     app_pool: Arc<EndpointPool>,
     limiter: ConcurrencyLimiter,
     metrics: ServiceMetrics,
+    upgrades: Upgrades,
 }
 
 impl Inbound {
@@ -85,6 +92,7 @@ impl Inbound {
             app: settings.app,
             limiter,
             metrics,
+            upgrades: settings.upgrades,
         };
         Self {
             inner: Arc::new(inner),
@@ -109,6 +117,11 @@ impl Inbound {
             self.authorize(peer.as_deref(), &request)
         };
         let result = match checked {
+            // Authorized like any request; then relayed, outside the
+            // app's request limit (an upgraded stream is long lived).
+            Ok(()) if crate::upgrade::requested(&request) => {
+                Box::pin(self.upgrade_to_app(request)).await
+            }
             Ok(()) => self.send_to_app(request, grpc).await,
             Err(error) => Err(error),
         };
@@ -142,6 +155,34 @@ impl Inbound {
             caller: peer.map_or_else(|| "unauthenticated".to_owned(), |p| p.text.clone()),
             service: self.inner.service.clone(),
         })
+    }
+
+    async fn upgrade_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {
+        let inner = &self.inner;
+        let app = &inner.app;
+        let connection =
+            inner
+                .app_pool
+                .connect_upgrade()
+                .await
+                .map_err(|source| ProxyError::AppConnect {
+                    endpoint: app.to_string(),
+                    source,
+                })?;
+        let forwarded = inner.upgrades.forward(
+            crate::request_metrics::Direction::Inbound,
+            &inner.service,
+            connection,
+            app,
+            request,
+            |source| ProxyError::UpstreamReset {
+                endpoint: app.to_string(),
+                source,
+            },
+        );
+        let mut response = forwarded.await?;
+        strip_app_connect(&mut response);
+        Ok(response)
     }
 
     async fn send_to_app(&self, request: Req, grpc: bool) -> Result<Rsp, ProxyError> {

@@ -10,6 +10,9 @@
 //!   → pool      pooled connection to the endpoint                 (transport::pool)
 //! ```
 //!
+//! An upgrade request (`Upgrade: websocket`, hyper flagged it) takes
+//! another way after `route`: upgrade.rs, then `crate::upgrade`.
+//!
 //! A captured request (transparent mode: it carries an
 //! [`OriginalDst`]) whose authority is no mesh service is passed through
 //! to that destination or refused, as `outbound_policy` says
@@ -27,6 +30,7 @@ mod retry;
 pub(crate) mod route;
 mod target;
 mod timeout;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -40,6 +44,7 @@ use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::resilience;
 use crate::state::{MeshState, OutboundPolicy};
 use crate::transport::ListenerMetrics;
+use crate::upgrade::Upgrades;
 
 pub use passthrough::Passthrough;
 pub use target::Target;
@@ -52,6 +57,8 @@ pub struct Outbound {
     /// Captured requests to destinations outside the mesh; `None`: not
     /// handled (every unknown authority is refused, as without capture).
     passthrough: Option<Arc<Passthrough>>,
+    /// Relays HTTP/1.1 upgrades (`crate::upgrade`).
+    upgrades: Upgrades,
 }
 
 impl Outbound {
@@ -61,7 +68,14 @@ impl Outbound {
             state,
             observer,
             passthrough: None,
+            upgrades: Upgrades::default(),
         }
+    }
+
+    /// Relays HTTP/1.1 upgrades with `upgrades` (metrics, idle timeout, drain).
+    pub fn with_upgrades(mut self, upgrades: Upgrades) -> Self {
+        self.upgrades = upgrades;
+        self
     }
 
     /// Handles captured requests whose authority is no mesh service as
@@ -117,9 +131,13 @@ impl Outbound {
             target.grpc_call(request.headers());
         }
         let grpc = target.grpc;
-        let mut response = serve(&target, request)
-            .await
-            .unwrap_or_else(|e| e.into_response_for(grpc));
+        let result = if crate::upgrade::requested(&request) {
+            // Boxed: rare, and its future would enlarge every request's.
+            Box::pin(upgrade::send(&target, &self.upgrades, request)).await
+        } else {
+            serve(&target, request).await
+        };
+        let mut response = result.unwrap_or_else(|e| e.into_response_for(grpc));
         self.observer.end(
             observation,
             &mut response,

@@ -40,6 +40,27 @@ impl MeshConnector {
         Self { http, tls }
     }
 
+    /// The same connector offering ALPN `http/1.1` only over TLS: for a
+    /// request that must go over HTTP/1.1 (an upgrade) to an endpoint the
+    /// pool reaches with HTTP/2.
+    pub fn for_http1(&self) -> Self {
+        const HTTP1: &[u8] = b"http/1.1";
+        match &self.tls {
+            Some(tls) if tls.config.alpn_protocols != [HTTP1] => {
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols = vec![HTTP1.to_vec()];
+                Self {
+                    http: self.http.clone(),
+                    tls: Some(TlsTarget {
+                        config: Arc::new(config),
+                        ..tls.clone()
+                    }),
+                }
+            }
+            _ => self.clone(),
+        }
+    }
+
     /// Whether every connection is mTLS to a verified mesh identity.
     pub fn is_mtls(&self) -> bool {
         self.tls.is_some()

@@ -173,6 +173,28 @@ impl EndpointPool {
         }
     }
 
+    /// A new HTTP/1.1 connection of its own, never pooled, for one upgrade
+    /// request (`Upgrade`, its `Connection` and `Upgrade` headers kept):
+    /// after a `101` the connection is the upgraded stream
+    /// ([`hyper::upgrade::on`] the response); after any other answer it
+    /// closes once the body is read. Always HTTP/1.1, whatever the pool
+    /// speaks: over mTLS it offers ALPN `http/1.1` instead of `h2`.
+    pub async fn connect_upgrade(&self) -> Result<http1::SendRequest<Body>, ClientError> {
+        let io = self
+            .settings
+            .connector
+            .for_http1()
+            .call(self.uri.clone())
+            .await
+            .map_err(ClientError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(e.into()))?;
+        drive(connection.with_upgrades(), "HTTP/1.1 upgrade");
+        Ok(sender)
+    }
+
     /// Drops the shared HTTP/2 connection if it has closed.
     fn forget_closed_http2(&self) {
         if let Ok(mut shared) = self.shared.lock() {

@@ -229,6 +229,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    if direction == Some(Direction::Outbound) {
+        // WebSocket over HTTP/2 from the app (RFC 8441): `upgrade.rs`.
+        builder.http2().enable_connect_protocol();
+    }
     let builders = Arc::new(Builders {
         h2: builder.clone().http2_only(),
         either: builder,
@@ -318,13 +322,13 @@ where
                 // a bad preface is an HTTP/2 connection error. Otherwise a
                 // request line of another version closes (see `preface`).
                 let h2_only = stream.get_ref().alpn() == Some(ALPN_H2);
-                let (builder, prefix) = if h2_only {
-                    (&builders.h2, prefix)
+                let prefix = if h2_only {
+                    prefix
                 } else {
                     let Some(prefix) = opening(&mut stream, prefix, settings).await else {
                         return;
                     };
-                    (&builders.either, prefix)
+                    prefix
                 };
                 let identity = PeerIdentity(peer);
                 let original = original.map(OriginalDst);
@@ -342,9 +346,17 @@ where
                     // that captures a future stores it twice.
                     handler(request).map(Ok::<_, Infallible>)
                 });
-                let stream = Rewind::new(prefix, stream);
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = watcher.watch(connection).await {
+                let stream = TokioIo::new(Rewind::new(prefix, stream));
+                // HTTP/1.1 connections can be upgraded (`upgrade.rs`): once
+                // the 101 is written, hyper hands the connection over and
+                // this future ends; the relay holds it from then on.
+                let served = if h2_only {
+                    watcher.watch(builders.h2.serve_connection(stream, service)).await
+                } else {
+                    let connection = builders.either.serve_connection_with_upgrades(stream, service);
+                    watcher.watch(connection).await
+                };
+                if let Err(error) = served {
                     tracing::debug!(%error, "connection closed with error");
                 }
                 drop(guard);
