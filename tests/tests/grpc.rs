@@ -693,3 +693,26 @@ async fn a_full_circuit_breaker_is_resource_exhausted() {
     assert_eq!(mesh.app.calls(), 1);
     hold.abort();
 }
+
+#[tokio::test]
+async fn outlier_detection_counts_server_failures_by_grpc_status() {
+    let policy = "{ retries: { attempts: 0 }, circuit_breaker: { consecutive_failures: 2 } }";
+    let mesh = mesh(policy).await;
+    let mut api = client(mesh.web.outbound, "api").await;
+    // The caller's errors (NOT_FOUND) are no failures of the endpoint.
+    for _ in 0..3 {
+        let status = call(&mut api, "missing").await.expect_err("not found");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    let ejections = r#"tether_endpoint_ejections_total{service="api"}"#;
+    let web = mesh.web.metrics().await;
+    assert_eq!(metric(&web, ejections).unwrap_or(0.0), 0.0, "{web}");
+    // UNAVAILABLE twice in a row (a 200 each, over HTTP) ejects it.
+    mesh.app.state.unavailable.store(2, Ordering::SeqCst);
+    for _ in 0..2 {
+        let status = call(&mut api, "flaky").await.expect_err("unavailable");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let web = mesh.web.metrics().await;
+    assert_eq!(metric(&web, ejections), Some(1.0), "{web}");
+}
