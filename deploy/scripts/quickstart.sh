@@ -131,7 +131,7 @@ Where to look:
   try an unknown service:  curl -i -H 'Host: nope' http://127.0.0.1:15001/
   edit $work/mesh.yaml (e.g. api's timeout or the authorization rules): it applies live
 INFO
-$tracing && echo "  traces: http://127.0.0.1:16686/api/traces?service=web  (Jaeger UI on :16686)"
+$tracing && echo "  traces: http://127.0.0.1:16686/api/traces?service=web  (Jaeger query API; the UI of this Go-module build is a placeholder)"
 $consul && echo "  Consul: http://127.0.0.1:8500/v1/health/service/api  (deregister api-1 and watch /config)"
 [ "$ok" -eq 20 ] || { echo "some requests failed; logs:"; tail -n 20 "$work"/*.log; exit 1; }
 if $once; then exit 0; fi
