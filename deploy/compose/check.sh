@@ -96,10 +96,11 @@ wait_for 60 "traces of web in Jaeger" have_traces
 say "ok: web's traces are in Jaeger"
 
 # 5, 6. Restarts under load from web's pod (50 rps, bounded).
-load() { # SECONDS: runs tether-load in web's pod, prints its summary line
-  "$DOCKER" run --rm --network container:tether_web-pod_1 --entrypoint /usr/local/bin/tether-load \
+results=$(mktemp -d); chmod 0777 "$results"; trap 'rm -rf "$results"' EXIT
+load() { # SECONDS: runs tether-load in web's pod, prints its summary line (JSON in $results/load.json)
+  "$DOCKER" run --rm --network container:tether_web-pod_1 -v "$results:/out" --entrypoint /usr/local/bin/tether-load \
     tether:dev --url http://127.0.0.1:8080/ --rate 50 --connections 4 --duration "$1s" --timeout 5s \
-    --out /dev/null 2>&1 | grep '^tether-load' | tail -1
+    --out /out/load.json 2>&1 | grep '^tether-load' | tail -1
 }
 errors_in() { sed -n 's/.* \([0-9][0-9]*\) errors.*/\1/p' <<<"$1"; }
 under_load() { # WHAT COMMAND...: the command 5 s into a 20 s load; no failed request allowed
@@ -112,7 +113,19 @@ under_load() { # WHAT COMMAND...: the command 5 s into a 20 s load; no failed re
   local line; line=$(cat "$out"); rm -f "$out"
   say "$what: $line"
   [ -n "$line" ] || fail "$what: the load generator printed nothing"
-  [ "$(errors_in "$line")" = 0 ] || fail "$what lost requests"
+  [ "$(errors_in "$line")" = 0 ] || { explain_errors; fail "$what lost requests"; }
+}
+explain_errors() { # what web's sidecar and app saw of the failed requests
+  say "failures by kind (tether-load): $(tr -d '\n ' <"$results/load.json" 2>/dev/null | grep -o '"error_kinds":{[^}]*}')"
+  say "web's sidecar, answers other than 2xx (access log):"
+  "$DOCKER" logs tether_web_1 2>/dev/null | grep '"direction":"outbound"' | grep -v '"status":2' | tail -5 || true
+  say "web's sidecar, errors and retries:"
+  curl -fsS -m 5 "http://127.0.0.1:$WEB/metrics" 2>/dev/null \
+    | grep -E '^tether_(proxy_errors|retries|retries_skipped)_total' || true
+  say "web's sidecar log (warnings and errors):"
+  "$DOCKER" logs tether_web_1 2>&1 | grep -E ' (WARN|ERROR) ' | tail -10 || true
+  say "web's app log:"
+  "$DOCKER" logs tether_web-app_1 2>&1 | tail -5 || true
 }
 under_load "restart api-v1 (drain)" compose restart api-v1
 wait_for 60 "api-v1 registered again after its restart" two_passing
