@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -86,7 +87,12 @@ async fn main() -> std::process::ExitCode {
         }
     };
     eprintln!("tether-sample {} listening on {}", args.name, args.listen);
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    // Idle pooled connections expire before the sidecar closes them (it
+    // closes a keep-alive connection idle for its header-read timeout,
+    // 30 s): reusing one the server is closing loses the request.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(20))
+        .build_http();
     let app = Arc::new(App { args, body, client });
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -49,10 +49,12 @@ fn default_timeout() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(1)
 }
-// Sixty seconds: below common server keep-alive limits (nginx 75 s), so the
-// proxy closes idle connections before the server does and never races it.
+// Twenty seconds: below the keep-alive limits of the servers the proxy
+// talks to (a peer sidecar closes an HTTP/1.1 connection idle for its
+// header-read timeout, 30 s; nginx 75 s), so the proxy closes idle
+// connections before the server does and never races it.
 fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(20)
 }
 // One hour (Envoy's tcp_proxy default): long enough for database and
 // message-queue connections that idle between bursts, short enough that a
