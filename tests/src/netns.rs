@@ -120,7 +120,7 @@ impl Netns {
     /// returns what the other side wrote, or `None` if it could not connect.
     pub fn connect(&self, host: &str, port: u16, uid: Option<u32>) -> Option<String> {
         let script = format!(
-            "import socket\ns = socket.create_connection(('{host}', {port}), timeout=3)\n\
+            "import socket\ns = socket.create_connection(('{host}', {port}), timeout=20)\n\
              print(s.recv(64).decode(), end='')\n"
         );
         let out = match uid {

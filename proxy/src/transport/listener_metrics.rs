@@ -79,7 +79,7 @@ impl ListenerMetrics {
             detect_timeouts: counter_vec(
                 registry,
                 "tether_protocol_detect_timeouts_total",
-                "Connections that sent nothing within the protocol detection timeout (500 ms) and were relayed as opaque TCP (a server-first protocol): captured outbound ones to a destination not declared as a tcp service, plaintext ones on the inbound listener (permissive mode).",
+                "Connections that sent nothing within the protocol detection timeout and were relayed as opaque TCP (a server-first protocol): captured outbound ones (10 s) to a destination not declared as a tcp service, plaintext ones on the inbound listener (500 ms; permissive mode).",
                 &["direction"],
             ),
             outbound_refused: counter_vec(

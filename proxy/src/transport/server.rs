@@ -416,7 +416,8 @@ enum Class {
 }
 
 /// TLS: the negotiated ALPN decides. Plaintext: the preamble, read as it
-/// arrives, within the detection wait (500 ms, or `timeout` if shorter).
+/// arrives, within the inbound detection wait (500 ms, or `timeout` if
+/// shorter).
 /// `None`: closed or failed first.
 async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option<Class> {
     if !stream.get_ref().is_plain() {
@@ -431,7 +432,7 @@ async fn classify(stream: &mut Counted<MeshStream>, timeout: Duration) -> Option
     // A sidecar writes the preamble or its request at once; a caller that
     // stays silent (a server-first protocol, plaintext: permissive mode or
     // a plaintext mesh) is taken for opaque TCP after the detection wait.
-    let wait = sniff::DETECT_TIMEOUT.min(timeout);
+    let wait = sniff::INBOUND_DETECT_TIMEOUT.min(timeout);
     match tokio::time::timeout(wait, preamble::detect(stream)).await {
         Ok(Ok(Detected::Tcp)) => Some(Class::Tcp),
         Ok(Ok(Detected::Other(prefix))) => Some(Class::Http(prefix)),

@@ -14,10 +14,20 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How long a captured connection may stay silent before it is taken for a
-/// server-first protocol and relayed: an app's HTTP client writes its
-/// request as soon as it is connected, well within this, and a
-/// server-first client waits this long for its greeting once per connection.
-pub(super) const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// server-first protocol and relayed (Linkerd's detection timeout). Not
+/// shorter: an HTTP client pool may open a connection it then does not use
+/// at once (hyper's pool races a connect against a connection coming back
+/// idle and keeps the loser), and a silent HTTP connection taken for
+/// opaque TCP loses the request it later carries. A server-first client
+/// waits this long for its greeting, once per connection: declare such
+/// destinations as `tcp` services (no wait) or exclude their port.
+pub(super) const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a plaintext connection on the inbound listener may stay silent
+/// before it is relayed to the app as opaque TCP: every sidecar writes the
+/// preamble or its request at once, and a connection taken for TCP by
+/// mistake still reaches the app with its bytes.
+pub(super) const INBOUND_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What starts an HTTP request: the methods of RFC 9110 and RFC 5789
 /// followed by a space, and the HTTP/2 preface.
