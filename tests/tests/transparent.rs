@@ -73,9 +73,16 @@ fn http_server(ns: &Netns, port: u16, tag: &str) -> Child {
 /// From `ns`, `GET /` with `host` to `ip:port` in plaintext; returns the
 /// response head (lowercase), or "" when the connection gave none.
 fn http(ns: &Netns, ip: &str, port: u16, host: &str) -> String {
+    http_after(ns, ip, port, host, 0.0)
+}
+
+/// [`http`], the connection left silent for `pause` seconds before the
+/// request (an HTTP client pool's connection that waited for its first use).
+fn http_after(ns: &Netns, ip: &str, port: u16, host: &str, pause: f64) -> String {
     let script = format!(
-        "import socket\n\
-         s = socket.create_connection(('{ip}', {port}), timeout=5)\n\
+        "import socket, time\n\
+         s = socket.create_connection(('{ip}', {port}), timeout=15)\n\
+         time.sleep({pause})\n\
          s.sendall(b'GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n')\n\
          data = b''\n\
          while True:\n    d = s.recv(65536)\n    if not d: break\n    data += d\n\
@@ -253,6 +260,23 @@ fn http_routes_by_host_and_tcp_by_original_destination() {
     ] {
         assert_eq!(metric(&metrics, series), Some(want), "{series}\n{metrics}");
     }
+}
+
+#[test]
+fn an_http_connection_silent_before_its_first_request_is_still_http() {
+    let host = start("", |_| Vec::new());
+    // Hyper's pool, for one, opens connections it uses only later. Silent
+    // for 2 s, then a request for `api`: routed by Host through the mesh,
+    // not relayed raw to where it was dialled (here, nothing listens).
+    let head = http_after(&host.pair.app, &host.pair.peer_ip, NOWHERE_PORT, "api", 2.0);
+    assert!(head.starts_with("http/1.1 200"), "{head}\n{}", host.log());
+    assert!(head.contains("x-backend: peer-api"), "{head}");
+    let metrics = host.metrics();
+    let waited = metric(
+        &metrics,
+        r#"tether_protocol_detect_timeouts_total{direction="outbound"}"#,
+    );
+    assert_eq!(waited.unwrap_or(0.0), 0.0, "{metrics}");
 }
 
 #[test]
