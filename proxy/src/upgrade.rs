@@ -22,10 +22,7 @@
 //! changes (they hold nothing of the state), and get the drain deadline on
 //! shutdown ([`Upgrades::drain`]), like opaque TCP streams.
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -36,7 +33,6 @@ use hyper::ext::Protocol;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -48,6 +44,7 @@ use crate::hop::{from_upstream, to_upstream};
 use crate::request_metrics::{counter_vec, gauge_vec, Direction};
 #[cfg(doc)]
 use crate::transport::EndpointPool;
+use crate::transport::{copy_until_idle, Counted};
 use crate::transport::{ByteCounters, ClientError, PeerIdentity};
 
 /// Default of `--upgrade-idle-timeout`.
@@ -378,32 +375,24 @@ impl Stream {
     /// side is passed on as a half-close, the other direction keeps
     /// flowing), or nothing moved for the idle timeout.
     async fn relay(self, client: Upgraded, server: Upgraded) {
-        let activity = Arc::new(Activity::new());
-        let mut client = Watched {
-            inner: TokioIo::new(client),
-            bytes: self.bytes.clone(),
-            activity: Arc::clone(&activity),
-            received: 0,
-            sent: 0,
-        };
+        let mut client = Counted::new(TokioIo::new(client), self.bytes.clone());
         let mut server = TokioIo::new(server);
-        let error = tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut server) => match copied {
-                Ok((received, sent)) => {
-                    tracing::debug!(received, sent, "upgraded connection ended");
-                    None
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "upgraded connection ended with an error");
-                    Some("reset")
-                }
-            },
-            () = activity.idle_for(self.idle_timeout) => {
+        let error = match copy_until_idle(&mut client, &mut server, self.idle_timeout).await {
+            Some(Ok((received, sent))) => {
+                tracing::debug!(received, sent, "upgraded connection ended");
+                None
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+                Some("reset")
+            }
+            None => {
                 self.idle_closed.inc();
                 tracing::debug!(idle_timeout = ?self.idle_timeout, "upgraded connection idle: closed");
                 Some("idle-timeout")
             }
         };
+        let (received, sent) = client.totals();
         drop(self.open);
         if let Some(line) = self.log {
             line.log.log_tcp(TcpEntry {
@@ -413,100 +402,12 @@ impl Stream {
                 service: line.service,
                 peer_identity: line.peer_identity,
                 endpoint: line.endpoint,
-                bytes_received: client.received,
-                bytes_sent: client.sent,
+                bytes_received: received,
+                bytes_sent: sent,
                 duration_ms: line.started.elapsed().as_secs_f64() * 1000.0,
                 error,
             });
         }
-    }
-}
-
-/// When bytes last moved on a relayed stream.
-struct Activity {
-    start: Instant,
-    /// Milliseconds from `start` to the last read or write that moved bytes.
-    last: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(elapsed, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing has moved for `timeout`; sleeps once per
-    /// activity seen, never polls.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let due = last + timeout;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due).await;
-        }
-    }
-}
-
-/// The client side of a relayed stream: counts its bytes and records
-/// activity (either way: a write to the client is activity too).
-struct Watched<S> {
-    inner: S,
-    bytes: ByteCounters,
-    activity: Arc<Activity>,
-    received: u64,
-    sent: u64,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len().saturating_sub(before);
-        if read > 0 {
-            self.received += read as u64;
-            self.bytes.received.inc_by(read as u64);
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = polled {
-            if written > 0 {
-                self.sent += written as u64;
-                self.bytes.sent.inc_by(written as u64);
-                self.activity.touch();
-            }
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -592,17 +493,5 @@ mod tests {
             .body(Body::Empty)
             .unwrap_or_default();
         assert!(!requested(&tunnel));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_means_no_byte_for_the_whole_timeout() {
-        let activity = Activity::new();
-        let timeout = Duration::from_secs(10);
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        activity.touch();
-        let started = Instant::now();
-        activity.idle_for(timeout).await;
-        // Due 10 s after the touch, not 10 s after the start.
-        assert!(started.elapsed() >= Duration::from_secs(10));
     }
 }

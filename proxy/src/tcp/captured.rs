@@ -107,7 +107,9 @@ async fn pass_through(mut app: Downstream, original: SocketAddr) {
         }
     };
     let _ = server.set_nodelay(true);
-    match super::relay::copy_until_idle(&mut app, &mut server, super::BACKSTOP_IDLE_TIMEOUT).await {
+    match crate::transport::copy_until_idle(&mut app, &mut server, super::BACKSTOP_IDLE_TIMEOUT)
+        .await
+    {
         Some(Ok((sent, received))) => tracing::debug!(sent, received, "passthrough stream ended"),
         Some(Err(error)) => tracing::debug!(%error, "passthrough stream ended with an error"),
         None => {

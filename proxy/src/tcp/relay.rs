@@ -1,20 +1,16 @@
 //! Copies one opaque TCP stream both ways and reports it when it ends:
 //! per-service byte counters while it runs, one access-log line at the end.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::access_log::{timestamp, AccessLog, TcpEntry};
 use crate::errors::Reason;
 use crate::request_metrics::Direction;
 use crate::tcp_metrics::TcpMetrics;
-use crate::transport::Counted;
+use crate::transport::{copy_until_idle, Counted};
 
 /// How a stream ended, for its log line.
 #[derive(Debug, Default)]
@@ -56,100 +52,6 @@ where
         received,
         sent,
         error,
-    }
-}
-
-/// Copies both ways until both directions end (`Some`, with the bytes
-/// each way or the error), or until nothing has moved for `idle` (`None`;
-/// dropping the streams then closes them).
-pub async fn copy_until_idle<C, S>(
-    client: &mut C,
-    server: &mut S,
-    idle: Duration,
-) -> Option<io::Result<(u64, u64)>>
-where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    let started = Instant::now();
-    let activity = AtomicU64::new(0);
-    // Every byte either way crosses the client's side: reads are the
-    // client's bytes, writes the server's.
-    let mut client = Active {
-        inner: client,
-        activity: &activity,
-        started,
-    };
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, server) => Some(copied),
-        () = idle_for(&activity, started, idle) => None,
-    }
-}
-
-/// Returns once nothing has moved for `idle`: `activity` holds the time of
-/// the last byte, in milliseconds after `started`.
-async fn idle_for(activity: &AtomicU64, started: Instant, idle: Duration) {
-    loop {
-        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
-        let due = last + idle;
-        if Instant::now() >= due {
-            return;
-        }
-        tokio::time::sleep_until(due).await;
-    }
-}
-
-/// A stream that notes when bytes last moved through it (a relaxed store
-/// per read or write that moved bytes).
-struct Active<'a, S: ?Sized> {
-    inner: &'a mut S,
-    activity: &'a AtomicU64,
-    started: Instant,
-}
-
-impl<S: ?Sized> Active<'_, S> {
-    fn moved(&self) {
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(millis, Ordering::Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.moved();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Active<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut *this.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.moved();
-        }
-        polled
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

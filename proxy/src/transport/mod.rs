@@ -2,6 +2,7 @@
 //! downstream acceptor (plain, mTLS, or permissive; HTTP or opaque TCP).
 
 mod connector;
+mod idle;
 mod listener_metrics;
 mod pool;
 mod pool_factory;
@@ -10,6 +11,7 @@ mod server;
 mod stream;
 
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
+pub use idle::copy_until_idle;
 pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
 pub use pool::{ClientError, EndpointPool, PoolSettings, MAX_IDLE_PER_ENDPOINT};
 pub use pool_factory::{ConnectionSettings, PoolFactory};
