@@ -135,23 +135,25 @@ fn publish(tx: &watch::Sender<Arc<CatalogState>>, shared: &Shared) {
 /// backwards, before its answer is applied.
 fn hold_removals(api: &ConsulApi, tx: &watch::Sender<Arc<CatalogState>>, shared: &Shared) {
     let hold_for = api.resync_hold();
-    let now = Instant::now();
-    let running = shared.lock().map_or(true, |known| {
-        known.hold.as_ref().is_some_and(|h| h.active(now))
-    });
-    if hold_for.is_zero() || running {
+    if hold_for.is_zero() {
         return;
     }
-    // Cloned before taking the lock: `publish` locks `shared`, then `tx`.
-    let published = {
-        let current = tx.borrow();
-        current.synced.then(|| current.services.clone())
-    };
-    let Some(held) = published else {
-        return; // nothing handed out yet, nothing to keep
-    };
+    let now = Instant::now();
     let until = now + hold_for;
-    if let Ok(mut known) = shared.lock() {
+    {
+        // One lock for the check and the start: watches that recover
+        // together start one hold. Lock order as in `publish`: `shared`,
+        // then `tx`.
+        let Ok(mut known) = shared.lock() else { return };
+        if known.hold.as_ref().is_some_and(|h| h.active(now)) {
+            return;
+        }
+        let current = tx.borrow();
+        if !current.synced {
+            return; // nothing handed out yet, nothing to keep
+        }
+        let held = current.services.clone();
+        drop(current);
         known.hold = Some(Hold { until, held });
     }
     api.metrics().consul_resync_holds.inc();
