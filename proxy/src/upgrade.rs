@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use crate::access_log::{timestamp, AccessLog, TcpEntry};
 use crate::body::{Body, Req, Rsp};
-use crate::errors::ProxyError;
+use crate::errors::{ProxyError, Reason};
 use crate::hop::{from_upstream, to_upstream};
 use crate::request_metrics::{counter_vec, gauge_vec, Direction};
 #[cfg(doc)]
@@ -384,12 +384,12 @@ impl Stream {
             }
             Some(Err(error)) => {
                 tracing::debug!(%error, "upgraded connection ended with an error");
-                Some("reset")
+                Some(Reason::Reset.as_str())
             }
             None => {
                 self.idle_closed.inc();
                 tracing::debug!(idle_timeout = ?self.idle_timeout, "upgraded connection idle: closed");
-                Some("idle-timeout")
+                Some(Reason::IdleTimeout.as_str())
             }
         };
         let (received, sent) = client.totals();
