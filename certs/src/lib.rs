@@ -18,6 +18,7 @@
 mod bundle;
 mod ca;
 mod error;
+mod external;
 mod fsutil;
 mod identity;
 mod provider;
@@ -34,6 +35,7 @@ use std::time::Duration;
 pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, IssuedCert, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_VALIDITY};
 pub use error::{find_identity_mismatch, Error, Result};
+pub use external::{ca_client_config, ClientCertPem};
 pub use identity::{Identity, IdentityKey, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
 pub use spiffe::{validate_service_name, validate_trust_domain};
 pub use spiffe_id::SpiffeId;

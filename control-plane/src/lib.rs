@@ -185,7 +185,7 @@ fn start_catalog(config: &MeshConfig, metrics: &ControlMetrics) -> Box<dyn Catal
     match &config.catalog {
         CatalogConfig::Static { services } => Box::new(StaticCatalog::new(services.clone())),
         CatalogConfig::Consul(consul) => {
-            Box::new(ConsulCatalog::start(consul.clone(), metrics.clone()))
+            Box::new(ConsulCatalog::start((**consul).clone(), metrics.clone()))
         }
     }
 }

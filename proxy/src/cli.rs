@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ProxyConfig, SnapshotSource};
 use crate::identity::{IdentityFiles, IdentitySource, IssuanceSettings};
-use crate::registration::RegistrationSettings;
+use crate::registration::{resolve_access, AccessFlags, RegistrationSettings};
 use crate::transport::ServerSettings;
 
 /// Tether's sidecar proxy.
@@ -396,12 +396,32 @@ pub struct ProxyArgs {
     )]
     pub app_health_grpc_service: Option<String>,
     /// Register this instance with the local Consul agent's HTTP API, e.g.
-    /// http://127.0.0.1:8500 (needs --service).
+    /// http://127.0.0.1:8500 or https://127.0.0.1:8501 (needs --service).
     #[arg(long, env = "TETHER_CONSUL_AGENT")]
     pub consul_agent: Option<String>,
-    /// Consul ACL token for the registration (X-Consul-Token).
+    /// Consul ACL token for the registration (X-Consul-Token); default:
+    /// CONSUL_HTTP_TOKEN. Prefer --consul-token-file.
     #[arg(long, env = "TETHER_CONSUL_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
+    /// File holding the Consul ACL token (read at start); default:
+    /// CONSUL_HTTP_TOKEN_FILE. Wins over --consul-token.
+    #[arg(long, env = "TETHER_CONSUL_TOKEN_FILE")]
+    pub consul_token_file: Option<PathBuf>,
+    /// PEM CA that signed the agent's HTTPS certificate (required for an
+    /// https:// agent); default: CONSUL_CACERT.
+    #[arg(long, env = "TETHER_CONSUL_CA_CERT")]
+    pub consul_ca_cert: Option<PathBuf>,
+    /// PEM client certificate for an agent with verify_incoming; default:
+    /// CONSUL_CLIENT_CERT. Needs --consul-client-key.
+    #[arg(long, env = "TETHER_CONSUL_CLIENT_CERT")]
+    pub consul_client_cert: Option<PathBuf>,
+    /// Its private key; default: CONSUL_CLIENT_KEY.
+    #[arg(long, env = "TETHER_CONSUL_CLIENT_KEY")]
+    pub consul_client_key: Option<PathBuf>,
+    /// Name the agent's certificate must carry when it is not the URL's
+    /// host (e.g. localhost); default: CONSUL_TLS_SERVER_NAME.
+    #[arg(long, env = "TETHER_CONSUL_TLS_SERVER_NAME")]
+    pub consul_tls_server_name: Option<String>,
     /// Instance id in Consul (default: --proxy-id when given, else SERVICE-HOSTNAME).
     #[arg(long, env = "TETHER_CONSUL_SERVICE_ID")]
     pub consul_service_id: Option<String>,
@@ -535,9 +555,20 @@ impl ProxyArgs {
                 Some(host) => format!("{service}-{host}"),
                 None => format!("{service}-{}", std::process::id()),
             });
+        let flags = AccessFlags {
+            token: self.consul_token.clone(),
+            token_file: self.consul_token_file.clone(),
+            ca_cert: self.consul_ca_cert.clone(),
+            client_cert: self.consul_client_cert.clone(),
+            client_key: self.consul_client_key.clone(),
+            server_name: self.consul_tls_server_name.clone(),
+        };
+        let (token, tls) = resolve_access(agent_url, &flags, &|name| std::env::var(name).ok())
+            .map_err(UsageError)?;
         Ok(Some(RegistrationSettings {
             agent_url: agent_url.clone(),
-            token: self.consul_token.clone(),
+            token,
+            tls,
             service,
             id,
             address: self.consul_service_address.clone(),

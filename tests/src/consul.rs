@@ -45,6 +45,9 @@ pub struct Consul {
     /// HTTP API address.
     pub http: SocketAddr,
     client: Client,
+    /// Token the harness's own calls carry (the management token of an
+    /// agent with ACLs).
+    token: Option<String>,
 }
 
 impl Consul {
@@ -55,6 +58,12 @@ impl Consul {
 
     /// Starts a dev agent whose HTTP API listens on `http_port`.
     pub async fn start_on(http_port: u16) -> Self {
+        Self::start_with(http_port, &[], None).await
+    }
+
+    /// Starts a dev agent on `http_port` with `extra` arguments (e.g.
+    /// `-config-file=...`); the harness's calls carry `token`.
+    pub async fn start_with(http_port: u16, extra: &[String], token: Option<String>) -> Self {
         let child = Command::new(consul_bin())
             .args([
                 "agent",
@@ -68,6 +77,7 @@ impl Consul {
             .arg(format!("-serf-lan-port={}", free_port()))
             .arg(format!("-serf-wan-port={}", free_port()))
             .arg(format!("-server-port={}", free_port()))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -76,6 +86,7 @@ impl Consul {
             child,
             http: ([127, 0, 0, 1], http_port).into(),
             client: Client::http1(),
+            token,
         };
         // `""` until a leader is elected.
         let up = eventually(Duration::from_secs(30), || async {
@@ -97,16 +108,33 @@ impl Consul {
         format!("http://{}", self.http)
     }
 
-    async fn get(&self, path: &str) -> Option<String> {
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.token
+            .as_deref()
+            .map(|t| ("x-consul-token", t))
+            .into_iter()
+            .collect()
+    }
+
+    /// `GET path` (with the harness's token): the body of a 200.
+    pub async fn get(&self, path: &str) -> Option<String> {
         let reply = self
             .client
-            .try_send(Method::GET, self.http, "consul", path, Bytes::new(), &[])
+            .try_send(
+                Method::GET,
+                self.http,
+                "consul",
+                path,
+                Bytes::new(),
+                &self.headers(),
+            )
             .await
             .ok()?;
         (reply.status == 200).then_some(reply.body)
     }
 
-    async fn put(&self, path: &str, body: String) {
+    /// `PUT path` (with the harness's token), which must answer 200: its body.
+    pub async fn put(&self, path: &str, body: String) -> String {
         let reply = self
             .client
             .send(
@@ -115,10 +143,11 @@ impl Consul {
                 "consul",
                 path,
                 Bytes::from(body),
-                &[],
+                &self.headers(),
             )
             .await;
         assert_eq!(reply.status, 200, "PUT {path}: {}", reply.body);
+        reply.body
     }
 
     /// Registers an instance with the agent.

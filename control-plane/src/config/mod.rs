@@ -2,6 +2,7 @@
 //! `defaults` ([`merge`]), and validation that reports every problem at
 //! once as `FILE:LINE:COL: what` ([`validate`]).
 
+mod consul;
 mod merge;
 mod ports;
 mod validate;
@@ -15,6 +16,7 @@ use tether_api::{
     TracingSettings, TrafficPolicy,
 };
 
+pub use self::consul::{ConsulTls, DEFAULT_ADDRESS};
 use self::validate::Problems;
 
 /// The operator's mesh configuration, validated.
@@ -45,28 +47,57 @@ pub enum CatalogConfig {
         /// Instances per service.
         services: BTreeMap<String, Vec<Endpoint>>,
     },
-    /// A Consul agent's catalog and health.
-    Consul(ConsulConfig),
+    /// A Consul agent's catalog and health (boxed: far larger than the
+    /// static variant).
+    Consul(Box<ConsulConfig>),
 }
 
-/// How to reach Consul.
+/// How to reach Consul. Keys left out are taken from Consul's own
+/// environment variables (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, ...; see
+/// `consul.rs`), resolved when mesh.yaml is loaded.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulConfig {
-    /// HTTP API, e.g. `http://127.0.0.1:8500`.
+    /// HTTP(S) API, e.g. `http://127.0.0.1:8500` or `https://consul:8501`;
+    /// unset: `CONSUL_HTTP_ADDR`, else the local agent's default.
+    #[serde(default)]
     pub address: String,
     /// Datacenter (`dc=`); the agent's own when unset.
     #[serde(default)]
     pub datacenter: Option<String>,
-    /// ACL token (`X-Consul-Token`).
+    /// ACL token (`X-Consul-Token`), after resolution the one in use:
+    /// `token_file`'s content, else this key, else `CONSUL_HTTP_TOKEN_FILE`'s
+    /// content, else `CONSUL_HTTP_TOKEN`. Prefer a file or the environment
+    /// to writing a secret into mesh.yaml.
     #[serde(default)]
     pub token: Option<String>,
+    /// File holding the ACL token (re-read on every reload).
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM CA that signed Consul's HTTPS certificate (`CONSUL_CACERT`);
+    /// required for `https://`.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for Consul's `verify_incoming`
+    /// (`CONSUL_CLIENT_CERT`); with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (`CONSUL_CLIENT_KEY`).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Name Consul's certificate must carry when it is not the address's
+    /// host (`CONSUL_TLS_SERVER_NAME`), e.g. `server.dc1.consul`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
     /// After Consul answers again following a failure (or its index went
     /// backwards: a server that lost its state), instances that disappear
     /// are kept this long so sidecars re-registering with a restarted,
     /// empty Consul are not dropped meanwhile. `0s` turns it off.
     #[serde(default = "default_resync_hold", with = "humantime_serde")]
     pub resync_hold: std::time::Duration,
+    /// TLS built from the files above when the address is `https://`.
+    #[serde(skip)]
+    pub tls: Option<consul::ConsulTls>,
 }
 
 fn default_resync_hold() -> std::time::Duration {
@@ -277,9 +308,10 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
                 services: fixed.services,
             }
         }
-        (None, Some(consul)) => {
+        (None, Some(mut consul)) => {
+            consul::resolve(&mut problems, &mut consul, &|name| std::env::var(name).ok());
             validate::consul(&mut problems, &consul);
-            CatalogConfig::Consul(consul)
+            CatalogConfig::Consul(Box::new(consul))
         }
         (None, None) => CatalogConfig::Static {
             services: BTreeMap::new(),

@@ -102,7 +102,7 @@ fn catalogs_are_checked() {
     assert_eq!(
         errors(text),
         [
-            "mesh.yaml:3:5: consul.address `https://consul:8501`: expected http://HOST:PORT (https is not supported yet; use a local agent)",
+            "mesh.yaml:3:5: consul.address `https://consul:8501` is https: set consul.ca_file (or CONSUL_CACERT) to the CA that signed Consul's certificate",
             "mesh.yaml:3:5: consul.datacenter is empty: expected a name, or leave it out for the agent's own",
         ]
     );
@@ -133,7 +133,7 @@ fn reads_both_catalog_kinds() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        matches!(config.catalog, CatalogConfig::Consul(ConsulConfig { ref datacenter, .. }) if datacenter.as_deref() == Some("dc1"))
+        matches!(config.catalog, CatalogConfig::Consul(ref consul) if consul.datacenter.as_deref() == Some("dc1"))
     );
     let config = parse_str("mesh:\n  catalog:\n    static:\n      services:\n        api: [ { address: \"127.0.0.1:1\", tags: [v1] } ]\n").unwrap_or_else(|e| panic!("{e}"));
     assert!(

@@ -235,11 +235,18 @@ pub fn static_service(problems: &mut Problems<'_>, name: &str, endpoints: &[Endp
 pub fn consul(problems: &mut Problems<'_>, consul: &ConsulConfig) {
     let keys = ["mesh", "catalog", "consul"];
     let uri = consul.address.parse::<http::Uri>();
-    let plain_http = uri
-        .as_ref()
-        .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-    if !plain_http {
-        problems.at(&keys, format!("consul.address `{}`: expected http://HOST:PORT (https is not supported yet; use a local agent)", consul.address));
+    let usable = uri.as_ref().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.authority().is_some_and(|a| a.port_u16().is_some())
+    });
+    if !usable {
+        problems.at(
+            &keys,
+            format!(
+                "consul.address `{}`: expected http://HOST:PORT or https://HOST:PORT",
+                consul.address
+            ),
+        );
     }
     if consul.datacenter.as_deref() == Some("") {
         problems.at(

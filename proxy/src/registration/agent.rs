@@ -1,6 +1,7 @@
 //! The few calls of the local Consul agent's HTTP API that registration
-//! makes: register, TTL check updates, deregister. Plain `http://` over the
-//! proxy's own HTTP/1.1 connection pool; bodies are JSON (`serde_json`).
+//! makes: register, TTL check updates, deregister. `http://`, or `https://`
+//! verified against Consul's CA ([`AgentTls`]), over the proxy's own
+//! HTTP/1.1 connection pool; bodies are JSON (`serde_json`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use crate::body::Body;
-use crate::transport::{ConnectionSettings, EndpointPool, PoolFactory};
+use crate::transport::{ConnectionSettings, EndpointPool, PoolFactory, TlsTarget};
 
 /// Connect timeout to the agent: it is local (same host or pod), so a
 /// second without a connection means it is down, not slow.
@@ -28,8 +29,36 @@ const TOKEN_HEADER: &str = "x-consul-token";
 
 /// Why the agent URL cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("Consul agent URL `{0}`: expected http://HOST:PORT (the local agent's HTTP API)")]
-pub struct AgentUrlError(pub String);
+pub enum AgentUrlError {
+    /// Not `http(s)://HOST:PORT`, or a token that is no header value.
+    #[error("Consul agent URL `{0}`: expected http://HOST:PORT or https://HOST:PORT (the local agent's HTTP API)")]
+    Url(String),
+    /// `https://` without Consul's CA.
+    #[error("Consul agent URL `{0}` is https: give --consul-ca-cert (or CONSUL_CACERT), the CA that signed the agent's certificate")]
+    NeedCa(String),
+    /// The name to verify the agent's certificate against is not a DNS name or IP.
+    #[error("Consul TLS server name `{0}` is not a DNS name or IP address")]
+    ServerName(String),
+}
+
+/// TLS to an agent whose HTTP API is HTTPS: its CA (and a client
+/// certificate, for `verify_incoming`), built from PEM files.
+#[derive(Clone)]
+pub struct AgentTls {
+    /// Consul's CA as the only root; TLS 1.3.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the agent's certificate must carry when it is not the URL's
+    /// host (e.g. `localhost` or `server.dc1.consul`).
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why one agent call failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +126,20 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client for `url` (`http://HOST:PORT`); `token` goes in
-    /// `X-Consul-Token` when set.
-    pub fn new(url: &str, token: Option<&str>) -> Result<Self, AgentUrlError> {
+    /// A client for `url` (`http://HOST:PORT`, or `https://HOST:PORT` with
+    /// `tls`); `token` goes in `X-Consul-Token` when set.
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        tls: Option<&AgentTls>,
+    ) -> Result<Self, AgentUrlError> {
         let url = url.trim_end_matches('/');
-        let bad = || AgentUrlError(url.to_owned());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let bad = || AgentUrlError::Url(url.to_owned());
+        let (https, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
         let authority = rest.parse::<Authority>().map_err(|_| bad())?;
         if authority.port_u16().is_none() || authority.as_str() != rest {
             return Err(bad());
@@ -112,13 +149,34 @@ impl AgentClient {
             Some(token) => Some(HeaderValue::from_str(token).map_err(|_| bad())?),
             None => None,
         };
-        let pool = PoolFactory::new(ConnectionSettings {
+        let target = match (https, tls) {
+            (false, _) => None,
+            (true, None) => return Err(AgentUrlError::NeedCa(url.to_owned())),
+            (true, Some(tls)) => {
+                let name = tls
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| crate::authority::host(authority.as_str()).to_owned());
+                let name = name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| AgentUrlError::ServerName(name))?;
+                Some(TlsTarget {
+                    config: Arc::clone(&tls.config),
+                    server_name,
+                    failures: handshake_failures(),
+                })
+            }
+        };
+        let settings = ConnectionSettings {
             http2: false,
             connect_timeout: CONNECT_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             expected_identity: None,
-        })
-        .pool_for(&authority);
+        };
+        let pool = PoolFactory::with_tls(settings, target).pool_for(&authority);
         Ok(Self { host, token, pool })
     }
 
@@ -196,6 +254,17 @@ impl AgentClient {
     }
 }
 
+/// A handshake-failure counter for the agent connection: its failures
+/// surface as call errors in the log (and the registration metrics), not
+/// among the mesh's handshake failures.
+fn handshake_failures() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(
+        prometheus::Opts::new("consul_agent_tls_failures", "unregistered"),
+        &["direction", "reason"],
+    )
+    .unwrap_or_else(|_| unreachable!("static, valid metric options"))
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986), for a
 /// path segment or a query value.
 fn encode(text: &str) -> String {
@@ -215,17 +284,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_http_host_port_urls_are_accepted() {
-        assert!(AgentClient::new("http://127.0.0.1:8500", None).is_ok());
-        assert!(AgentClient::new("http://consul.local:8500/", None).is_ok());
+    fn only_http_or_https_host_port_urls_are_accepted() {
+        assert!(AgentClient::new("http://127.0.0.1:8500", None, None).is_ok());
+        assert!(AgentClient::new("http://consul.local:8500/", None, None).is_ok());
         for bad in [
             "127.0.0.1:8500",
-            "https://127.0.0.1:8500",
+            "unix:///var/run/consul.sock",
             "http://127.0.0.1",
             "http://127.0.0.1:8500/v1",
         ] {
-            assert!(AgentClient::new(bad, None).is_err(), "{bad}");
+            assert!(
+                matches!(
+                    AgentClient::new(bad, None, None),
+                    Err(AgentUrlError::Url(_))
+                ),
+                "{bad}"
+            );
         }
+        assert!(matches!(
+            AgentClient::new("https://127.0.0.1:8501", None, None),
+            Err(AgentUrlError::NeedCa(_))
+        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! Registration never stops traffic: an unreachable agent is logged and
 //! retried with backoff while the proxy serves.
 
+mod access;
 mod address;
 mod agent;
 mod probe;
@@ -24,8 +25,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use self::access::{resolve as resolve_access, AccessFlags};
 pub use self::address::default_address;
-pub use self::agent::{AgentCallError, AgentClient, AgentUrlError, ServiceRegistration, TtlCheck};
+pub use self::agent::{
+    AgentCallError, AgentClient, AgentTls, AgentUrlError, ServiceRegistration, TtlCheck,
+};
 pub use self::probe::{AppProbe, Health};
 use crate::resilience::Backoff;
 
@@ -55,10 +59,12 @@ const CHECK_NAME: &str = "Tether sidecar: app health";
 /// What to register, and how to keep it registered.
 #[derive(Debug, Clone)]
 pub struct RegistrationSettings {
-    /// The local agent, `http://HOST:PORT`.
+    /// The local agent, `http://HOST:PORT` or `https://HOST:PORT`.
     pub agent_url: String,
     /// Consul ACL token, sent as `X-Consul-Token`.
     pub token: Option<String>,
+    /// TLS to an `https://` agent.
+    pub tls: Option<AgentTls>,
     /// Service name.
     pub service: String,
     /// Instance id.
@@ -92,7 +98,11 @@ impl Registration {
     /// Prepares the registration (nothing is sent yet); fails only on an
     /// unusable agent URL.
     pub fn new(settings: &RegistrationSettings, probe: AppProbe) -> Result<Self, AgentUrlError> {
-        let client = AgentClient::new(&settings.agent_url, settings.token.as_deref())?;
+        let client = AgentClient::new(
+            &settings.agent_url,
+            settings.token.as_deref(),
+            settings.tls.as_ref(),
+        )?;
         let address = match &settings.address {
             Some(address) => address.clone(),
             None => match default_address(settings.inbound.ip()) {

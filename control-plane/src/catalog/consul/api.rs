@@ -3,10 +3,15 @@
 //! [`Endpoint`]s.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls_pki_types::ServerName;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
@@ -18,6 +23,8 @@ use crate::metrics::ControlMetrics;
 
 /// How long Consul may hold a blocking query (Consul adds up to 1/16 jitter).
 const WAIT: Duration = Duration::from_secs(30);
+/// Set by Consul on an answer from which its ACLs removed entries.
+const ACL_FILTERED: &str = "x-consul-results-filtered-by-acls";
 /// Give up on an answer this long after `WAIT`: the agent or the network is gone.
 const ANSWER_GRACE: Duration = Duration::from_secs(15);
 /// Idle connections kept for reuse. Each watch holds its own connection
@@ -78,21 +85,65 @@ pub enum ConsulError {
     },
 }
 
+/// Plain HTTP, or HTTPS verified against Consul's CA (mesh.yaml's
+/// `ca_file`): validation refuses an `https://` address without one.
+#[derive(Clone)]
+enum Transport {
+    Plain(Client<HttpConnector, Empty<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
+}
+
+impl Transport {
+    fn request(
+        &self,
+        request: http::Request<Empty<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Transport::Plain(client) => client.request(request),
+            Transport::Tls(client) => client.request(request),
+        }
+    }
+}
+
 /// A Consul agent's HTTP API, as the watcher uses it.
 #[derive(Clone)]
 pub struct ConsulApi {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Transport,
+    /// Whether Consul's ACL filtering has been reported (once per process).
+    filtered_warned: Arc<AtomicBool>,
     config: ConsulConfig,
     metrics: ControlMetrics,
 }
 
 impl ConsulApi {
-    /// A client for the agent in `config`.
+    /// A client for the agent in `config`: plain HTTP, or HTTPS verified
+    /// against the CA of `config.tls` when the address is `https://`.
     pub fn new(config: ConsulConfig, metrics: ControlMetrics) -> Self {
+        let mut http = HttpConnector::new();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+            .clone();
+        let client = match &config.tls {
+            Some(tls) => {
+                http.enforce_http(false);
+                let mut config = (*tls.config).clone();
+                // hyper-rustls sets ALPN itself (and panics if it is set).
+                config.alpn_protocols.clear();
+                let builder = HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only();
+                let builder = match tls.server_name.as_deref().map(ServerName::try_from) {
+                    Some(Ok(name)) => builder
+                        .with_server_name_resolver(FixedServerNameResolver::new(name.to_owned())),
+                    _ => builder,
+                };
+                Transport::Tls(client.build(builder.enable_http1().wrap_connector(http)))
+            }
+            None => Transport::Plain(client.build(http)),
+        };
         Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-                .build_http(),
+            client,
+            filtered_warned: Arc::new(AtomicBool::new(false)),
             config,
             metrics,
         }
@@ -124,6 +175,17 @@ impl ConsulApi {
                 source: Box::new(e),
             })?;
         let status = response.status();
+        if response
+            .headers()
+            .get(ACL_FILTERED)
+            .is_some_and(|v| v == "true")
+            && !self.filtered_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                path,
+                "Consul left out results the control plane's ACL token may not read: give it service:read and node:read on every service (docs/control-plane.md, \"Consul in production\")"
+            );
+        }
         let next = response
             .headers()
             .get("x-consul-index")
