@@ -4,6 +4,7 @@
 
 mod merge;
 mod ports;
+mod traffic;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +12,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tether_api::{
-    AuthorizationDefault, Endpoint, OutboundPolicy, Protocol, Route, SplitTarget, SubsetSelector,
-    TracingSettings, TrafficPolicy,
+    AuthorizationDefault, Endpoint, FaultInjection, OutboundPolicy, Protocol, RateLimits, Route,
+    SplitTarget, SubsetSelector, TracingSettings, TrafficPolicy,
 };
 
 use self::validate::Problems;
@@ -89,6 +90,10 @@ pub struct ServiceConfig {
     pub split: Vec<SplitTarget>,
     /// Route rules.
     pub routes: Vec<Route>,
+    /// Faults callers inject into requests to the service (`fault`).
+    pub fault: Option<FaultInjection>,
+    /// Local rate limits, outbound (callers) and inbound (own sidecar).
+    pub rate_limit: Option<RateLimits>,
 }
 
 /// `authorization:` as written.
@@ -195,6 +200,10 @@ struct ServiceFile {
     split: Vec<SplitTarget>,
     #[serde(default)]
     routes: Vec<Route>,
+    #[serde(default)]
+    fault: Option<FaultInjection>,
+    #[serde(default)]
+    rate_limit: Option<RateLimits>,
 }
 
 /// Problems found in a config file, each `FILE:LINE:COL: message`.
@@ -254,8 +263,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             subsets: service.subsets,
             split: service.split,
             routes: service.routes,
+            fault: service.fault,
+            rate_limit: service.rate_limit,
         };
         validate::service(&mut problems, &name, &service, &file.defaults);
+        traffic::check(&mut problems, &name, &service);
         services.insert(name, service);
     }
 
