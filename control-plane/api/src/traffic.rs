@@ -284,7 +284,8 @@ mod tests {
                 "header"
             ]
         );
-        let both = fault(r#"{"abort": {"status": 503, "grpc_status": "unavailable", "percent": 1}}"#);
+        let both =
+            fault(r#"{"abort": {"status": 503, "grpc_status": "unavailable", "percent": 1}}"#);
         assert_eq!(paths(both.problems()), ["abort"]);
         let neither = fault(r#"{"abort": {"percent": 1}}"#);
         assert_eq!(paths(neither.problems()), ["abort"]);

@@ -12,7 +12,12 @@ use super::ServiceConfig;
 pub fn check(problems: &mut Problems<'_>, name: &str, service: &ServiceConfig) {
     let tcp = service.protocol == Protocol::Tcp;
     if let Some(fault) = &service.fault {
-        report(problems, &["services", name, "fault"], "fault", fault.problems());
+        report(
+            problems,
+            &["services", name, "fault"],
+            "fault",
+            fault.problems(),
+        );
         if tcp {
             problems.at(
                 &["services", name, "fault"],
@@ -77,8 +82,8 @@ mod tests {
     #[test]
     fn faults_and_rate_limits_parse_into_the_service() {
         let text = "services:\n  api:\n    fault:\n      delay: { duration: 200ms, percent: 10 }\n      abort: { status: 503, percent: 5 }\n      header: x-tether-fault\n    rate_limit:\n      outbound: { requests_per_second: 100, burst: 200 }\n      inbound: { requests_per_second: 500, per_caller: true }\n    subsets: { v1: {} }\n    routes:\n      - split: [ { subset: v1, weight: 1 } ]\n        fault: { abort: { grpc_status: unavailable, percent: 100 } }\n";
-        let config = super::super::parse(Path::new("mesh.yaml"), text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            super::super::parse(Path::new("mesh.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
         let api = &config.services["api"];
         let fault = api.fault.as_ref();
         assert_eq!(
@@ -124,7 +129,13 @@ mod tests {
         let text = "services:\n  db:\n    protocol: tcp\n    outbound_port: 15306\n    fault: { abort: { status: 503, percent: 1 } }\n    rate_limit: { outbound: { requests_per_second: 1 } }\n";
         let found = errors(text);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].starts_with("mesh.yaml:5:5: fault: protocol tcp"), "{found:?}");
-        assert!(found[1].starts_with("mesh.yaml:6:5: rate_limit: protocol tcp"), "{found:?}");
+        assert!(
+            found[0].starts_with("mesh.yaml:5:5: fault: protocol tcp"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("mesh.yaml:6:5: rate_limit: protocol tcp"),
+            "{found:?}"
+        );
     }
 }
