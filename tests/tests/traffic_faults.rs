@@ -357,3 +357,38 @@ async fn a_retry_after_beyond_the_timeout_returns_the_answer_without_retrying() 
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn faults_and_limits_flow_from_mesh_yaml_through_the_control_plane() {
+    let backend = Backend::start("api").await;
+    let app = Backend::start("api-app").await;
+    let mesh = format!(
+        "mesh:\n  catalog:\n    static:\n      services:\n        api: [ {{ address: \"{}\" }} ]\nservices:\n  web: {{}}\n  api:\n    fault: {{ abort: {{ status: 503, percent: 100 }}, header: x-tether-fault }}\n    rate_limit:\n      outbound: {{ requests_per_second: 0.01, burst: 3 }}\n      inbound: {{ requests_per_second: 0.01, burst: 2 }}\n",
+        backend.address()
+    );
+    let plane = tether_e2e::control::ControlPlane::start(&mesh).await;
+    let web = Proxy::subscribed(&plane.url(), "web").start().await;
+    let api = Proxy::subscribed(&plane.url(), "api")
+        .app(app.addr)
+        .start()
+        .await;
+    let client = Client::http1();
+    // web → api: the fault on request, then the outbound bucket of 3.
+    let asked = get(&client, &web, "/", &[("x-tether-fault", "1")]).await;
+    assert_eq!(asked.header("tether-error"), "injected-fault", "{asked:?}");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&client, &web, "/", &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // api's own sidecar admits 2 (one bucket: plaintext callers share it).
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let reply = client
+            .send(Method::GET, api.inbound, "api", "/", Bytes::new(), &[])
+            .await;
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!((backend.hits(), app.hits()), (3, 2));
+}
