@@ -103,41 +103,32 @@ pub struct Fault {
     pub counters: FaultCounters,
 }
 
-/// What a fault does to one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Injected {
-    /// Hold the request this long first.
-    pub delay: Option<Duration>,
-    /// Then answer it with this instead of sending it on.
-    pub abort: Option<Abort>,
-}
-
 impl Fault {
-    /// Draws this request's faults (each sampled on its own, as Envoy
-    /// does: a request may be both delayed and aborted) and counts them.
-    pub fn inject(&self, headers: &HeaderMap) -> Injected {
-        if self
-            .header
+    /// Whether a request with `headers` may get this fault (it carries
+    /// the `header` asked for, or none is asked for).
+    pub fn eligible(&self, headers: &HeaderMap) -> bool {
+        self.header
             .as_ref()
-            .is_some_and(|name| !headers.contains_key(name))
-        {
-            return Injected::default();
-        }
-        let delay = self
-            .delay
-            .filter(|(_, share)| share.sample())
-            .map(|(duration, _)| duration);
-        let abort = self
-            .abort
-            .filter(|(_, share)| share.sample())
-            .map(|(abort, _)| abort);
-        if delay.is_some() {
-            self.counters.delays.inc();
-        }
-        if abort.is_some() {
+            .is_none_or(|name| headers.contains_key(name))
+    }
+
+    /// Draws whether this request is aborted, and counts it if so.
+    pub fn draw_abort(&self) -> Option<Abort> {
+        let (abort, share) = self.abort?;
+        share.sample().then(|| {
             self.counters.aborts.inc();
-        }
-        Injected { delay, abort }
+            abort
+        })
+    }
+
+    /// Draws whether this request is delayed (independently of the abort,
+    /// as Envoy does: a request may be both), and counts it if so.
+    pub fn draw_delay(&self) -> Option<Duration> {
+        let (delay, share) = self.delay?;
+        share.sample().then(|| {
+            self.counters.delays.inc();
+            delay
+        })
     }
 }
 
@@ -179,18 +170,31 @@ mod tests {
             )),
             counters: counters(),
         };
-        assert_eq!(fault.inject(&HeaderMap::new()), Injected::default());
+        assert!(!fault.eligible(&HeaderMap::new()));
         let mut headers = HeaderMap::new();
         headers.insert("x-tether-fault", http::HeaderValue::from_static("1"));
-        let injected = fault.inject(&headers);
-        assert_eq!(injected.delay, Some(Duration::from_millis(5)));
+        assert!(fault.eligible(&headers));
+        assert_eq!(fault.draw_delay(), Some(Duration::from_millis(5)));
         assert_eq!(
-            injected.abort.map(|a| (a.status, a.grpc)),
+            fault.draw_abort().map(|a| (a.status, a.grpc)),
             Some((StatusCode::SERVICE_UNAVAILABLE, grpc::Code::Unavailable))
         );
         assert_eq!(
             (fault.counters.delays.get(), fault.counters.aborts.get()),
             (1, 1)
+        );
+        let never = Fault {
+            header: None,
+            delay: Some((Duration::from_millis(5), Share::from_percent(0.0))),
+            abort: None,
+            counters: counters(),
+        };
+        assert!(never.eligible(&HeaderMap::new()));
+        assert_eq!((never.draw_delay(), never.draw_abort()), (None, None));
+        assert_eq!(
+            never.counters.delays.get(),
+            0,
+            "only injections are counted"
         );
     }
 
