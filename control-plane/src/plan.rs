@@ -38,6 +38,8 @@ pub struct Plan {
     pub upstreams: BTreeMap<String, Vec<Change>>,
     /// Authorization rules each service's proxies enforce, by service.
     pub authorization: BTreeMap<String, Vec<Change>>,
+    /// The inbound rate limit each service's proxies enforce, by service.
+    pub inbound_rate_limits: BTreeMap<String, Vec<Change>>,
     /// The endpoints were not compared (Consul catalog).
     pub endpoints_from_consul: bool,
 }
@@ -79,6 +81,12 @@ impl Plan {
             if !changes.is_empty() {
                 plan.authorization.insert(name.clone(), changes);
             }
+            let old_limit = to_json(&header(current, name).inbound_rate_limit);
+            let new_limit = to_json(&header(next, name).inbound_rate_limit);
+            let changes = diff(&old_limit, &new_limit);
+            if !changes.is_empty() {
+                plan.inbound_rate_limits.insert(name.clone(), changes);
+            }
         }
         let any = old_services.keys().next().cloned().unwrap_or_default();
         plan.mesh = diff(
@@ -90,7 +98,10 @@ impl Plan {
 
     /// Whether anything changes.
     pub fn is_empty(&self) -> bool {
-        self.mesh.is_empty() && self.upstreams.is_empty() && self.authorization.is_empty()
+        self.mesh.is_empty()
+            && self.upstreams.is_empty()
+            && self.authorization.is_empty()
+            && self.inbound_rate_limits.is_empty()
     }
 }
 
@@ -183,6 +194,10 @@ impl fmt::Display for Plan {
             writeln!(f, "authorization enforced by {name}'s proxies:")?;
             write_changes(f, changes)?;
         }
+        for (name, changes) in &self.inbound_rate_limits {
+            writeln!(f, "inbound rate limit enforced by {name}'s proxies:")?;
+            write_changes(f, changes)?;
+        }
         if self.endpoints_from_consul {
             writeln!(f, "(endpoints come from Consul and are not compared)")?;
         }
@@ -267,5 +282,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("upstream web: removed"), "{text}");
+    }
+
+    #[test]
+    fn faults_and_rate_limits_show_where_they_land() {
+        let next = BASE.replace(
+            "    split: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 } ]\n",
+            "    split: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 } ]\n    fault: { abort: { status: 503, percent: 5 } }\n    rate_limit: { outbound: { requests_per_second: 10 }, inbound: { requests_per_second: 50 } }\n",
+        );
+        let text = Plan::between(&config(BASE), &config(&next)).to_string();
+        assert!(
+            text.contains("upstream api (every proxy's view of it):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("+ fault:") && text.contains("+ rate_limit:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("inbound rate limit enforced by api's proxies:\n  + : (none) -> {\"requests_per_second\":50.0}"),
+            "{text}"
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tether_api::{Authorization, AuthorizationRule, MeshSettings, ServiceSnapshot, Snapshot};
+use tether_api::{
+    Authorization, AuthorizationRule, InboundRateLimit, MeshSettings, ServiceSnapshot, Snapshot,
+};
 use tokio::sync::watch;
 
 use crate::catalog::CatalogState;
@@ -76,6 +78,8 @@ impl Published {
             mesh: &'a MeshSettings,
             #[serde(skip_serializing_if = "Option::is_none")]
             authorization: Option<&'a Authorization>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            inbound_rate_limit: Option<&'a InboundRateLimit>,
         }
         let h = &self.header;
         let head = Head {
@@ -83,6 +87,7 @@ impl Published {
             service: h.service.as_deref(),
             mesh: &h.mesh,
             authorization: h.authorization.as_ref(),
+            inbound_rate_limit: h.inbound_rate_limit.as_ref(),
         };
         // An object with at least `version` and `mesh`: `{…}`. Its closing
         // brace makes way for the shared part.
@@ -242,6 +247,8 @@ pub(crate) fn compute_services(
                     subsets: c.subsets.clone(),
                     split: c.split.clone(),
                     routes: c.routes.clone(),
+                    fault: c.fault.clone(),
+                    rate_limit: c.rate_limit.as_ref().and_then(|r| r.outbound.clone()),
                 },
                 None => ServiceSnapshot {
                     policy: config.defaults.clone(),
@@ -279,6 +286,11 @@ pub fn header(config: &MeshConfig, service: &str) -> Snapshot {
         },
         services: BTreeMap::new(),
         authorization,
+        inbound_rate_limit: config
+            .services
+            .get(service)
+            .and_then(|s| s.rate_limit.as_ref())
+            .and_then(|r| r.inbound.clone()),
     }
 }
 
@@ -374,5 +386,24 @@ mod tests {
         assert_eq!(json.services["db"].outbound_port, Some(15306));
         assert_eq!(json.services["db"].protocol, tether_api::Protocol::Tcp);
         assert_eq!(json.services["web"].outbound_port, None);
+    }
+
+    #[test]
+    fn rate_limits_travel_outbound_to_callers_and_inbound_to_the_service_only() {
+        let store = Snapshots::new(ControlMetrics::new());
+        let c = config("services:\n  web: {}\n  api:\n    fault: { abort: { status: 503, percent: 50 } }\n    rate_limit:\n      outbound: { requests_per_second: 20, burst: 5 }\n      inbound: { requests_per_second: 5, per_caller: true }\n");
+        store.update(&c, &catalog(&["127.0.0.1:1"]));
+        let parse = |service: &str| -> tether_api::Snapshot {
+            let wire = store.get(service).map(|s| s.to_json()).unwrap_or_default();
+            serde_json::from_slice(&wire).unwrap_or_else(|e| panic!("a Snapshot: {e}"))
+        };
+        let (web, api) = (parse("web"), parse("api"));
+        assert_eq!(
+            web.services["api"].rate_limit.as_ref().map(|r| r.burst),
+            Some(Some(5))
+        );
+        assert!(web.services["api"].fault.is_some());
+        assert_eq!(web.inbound_rate_limit, None, "web admits everything");
+        assert!(api.inbound_rate_limit.is_some_and(|l| l.per_caller));
     }
 }

@@ -59,6 +59,11 @@ pub enum Reason {
     Reset,
     /// An opaque TCP stream carried nothing for its idle timeout and was closed.
     IdleTimeout,
+    /// A fault the configuration asks for (`fault.abort`) answered the
+    /// request; it never reached the upstream.
+    InjectedFault,
+    /// A local rate limit (`rate_limit`) refused the request.
+    RateLimited,
 }
 
 impl Reason {
@@ -78,6 +83,8 @@ impl Reason {
             Reason::Unauthorized => "unauthorized",
             Reason::Reset => "reset",
             Reason::IdleTimeout => "idle-timeout",
+            Reason::InjectedFault => "injected-fault",
+            Reason::RateLimited => "rate-limited",
         }
     }
 }
@@ -91,6 +98,9 @@ pub enum RetrySkip {
     BodyNotReplayable,
     /// The method is not idempotent and the try may have reached the upstream.
     NonIdempotent,
+    /// The upstream's `Retry-After` asks for a wait that does not fit in
+    /// the time the request has left.
+    RetryAfter,
 }
 
 impl RetrySkip {
@@ -100,6 +110,7 @@ impl RetrySkip {
             RetrySkip::BudgetExhausted => "budget-exhausted",
             RetrySkip::BodyNotReplayable => "body-not-replayable",
             RetrySkip::NonIdempotent => "non-idempotent",
+            RetrySkip::RetryAfter => "retry-after",
         }
     }
 }
@@ -279,6 +290,24 @@ pub enum ProxyError {
     /// The proxy is shutting down or not ready.
     #[error("proxy is not ready: {0}")]
     NotReady(&'static str),
+    /// An abort the configuration injects (`fault.abort`).
+    #[error("fault injected by the mesh configuration")]
+    InjectedFault {
+        /// HTTP status answered to a plain HTTP request.
+        status: StatusCode,
+        /// gRPC status answered to a gRPC call.
+        grpc: grpc::Code,
+    },
+    /// A local rate limit refused the request.
+    #[error("rate limit of `{service}` exceeded ({direction}): retry after {retry_after}s")]
+    RateLimited {
+        /// The service whose limit it is.
+        service: String,
+        /// `outbound` (the caller's own limit) or `inbound` (the service's).
+        direction: &'static str,
+        /// Whole seconds until a token is back (`Retry-After`), at least 1.
+        retry_after: u64,
+    },
 }
 
 impl ProxyError {
@@ -308,6 +337,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => Reason::BadRequest,
             ProxyError::NotReady(_) => Reason::NotReady,
             ProxyError::Unauthorized { .. } => Reason::Unauthorized,
+            ProxyError::InjectedFault { .. } => Reason::InjectedFault,
+            ProxyError::RateLimited { .. } => Reason::RateLimited,
         }
     }
 
@@ -321,6 +352,8 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) | ProxyError::MissingAuthority => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::InjectedFault { status, .. } => *status,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UnknownService(_)
             | ProxyError::NoEndpoints(_)
             | ProxyError::AllEndpointsEjected(_)
@@ -348,12 +381,23 @@ impl ProxyError {
         }
     }
 
+    /// The `Retry-After` (whole seconds) the answer carries: rate limits only.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     /// The gRPC status a gRPC caller gets for this error (docs/proxy.md,
     /// "gRPC": the mapping table).
     pub fn grpc_code(&self) -> grpc::Code {
         match self {
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => grpc::Code::DeadlineExceeded,
-            ProxyError::Overloaded(_) => grpc::Code::ResourceExhausted,
+            ProxyError::Overloaded(_) | ProxyError::RateLimited { .. } => {
+                grpc::Code::ResourceExhausted
+            }
+            ProxyError::InjectedFault { grpc, .. } => *grpc,
             ProxyError::Unauthorized { .. } => grpc::Code::PermissionDenied,
             ProxyError::BadRequest(_) => grpc::Code::Internal,
             ProxyError::UnknownService(_)
@@ -376,7 +420,13 @@ impl ProxyError {
             return self.into_response();
         }
         let reason = self.reason();
+        let retry_after = self.retry_after();
         let mut response = grpc::error_response(self.grpc_code(), &format!("tether: {self}"));
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response.extensions_mut().insert(Outcome {
             error: Some(reason),
             ..Outcome::default()
@@ -389,9 +439,15 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let reason = self.reason();
+        let retry_after = self.retry_after();
         let message = format!("tether: {self}\n");
         let mut response = Response::new(Body::full(message));
         *response.status_mut() = status;
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

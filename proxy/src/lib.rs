@@ -12,7 +12,7 @@
 //! 2. `transport`, `access_log`, `telemetry`, `grpc`
 //! 3. `balance`, `identity`, `tcp_metrics`
 //! 4. `errors`, `control_client`
-//! 5. `resilience`, `hop`, `observe`, `upgrade`
+//! 5. `resilience`, `hop`, `observe`, `upgrade`, `traffic`
 //! 6. `state`, `renewal`, `registration`
 //! 7. `outbound`, `inbound`, `tcp`
 //! 8. `discovery`
@@ -53,6 +53,7 @@ pub mod state;
 pub mod tcp;
 pub mod tcp_metrics;
 pub mod telemetry;
+pub mod traffic;
 pub mod transport;
 pub mod upgrade;
 

@@ -39,6 +39,11 @@ impl Observation {
     pub fn is_grpc(&self) -> bool {
         self.grpc
     }
+
+    /// When the request arrived (its timeout counts from here).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
 }
 
 impl Observer {

@@ -28,6 +28,8 @@ pub struct Behavior {
     pub reset: bool,
     /// Body size in bytes (the backend's name when 0).
     pub body_size: usize,
+    /// Extra headers on every answer (e.g. `Retry-After`).
+    pub headers: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Behavior {
@@ -38,6 +40,7 @@ impl Default for Behavior {
             fail_first: 0,
             reset: false,
             body_size: 0,
+            headers: Vec::new(),
         }
     }
 }
@@ -167,7 +170,11 @@ async fn answer(
     } else {
         Bytes::from(state.name.clone())
     };
-    let response = Response::builder()
+    let mut response = Response::builder();
+    for (name, value) in &behavior.headers {
+        response = response.header(*name, *value);
+    }
+    let response = response
         .status(status)
         .header("x-backend", state.name.as_str())
         .header("x-host", host)

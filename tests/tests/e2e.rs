@@ -27,5 +27,6 @@ mod routing;
 mod run_mode;
 mod tcp;
 mod tracing;
+mod traffic_faults;
 mod transparent;
 mod websocket;

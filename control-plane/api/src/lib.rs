@@ -14,6 +14,7 @@
 mod control;
 mod policy;
 mod snapshot;
+mod traffic;
 mod validate;
 
 pub use control::snapshot_path;
@@ -29,6 +30,10 @@ pub use snapshot::{
     Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,
     OutboundPolicy, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget,
     SubsetSelector, TracingSettings,
+};
+pub use traffic::{
+    grpc_code, FaultAbort, FaultDelay, FaultInjection, InboundRateLimit, RateLimit, RateLimits,
+    MAX_REQUESTS_PER_SECOND,
 };
 pub use validate::{
     PolicyProblem, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, MAX_BUDGET_TTL, MIN_BUDGET_TTL,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::TrafficPolicy;
+use crate::traffic::{FaultInjection, InboundRateLimit, RateLimit};
 
 /// Everything one proxy needs: mesh settings, its upstream services (HTTP and
 /// opaque TCP) with their endpoints, routes and policy, and who may call the
@@ -30,6 +31,10 @@ pub struct Snapshot {
     /// Who may call this proxy's service (inbound). `None`: everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// How many requests this proxy's service admits (inbound), from
+    /// mesh.yaml `services.<this>.rate_limit.inbound`. `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_rate_limit: Option<InboundRateLimit>,
 }
 
 /// Inbound authorization for the service a proxy fronts: the rules of
@@ -187,6 +192,14 @@ pub struct ServiceSnapshot {
     /// Route rules, first match wins; a request matching none uses `split`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Faults the caller's sidecar injects into requests to this service
+    /// (a matching route's own `fault` replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultInjection>,
+    /// How many requests each caller's sidecar sends to this service
+    /// (mesh.yaml `rate_limit.outbound`). `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// One instance of a service.
@@ -249,6 +262,9 @@ pub struct Route {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Faults injected into matching requests, replacing the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultInjection>,
 }
 
 /// Request matching: all given conditions must hold.

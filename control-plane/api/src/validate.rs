@@ -31,7 +31,7 @@ pub struct PolicyProblem {
 }
 
 impl PolicyProblem {
-    fn new(path: Vec<&'static str>, message: String) -> Self {
+    pub(crate) fn new(path: Vec<&'static str>, message: String) -> Self {
         Self { path, message }
     }
 }

@@ -5,6 +5,7 @@
 mod consul;
 mod merge;
 mod ports;
+mod traffic;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,8 +13,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tether_api::{
-    AuthorizationDefault, Endpoint, OutboundPolicy, Protocol, Route, SplitTarget, SubsetSelector,
-    TracingSettings, TrafficPolicy,
+    AuthorizationDefault, Endpoint, FaultInjection, OutboundPolicy, Protocol, RateLimits, Route,
+    SplitTarget, SubsetSelector, TracingSettings, TrafficPolicy,
 };
 
 pub use self::consul::{ConsulTls, DEFAULT_ADDRESS};
@@ -120,6 +121,10 @@ pub struct ServiceConfig {
     pub split: Vec<SplitTarget>,
     /// Route rules.
     pub routes: Vec<Route>,
+    /// Faults callers inject into requests to the service (`fault`).
+    pub fault: Option<FaultInjection>,
+    /// Local rate limits, outbound (callers) and inbound (own sidecar).
+    pub rate_limit: Option<RateLimits>,
 }
 
 /// `authorization:` as written.
@@ -226,6 +231,10 @@ struct ServiceFile {
     split: Vec<SplitTarget>,
     #[serde(default)]
     routes: Vec<Route>,
+    #[serde(default)]
+    fault: Option<FaultInjection>,
+    #[serde(default)]
+    rate_limit: Option<RateLimits>,
 }
 
 /// Problems found in a config file, each `FILE:LINE:COL: message`.
@@ -285,8 +294,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             subsets: service.subsets,
             split: service.split,
             routes: service.routes,
+            fault: service.fault,
+            rate_limit: service.rate_limit,
         };
         validate::service(&mut problems, &name, &service, &file.defaults);
+        traffic::check(&mut problems, &name, &service);
         services.insert(name, service);
     }
 

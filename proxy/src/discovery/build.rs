@@ -50,6 +50,8 @@ pub fn build(
             }
         },
     };
+    let inbound_rate_limit =
+        super::traffic::inbound(&snapshot, previous, &metrics.traffic, &mut problems);
     let mut services = HashMap::with_capacity(snapshot.services.len());
     let mut tcp = HashMap::new();
     for (name, spec) in &snapshot.services {
@@ -106,6 +108,7 @@ pub fn build(
         tcp,
         tcp_endpoints,
         outbound_policy,
+        inbound_rate_limit,
     })
 }
 
@@ -312,7 +315,9 @@ fn build_service(
             .map(RetryOn::from)
             .collect();
     }
+    let traffic = super::traffic::outbound(name, spec, previous, &metrics.traffic, problems);
     UpstreamService {
+        traffic,
         name: name.to_owned(),
         timeout: policy.timeout,
         retries,

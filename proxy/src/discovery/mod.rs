@@ -16,6 +16,9 @@ pub(crate) mod file;
 mod snapshot_metrics;
 #[cfg(test)]
 mod tcp_tests;
+mod traffic;
+#[cfg(test)]
+mod traffic_tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! ```text
 //! accept (transport::server)   mTLS: verify the caller's chain, read its SPIFFE ID
 //!   → authorize  caller identity, method, path against the snapshot's policy (state::AuthzPolicy)
+//!   → rate limit the service's inbound limit, per caller or shared (crate::traffic)
 //!   → limit      concurrency limit for the local app (resilience::hold)
 //!   → send       to the app, over a pooled connection
 //! ```
@@ -142,19 +143,31 @@ impl Inbound {
         response
     }
 
+    /// Authorization, then the service's rate limit (one `Option` check
+    /// each when unset).
     fn authorize(&self, peer: Option<&Peer>, request: &Req) -> Result<(), ProxyError> {
         let state = self.inner.state.load();
-        let Some(policy) = &state.authorization else {
-            return Ok(());
-        };
-        if policy.allows(peer.map(|p| &p.id), request.method(), request.uri().path()) {
-            return Ok(());
+        if let Some(policy) = &state.authorization {
+            if !policy.allows(peer.map(|p| &p.id), request.method(), request.uri().path()) {
+                self.inner.denied.inc();
+                return Err(ProxyError::Unauthorized {
+                    caller: peer.map_or_else(|| "unauthenticated".to_owned(), |p| p.text.clone()),
+                    service: self.inner.service.clone(),
+                });
+            }
         }
-        self.inner.denied.inc();
-        Err(ProxyError::Unauthorized {
-            caller: peer.map_or_else(|| "unauthenticated".to_owned(), |p| p.text.clone()),
-            service: self.inner.service.clone(),
-        })
+        if let Some(limit) = &state.inbound_rate_limit {
+            // Per caller: the service name of its SPIFFE ID.
+            let caller = peer.map(|p| p.id.service_name());
+            if let Err(refused) = limit.admit(caller) {
+                return Err(ProxyError::RateLimited {
+                    service: self.inner.service.clone(),
+                    direction: "inbound",
+                    retry_after: refused.retry_after_secs(),
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn upgrade_to_app(&self, request: Req) -> Result<Rsp, ProxyError> {

@@ -3,6 +3,7 @@
 //! ```text
 //! accept (transport::server: HTTP/1.1 or h2c, header limits)
 //!   → route     authority → service; route rules; traffic split  (route.rs)
+//!   → traffic   injected faults, this caller's rate limit    (crate::traffic)
 //!   → timeout   whole request, over queue and all tries           (timeout.rs)
 //!   → limit     per-service max_requests + max_pending            (resilience::hold)
 //!   → retry     budget, backoff, bounded replay buffer            (retry.rs)
@@ -43,6 +44,7 @@ use crate::original_dst::OriginalDst;
 use crate::request_metrics::UNKNOWN_SERVICE;
 use crate::resilience;
 use crate::state::{MeshState, OutboundPolicy};
+use crate::traffic::Verdict;
 use crate::transport::ListenerMetrics;
 use crate::upgrade::Upgrades;
 
@@ -127,15 +129,36 @@ impl Outbound {
         let mut target = target;
         let service = Arc::clone(&target.service);
         let observation = self.observer.begin(&mut request, &service.name, None);
+        target.started = Some(observation.started());
         if observation.is_grpc() {
             target.grpc_call(request.headers());
         }
         let grpc = target.grpc;
-        let result = if crate::upgrade::requested(&request) {
+        // Faults and this caller's rate limit: one `Option` check for a
+        // service that configures neither.
+        let verdict = service
+            .traffic
+            .as_ref()
+            .map(|t| t.check(&service.name, target.route, request.headers()));
+        let result = match verdict {
+            Some(Verdict {
+                refuse: Some(error),
+                delay: None,
+            }) => Err(error),
+            Some(Verdict {
+                refuse: Some(error),
+                delay: Some(_),
+            }) if crate::upgrade::requested(&request) => Err(error),
             // Boxed: rare, and its future would enlarge every request's.
-            Box::pin(upgrade::send(&target, &self.upgrades, request)).await
-        } else {
-            serve(&target, request).await
+            _ if crate::upgrade::requested(&request) => {
+                Box::pin(upgrade::send(&target, &self.upgrades, request)).await
+            }
+            // Boxed: only requests of services with faults get here.
+            Some(Verdict {
+                delay: Some(delay),
+                refuse,
+            }) => Box::pin(serve_delayed(&target, request, delay, refuse)).await,
+            _ => serve(&target, request).await,
         };
         let mut response = result.unwrap_or_else(|e| e.into_response_for(grpc));
         self.observer.end(
@@ -161,6 +184,28 @@ fn serve<'a>(
             retry::retry(target, request) // budget, backoff, replay buffer; each try:
         }), // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection
     )
+}
+
+/// [`serve`] after an injected delay, which counts within the request's
+/// timeout (a delay longer than the timeout answers `timeout`); then the
+/// injected abort, if the request drew one too.
+async fn serve_delayed(
+    target: &Target,
+    request: Req,
+    delay: std::time::Duration,
+    abort: Option<ProxyError>,
+) -> Result<Rsp, ProxyError> {
+    let delayed = async move {
+        tokio::time::sleep(delay).await;
+        if let Some(error) = abort {
+            return Err(error);
+        }
+        resilience::hold(&target.service.limiter, &target.service.name, || {
+            retry::retry(target, request)
+        })
+        .await
+    };
+    timeout::within(target.timeout, delayed).await
 }
 
 #[cfg(test)]

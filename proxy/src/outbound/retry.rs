@@ -17,6 +17,11 @@
 //! A retry after a connect failure (including a peer sidecar's `app-connect`)
 //! goes to another endpoint than the one that failed, when there is one.
 //!
+//! An answer of 429 or 503 with `Retry-After: N` (seconds) that is
+//! retried waits N seconds instead of the backoff, when that leaves time
+//! before the request's timeout; otherwise the retry is skipped
+//! (`retry-after`) and the answer returned as it is (`crate::traffic::retry_after`).
+//!
 //! A wanted retry that is not made is counted in `tether_retries_skipped_total`.
 //! The tries made and a skipped retry go in the response's [`Outcome`], from
 //! which `tether-attempts` and `tether-retry-skipped` are rendered.
@@ -33,6 +38,7 @@ use crate::body::Body;
 use crate::errors::{Outcome, ProxyError, RetrySkip};
 use crate::resilience::RetryOn;
 use crate::telemetry::InFlightSpan;
+use crate::traffic::retry_after::{self, Wait};
 
 /// Sends `request` to `target`, retrying per its policy; each try goes to
 /// [`send_one_try`].
@@ -61,12 +67,26 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         let Some(connect_only) = wants_retry(&result, &policy.retry_on, target.grpc) else {
             return finish(result, tries, None, target.grpc);
         };
+        // What the upstream asked for (429/503 with `Retry-After`): read
+        // only on the rare answer that is retried.
+        let wait = match &result {
+            Ok(response) => {
+                let requested = retry_after::requested(response.status(), response.headers());
+                match requested {
+                    Some(_) => retry_after::decide(requested, target.time_left()),
+                    None => Wait::Backoff,
+                }
+            }
+            Err(_) => Wait::Backoff,
+        };
         let skip = if tries > policy.attempts {
             return finish(result, tries, None, target.grpc);
         } else if !(idempotent || connect_only || policy.retry_non_idempotent) {
             Some(RetrySkip::NonIdempotent)
         } else if !template.as_ref().is_some_and(Replay::can_replay) {
             Some(RetrySkip::BodyNotReplayable)
+        } else if wait == Wait::Skip {
+            Some(RetrySkip::RetryAfter)
         } else if !service.budget.withdraw() {
             Some(RetrySkip::BudgetExhausted)
         } else {
@@ -82,7 +102,11 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         }
         service.metrics.retry();
         tracing::debug!(service = %service.name, try_number = tries + 1, "retrying");
-        tokio::time::sleep(policy.backoff.delay(tries)).await;
+        let delay = match wait {
+            Wait::For(asked) => asked,
+            Wait::Backoff | Wait::Skip => policy.backoff.delay(tries),
+        };
+        tokio::time::sleep(delay).await;
         tries += 1;
     }
 }

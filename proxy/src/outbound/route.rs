@@ -90,6 +90,7 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
         route,
         grpc: false,
         deadline: None,
+        started: None,
     })
 }
 

@@ -24,6 +24,9 @@ pub struct Target {
     /// A gRPC call's deadline from its `grpc-timeout` (capped by
     /// `timeout`), passed on reduced by the time spent at each try.
     pub deadline: Option<tokio::time::Instant>,
+    /// When the request arrived, once observed: what is left of `timeout`
+    /// is counted from here (a retry honouring `Retry-After` asks).
+    pub started: Option<tokio::time::Instant>,
 }
 
 impl Target {
@@ -37,6 +40,15 @@ impl Target {
         {
             self.timeout = self.timeout.min(wanted);
             self.deadline = Some(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+
+    /// What is left of the whole-request timeout (all of it when the
+    /// arrival is unknown). Reads the clock: for the rare retry that asks.
+    pub fn time_left(&self) -> Duration {
+        match self.started {
+            Some(started) => self.timeout.saturating_sub(started.elapsed()),
+            None => self.timeout,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::request_metrics::ServiceMetrics;
 use crate::resilience::{ConcurrencyLimiter, RetryPolicy};
 use crate::tcp_metrics::TcpMetrics;
+use crate::traffic::{InboundLimit, OutboundTraffic};
 use crate::transport::{PoolFactory, TlsTarget};
 
 pub use authz::{AuthzPolicy, AuthzRule, PathPattern};
@@ -44,6 +45,8 @@ pub struct MeshState {
     /// What captured outbound traffic to a destination outside the mesh
     /// gets.
     pub outbound_policy: OutboundPolicy,
+    /// The rate limit of the service this proxy fronts; `None`: no limit.
+    pub inbound_rate_limit: Option<Arc<InboundLimit>>,
 }
 
 /// What a captured outbound connection or request whose destination is not
@@ -79,6 +82,7 @@ impl MeshState {
             tcp: HashMap::new(),
             tcp_endpoints: HashMap::new(),
             outbound_policy: OutboundPolicy::AllowAny,
+            inbound_rate_limit: None,
         }
     }
 
@@ -143,6 +147,9 @@ pub struct UpstreamService {
     pub routes: Vec<RouteRule>,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+    /// Fault injection and this caller's rate limit; `None` (the common
+    /// case) when the service configures neither.
+    pub traffic: Option<Arc<OutboundTraffic>>,
 }
 
 /// An opaque TCP service: its endpoints, balancing, outlier detection,
