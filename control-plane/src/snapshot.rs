@@ -242,6 +242,7 @@ pub(crate) fn compute_services(
                     subsets: c.subsets.clone(),
                     split: c.split.clone(),
                     routes: c.routes.clone(),
+                    mirror: c.mirror.clone(),
                 },
                 None => ServiceSnapshot {
                     policy: config.defaults.clone(),
@@ -300,6 +301,7 @@ mod tests {
                 weight: 1,
                 tags: vec![],
                 meta: Default::default(),
+                zone: None,
             })
             .collect();
         CatalogState::synced([("api".to_owned(), endpoints)].into_iter().collect())

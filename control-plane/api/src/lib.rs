@@ -14,6 +14,7 @@
 mod control;
 mod policy;
 mod snapshot;
+mod traffic;
 mod validate;
 
 pub use control::snapshot_path;
@@ -29,6 +30,9 @@ pub use snapshot::{
     Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,
     OutboundPolicy, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget,
     SubsetSelector, TracingSettings,
+};
+pub use traffic::{
+    Locality, Mirror, DEFAULT_MIN_LOCAL_HEALTHY_PERCENT, DEFAULT_MIRROR_MAX_IN_FLIGHT,
 };
 pub use validate::{
     PolicyProblem, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, MAX_BUDGET_TTL, MIN_BUDGET_TTL,

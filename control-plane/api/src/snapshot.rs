@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::TrafficPolicy;
+use crate::traffic::Mirror;
 
 /// Everything one proxy needs: mesh settings, its upstream services (HTTP and
 /// opaque TCP) with their endpoints, routes and policy, and who may call the
@@ -187,6 +188,10 @@ pub struct ServiceSnapshot {
     /// Route rules, first match wins; a request matching none uses `split`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Copies of a share of the requests sent elsewhere (a route's own
+    /// `mirror` replaces it for the requests the route matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// One instance of a service.
@@ -205,6 +210,10 @@ pub struct Endpoint {
     /// Catalog metadata, used by subset selectors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// The zone (locality) the instance runs in, for locality-aware
+    /// balancing; `None`: unknown (never local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -249,6 +258,9 @@ pub struct Route {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Mirror for matching requests, replacing the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// Request matching: all given conditions must hold.

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tether_api::{
-    AuthorizationDefault, Endpoint, OutboundPolicy, Protocol, Route, SplitTarget, SubsetSelector,
-    TracingSettings, TrafficPolicy,
+    AuthorizationDefault, Endpoint, Mirror, OutboundPolicy, Protocol, Route, SplitTarget,
+    SubsetSelector, TracingSettings, TrafficPolicy,
 };
 
 use self::validate::Problems;
@@ -67,6 +67,18 @@ pub struct ConsulConfig {
     /// empty Consul are not dropped meanwhile. `0s` turns it off.
     #[serde(default = "default_resync_hold", with = "humantime_serde")]
     pub resync_hold: std::time::Duration,
+    /// The service-meta (else node-meta) key whose value is an instance's
+    /// zone, for locality-aware balancing.
+    #[serde(default = "default_zone_meta_key")]
+    pub zone_meta_key: String,
+}
+
+/// Default of `consul.zone_meta_key`: `zone`, the name Consul's own docs
+/// and most registrations use for a failure domain.
+pub const DEFAULT_ZONE_META_KEY: &str = "zone";
+
+fn default_zone_meta_key() -> String {
+    DEFAULT_ZONE_META_KEY.to_owned()
 }
 
 fn default_resync_hold() -> std::time::Duration {
@@ -89,6 +101,8 @@ pub struct ServiceConfig {
     pub split: Vec<SplitTarget>,
     /// Route rules.
     pub routes: Vec<Route>,
+    /// Requests copied elsewhere (`mirror`).
+    pub mirror: Option<Mirror>,
 }
 
 /// `authorization:` as written.
@@ -195,6 +209,8 @@ struct ServiceFile {
     split: Vec<SplitTarget>,
     #[serde(default)]
     routes: Vec<Route>,
+    #[serde(default)]
+    mirror: Option<Mirror>,
 }
 
 /// Problems found in a config file, each `FILE:LINE:COL: message`.
@@ -254,6 +270,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             subsets: service.subsets,
             split: service.split,
             routes: service.routes,
+            mirror: service.mirror,
         };
         validate::service(&mut problems, &name, &service, &file.defaults);
         services.insert(name, service);
@@ -287,6 +304,20 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     };
     if let Some(tracing) = &file.mesh.tracing {
         validate::tracing(&mut problems, tracing);
+    }
+    let mirror_targets: Option<BTreeSet<&str>> = match &catalog {
+        CatalogConfig::Static { services: catalog } => Some(
+            services
+                .keys()
+                .chain(catalog.keys())
+                .map(String::as_str)
+                .collect(),
+        ),
+        // Consul's services are only known at run time.
+        CatalogConfig::Consul(_) => None,
+    };
+    for (name, service) in &services {
+        validate::mirrors(&mut problems, name, service, &services, mirror_targets.as_ref());
     }
     if let Some(authz) = &file.authorization {
         let known: BTreeSet<&str> = match &catalog {
