@@ -253,11 +253,32 @@ pub fn init(args: &InitArgs) -> u8 {
 /// The registered metadata: the operator's `--consul-meta`, plus
 /// `tether_admin_port` (where Prometheus scrapes `/metrics`; see
 /// deploy/prometheus/) unless the operator set it.
-fn registration_meta(given: &[(String, String)], admin_port: u16) -> BTreeMap<String, String> {
+fn registration_meta(
+    given: &[(String, String)],
+    admin_port: u16,
+    zone: Option<&str>,
+) -> BTreeMap<String, String> {
     let mut meta: BTreeMap<String, String> = given.iter().cloned().collect();
     meta.entry(ADMIN_PORT_META.to_owned())
         .or_insert_with(|| admin_port.to_string());
+    if let Some(zone) = zone {
+        meta.entry(ZONE_META.to_owned())
+            .or_insert_with(|| zone.to_owned());
+    }
     meta
+}
+
+/// The Consul service metadata key the sidecar registers its `--zone`
+/// under: the control plane's default `zone_meta_key`.
+pub const ZONE_META: &str = "zone";
+
+/// `--zone`: a non-empty name.
+fn parse_zone(text: &str) -> Result<String, String> {
+    let zone = text.trim();
+    if zone.is_empty() {
+        return Err("expected a zone name".to_owned());
+    }
+    Ok(zone.to_owned())
 }
 
 /// The Consul service metadata key naming the sidecar's admin port.
@@ -347,6 +368,12 @@ pub struct ProxyArgs {
     /// moves no byte either way for this long is closed.
     #[arg(long, env = "TETHER_UPGRADE_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub upgrade_idle_timeout: Duration,
+    /// The zone (locality) this proxy runs in: services whose policy has
+    /// `locality.enabled` prefer endpoints in the same zone. With
+    /// --consul-agent it is also registered as the `zone` service meta
+    /// (unless --consul-meta sets `zone`).
+    #[arg(long, env = "TETHER_ZONE", value_parser = parse_zone)]
+    pub zone: Option<String>,
     /// Directory with this proxy's certificate chain (`identity.pem`) and
     /// key (`identity-key.pem`): turns on mTLS, inbound and outbound.
     #[arg(long, env = "TETHER_IDENTITY_DIR", requires = "trust_bundle")]
@@ -543,7 +570,7 @@ impl ProxyArgs {
             address: self.consul_service_address.clone(),
             inbound: self.inbound,
             tags: self.consul_tags.clone(),
-            meta: registration_meta(&self.consul_meta, self.admin.port()),
+            meta: registration_meta(&self.consul_meta, self.admin.port(), self.zone.as_deref()),
             check_interval: self.consul_check_interval,
             deregister_grace: self.deregister_grace,
         }))
@@ -602,6 +629,7 @@ impl ProxyArgs {
             inbound_max_pending: self.inbound_max_pending,
             drain_timeout: self.drain_timeout,
             upgrade_idle_timeout: self.upgrade_idle_timeout,
+            zone: self.zone,
             access_log: self.access_log,
             identity,
             inbound_permissive: self.inbound_permissive,

@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(m.max_in_flight, DEFAULT_MIRROR_MAX_IN_FLIGHT);
         assert_eq!(m.problems(), Vec::<String>::new());
         let json = serde_json::to_string(&m).unwrap_or_default();
-        assert!(!json.contains("service") && !json.contains("timeout"), "{json}");
+        assert!(
+            !json.contains("service") && !json.contains("timeout"),
+            "{json}"
+        );
         let back: Mirror = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, m);
     }

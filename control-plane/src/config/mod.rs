@@ -317,7 +317,13 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         CatalogConfig::Consul(_) => None,
     };
     for (name, service) in &services {
-        validate::mirrors(&mut problems, name, service, &services, mirror_targets.as_ref());
+        validate::mirrors(
+            &mut problems,
+            name,
+            service,
+            &services,
+            mirror_targets.as_ref(),
+        );
     }
     if let Some(authz) = &file.authorization {
         let known: BTreeSet<&str> = match &catalog {

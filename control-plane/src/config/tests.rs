@@ -242,14 +242,20 @@ fn mirrors_and_locality_parse_and_merge() {
     let text = "defaults:\n  locality: { enabled: true }\nservices:\n  api:\n    subsets: { v2: { tags: [v2] } }\n    mirror: { subset: v2, percent: 10 }\n    policy:\n      locality: { min_local_healthy_percent: 50 }\n    routes:\n      - match: { path_prefix: /x }\n        split: [ { subset: v2, weight: 1 } ]\n        mirror: { service: shadow, max_in_flight: 8 }\n  shadow: {}\n  web: {}\n";
     let config = parse_str(text).unwrap_or_else(|e| panic!("{e}"));
     let api = &config.services["api"];
-    let mirror = api.mirror.as_ref().map(|m| (m.subset.as_deref(), m.percent));
+    let mirror = api
+        .mirror
+        .as_ref()
+        .map(|m| (m.subset.as_deref(), m.percent));
     assert_eq!(mirror, Some((Some("v2"), 10.0)));
     let route = api.routes[0].mirror.as_ref();
     assert_eq!(route.map(|m| m.max_in_flight), Some(8));
     assert!(api.policy.locality.enabled, "merged from defaults");
     assert_eq!(api.policy.locality.min_local_healthy_percent, 50);
     assert_eq!(
-        config.services["web"].policy.locality.min_local_healthy_percent,
+        config.services["web"]
+            .policy
+            .locality
+            .min_local_healthy_percent,
         70
     );
 }

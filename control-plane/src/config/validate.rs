@@ -381,7 +381,9 @@ pub fn mirrors(
         for message in mirror.problems() {
             problems.at_owned(&keys, format!("{label}{message}"));
         }
-        mirror_target(problems, &keys, &label, name, service, services, known, mirror);
+        mirror_target(
+            problems, &keys, &label, name, service, services, known, mirror,
+        );
     }
 }
 
@@ -421,10 +423,15 @@ fn mirror_target(
     if let Some(target) = &mirror.service {
         let mut at = keys.to_vec();
         at.push("service".to_owned());
-        if services.get(target).is_some_and(|t| t.protocol == Protocol::Tcp) {
+        if services
+            .get(target)
+            .is_some_and(|t| t.protocol == Protocol::Tcp)
+        {
             problems.at_owned(
                 &at,
-                format!("{label}mirror.service: `{target}` is a tcp service: expected an HTTP service"),
+                format!(
+                    "{label}mirror.service: `{target}` is a tcp service: expected an HTTP service"
+                ),
             );
         }
         if let Some(known) = known {

@@ -6,6 +6,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::request_metrics::{counter, gauge, Direction, RequestMetrics, ServiceMetrics};
 use crate::tcp_metrics::TcpFamilies;
+use crate::traffic_metrics::TrafficFamilies;
 
 /// What discovery counts and the families it resolves per service.
 #[derive(Clone)]
@@ -20,6 +21,8 @@ pub struct SnapshotMetrics {
     pub config_errors: IntCounter,
     /// 1 while connected to the control plane.
     pub control_plane_connected: IntGauge,
+    /// Mirroring and locality-aware balancing.
+    pub traffic: TrafficFamilies,
 }
 
 impl SnapshotMetrics {
@@ -43,6 +46,7 @@ impl SnapshotMetrics {
                 "tether_control_plane_connected",
                 "1 while the proxy holds a working connection to the control plane.",
             ),
+            traffic: TrafficFamilies::register(registry),
             requests: requests.clone(),
             tcp,
         }

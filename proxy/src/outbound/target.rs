@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::mirror::MirrorPlan;
 use crate::balance::EndpointSet;
 use crate::state::{Split, UpstreamService};
 
@@ -24,6 +25,8 @@ pub struct Target {
     /// A gRPC call's deadline from its `grpc-timeout` (capped by
     /// `timeout`), passed on reduced by the time spent at each try.
     pub deadline: Option<tokio::time::Instant>,
+    /// Where this request's mirrored copy goes, when it was drawn for one.
+    pub mirror: Option<MirrorPlan>,
 }
 
 impl Target {
