@@ -668,3 +668,39 @@ pub async fn wait_ready(args: &WaitReadyArgs) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<ProxyConfig, String> {
+        let base = ["tether-proxy", "--snapshot", "s.yaml", "--service", "api"];
+        let cli = Cli::try_parse_from(base.iter().chain(args)).map_err(|e| e.to_string())?;
+        cli.proxy.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_zone_reaches_the_config_and_the_consul_registration() {
+        let agent = ["--consul-agent", "http://127.0.0.1:8500"];
+        let zoned =
+            config(&[&agent[..], &["--zone", "eu-1a"]].concat()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(zoned.zone.as_deref(), Some("eu-1a"));
+        let meta = zoned.registration.map(|r| r.meta).unwrap_or_default();
+        assert_eq!(meta.get(ZONE_META).map(String::as_str), Some("eu-1a"));
+        let given = config(&[&agent[..], &["--zone", "a", "--consul-meta", "zone=x"]].concat())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let meta = given.registration.map(|r| r.meta).unwrap_or_default();
+        assert_eq!(meta[ZONE_META], "x", "--consul-meta wins");
+        assert!(
+            config(&["--zone", " "]).is_err(),
+            "an empty zone is refused"
+        );
+        let plain = config(&agent).unwrap_or_else(|e| panic!("{e}"));
+        assert!(plain.zone.is_none());
+        assert!(!plain
+            .registration
+            .map(|r| r.meta)
+            .unwrap_or_default()
+            .contains_key(ZONE_META));
+    }
+}

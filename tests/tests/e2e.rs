@@ -26,5 +26,6 @@ mod routing;
 mod run_mode;
 mod tcp;
 mod tracing;
+mod traffic_mirror;
 mod transparent;
 mod websocket;
