@@ -305,25 +305,20 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     if let Some(tracing) = &file.mesh.tracing {
         validate::tracing(&mut problems, tracing);
     }
-    let mirror_targets: Option<BTreeSet<&str>> = match &catalog {
-        CatalogConfig::Static { services: catalog } => Some(
-            services
-                .keys()
-                .chain(catalog.keys())
-                .map(String::as_str)
-                .collect(),
-        ),
-        // Consul's services are only known at run time.
-        CatalogConfig::Consul(_) => None,
+    // A mirror's target must be in every snapshot: a service of this file
+    // (always sent, endpoints or not) or of the static catalog. Consul's
+    // services come and go at run time, so with Consul it must be declared
+    // under `services` (a proxy refuses a mirror to a service it lacks).
+    let mirror_targets: BTreeSet<&str> = match &catalog {
+        CatalogConfig::Static { services: catalog } => services
+            .keys()
+            .chain(catalog.keys())
+            .map(String::as_str)
+            .collect(),
+        CatalogConfig::Consul(_) => services.keys().map(String::as_str).collect(),
     };
     for (name, service) in &services {
-        validate::mirrors(
-            &mut problems,
-            name,
-            service,
-            &services,
-            mirror_targets.as_ref(),
-        );
+        validate::mirrors(&mut problems, name, service, &services, &mirror_targets);
     }
     if let Some(authz) = &file.authorization {
         let known: BTreeSet<&str> = match &catalog {

@@ -272,8 +272,29 @@ fn mirror_problems_name_file_line_and_column() {
             "mesh.yaml:9:15: mirror.subset: unknown subset `v2` (expected one of: v1)",
             "mesh.yaml:13:9: routes[0].mirror has both `subset` and `service`: expected exactly one",
             "mesh.yaml:13:9: routes[0].mirror.max_in_flight is 0: expected at least 1",
-            "mesh.yaml:13:19: routes[0].mirror.service: unknown service `ghost` (expected one of: api, db, web)",
+            "mesh.yaml:13:19: routes[0].mirror.service: unknown service `ghost` (expected one of: api, db, web; with Consul, declare it under `services`)",
             "mesh.yaml:16:15: mirror.service: `db` is a tcp service: expected an HTTP service",
         ]
     );
+}
+
+#[test]
+fn with_consul_a_mirrored_service_must_be_declared() {
+    let text = "mesh:\n  catalog:\n    consul: { address: \"http://127.0.0.1:8500\", zone_meta_key: \"\" }\nservices:\n  api:\n    mirror: { service: shadow }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:3:49: consul.zone_meta_key is empty: expected a meta key such as `zone`",
+            "mesh.yaml:6:15: mirror.service: unknown service `shadow` (expected one of: api; with Consul, declare it under `services`)",
+        ]
+    );
+    let declared = format!(
+        "{}  shadow: {{}}\n",
+        text.replace("zone_meta_key: \"\"", "zone_meta_key: az")
+    );
+    let config = parse_str(&declared).unwrap_or_else(|e| panic!("{e}"));
+    let CatalogConfig::Consul(consul) = &config.catalog else {
+        panic!("consul");
+    };
+    assert_eq!(consul.zone_meta_key, "az");
 }

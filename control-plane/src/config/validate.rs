@@ -355,14 +355,13 @@ pub fn authorization(
 
 /// Checks a service's mirrors (its own and its routes'): the rules of
 /// [`Mirror::problems`], and that the target exists: a subset of this
-/// service, or an HTTP service of mesh.yaml or the static catalog (`known`;
-/// `None` with Consul, whose services are only known at run time).
+/// service, or an HTTP service that every snapshot carries (`known`).
 pub fn mirrors(
     problems: &mut Problems<'_>,
     name: &str,
     service: &ServiceConfig,
     services: &BTreeMap<String, ServiceConfig>,
-    known: Option<&BTreeSet<&str>>,
+    known: &BTreeSet<&str>,
 ) {
     let routes = service.routes.iter().enumerate();
     let all = std::iter::once((None, service.mirror.as_ref()))
@@ -395,7 +394,7 @@ fn mirror_target(
     name: &str,
     service: &ServiceConfig,
     services: &BTreeMap<String, ServiceConfig>,
-    known: Option<&BTreeSet<&str>>,
+    known: &BTreeSet<&str>,
     mirror: &Mirror,
 ) {
     if service.protocol == Protocol::Tcp {
@@ -434,17 +433,15 @@ fn mirror_target(
                 ),
             );
         }
-        if let Some(known) = known {
-            if !target.is_empty() && !known.contains(target.as_str()) {
-                let all: Vec<&str> = known.iter().copied().collect();
-                problems.at_owned(
-                    &at,
-                    format!(
-                        "{label}mirror.service: unknown service `{target}` (expected one of: {})",
-                        all.join(", ")
-                    ),
-                );
-            }
+        if !target.is_empty() && !known.contains(target.as_str()) {
+            let all: Vec<&str> = known.iter().copied().collect();
+            problems.at_owned(
+                &at,
+                format!(
+                    "{label}mirror.service: unknown service `{target}` (expected one of: {}; with Consul, declare it under `services`)",
+                    all.join(", ")
+                ),
+            );
         }
     }
 }
