@@ -299,3 +299,47 @@ async fn a_proxy_without_a_zone_balances_over_every_zone() {
         "round-robin over both zones"
     );
 }
+
+#[tokio::test]
+async fn zones_and_mirrors_flow_from_mesh_yaml_through_the_control_plane() {
+    let local = Backend::start("local").await;
+    let remote = Backend::start("remote").await;
+    let shadow = Backend::start("shadow").await;
+    let mesh = format!(
+        r#"
+mesh:
+  catalog:
+    static:
+      services:
+        api: [ {{ address: "{}", zone: a }}, {{ address: "{}", zone: b }} ]
+        api-shadow: [ {{ address: "{}" }} ]
+defaults:
+  locality: {{ enabled: true }}
+services:
+  web: {{}}
+  api:
+    mirror: {{ service: api-shadow }}
+"#,
+        local.address(),
+        remote.address(),
+        shadow.address()
+    );
+    let plane = tether_e2e::control::ControlPlane::start(&mesh).await;
+    let web = Proxy::subscribed(&plane.url(), "web")
+        .arg("--zone")
+        .arg("a")
+        .start()
+        .await;
+    let client = Client::http1();
+    for _ in 0..50 {
+        let reply = client.get(web.outbound, "api", "/").await;
+        assert_eq!(reply.header("x-backend"), "local", "zone a only");
+    }
+    assert_eq!(remote.hits(), 0);
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async { shadow.mirrored() == 50 },
+        "every request copied to api-shadow: {} of 50",
+        shadow.mirrored()
+    );
+}
