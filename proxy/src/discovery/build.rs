@@ -269,8 +269,12 @@ fn build_service(
         Split::new(chosen)
     };
     let default_split = split_of(&spec.split, "split", problems);
+    // Copies still in flight keep counting against the bound after an update.
     let in_flight = previous
-        .and_then(|p| p.mirror.as_ref())
+        .and_then(|p| {
+            let mut routes = p.routes.iter().filter_map(|r| r.mirror.as_ref());
+            p.mirror.as_ref().or_else(|| routes.next())
+        })
         .map(|m| Arc::clone(m.in_flight()))
         .unwrap_or_default();
     let mut mirrors = MirrorBuilder::new(name, &subsets, scope, in_flight);

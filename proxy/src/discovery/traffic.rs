@@ -246,6 +246,30 @@ services:
     }
 
     #[test]
+    fn the_in_flight_bound_carries_over_to_the_next_snapshot() {
+        let metrics = SnapshotMetrics::for_tests();
+        let text = |percent: u32| {
+            format!("services:\n  api:\n    endpoints: [ {{ address: \"127.0.0.1:1\", tags: [v2] }} ]\n    subsets: {{ v2: {{ tags: [v2] }} }}\n    routes: [ {{ split: [ {{ subset: v2, weight: 1 }} ], mirror: {{ subset: v2, percent: {percent} }} }} ]\n")
+        };
+        let snapshot = |percent| {
+            let parsed =
+                parse(Path::new("t.yaml"), &text(percent)).unwrap_or_else(|e| panic!("{e}"));
+            std::sync::Arc::new(parsed)
+        };
+        let empty = MeshState::empty(unknown_metrics(&metrics));
+        let first = build_in_zone(snapshot(10), &empty, &metrics, None, None)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        let second = build_in_zone(snapshot(20), &first, &metrics, None, None)
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        let counter = |state: &MeshState| {
+            let mirror = state.services["api"].routes[0].mirror.clone();
+            mirror.map(|m| std::sync::Arc::clone(m.in_flight()))
+        };
+        let (a, b) = (counter(&first), counter(&second));
+        assert!(matches!((a, b), (Some(a), Some(b)) if std::sync::Arc::ptr_eq(&a, &b)));
+    }
+
+    #[test]
     fn every_mirror_problem_is_reported() {
         let problems = built(
             r#"
