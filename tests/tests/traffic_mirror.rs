@@ -343,3 +343,54 @@ services:
         shadow.mirrored()
     );
 }
+
+#[tokio::test]
+async fn consul_service_meta_gives_the_zone_under_the_configured_key() {
+    use tether_e2e::consul::{Consul, Instance};
+    let consul = Consul::start().await;
+    let instance = |id, port, meta| Instance {
+        id,
+        name: "api",
+        address: Some("127.0.0.1"),
+        port,
+        meta,
+        ttl_check: false,
+        ..Instance::default()
+    };
+    consul
+        .register(&instance("api-1", 18091, &[("zone", "a")]))
+        .await;
+    consul
+        .register(&instance("api-2", 18092, &[("az", "b")]))
+        .await;
+    let mesh = |key: &str| {
+        format!(
+            "mesh:\n  catalog:\n    consul: {{ address: \"{}\", datacenter: dc1{key} }}\nservices:\n  web: {{}}\n",
+            consul.url()
+        )
+    };
+    let plane = tether_e2e::control::ControlPlane::start(&mesh("")).await;
+    let zones = || async {
+        let snapshot = plane.snapshot("web").await;
+        let mut endpoints = snapshot
+            .services
+            .get("api")
+            .map(|s| s.endpoints.clone())
+            .unwrap_or_default();
+        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        endpoints.into_iter().map(|e| e.zone).collect::<Vec<_>>()
+    };
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async { zones().await == [Some("a".to_owned()), None] },
+        "the default key `zone` is read: {:?}",
+        zones().await
+    );
+    plane.write_config(&mesh(", zone_meta_key: az"));
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async { zones().await == [None, Some("b".to_owned())] },
+        "`zone_meta_key: az` is read instead: {:?}",
+        zones().await
+    );
+}
