@@ -394,3 +394,68 @@ async fn consul_service_meta_gives_the_zone_under_the_configured_key() {
         zones().await
     );
 }
+
+#[tokio::test]
+async fn a_mirrored_copy_joins_the_caller_s_trace_marked_as_a_mirror() {
+    use tether_e2e::jaeger::{spans, Jaeger};
+    let jaeger = Jaeger::start().await;
+    let tracing = format!(
+        "mesh:\n  tracing: {{ otlp_endpoint: \"{}\", sample_ratio: 1.0 }}\n",
+        jaeger.otlp_grpc
+    );
+    let sidecar = |service: &'static str, app: &Backend| {
+        Proxy::builder(&format!("service: {service}\n{tracing}services: {{}}\n"))
+            .app(app.addr)
+            .arg("--service")
+            .arg(service)
+            .start()
+    };
+    let (api_app, shadow_app) = (Backend::start("api").await, Backend::start("shadow").await);
+    let api = sidecar("api", &api_app).await;
+    let shadow = sidecar("api-shadow", &shadow_app).await;
+    let web = Proxy::builder(&format!(
+        "service: web\n{tracing}services:\n  api:\n    endpoints: [ {{ address: \"{}\", tags: [v1] }}, {{ address: \"{}\", tags: [v2] }} ]\n    subsets: {{ v1: {{ tags: [v1] }}, v2: {{ tags: [v2] }} }}\n    split: [ {{ subset: v1, weight: 1 }} ]\n    mirror: {{ subset: v2 }}\n",
+        api.inbound, shadow.inbound
+    ))
+    .arg("--service")
+    .arg("web")
+    .start()
+    .await;
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let reply = Client::http1()
+        .send(
+            Method::GET,
+            web.outbound,
+            "api",
+            "/",
+            Bytes::new(),
+            &[("traceparent", &traceparent)],
+        )
+        .await;
+    assert_eq!(reply.header("x-backend"), "api");
+    let trace = jaeger
+        .trace(trace_id, 3)
+        .await
+        .unwrap_or_else(|| panic!("trace {trace_id} never had its 3 spans in Jaeger"));
+    let all = spans(&trace);
+    let find = |service: &str| {
+        all.iter()
+            .find(|s| s.service == service)
+            .unwrap_or_else(|| panic!("no {service} span"))
+    };
+    let (web_span, api_span, copy) = (find("web"), find("api"), find("api-shadow"));
+    assert_eq!(api_span.parent(), Some(web_span.id()));
+    assert_eq!(
+        copy.parent(),
+        Some(web_span.id()),
+        "the copy is in the caller's trace"
+    );
+    assert_eq!(copy.tag("tether.mirror").as_deref(), Some("true"));
+    assert_eq!(
+        api_span.tag("tether.mirror"),
+        None,
+        "the original is no mirror"
+    );
+    assert_eq!(shadow_app.mirrored(), 1);
+}
