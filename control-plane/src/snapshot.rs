@@ -249,6 +249,7 @@ pub(crate) fn compute_services(
                     routes: c.routes.clone(),
                     fault: c.fault.clone(),
                     rate_limit: c.rate_limit.as_ref().and_then(|r| r.outbound.clone()),
+                    mirror: c.mirror.clone(),
                 },
                 None => ServiceSnapshot {
                     policy: config.defaults.clone(),
@@ -312,6 +313,7 @@ mod tests {
                 weight: 1,
                 tags: vec![],
                 meta: Default::default(),
+                zone: None,
             })
             .collect();
         CatalogState::synced([("api".to_owned(), endpoints)].into_iter().collect())
@@ -405,5 +407,32 @@ mod tests {
         assert!(web.services["api"].fault.is_some());
         assert_eq!(web.inbound_rate_limit, None, "web admits everything");
         assert!(api.inbound_rate_limit.is_some_and(|l| l.per_caller));
+    }
+
+    #[test]
+    fn mirrors_locality_and_static_zones_reach_the_wire() {
+        let store = Snapshots::new(ControlMetrics::new());
+        let c = config("mesh:\n  catalog:\n    static:\n      services:\n        api: [ { address: \"127.0.0.1:1\", zone: a, tags: [v2] } ]\nservices:\n  api:\n    subsets: { v2: { tags: [v2] } }\n    mirror: { subset: v2, percent: 5 }\n    policy: { locality: { enabled: true } }\n    routes:\n      - split: [ { subset: v2, weight: 1 } ]\n        mirror: { subset: v2, max_in_flight: 2 }\n");
+        let crate::config::CatalogConfig::Static { services } = &c.catalog else {
+            panic!("a static catalog");
+        };
+        store.update(&c, &CatalogState::synced(services.clone()));
+        let wire = store.get("api").map(|s| s.to_json()).unwrap_or_default();
+        let json: tether_api::Snapshot = serde_json::from_slice(&wire)
+            .unwrap_or_else(|e| panic!("the wire JSON is a Snapshot: {e}"));
+        let api = &json.services["api"];
+        assert_eq!(api.mirror.as_ref().map(|m| m.percent), Some(5.0));
+        assert_eq!(
+            api.routes[0].mirror.as_ref().map(|m| m.max_in_flight),
+            Some(2)
+        );
+        assert!(api.policy.locality.enabled);
+        assert_eq!(api.endpoints[0].zone.as_deref(), Some("a"));
+        let text = String::from_utf8_lossy(&wire);
+        assert_eq!(
+            text.matches("\"zone\"").count(),
+            1,
+            "absent where unset: {text}"
+        );
     }
 }

@@ -253,11 +253,32 @@ pub fn init(args: &InitArgs) -> u8 {
 /// The registered metadata: the operator's `--consul-meta`, plus
 /// `tether_admin_port` (where Prometheus scrapes `/metrics`; see
 /// deploy/prometheus/) unless the operator set it.
-fn registration_meta(given: &[(String, String)], admin_port: u16) -> BTreeMap<String, String> {
+fn registration_meta(
+    given: &[(String, String)],
+    admin_port: u16,
+    zone: Option<&str>,
+) -> BTreeMap<String, String> {
     let mut meta: BTreeMap<String, String> = given.iter().cloned().collect();
     meta.entry(ADMIN_PORT_META.to_owned())
         .or_insert_with(|| admin_port.to_string());
+    if let Some(zone) = zone {
+        meta.entry(ZONE_META.to_owned())
+            .or_insert_with(|| zone.to_owned());
+    }
     meta
+}
+
+/// The Consul service metadata key the sidecar registers its `--zone`
+/// under: the control plane's default `zone_meta_key`.
+pub const ZONE_META: &str = "zone";
+
+/// `--zone`: a non-empty name.
+fn parse_zone(text: &str) -> Result<String, String> {
+    let zone = text.trim();
+    if zone.is_empty() {
+        return Err("expected a zone name".to_owned());
+    }
+    Ok(zone.to_owned())
 }
 
 /// The Consul service metadata key naming the sidecar's admin port.
@@ -347,6 +368,12 @@ pub struct ProxyArgs {
     /// moves no byte either way for this long is closed.
     #[arg(long, env = "TETHER_UPGRADE_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub upgrade_idle_timeout: Duration,
+    /// The zone (locality) this proxy runs in: services whose policy has
+    /// `locality.enabled` prefer endpoints in the same zone. With
+    /// --consul-agent it is also registered as the `zone` service meta
+    /// (unless --consul-meta sets `zone`).
+    #[arg(long, env = "TETHER_ZONE", value_parser = parse_zone)]
+    pub zone: Option<String>,
     /// Directory with this proxy's certificate chain (`identity.pem`) and
     /// key (`identity-key.pem`): turns on mTLS, inbound and outbound.
     #[arg(long, env = "TETHER_IDENTITY_DIR", requires = "trust_bundle")]
@@ -574,7 +601,7 @@ impl ProxyArgs {
             address: self.consul_service_address.clone(),
             inbound: self.inbound,
             tags: self.consul_tags.clone(),
-            meta: registration_meta(&self.consul_meta, self.admin.port()),
+            meta: registration_meta(&self.consul_meta, self.admin.port(), self.zone.as_deref()),
             check_interval: self.consul_check_interval,
             deregister_grace: self.deregister_grace,
         }))
@@ -633,6 +660,7 @@ impl ProxyArgs {
             inbound_max_pending: self.inbound_max_pending,
             drain_timeout: self.drain_timeout,
             upgrade_idle_timeout: self.upgrade_idle_timeout,
+            zone: self.zone,
             access_log: self.access_log,
             identity,
             inbound_permissive: self.inbound_permissive,
@@ -670,4 +698,40 @@ pub async fn wait_ready(args: &WaitReadyArgs) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<ProxyConfig, String> {
+        let base = ["tether-proxy", "--snapshot", "s.yaml", "--service", "api"];
+        let cli = Cli::try_parse_from(base.iter().chain(args)).map_err(|e| e.to_string())?;
+        cli.proxy.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_zone_reaches_the_config_and_the_consul_registration() {
+        let agent = ["--consul-agent", "http://127.0.0.1:8500"];
+        let zoned =
+            config(&[&agent[..], &["--zone", "eu-1a"]].concat()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(zoned.zone.as_deref(), Some("eu-1a"));
+        let meta = zoned.registration.map(|r| r.meta).unwrap_or_default();
+        assert_eq!(meta.get(ZONE_META).map(String::as_str), Some("eu-1a"));
+        let given = config(&[&agent[..], &["--zone", "a", "--consul-meta", "zone=x"]].concat())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let meta = given.registration.map(|r| r.meta).unwrap_or_default();
+        assert_eq!(meta[ZONE_META], "x", "--consul-meta wins");
+        assert!(
+            config(&["--zone", " "]).is_err(),
+            "an empty zone is refused"
+        );
+        let plain = config(&agent).unwrap_or_else(|e| panic!("{e}"));
+        assert!(plain.zone.is_none());
+        assert!(!plain
+            .registration
+            .map(|r| r.meta)
+            .unwrap_or_default()
+            .contains_key(ZONE_META));
+    }
 }

@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Upgraded connections idle this long (no byte either way) are closed.
     pub upgrade_idle_timeout: Duration,
+    /// The zone this proxy runs in (`--zone`), for locality-aware balancing.
+    pub zone: Option<String>,
     /// The app's health path, probed with `GET` (2xx is healthy); `None`
     /// probes with a TCP connect. Behind `/app-health` and the Consul check.
     pub app_health_path: Option<PathAndQuery>,

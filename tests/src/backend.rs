@@ -59,6 +59,10 @@ struct State {
     name: String,
     hits: AtomicUsize,
     failed: AtomicUsize,
+    /// Requests carrying `tether-mirror: 1` (mirrored copies).
+    mirrored: AtomicUsize,
+    /// Body bytes of those requests.
+    mirrored_bytes: AtomicUsize,
     behavior: Mutex<Behavior>,
 }
 
@@ -80,6 +84,8 @@ impl Backend {
             name: name.to_owned(),
             hits: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
+            mirrored: AtomicUsize::new(0),
+            mirrored_bytes: AtomicUsize::new(0),
             behavior: Mutex::new(behavior),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&state)));
@@ -94,6 +100,17 @@ impl Backend {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far that carried `tether-mirror: 1` (copies
+    /// sent by a proxy's traffic mirror).
+    pub fn mirrored(&self) -> usize {
+        self.state.mirrored.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes of the mirrored requests received so far.
+    pub fn mirrored_bytes(&self) -> usize {
+        self.state.mirrored_bytes.load(Ordering::SeqCst)
     }
 
     /// Changes the behaviour of later requests.
@@ -146,12 +163,17 @@ async fn answer(
     };
     let host = header("host");
     let traceparent = header("traceparent");
+    let mirrored = header("tether-mirror") == "1";
     let body = request
         .into_body()
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    if mirrored {
+        state.mirrored_bytes.fetch_add(body.len(), Ordering::SeqCst);
+        state.mirrored.fetch_add(1, Ordering::SeqCst);
+    }
     if !behavior.delay.is_zero() {
         tokio::time::sleep(behavior.delay).await;
     }

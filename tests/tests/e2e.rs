@@ -28,5 +28,6 @@ mod run_mode;
 mod tcp;
 mod tracing;
 mod traffic_faults;
+mod traffic_mirror;
 mod transparent;
 mod websocket;

@@ -32,7 +32,8 @@ pub use snapshot::{
     SubsetSelector, TracingSettings,
 };
 pub use traffic::{
-    grpc_code, FaultAbort, FaultDelay, FaultInjection, InboundRateLimit, RateLimit, RateLimits,
+    grpc_code, FaultAbort, FaultDelay, FaultInjection, InboundRateLimit, Locality, Mirror,
+    RateLimit, RateLimits, DEFAULT_MIN_LOCAL_HEALTHY_PERCENT, DEFAULT_MIRROR_MAX_IN_FLIGHT,
     MAX_REQUESTS_PER_SECOND,
 };
 pub use validate::{

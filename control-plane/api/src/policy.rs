@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::traffic::Locality;
+
 /// Per-service traffic policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,9 @@ pub struct TrafficPolicy {
     /// Concurrency limits and outlier ejection.
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
+    /// Locality-aware balancing (off by default).
+    #[serde(default, skip_serializing_if = "Locality::is_default")]
+    pub locality: Locality,
 }
 
 // Five seconds: long enough for ordinary RPCs, short enough that a stuck
@@ -73,6 +78,7 @@ impl Default for TrafficPolicy {
             retries: RetryPolicy::default(),
             load_balancer: LoadBalancer::default(),
             circuit_breaker: CircuitBreaker::default(),
+            locality: Locality::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::TrafficPolicy;
+use crate::traffic::Mirror;
 use crate::traffic::{FaultInjection, InboundRateLimit, RateLimit};
 
 /// Everything one proxy needs: mesh settings, its upstream services (HTTP and
@@ -200,6 +201,10 @@ pub struct ServiceSnapshot {
     /// (mesh.yaml `rate_limit.outbound`). `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Copies of a share of the requests sent elsewhere (a route's own
+    /// `mirror` replaces it for the requests the route matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// One instance of a service.
@@ -218,6 +223,10 @@ pub struct Endpoint {
     /// Catalog metadata, used by subset selectors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// The zone (locality) the instance runs in, for locality-aware
+    /// balancing; `None`: unknown (never local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -265,6 +274,9 @@ pub struct Route {
     /// Faults injected into matching requests, replacing the service's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultInjection>,
+    /// Mirror for matching requests, replacing the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// Request matching: all given conditions must hold.

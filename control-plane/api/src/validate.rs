@@ -86,6 +86,15 @@ impl TrafficPolicy {
                 ),
             ));
         }
+        if self.locality.min_local_healthy_percent > 100 {
+            found.push(PolicyProblem::new(
+                vec!["locality", "min_local_healthy_percent"],
+                format!(
+                    "locality.min_local_healthy_percent is {}: expected 0 to 100",
+                    self.locality.min_local_healthy_percent
+                ),
+            ));
+        }
         found
     }
 }

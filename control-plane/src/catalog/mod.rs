@@ -94,6 +94,7 @@ mod tests {
             weight: 3,
             tags: vec!["v1".to_owned()],
             meta: BTreeMap::new(),
+            zone: None,
         };
         let catalog = StaticCatalog::new([("api".to_owned(), vec![endpoint])].into());
         let state = catalog.subscribe().borrow().clone();

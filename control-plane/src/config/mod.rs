@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tether_api::{
-    AuthorizationDefault, Endpoint, FaultInjection, OutboundPolicy, Protocol, RateLimits, Route,
-    SplitTarget, SubsetSelector, TracingSettings, TrafficPolicy,
+    AuthorizationDefault, Endpoint, FaultInjection, Mirror, OutboundPolicy, Protocol, RateLimits,
+    Route, SplitTarget, SubsetSelector, TracingSettings, TrafficPolicy,
 };
 
 pub use self::consul::{ConsulTls, DEFAULT_ADDRESS};
@@ -99,6 +99,18 @@ pub struct ConsulConfig {
     /// TLS built from the files above when the address is `https://`.
     #[serde(skip)]
     pub tls: Option<consul::ConsulTls>,
+    /// The service-meta (else node-meta) key whose value is an instance's
+    /// zone, for locality-aware balancing.
+    #[serde(default = "default_zone_meta_key")]
+    pub zone_meta_key: String,
+}
+
+/// Default of `consul.zone_meta_key`: `zone`, the name Consul's own docs
+/// and most registrations use for a failure domain.
+pub const DEFAULT_ZONE_META_KEY: &str = "zone";
+
+fn default_zone_meta_key() -> String {
+    DEFAULT_ZONE_META_KEY.to_owned()
 }
 
 fn default_resync_hold() -> std::time::Duration {
@@ -125,6 +137,8 @@ pub struct ServiceConfig {
     pub fault: Option<FaultInjection>,
     /// Local rate limits, outbound (callers) and inbound (own sidecar).
     pub rate_limit: Option<RateLimits>,
+    /// Requests copied elsewhere (`mirror`).
+    pub mirror: Option<Mirror>,
 }
 
 /// `authorization:` as written.
@@ -235,6 +249,7 @@ struct ServiceFile {
     fault: Option<FaultInjection>,
     #[serde(default)]
     rate_limit: Option<RateLimits>,
+    mirror: Option<Mirror>,
 }
 
 /// Problems found in a config file, each `FILE:LINE:COL: message`.
@@ -296,6 +311,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             routes: service.routes,
             fault: service.fault,
             rate_limit: service.rate_limit,
+            mirror: service.mirror,
         };
         validate::service(&mut problems, &name, &service, &file.defaults);
         traffic::check(&mut problems, &name, &service);
@@ -331,6 +347,21 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
     };
     if let Some(tracing) = &file.mesh.tracing {
         validate::tracing(&mut problems, tracing);
+    }
+    // A mirror's target must be in every snapshot: a service of this file
+    // (always sent, endpoints or not) or of the static catalog. Consul's
+    // services come and go at run time, so with Consul it must be declared
+    // under `services` (a proxy refuses a mirror to a service it lacks).
+    let mirror_targets: BTreeSet<&str> = match &catalog {
+        CatalogConfig::Static { services: catalog } => services
+            .keys()
+            .chain(catalog.keys())
+            .map(String::as_str)
+            .collect(),
+        CatalogConfig::Consul(_) => services.keys().map(String::as_str).collect(),
+    };
+    for (name, service) in &services {
+        validate::mirrors(&mut problems, name, service, &services, &mirror_targets);
     }
     if let Some(authz) = &file.authorization {
         let known: BTreeSet<&str> = match &catalog {

@@ -236,3 +236,65 @@ fn outbound_policy_defaults_to_allow_any_and_names_its_values() {
         "{error}"
     );
 }
+
+#[test]
+fn mirrors_and_locality_parse_and_merge() {
+    let text = "defaults:\n  locality: { enabled: true }\nservices:\n  api:\n    subsets: { v2: { tags: [v2] } }\n    mirror: { subset: v2, percent: 10 }\n    policy:\n      locality: { min_local_healthy_percent: 50 }\n    routes:\n      - match: { path_prefix: /x }\n        split: [ { subset: v2, weight: 1 } ]\n        mirror: { service: shadow, max_in_flight: 8 }\n  shadow: {}\n  web: {}\n";
+    let config = parse_str(text).unwrap_or_else(|e| panic!("{e}"));
+    let api = &config.services["api"];
+    let mirror = api
+        .mirror
+        .as_ref()
+        .map(|m| (m.subset.as_deref(), m.percent));
+    assert_eq!(mirror, Some((Some("v2"), 10.0)));
+    let route = api.routes[0].mirror.as_ref();
+    assert_eq!(route.map(|m| m.max_in_flight), Some(8));
+    assert!(api.policy.locality.enabled, "merged from defaults");
+    assert_eq!(api.policy.locality.min_local_healthy_percent, 50);
+    assert_eq!(
+        config.services["web"]
+            .policy
+            .locality
+            .min_local_healthy_percent,
+        70
+    );
+}
+
+#[test]
+fn mirror_problems_name_file_line_and_column() {
+    let text = "mesh:\n  catalog:\n    static:\n      services:\n        api: [ { address: \"127.0.0.1:1\", zone: \"\" } ]\nservices:\n  api:\n    subsets: { v1: { tags: [v1] } }\n    mirror: { subset: v2, percent: 120 }\n    policy: { locality: { min_local_healthy_percent: 101 } }\n    routes:\n      - split: [ { subset: v1, weight: 1 } ]\n        mirror: { service: ghost, subset: v1, max_in_flight: 0 }\n  db: { protocol: tcp, outbound_port: 15432 }\n  web:\n    mirror: { service: db }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:10:27: policy.locality.min_local_healthy_percent is 101: expected 0 to 100",
+            "mesh.yaml:5:42: api[0].zone is empty: expected a zone name, or leave it out",
+            "mesh.yaml:9:5: mirror.percent is 120: expected 0 to 100",
+            "mesh.yaml:9:15: mirror.subset: unknown subset `v2` (expected one of: v1)",
+            "mesh.yaml:13:9: routes[0].mirror has both `subset` and `service`: expected exactly one",
+            "mesh.yaml:13:9: routes[0].mirror.max_in_flight is 0: expected at least 1",
+            "mesh.yaml:13:19: routes[0].mirror.service: unknown service `ghost` (expected one of: api, db, web; with Consul, declare it under `services`)",
+            "mesh.yaml:16:15: mirror.service: `db` is a tcp service: expected an HTTP service",
+        ]
+    );
+}
+
+#[test]
+fn with_consul_a_mirrored_service_must_be_declared() {
+    let text = "mesh:\n  catalog:\n    consul: { address: \"http://127.0.0.1:8500\", zone_meta_key: \"\" }\nservices:\n  api:\n    mirror: { service: shadow }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "mesh.yaml:3:49: consul.zone_meta_key is empty: expected a meta key such as `zone`",
+            "mesh.yaml:6:15: mirror.service: unknown service `shadow` (expected one of: api; with Consul, declare it under `services`)",
+        ]
+    );
+    let declared = format!(
+        "{}  shadow: {{}}\n",
+        text.replace("zone_meta_key: \"\"", "zone_meta_key: az")
+    );
+    let config = parse_str(&declared).unwrap_or_else(|e| panic!("{e}"));
+    let CatalogConfig::Consul(consul) = &config.catalog else {
+        panic!("consul");
+    };
+    assert_eq!(consul.zone_meta_key, "az");
+}

@@ -5,10 +5,10 @@
 //! proxy applies to a snapshot (proxy `discovery`), so a policy that
 //! validates here is never refused there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use tether_api::{Endpoint, Route, SplitTarget, TracingSettings, TrafficPolicy};
+use tether_api::{Endpoint, Mirror, Protocol, Route, SplitTarget, TracingSettings, TrafficPolicy};
 
 use super::{AuthorizationConfig, ConfigErrors, ConsulConfig, ServiceConfig};
 use crate::locate::locate;
@@ -224,6 +224,13 @@ pub fn static_service(problems: &mut Problems<'_>, name: &str, endpoints: &[Endp
                 ),
             );
         }
+        if endpoint.zone.as_deref() == Some("") {
+            let at = [&keys[..], &[item.as_str(), "zone"]].concat();
+            problems.at(
+                &at,
+                format!("{name}[{i}].zone is empty: expected a zone name, or leave it out"),
+            );
+        }
         if endpoint.weight == 0 {
             let at = [&keys[..], &[item.as_str(), "weight"]].concat();
             problems.at(&at, format!("{name}[{i}].weight is 0: expected 1 or more (remove the instance to send it nothing)"));
@@ -252,6 +259,12 @@ pub fn consul(problems: &mut Problems<'_>, consul: &ConsulConfig) {
         problems.at(
             &keys,
             "consul.datacenter is empty: expected a name, or leave it out for the agent's own",
+        );
+    }
+    if consul.zone_meta_key.is_empty() {
+        problems.at(
+            &["mesh", "catalog", "consul", "zone_meta_key"],
+            "consul.zone_meta_key is empty: expected a meta key such as `zone`",
         );
     }
     if let Some(token) = &consul.token {
@@ -343,6 +356,99 @@ pub fn authorization(
                     ),
                 );
             }
+        }
+    }
+}
+
+/// Checks a service's mirrors (its own and its routes'): the rules of
+/// [`Mirror::problems`], and that the target exists: a subset of this
+/// service, or an HTTP service that every snapshot carries (`known`).
+pub fn mirrors(
+    problems: &mut Problems<'_>,
+    name: &str,
+    service: &ServiceConfig,
+    services: &BTreeMap<String, ServiceConfig>,
+    known: &BTreeSet<&str>,
+) {
+    let routes = service.routes.iter().enumerate();
+    let all = std::iter::once((None, service.mirror.as_ref()))
+        .chain(routes.map(|(i, r)| (Some(i), r.mirror.as_ref())));
+    for (route, mirror) in all {
+        let Some(mirror) = mirror else { continue };
+        let mut keys = vec!["services".to_owned(), name.to_owned()];
+        let label = match route {
+            Some(i) => {
+                keys.extend(["routes".to_owned(), format!("[{i}]")]);
+                format!("routes[{i}].")
+            }
+            None => String::new(),
+        };
+        keys.push("mirror".to_owned());
+        for message in mirror.problems() {
+            problems.at_owned(&keys, format!("{label}{message}"));
+        }
+        mirror_target(
+            problems, &keys, &label, name, service, services, known, mirror,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mirror_target(
+    problems: &mut Problems<'_>,
+    keys: &[String],
+    label: &str,
+    name: &str,
+    service: &ServiceConfig,
+    services: &BTreeMap<String, ServiceConfig>,
+    known: &BTreeSet<&str>,
+    mirror: &Mirror,
+) {
+    if service.protocol == Protocol::Tcp {
+        problems.at_owned(
+            keys,
+            format!("{label}mirror: `{name}` is a tcp service: only HTTP requests can be mirrored"),
+        );
+    }
+    if let Some(subset) = &mirror.subset {
+        if !subset.is_empty() && !service.subsets.contains_key(subset) {
+            let mut at = keys.to_vec();
+            at.push("subset".to_owned());
+            let defined: Vec<&str> = service.subsets.keys().map(String::as_str).collect();
+            let expected = if defined.is_empty() {
+                "define it under `subsets`".to_owned()
+            } else {
+                format!("expected one of: {}", defined.join(", "))
+            };
+            problems.at_owned(
+                &at,
+                format!("{label}mirror.subset: unknown subset `{subset}` ({expected})"),
+            );
+        }
+    }
+    if let Some(target) = &mirror.service {
+        let mut at = keys.to_vec();
+        at.push("service".to_owned());
+        if services
+            .get(target)
+            .is_some_and(|t| t.protocol == Protocol::Tcp)
+        {
+            problems.at_owned(
+                &at,
+                format!(
+                    "{label}mirror.service: `{target}` is a tcp service: expected an HTTP service"
+                ),
+            );
+        }
+        if !target.is_empty() && !known.contains(target.as_str()) {
+            let all: Vec<&str> = known.iter().copied().collect();
+            problems.at_owned(
+                &at,
+                format!(
+                    "{label}mirror.service: unknown service `{target}` (expected one of: {}; with Consul, declare it under `services`)",
+                    all.join(", ")
+                ),
+            );
         }
     }
 }

@@ -25,6 +25,7 @@ fn catalog(ports: &[u16]) -> CatalogState {
             weight: 1,
             tags: vec![],
             meta: BTreeMap::new(),
+            zone: None,
         })
         .collect();
     CatalogState::synced([("api".to_owned(), endpoints)].into())

@@ -104,6 +104,7 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
         Arc::clone(&core.telemetry),
         identity.clone(),
     )
+    .with_zone(config.zone.as_deref())
     .with_tcp(Arc::clone(&tcp));
     let source = first_snapshot(&config, &applier, identity.as_ref(), &families).await?;
     let inbound_tls = inbound_tls(&config, identity.as_deref(), &families)?;

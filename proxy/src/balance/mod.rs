@@ -13,6 +13,7 @@
 
 mod algorithm;
 mod endpoint;
+pub mod locality;
 mod outlier;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use rand::Rng;
 
 pub use algorithm::LoadBalancer;
 pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
+pub use locality::LocalEndpoints;
 pub use outlier::{OutlierDetector, OutlierSettings, PANIC_THRESHOLD_PERCENT};
 
 /// Why no endpoint could be picked.
@@ -40,6 +42,8 @@ pub struct EndpointSet {
     algorithm: LoadBalancer,
     next: AtomicUsize,
     outliers: Arc<OutlierDetector>,
+    /// With locality-aware balancing: the endpoints in the proxy's zone.
+    locality: Option<LocalEndpoints>,
 }
 
 impl EndpointSet {
@@ -59,6 +63,24 @@ impl EndpointSet {
             algorithm,
             next: AtomicUsize::new(start),
             outliers,
+            locality: None,
+        }
+    }
+
+    /// This set, preferring its endpoints in the proxy's zone as `local`
+    /// says (see [`locality`]).
+    pub fn with_locality(mut self, local: LocalEndpoints) -> Self {
+        self.locality = Some(local);
+        self
+    }
+
+    /// The set a request picks from: with locality-aware balancing, the
+    /// local endpoints while they are healthy enough; otherwise this set.
+    /// One `Option` check for a set without it.
+    pub fn localized(self: &Arc<Self>) -> &Arc<Self> {
+        match &self.locality {
+            None => self,
+            Some(local) => local.choose(self, &self.outliers),
         }
     }
 

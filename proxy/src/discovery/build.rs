@@ -13,6 +13,7 @@ use tether_api::{Endpoint, Protocol, ServiceSnapshot, Snapshot, SplitTarget, Sub
 use tower::retry::budget::TpsBudget;
 
 use super::compile::compile;
+use super::mirror_locality::{self, MirrorBuilder, Scope};
 use super::SnapshotMetrics;
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
 use crate::identity::MeshIdentity;
@@ -30,6 +31,23 @@ pub fn build(
     metrics: &SnapshotMetrics,
     identity: Option<&MeshIdentity>,
 ) -> Result<MeshState, Vec<String>> {
+    build_in_zone(snapshot, previous, metrics, identity, None)
+}
+
+/// [`build`] for a proxy in `zone` (`--zone`), which locality-aware
+/// services prefer.
+pub fn build_in_zone(
+    snapshot: Arc<Snapshot>,
+    previous: &MeshState,
+    metrics: &SnapshotMetrics,
+    identity: Option<&MeshIdentity>,
+    zone: Option<&str>,
+) -> Result<MeshState, Vec<String>> {
+    let scope = Scope {
+        zone,
+        services: &snapshot.services,
+        families: &metrics.traffic,
+    };
     let mut problems = Vec::new();
     if let Some(identity) = identity {
         if snapshot.mesh.trust_domain != identity.trust_domain() {
@@ -65,7 +83,7 @@ pub fn build(
                 .find(|s| s.name == *name),
             None => previous.services.get(name),
         };
-        let service = build_service(name, spec, kept, metrics, identity, &mut problems);
+        let service = build_service(name, spec, kept, metrics, identity, scope, &mut problems);
         if problems.len() != before {
             continue;
         }
@@ -171,6 +189,7 @@ fn build_service(
     previous: Option<&Arc<UpstreamService>>,
     metrics: &SnapshotMetrics,
     identity: Option<&MeshIdentity>,
+    scope: Scope<'_>,
     problems: &mut Vec<String>,
 ) -> UpstreamService {
     let (policy, found) = compile(&spec.policy);
@@ -210,16 +229,24 @@ fn build_service(
     );
 
     let subset_set = |selector: Option<&SubsetSelector>| {
-        let members = endpoints
+        let members: Vec<_> = endpoints
             .iter()
             .zip(&spec.endpoints)
             .filter(|(_, wire)| selector.is_none_or(|s| selects(s, wire)))
-            .map(|(state, _)| Arc::clone(state))
             .collect();
-        Arc::new(EndpointSet::new(
-            members,
+        let set = EndpointSet::new(
+            members.iter().map(|(state, _)| Arc::clone(state)).collect(),
             policy.load_balancer,
             Arc::clone(&outliers),
+        );
+        Arc::new(mirror_locality::localize(
+            set,
+            &members,
+            &spec.policy.locality,
+            policy.load_balancer,
+            &outliers,
+            name,
+            scope,
         ))
     };
     let all = subset_set(None);
@@ -245,6 +272,19 @@ fn build_service(
         Split::new(chosen)
     };
     let default_split = split_of(&spec.split, "split", problems);
+    // Copies still in flight keep counting against the bound after an update.
+    let in_flight = previous
+        .and_then(|p| {
+            let mut routes = p.routes.iter().filter_map(|r| r.mirror.as_ref());
+            p.mirror.as_ref().or_else(|| routes.next())
+        })
+        .map(|m| Arc::clone(m.in_flight()))
+        .unwrap_or_default();
+    let mut mirrors = MirrorBuilder::new(name, &subsets, scope, in_flight);
+    let mirror = spec
+        .mirror
+        .as_ref()
+        .and_then(|m| mirrors.build(m, "mirror", problems));
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (i, route) in spec.routes.iter().enumerate() {
         let mut headers = Vec::with_capacity(route.matches.headers.len());
@@ -259,6 +299,10 @@ fn build_service(
             headers,
             split: split_of(&route.split, &format!("routes[{i}].split"), problems),
             timeout: route.timeout,
+            mirror: match &route.mirror {
+                Some(m) => mirrors.build(m, &format!("routes[{i}].mirror"), problems),
+                None => mirror.clone(),
+            },
         });
     }
 
@@ -329,6 +373,7 @@ fn build_service(
         default_split,
         routes,
         metrics: service_metrics,
+        mirror,
     }
 }
 

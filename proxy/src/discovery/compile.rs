@@ -335,6 +335,7 @@ mod tests {
                     weight: 1,
                     tags: Vec::new(),
                     meta: Default::default(),
+                    zone: None,
                 }],
                 ..ServiceSnapshot::default()
             };

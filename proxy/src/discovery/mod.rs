@@ -13,6 +13,7 @@ pub mod build;
 mod compile;
 mod control_plane;
 pub(crate) mod file;
+mod mirror_locality;
 mod snapshot_metrics;
 #[cfg(test)]
 mod tcp_tests;
@@ -32,7 +33,7 @@ use crate::tcp::TcpListeners;
 use crate::telemetry::{Telemetry, TracingSettings};
 
 pub use authz::compile as compile_authorization;
-pub use build::build;
+pub use build::{build, build_in_zone};
 pub use control_plane::{restore, subscribe, ControlPlaneSettings, CONTROL_PLANE_IDLE_TIMEOUT};
 pub use file::{load_file, watch_file, SnapshotError};
 pub use snapshot_metrics::SnapshotMetrics;
@@ -44,6 +45,8 @@ pub struct Applier {
     metrics: SnapshotMetrics,
     telemetry: Arc<Telemetry>,
     identity: Option<Arc<MeshIdentity>>,
+    /// This proxy's zone (`--zone`), for locality-aware balancing.
+    zone: Option<Arc<str>>,
     tcp: Option<Arc<TcpListeners>>,
     loaded: Arc<AtomicBool>,
     sequence: Arc<AtomicU64>,
@@ -62,6 +65,7 @@ impl Applier {
             metrics,
             telemetry,
             identity,
+            zone: None,
             tcp: None,
             loaded: Arc::new(AtomicBool::new(false)),
             sequence: Arc::new(AtomicU64::new(0)),
@@ -71,6 +75,12 @@ impl Applier {
     /// Also keeps `tcp`'s listeners in step with the snapshots applied.
     pub fn with_tcp(mut self, tcp: Arc<TcpListeners>) -> Self {
         self.tcp = Some(tcp);
+        self
+    }
+
+    /// Builds states for a proxy in `zone` (`--zone`).
+    pub fn with_zone(mut self, zone: Option<&str>) -> Self {
+        self.zone = zone.map(Arc::from);
         self
     }
 
@@ -96,11 +106,12 @@ impl Applier {
         }
         let tracing = snapshot.mesh.tracing.as_ref().map(TracingSettings::from);
         let previous = self.state.load();
-        let next = build(
+        let next = build_in_zone(
             Arc::new(snapshot),
             &previous,
             &self.metrics,
             self.identity.as_deref(),
+            self.zone.as_deref(),
         )
         .map_err(SnapshotError::Invalid)?;
         let listeners = match &self.tcp {

@@ -21,7 +21,7 @@ pub struct SnapshotMetrics {
     pub config_errors: IntCounter,
     /// 1 while connected to the control plane.
     pub control_plane_connected: IntGauge,
-    /// Fault-injection and rate-limit families, resolved per service.
+    /// Fault injection, rate limits, mirroring and locality families.
     pub traffic: TrafficFamilies,
 }
 

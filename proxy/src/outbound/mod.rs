@@ -26,6 +26,7 @@
 //! those futures cost ~13 % of the instructions of a request).
 
 mod endpoint;
+pub mod mirror;
 mod passthrough;
 mod retry;
 pub(crate) mod route;
@@ -48,6 +49,7 @@ use crate::traffic::Verdict;
 use crate::transport::ListenerMetrics;
 use crate::upgrade::Upgrades;
 
+pub use mirror::{Mirror, MirrorTarget};
 pub use passthrough::Passthrough;
 pub use target::Target;
 

@@ -47,11 +47,18 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     let policy = &service.retries;
     service.budget.deposit();
     if policy.attempts == 0 {
+        if let Some(mirror) = &target.mirror {
+            mirror.send(super::mirror::bodiless_copy(&request));
+        }
         return send_one_try(target, request, None).await;
     }
     let idempotent = is_idempotent(request.method());
     let (mut first, template) =
         keep_for_replay(request, policy.replay_buffer_bytes, target.grpc).await?;
+    if let Some(mirror) = &target.mirror {
+        // Only a body already buffered for replay is copied.
+        mirror.send(template.as_ref().and_then(Replay::buffered_copy));
+    }
     let mut tries = 1u32;
     // The endpoint of the last connect failure: the next try avoids it.
     let mut failed: Option<String> = None;
@@ -197,6 +204,20 @@ impl Replay {
             ReplayBody::Kept(_) => true,
             ReplayBody::Streamed(streamed) => streamed.can_replay(),
         }
+    }
+
+    /// A copy for a mirror, without the trace of the original's span: only
+    /// when the body was buffered whole before the first try.
+    fn buffered_copy(&self) -> Option<Req> {
+        let ReplayBody::Kept(bytes) = &self.body else {
+            return None;
+        };
+        let mut request = Request::new(Body::full(bytes.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        Some(request)
     }
 
     /// A fresh copy of the request for another try, if its body can be had.

@@ -83,6 +83,10 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
             endpoints = other;
         }
     }
+    // Locality-aware balancing: the subset's endpoints in this zone while
+    // enough of them are healthy (one `Option` check when not configured).
+    let endpoints = endpoints.localized();
+    let mirror = rule.map_or(&service.mirror, |r| &r.mirror);
     Ok(Target {
         service: Arc::clone(service),
         endpoints: Arc::clone(endpoints),
@@ -91,6 +95,7 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
         grpc: false,
         deadline: None,
         started: None,
+        mirror: mirror.as_ref().and_then(|m| m.draw(service, state)),
     })
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::mirror::MirrorPlan;
 use crate::balance::EndpointSet;
 use crate::state::{Split, UpstreamService};
 
@@ -27,6 +28,8 @@ pub struct Target {
     /// When the request arrived, once observed: what is left of `timeout`
     /// is counted from here (a retry honouring `Retry-After` asks).
     pub started: Option<tokio::time::Instant>,
+    /// Where this request's mirrored copy goes, when it was drawn for one.
+    pub mirror: Option<MirrorPlan>,
 }
 
 impl Target {

@@ -16,6 +16,7 @@ use rand::Rng;
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
+use crate::outbound::Mirror;
 use crate::request_metrics::ServiceMetrics;
 use crate::resilience::{ConcurrencyLimiter, RetryPolicy};
 use crate::tcp_metrics::TcpMetrics;
@@ -150,6 +151,8 @@ pub struct UpstreamService {
     /// Fault injection and this caller's rate limit; `None` (the common
     /// case) when the service configures neither.
     pub traffic: Option<Arc<OutboundTraffic>>,
+    /// Copies of requests that match no route (`mirror`); `None`: none.
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 /// An opaque TCP service: its endpoints, balancing, outlier detection,
@@ -255,6 +258,9 @@ pub struct RouteRule {
     pub split: Split,
     /// Timeout override.
     pub timeout: Option<Duration>,
+    /// Copies of matching requests: the route's mirror, else the
+    /// service's (resolved when the snapshot is built).
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 impl RouteRule {

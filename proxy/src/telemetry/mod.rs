@@ -210,6 +210,10 @@ impl Telemetry {
                 path: request.uri().path(),
                 authority: crate::authority::of_request(request).unwrap_or(""),
                 peer: start.peer,
+                mirrored: request
+                    .headers()
+                    .get(&crate::outbound::mirror::MIRROR_HEADER)
+                    .is_some_and(|v| v.as_bytes() == b"1"),
             });
             Recording {
                 active: Arc::clone(active),

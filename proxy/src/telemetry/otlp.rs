@@ -180,6 +180,28 @@ mod tests {
     }
 
     #[test]
+    fn a_mirrored_copy_s_span_says_so_and_others_do_not() {
+        let mut copy = head(&Method::GET, "api", "/");
+        copy.mirrored = true;
+        let mut mirrored = SpanBuilder::begin(&copy);
+        mirrored.end(&ok());
+        let mut plain = SpanBuilder::begin(&head(&Method::GET, "api", "/"));
+        plain.end(&ok());
+        let request = decode(&[mirrored, plain]);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(
+            attribute(&spans[0], "tether.mirror"),
+            Some(Value::BoolValue(true))
+        );
+        assert_eq!(
+            attribute(&spans[0], "tether.service"),
+            text("api"),
+            "still decodes after it"
+        );
+        assert_eq!(attribute(&spans[1], "tether.mirror"), None);
+    }
+
+    #[test]
     fn a_grpc_span_carries_its_status_code_and_fails_on_server_codes() {
         let head = head(&Method::POST, "api", "/test.Echo/Unary");
         let mut unavailable = SpanBuilder::begin(&head);

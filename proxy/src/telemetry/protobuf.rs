@@ -28,6 +28,13 @@ pub fn int_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: i64) {
     varint(out, value as u64);
 }
 
+/// A `KeyValue` with a `bool_value` (`AnyValue` field 2) as field `field`.
+pub fn bool_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: bool) {
+    key_value_head(out, field, key, 2);
+    out.push(2 << 3 | VARINT);
+    out.push(u8::from(value));
+}
+
 /// The encoded length of [`string_attribute`]'s `KeyValue`, without its
 /// tag and length prefix.
 pub fn string_attribute_len(key: &str, value: &str) -> usize {

@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 
 use super::context::{SpanContext, SpanId};
 use super::protobuf::{
-    bytes, fixed64, int_attribute, int_attribute_len, string, string_attribute,
+    bool_attribute, bytes, fixed64, int_attribute, int_attribute_len, string, string_attribute,
     string_attribute_len, tag, varint, varint_len, FIXED32, LEN, VARINT,
 };
 
@@ -48,6 +48,9 @@ pub struct SpanHead<'a> {
     pub authority: &'a str,
     /// `tether.peer.identity`: the caller's verified mesh identity.
     pub peer: Option<&'a str>,
+    /// `tether.mirror: true`: the request is a mirrored copy (it carries
+    /// `tether-mirror: 1`).
+    pub mirrored: bool,
 }
 
 /// How a span ends.
@@ -119,6 +122,9 @@ impl SpanBuilder {
         string_attribute(&mut out, ATTRIBUTE, "tether.service", head.service);
         if let Some(peer) = head.peer {
             string_attribute(&mut out, ATTRIBUTE, "tether.peer.identity", peer);
+        }
+        if head.mirrored {
+            bool_attribute(&mut out, ATTRIBUTE, "tether.mirror", true);
         }
         Self {
             bytes: out,
@@ -235,5 +241,6 @@ pub(crate) fn test_head<'a>(method: &'a Method, authority: &'a str, path: &'a st
         path,
         authority,
         peer: None,
+        mirrored: false,
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 pub use fault::{Abort, Fault, FaultCounters, Share};
-pub use metrics::TrafficFamilies;
+pub use metrics::{MirrorMetrics, TrafficFamilies};
 pub use rate_limit::{InboundLimit, OutboundLimit, Refused, TokenBucket, MAX_CALLER_BUCKETS};
 
 use crate::errors::ProxyError;

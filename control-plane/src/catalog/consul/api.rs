@@ -229,6 +229,11 @@ impl ConsulApi {
         uri
     }
 
+    /// The meta key holding an instance's zone (`zone_meta_key`).
+    pub fn zone_meta_key(&self) -> &str {
+        &self.config.zone_meta_key
+    }
+
     /// How long removals wait after Consul answers again (`resync_hold`).
     pub fn resync_hold(&self) -> Duration {
         self.config.resync_hold
@@ -296,6 +301,8 @@ pub struct HealthEntry {
 struct Node {
     #[serde(rename = "Address")]
     address: String,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,9 +325,30 @@ struct Weights {
     passing: u32,
 }
 
+impl HealthEntry {
+    /// The endpoint, its zone read from the service's meta under
+    /// `zone_key`, else the node's (`Node.Meta`).
+    pub fn into_endpoint(mut self, zone_key: &str) -> Endpoint {
+        let zone = self
+            .service
+            .meta
+            .as_ref()
+            .and_then(|m| m.get(zone_key))
+            .or_else(|| self.node.meta.as_ref().and_then(|m| m.get(zone_key)))
+            .filter(|z| !z.is_empty())
+            .cloned();
+        self.node.meta = None;
+        Endpoint {
+            zone,
+            ..Endpoint::from(self)
+        }
+    }
+}
+
 impl From<HealthEntry> for Endpoint {
     /// Address: `Service.Address`, else the node's, with `Service.Port`
-    /// (IPv6 hosts bracketed); weight: `Weights.Passing` (at least 1).
+    /// (IPv6 hosts bracketed); weight: `Weights.Passing` (at least 1); no
+    /// zone (see [`HealthEntry::into_endpoint`]).
     fn from(entry: HealthEntry) -> Self {
         let host = if entry.service.address.is_empty() {
             entry.node.address
@@ -337,6 +365,7 @@ impl From<HealthEntry> for Endpoint {
             weight: entry.service.weights.map_or(1, |w| w.passing.max(1)),
             tags: entry.service.tags.unwrap_or_default(),
             meta: entry.service.meta.unwrap_or_default(),
+            zone: None,
         }
     }
 }
@@ -373,6 +402,35 @@ mod tests {
         assert_eq!(endpoints[1].address, "[fd00::2]:8081");
         assert_eq!(endpoints[1].weight, 1, "a zero weight still gets traffic");
         assert!(endpoints[1].tags.is_empty() && endpoints[1].meta.is_empty());
+    }
+
+    #[test]
+    fn the_zone_comes_from_service_meta_then_node_meta() {
+        let entries: Vec<HealthEntry> = serde_json::from_str(
+            r#"[
+          {"Node": {"Address": "10.0.0.1", "Meta": {"zone": "node-a", "az": "x"}},
+           "Service": {"Port": 1, "Meta": {"zone": "svc-a"}}},
+          {"Node": {"Address": "10.0.0.2", "Meta": {"zone": "node-b"}},
+           "Service": {"Port": 2, "Meta": null}},
+          {"Node": {"Address": "10.0.0.3", "Meta": null},
+           "Service": {"Port": 3, "Meta": {"zone": ""}}}
+        ]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let zones: Vec<Option<String>> = entries
+            .into_iter()
+            .map(|e| e.into_endpoint("zone").zone)
+            .collect();
+        assert_eq!(
+            zones,
+            [Some("svc-a".to_owned()), Some("node-b".to_owned()), None]
+        );
+        let other: Vec<HealthEntry> = serde_json::from_str(
+            r#"[{"Node": {"Address": "10.0.0.1", "Meta": {"az": "x"}}, "Service": {"Port": 1}}]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let endpoint = other.into_iter().map(|e| e.into_endpoint("az")).next();
+        assert_eq!(endpoint.and_then(|e| e.zone).as_deref(), Some("x"));
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod tests {
             weight,
             tags: vec![],
             meta: BTreeMap::new(),
+            zone: None,
         }
     }
 

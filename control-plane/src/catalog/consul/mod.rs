@@ -257,7 +257,7 @@ async fn watch_health(
         };
         let (endpoints, unusable): (Vec<Endpoint>, Vec<Endpoint>) = entries
             .into_iter()
-            .map(Endpoint::from)
+            .map(|entry| entry.into_endpoint(api.zone_meta_key()))
             .partition(|e| usable_address(&e.address));
         for endpoint in unusable {
             // Logged per Consul change, not per poll: unchanged answers block.
@@ -290,6 +290,7 @@ mod tests {
             weight: 1,
             tags: vec![],
             meta: BTreeMap::new(),
+            zone: None,
         }
     }
 
