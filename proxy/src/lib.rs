@@ -55,5 +55,6 @@ pub mod tcp_metrics;
 pub mod telemetry;
 pub mod transport;
 pub mod upgrade;
+pub mod upstream_stats;
 
 pub use app::{run, RunError};

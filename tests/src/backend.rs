@@ -28,6 +28,8 @@ pub struct Behavior {
     pub reset: bool,
     /// Body size in bytes (the backend's name when 0).
     pub body_size: usize,
+    /// Answer every Nth request with 500 (0: never), e.g. 5 for 20 %.
+    pub fail_every: usize,
 }
 
 impl Default for Behavior {
@@ -38,6 +40,7 @@ impl Default for Behavior {
             fail_first: 0,
             reset: false,
             body_size: 0,
+            fail_every: 0,
         }
     }
 }
@@ -91,6 +94,11 @@ impl Backend {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered with a failure on purpose (503 or 500) so far.
+    pub fn failed(&self) -> usize {
+        self.state.failed.load(Ordering::SeqCst)
     }
 
     /// Changes the behaviour of later requests.
@@ -159,6 +167,9 @@ async fn answer(
     let status = if n < behavior.fail_first {
         state.failed.fetch_add(1, Ordering::SeqCst);
         503
+    } else if behavior.fail_every > 0 && (n + 1) % behavior.fail_every == 0 {
+        state.failed.fetch_add(1, Ordering::SeqCst);
+        500
     } else {
         behavior.status
     };

@@ -22,6 +22,7 @@ mod observability;
 mod prometheus;
 mod registration;
 mod resilience;
+mod rollout;
 mod routing;
 mod run_mode;
 mod tcp;

@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use crate::upstream_stats::SubsetStats;
+
 pub use algorithm::LoadBalancer;
 pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
 pub use outlier::{OutlierDetector, OutlierSettings, PANIC_THRESHOLD_PERCENT};
@@ -40,6 +42,8 @@ pub struct EndpointSet {
     algorithm: LoadBalancer,
     next: AtomicUsize,
     outliers: Arc<OutlierDetector>,
+    /// Request counters reported to the control plane (`None`: not reported).
+    stats: Option<Arc<SubsetStats>>,
 }
 
 impl EndpointSet {
@@ -59,7 +63,20 @@ impl EndpointSet {
             algorithm,
             next: AtomicUsize::new(start),
             outliers,
+            stats: None,
         }
+    }
+
+    /// Counts the requests routed to this set in `stats`.
+    pub fn with_stats(mut self, stats: Option<Arc<SubsetStats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The counters of requests routed to this set, when reported.
+    #[inline]
+    pub fn stats(&self) -> Option<&SubsetStats> {
+        self.stats.as_deref()
     }
 
     /// The endpoints, ejected or not.

@@ -206,24 +206,24 @@ fn build_service(
             .with_ejected(still_ejected),
     );
 
-    let subset_set = |selector: Option<&SubsetSelector>| {
+    let subset_set = |selector: Option<&SubsetSelector>, subset_name: Option<&str>| {
         let members = endpoints
             .iter()
             .zip(&spec.endpoints)
             .filter(|(_, wire)| selector.is_none_or(|s| selects(s, wire)))
             .map(|(state, _)| Arc::clone(state))
             .collect();
-        Arc::new(EndpointSet::new(
-            members,
-            policy.load_balancer,
-            Arc::clone(&outliers),
-        ))
+        let stats = metrics.upstream_stats.handle(name, subset_name);
+        Arc::new(
+            EndpointSet::new(members, policy.load_balancer, Arc::clone(&outliers))
+                .with_stats(stats),
+        )
     };
-    let all = subset_set(None);
+    let all = subset_set(None, None);
     let subsets: HashMap<&str, Arc<EndpointSet>> = spec
         .subsets
         .iter()
-        .map(|(n, s)| (n.as_str(), subset_set(Some(s))))
+        .map(|(n, s)| (n.as_str(), subset_set(Some(s), Some(n.as_str()))))
         .collect();
     let split_of = |targets: &[SplitTarget], at: &str, problems: &mut Vec<String>| {
         if targets.is_empty() {

@@ -20,6 +20,9 @@ pub struct SnapshotMetrics {
     pub config_errors: IntCounter,
     /// 1 while connected to the control plane.
     pub control_plane_connected: IntGauge,
+    /// Per-upstream, per-subset counters reported to the control plane
+    /// (off unless one is configured); handles are resolved at build.
+    pub upstream_stats: std::sync::Arc<crate::upstream_stats::UpstreamStats>,
 }
 
 impl SnapshotMetrics {
@@ -45,6 +48,7 @@ impl SnapshotMetrics {
             ),
             requests: requests.clone(),
             tcp,
+            upstream_stats: std::sync::Arc::default(),
         }
     }
 
