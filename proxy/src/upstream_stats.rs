@@ -83,12 +83,15 @@ impl SubsetStats {
     }
 }
 
+/// (upstream service, subset; `None`: the whole endpoint list).
+type SubsetKey = (String, Option<String>);
+
 /// Every subset's counters of this proxy, by (service, subset).
 #[derive(Debug)]
 pub struct UpstreamStats {
     enabled: AtomicBool,
     since_unix_ms: u64,
-    handles: Mutex<BTreeMap<(String, Option<String>), Arc<SubsetStats>>>,
+    handles: Mutex<BTreeMap<SubsetKey, Arc<SubsetStats>>>,
 }
 
 impl Default for UpstreamStats {

@@ -167,7 +167,7 @@ async fn answer(
     let status = if n < behavior.fail_first {
         state.failed.fetch_add(1, Ordering::SeqCst);
         503
-    } else if behavior.fail_every > 0 && (n + 1) % behavior.fail_every == 0 {
+    } else if behavior.fail_every > 0 && (n + 1).is_multiple_of(behavior.fail_every) {
         state.failed.fetch_add(1, Ordering::SeqCst);
         500
     } else {
