@@ -7,14 +7,20 @@
 //! - Relative, only while `from` also has `min_requests` in the window (at
 //!   100 % it has none): `to`'s success rate at most `max_success_drop`
 //!   below `from`'s; `to`'s p99 at most `max_p99_ratio` × `from`'s, unless
-//!   the difference is under [`P99_RATIO_SLACK_MS`].
+//!   the difference is under [`P99_RATIO_SLACK_MS`] or either subset has
+//!   fewer than [`P99_RATIO_MIN_REQUESTS`] requests.
 
 use tether_api::{Gates, SubsetFigures};
 
-/// p99 differences smaller than this never fail the ratio gate: at
-/// sub-millisecond latencies bucket bounds are a factor 2-2.5 apart, so a
-/// ratio alone would fail a healthy subset one bucket slower.
-pub const P99_RATIO_SLACK_MS: f64 = 10.0;
+/// p99 differences smaller than this never fail the ratio gate: at low
+/// latencies bucket bounds are a factor 2-2.5 apart, so a ratio alone would
+/// fail a healthy subset one bucket slower (measured: 10 ms vs 25 ms on a
+/// busy machine for two identical subsets).
+pub const P99_RATIO_SLACK_MS: f64 = 25.0;
+
+/// Fewer requests than this make no p99 worth comparing (of 50 requests the
+/// "p99" is the slowest one), so the ratio gate waits for them on both sides.
+pub const P99_RATIO_MIN_REQUESTS: u64 = 100;
 
 /// What the figures say about the step.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +67,8 @@ pub fn judge(gates: &Gates, from: &SubsetFigures, to: &SubsetFigures) -> Verdict
                 to.success_rate, drop, from.success_rate, gates.max_success_drop
             ));
         }
-        if let (Some(old), Some(new)) = (from.p99_ms, to.p99_ms) {
+        let enough = from.requests.min(to.requests) >= P99_RATIO_MIN_REQUESTS;
+        if let (true, Some(old), Some(new)) = (enough, from.p99_ms, to.p99_ms) {
             if new > old * gates.max_p99_ratio && new - old > P99_RATIO_SLACK_MS {
                 return Verdict::Fail(format!(
                     "p99 {new} ms is more than {}× the old subset's {old} ms",
@@ -132,8 +139,17 @@ mod tests {
             judge(&g, &figures(5, 0, Some(2.5)), &figures(100, 5, Some(2.5))),
             Verdict::Pass
         );
-        // 2.5 → 5 ms is a ratio of 2 but only 2.5 ms: within the slack.
-        assert_eq!(judge(&g, &old, &figures(100, 0, Some(5.0))), Verdict::Pass);
+        // 2.5 → 25 ms is a ratio of 10 but only 22.5 ms: within the slack.
+        assert_eq!(judge(&g, &old, &figures(100, 0, Some(25.0))), Verdict::Pass);
+        // Not with fewer than 100 requests on either side.
+        assert_eq!(
+            judge(
+                &g,
+                &figures(100, 0, Some(25.0)),
+                &figures(99, 0, Some(100.0))
+            ),
+            Verdict::Pass
+        );
         // 25 → 100 ms: 4×, 75 ms.
         let slow_old = figures(100, 0, Some(25.0));
         assert!(

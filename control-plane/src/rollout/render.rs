@@ -3,6 +3,9 @@
 use tether_api::{RolloutList, RolloutPhase, SubsetFigures};
 
 fn figures(f: &SubsetFigures) -> String {
+    if f.requests == 0 {
+        return "no requests yet in this window".to_owned();
+    }
     let p99 = f
         .p99_ms
         .map_or_else(|| "-".to_owned(), |p| format!("{p}ms"));
