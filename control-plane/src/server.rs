@@ -1,6 +1,7 @@
 //! The proxy-facing API (contract in `tether_api::control`):
 //! `GET /v1/snapshot/<service>?version=N&wait=30s` (long-poll),
-//! `POST /v1/report`, `POST /v1/certificate` (with a CA), `GET /v1/status`,
+//! `POST /v1/report`, `POST /v1/stats`, `GET|POST /v1/rollouts`,
+//! `POST /v1/certificate` (with a CA), `GET /v1/status`,
 //! `/metrics`, `/live`, `/ready`.
 //!
 //! With a CA the API is served over TLS: the caller's client certificate
