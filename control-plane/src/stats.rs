@@ -36,10 +36,20 @@ pub enum StatsError {
     TooMany(usize),
 }
 
+/// How often silent proxies are looked for: pruning walks every proxy, so
+/// not on every report (a thousand proxies report ~100 times a second).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// The latest report of every proxy.
 #[derive(Debug, Default)]
 pub struct StatsStore {
-    proxies: Mutex<HashMap<String, (Arc<StatsReport>, Instant)>>,
+    proxies: Mutex<Proxies>,
+}
+
+#[derive(Debug, Default)]
+struct Proxies {
+    latest: HashMap<String, (Arc<StatsReport>, Instant)>,
+    pruned: Option<Instant>,
 }
 
 impl StatsStore {
@@ -60,8 +70,18 @@ impl StatsStore {
         }
         if let Ok(mut proxies) = self.proxies.lock() {
             let now = Instant::now();
-            proxies.retain(|_, (_, at)| now.duration_since(*at) < STALE_AFTER);
-            proxies.insert(report.proxy_id.clone(), (Arc::new(report), now));
+            if proxies
+                .pruned
+                .is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY)
+            {
+                proxies
+                    .latest
+                    .retain(|_, (_, at)| now.duration_since(*at) < STALE_AFTER);
+                proxies.pruned = Some(now);
+            }
+            proxies
+                .latest
+                .insert(report.proxy_id.clone(), (Arc::new(report), now));
         }
         Ok(())
     }
@@ -70,7 +90,7 @@ impl StatsStore {
     pub fn latest(&self) -> Vec<Arc<StatsReport>> {
         self.proxies
             .lock()
-            .map(|p| p.values().map(|(r, _)| Arc::clone(r)).collect())
+            .map(|p| p.latest.values().map(|(r, _)| Arc::clone(r)).collect())
             .unwrap_or_default()
     }
 }

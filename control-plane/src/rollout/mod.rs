@@ -258,10 +258,17 @@ impl Rollouts {
     /// One round: supersede what mesh.yaml took back, judge active steps.
     fn tick(&self) {
         let config = self.config.borrow().clone();
-        let latest = self.stats.latest();
         let now = unix_ms();
         let Ok(mut book) = self.book.lock() else {
             return;
+        };
+        let active = book
+            .values()
+            .any(|t| t.status.phase == RolloutPhase::Active);
+        let latest = if active {
+            self.stats.latest()
+        } else {
+            Vec::new()
         };
         let mut changed = false;
         for tracked in book.values_mut() {

@@ -30,6 +30,16 @@ impl Api {
             Ok(report) => report,
             Err(refusal) => return refusal,
         };
+        self.record_stats(rollouts, report, caller)
+    }
+
+    /// Keeps a stats report if `caller` may report for its service.
+    pub(super) fn record_stats(
+        &self,
+        rollouts: &crate::rollout::Rollouts,
+        report: StatsReport,
+        caller: &Caller,
+    ) -> Rsp {
         if let Err(refusal) = caller.may_act_for(&report.service) {
             return self.unauthorized("stats", refusal);
         }
@@ -55,20 +65,8 @@ impl Api {
                 "GET /v1/rollouts, POST /v1/rollouts, POST /v1/rollouts/<service>/abort\n",
             );
         }
-        let local = request
-            .extensions()
-            .get::<Peer>()
-            .is_some_and(|Peer(peer)| peer.ip().is_loopback());
-        if !local {
-            self.metrics
-                .api_unauthorized
-                .with_label_values(&["rollout"])
-                .inc();
-            tracing::warn!(path, "rollout change refused: not from a loopback address");
-            return text(
-                StatusCode::FORBIDDEN,
-                "rollouts are changed only from the control plane's host (a loopback address)\n",
-            );
+        if let Err(refusal) = self.may_change_rollouts(request.extensions().get::<Peer>()) {
+            return refusal;
         }
         let result = if path == ROLLOUTS_PATH {
             match read_json::<RolloutRequest>(request, MAX_ROLLOUT_BYTES, "a rollout request").await
@@ -95,6 +93,25 @@ impl Api {
         match result {
             Ok(status) => json(&status),
             Err(error) => text(error.status(), format!("{error}")),
+        }
+    }
+
+    /// Rollout changes come only from a loopback peer; a `403`, counted and
+    /// logged, otherwise.
+    pub(super) fn may_change_rollouts(&self, peer: Option<&Peer>) -> Result<(), Rsp> {
+        match peer {
+            Some(Peer(addr)) if addr.ip().is_loopback() => Ok(()),
+            _ => {
+                self.metrics
+                    .api_unauthorized
+                    .with_label_values(&["rollout"])
+                    .inc();
+                tracing::warn!(peer = ?peer.map(|p| p.0), "rollout change refused: not from a loopback address");
+                Err(text(
+                    StatusCode::FORBIDDEN,
+                    "rollouts are changed only from the control plane's host (a loopback address)\n",
+                ))
+            }
         }
     }
 }
