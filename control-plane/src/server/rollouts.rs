@@ -65,7 +65,7 @@ impl Api {
                 "GET /v1/rollouts, POST /v1/rollouts, POST /v1/rollouts/<service>/abort\n",
             );
         }
-        if let Err(refusal) = self.may_change_rollouts(request.extensions().get::<Peer>()) {
+        if let Some(refusal) = self.refuse_rollout_change(request.extensions().get::<Peer>()) {
             return refusal;
         }
         let result = if path == ROLLOUTS_PATH {
@@ -96,18 +96,18 @@ impl Api {
         }
     }
 
-    /// Rollout changes come only from a loopback peer; a `403`, counted and
-    /// logged, otherwise.
-    pub(super) fn may_change_rollouts(&self, peer: Option<&Peer>) -> Result<(), Rsp> {
+    /// Rollout changes come only from a loopback peer: `None` for one, else
+    /// a `403` (counted and logged).
+    pub(super) fn refuse_rollout_change(&self, peer: Option<&Peer>) -> Option<Rsp> {
         match peer {
-            Some(Peer(addr)) if addr.ip().is_loopback() => Ok(()),
+            Some(Peer(addr)) if addr.ip().is_loopback() => None,
             _ => {
                 self.metrics
                     .api_unauthorized
                     .with_label_values(&["rollout"])
                     .inc();
                 tracing::warn!(peer = ?peer.map(|p| p.0), "rollout change refused: not from a loopback address");
-                Err(text(
+                Some(text(
                     StatusCode::FORBIDDEN,
                     "rollouts are changed only from the control plane's host (a loopback address)\n",
                 ))

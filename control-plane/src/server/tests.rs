@@ -181,13 +181,13 @@ async fn rollouts_change_only_from_a_loopback_peer() {
     let local = Peer("127.0.0.1:40000".parse().unwrap_or_else(|e| panic!("{e}")));
     let local6 = Peer("[::1]:40000".parse().unwrap_or_else(|e| panic!("{e}")));
     let remote = Peer("10.1.2.3:40000".parse().unwrap_or_else(|e| panic!("{e}")));
-    assert!(api.may_change_rollouts(Some(&local)).is_ok());
-    assert!(api.may_change_rollouts(Some(&local6)).is_ok());
-    let Err(refusal) = api.may_change_rollouts(Some(&remote)) else {
+    assert!(api.refuse_rollout_change(Some(&local)).is_none());
+    assert!(api.refuse_rollout_change(Some(&local6)).is_none());
+    let Some(refusal) = api.refuse_rollout_change(Some(&remote)) else {
         panic!("a remote peer may not change rollouts");
     };
     assert_eq!(body(refusal).await.0, StatusCode::FORBIDDEN);
-    assert!(api.may_change_rollouts(None).is_err());
+    assert!(api.refuse_rollout_change(None).is_some());
     assert_eq!(
         api.metrics
             .api_unauthorized
