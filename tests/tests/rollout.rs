@@ -335,3 +335,60 @@ async fn blue_green_switches_at_once_and_abort_switches_back() {
     let answers = load.stop().await;
     assert_eq!(failures(&answers), (0, 0, 0), "no failed request");
 }
+
+#[tokio::test]
+async fn over_tls_a_sidecar_reports_stats_with_its_certificate() {
+    let app = Backend::start("api").await;
+    let mesh = |api: Option<SocketAddr>| {
+        let api = api
+            .map(|a| format!("{{ address: \"{a}\" }}"))
+            .unwrap_or_default();
+        format!("mesh:\n  catalog:\n    static:\n      services:\n        api: [ {api} ]\nservices:\n  web: {{}}\n  api: {{}}\n")
+    };
+    let plane = ControlPlane::start_with_ca(&mesh(None), "1h").await;
+    let sidecar = |service: &str| {
+        Proxy::subscribed(&plane.url(), service)
+            .arg("--trust-bundle")
+            .arg(&plane.bundle().display().to_string())
+            .arg("--token-file")
+            .arg(&plane.token_file(service).display().to_string())
+            .arg("--stats-interval")
+            .arg("300ms")
+    };
+    let api = sidecar("api").app(app.addr).start().await;
+    plane.write_config(&mesh(Some(api.inbound)));
+    let web = sidecar("web").start().await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async { Client::http1().get(web.outbound, "api", "/").await.status == 200 },
+        "web never reached api over mTLS"
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        || async { plane.metric("tether_control_stats_reports_total").await >= 4.0 },
+        "no stats report arrived; log:\n{}",
+        plane.log()
+    );
+    assert_eq!(
+        plane
+            .metric(r#"tether_control_api_unauthorized_total{path="stats"}"#)
+            .await,
+        0.0,
+        "every report came with the proxy's own certificate"
+    );
+    let mut command = std::process::Command::new(control_bin());
+    command
+        .args(["rollout", "status", "--control-plane"])
+        .arg(plane.url())
+        .arg("--trust-bundle")
+        .arg(plane.bundle());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("(no rollout)"),
+        "{text}"
+    );
+}
