@@ -13,9 +13,14 @@
 //! current step restarts its interval), finished ones are reported.
 
 pub mod gate;
+mod overrides;
 pub mod render;
 pub mod state_file;
+mod validate;
 pub mod window;
+
+pub use self::overrides::{apply, Overrides};
+use self::validate::check;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,11 +43,6 @@ use crate::stats::StatsStore;
 /// How often active rollouts are judged: well under any stats interval,
 /// so a failing gate rolls back within one report of the failures.
 const TICK: Duration = Duration::from_millis(200);
-/// Shortest step interval accepted.
-const MIN_INTERVAL: Duration = Duration::from_millis(500);
-
-/// The split each held rollout imposes, by service.
-pub type Overrides = BTreeMap<String, Vec<SplitTarget>>;
 
 /// Why a rollout request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -455,82 +455,6 @@ fn superseded(status: &RolloutStatus, config: &MeshConfig) -> Option<String> {
         return Some("mesh.yaml's split of the service changed: mesh.yaml is in force".into());
     }
     None
-}
-
-/// Checks a request against itself and mesh.yaml (every problem at once);
-/// the service's split in mesh.yaml when it is fine.
-fn check(r: &RolloutRequest, config: &MeshConfig) -> Result<Vec<SplitTarget>, RolloutError> {
-    let mut problems = Vec::new();
-    let service = config.services.get(&r.service);
-    match service {
-        None => problems.push(format!(
-            "service `{}` is not in mesh.yaml's services",
-            r.service
-        )),
-        Some(s) => {
-            for subset in [&r.from, &r.to] {
-                if !s.subsets.contains_key(subset) {
-                    problems.push(format!(
-                        "subset `{subset}` is not in services.{}.subsets (known: {})",
-                        r.service,
-                        s.subsets.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ));
-                }
-            }
-        }
-    }
-    if r.from == r.to {
-        problems.push("--from and --to name the same subset".into());
-    }
-    if r.steps.is_empty() || r.steps.last() != Some(&100) {
-        problems.push("steps must end at 100".into());
-    }
-    if r.steps.windows(2).any(|w| w[0] >= w[1]) || r.steps.first() == Some(&0) {
-        problems.push("steps must increase, from 1 to 100".into());
-    }
-    if r.interval < MIN_INTERVAL {
-        problems.push(format!("interval must be at least {MIN_INTERVAL:?}"));
-    }
-    let g = &r.gates;
-    if !(0.0..=1.0).contains(&g.min_success_rate) {
-        problems.push("min success rate must be within 0..1".into());
-    }
-    if !(0.0..=1.0).contains(&g.max_success_drop) {
-        problems.push("max success drop must be within 0..1".into());
-    }
-    if g.max_p99_ratio.is_nan() || g.max_p99_ratio < 1.0 {
-        problems.push("max p99 ratio must be at least 1".into());
-    }
-    if g.max_wait < r.interval {
-        problems.push("max wait must be at least the interval".into());
-    }
-    if problems.is_empty() {
-        Ok(service.map(|s| s.split.clone()).unwrap_or_default())
-    } else {
-        Err(RolloutError::Invalid(
-            problems.into_iter().map(|p| p + "\n").collect(),
-        ))
-    }
-}
-
-/// `config` with the overrides' splits in place of the services' own
-/// (only where both subsets are still defined).
-pub fn apply(config: &Arc<MeshConfig>, overrides: &Overrides) -> Arc<MeshConfig> {
-    if overrides.is_empty() {
-        return Arc::clone(config);
-    }
-    let mut effective = (**config).clone();
-    for (name, split) in overrides {
-        if let Some(service) = effective.services.get_mut(name) {
-            if split
-                .iter()
-                .all(|t| service.subsets.contains_key(&t.subset))
-            {
-                service.split = split.clone();
-            }
-        }
-    }
-    Arc::new(effective)
 }
 
 #[cfg(test)]
