@@ -3,7 +3,7 @@
 //! Reports are cumulative, so only the latest one per proxy is kept;
 //! readers (rollout gates, later the topology page: edges are the report's
 //! `service` → each upstream) turn successive reports into windows
-//! themselves ([`crate::rollout::window`]). A proxy not heard from for
+//! themselves (the rollouts' windows). A proxy not heard from for
 //! [`STALE_AFTER`] is forgotten.
 
 use std::collections::HashMap;
