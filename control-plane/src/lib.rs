@@ -16,8 +16,10 @@ pub mod locate;
 pub mod metrics;
 pub mod plan;
 pub mod reload;
+pub mod rollout;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -56,6 +58,9 @@ pub enum ServeError {
     /// The API's TLS settings could not be built.
     #[error("API TLS: {0}")]
     Tls(#[source] tether_certs::Error),
+    /// The rollout state file cannot be read.
+    #[error("rollout state: {0}")]
+    RolloutState(#[from] crate::rollout::state_file::StateFileError),
     /// The API could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -79,6 +84,8 @@ pub struct ServeSettings {
     /// The mesh CA: with it the API is served over TLS and signs proxies'
     /// certificates; without it the API is plaintext and issues nothing.
     pub ca: Option<IssuerSettings>,
+    /// Where rollouts are kept across restarts; without it rollouts cannot start.
+    pub rollout_state: Option<PathBuf>,
 }
 
 /// Runs the control plane until the process is stopped.
@@ -88,6 +95,7 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         listen,
         admin,
         ca,
+        rollout_state,
     } = settings;
     let metrics = ControlMetrics::new();
     let text = std::fs::read_to_string(&config_path).map_err(|source| ServeError::Read {
@@ -132,15 +140,23 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
             None
         }
     };
+    let rollouts = rollout::Rollouts::load(
+        Arc::default(),
+        config_rx.clone(),
+        rollout_state,
+        metrics.clone(),
+    )?;
     let reloader = Reloader::new(config_path, text, config_tx, metrics.clone());
     tokio::spawn(reloader.run(hup));
     tokio::spawn(compute_loop(
         config_rx,
+        rollouts.overrides(),
         Arc::clone(&snapshots),
         metrics.clone(),
     ));
+    tokio::spawn(Arc::clone(&rollouts).run());
     tracing::info!(%listen, ?admin, tls = tls.is_some(), "tether-control serving");
-    let mut api = server::Api::new(snapshots, metrics);
+    let mut api = server::Api::new(snapshots, metrics).with_rollouts(rollouts);
     if let Some(listener) = admin_listener {
         tokio::spawn(api.clone().serve_admin(listener));
     }
@@ -193,9 +209,11 @@ fn start_catalog(config: &MeshConfig, metrics: &ControlMetrics) -> Box<dyn Catal
 /// Recomputes snapshots whenever the config or the catalog changes, once the
 /// catalog has been read in full (a half-read Consul catalog would hand
 /// proxies empty endpoint lists). A config change that switches catalogs
-/// stops the old catalog's watches and starts the new one's.
+/// stops the old catalog's watches and starts the new one's. Rollouts'
+/// overrides replace their services' splits ([`rollout::apply`]).
 async fn compute_loop(
     mut configs: watch::Receiver<Arc<MeshConfig>>,
+    mut overrides: watch::Receiver<Arc<rollout::Overrides>>,
     snapshots: Arc<Snapshots>,
     metrics: ControlMetrics,
 ) {
@@ -205,9 +223,15 @@ async fn compute_loop(
     loop {
         let state = states.borrow_and_update().clone();
         if state.synced {
-            snapshots.update(&config, &state);
+            let effective = rollout::apply(&config, &overrides.borrow_and_update());
+            snapshots.update(&effective, &state);
         }
         tokio::select! {
+            changed = overrides.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             changed = configs.changed() => {
                 if changed.is_err() {
                     return;

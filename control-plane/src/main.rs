@@ -1,10 +1,11 @@
 //! `tether-control` binary: `serve`, `validate`, `status`, `ca init`,
-//! `token create|revoke|list`. The only code that reads flags and the
+//! `token create|revoke|list`, `rollout start|status|abort`. The only code that reads flags and the
 //! environment.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_cli;
+mod rollout_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tether_control::ServeSettings;
 use tracing_subscriber::EnvFilter;
 
 use crate::admin_cli::{CaCommand, TokenCommand};
+use crate::rollout_cli::RolloutCommand;
 
 /// Tether's control plane.
 #[derive(Parser)]
@@ -47,6 +49,10 @@ enum Command {
         /// Lifetime of the certificates issued; proxies renew at two thirds.
         #[arg(long, env = "TETHER_CERT_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration, requires = "ca_dir")]
         cert_lifetime: Duration,
+        /// Where rollouts are kept (JSON, 0600, written atomically), so a
+        /// restart resumes or reports them; rollouts cannot start without it.
+        #[arg(long, env = "TETHER_ROLLOUT_STATE")]
+        rollout_state: Option<PathBuf>,
     },
     /// Check a mesh.yaml; prints every problem as FILE:LINE:COL and exits 1.
     Validate {
@@ -83,6 +89,9 @@ enum Command {
     /// Join tokens: how a proxy proves its service for its first certificate.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Canary and blue-green rollouts gated by the proxies' statistics.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
             admin,
             ca_dir,
             cert_lifetime,
+            rollout_state,
         } => {
             let settings = ServeSettings {
                 config_path: config,
@@ -121,6 +131,7 @@ fn main() -> ExitCode {
                     ca_dir,
                     cert_lifetime,
                 }),
+                rollout_state,
             };
             match runtime.block_on(tether_control::serve(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +184,7 @@ fn main() -> ExitCode {
         } => runtime.block_on(status(&control_plane, trust_bundle)),
         Command::Ca(command) => admin_cli::ca(command),
         Command::Token(command) => admin_cli::token(command),
+        Command::Rollout(command) => runtime.block_on(rollout_cli::rollout(command)),
     }
 }
 

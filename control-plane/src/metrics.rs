@@ -1,8 +1,8 @@
 //! The control plane's Prometheus metrics.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric of the control plane.
@@ -39,6 +39,14 @@ pub struct ControlMetrics {
     pub api_unauthorized: IntCounterVec,
     /// TLS handshakes on the API that failed.
     pub tls_handshake_errors: IntCounter,
+    /// Stats reports received from proxies.
+    pub stats_reports: IntCounter,
+    /// Current step (1-based) of each service's active rollout; 0 when none is active.
+    pub rollout_step: IntGaugeVec,
+    /// Percent of each rolled-out service's default traffic on the new subset.
+    pub rollout_percent: IntGaugeVec,
+    /// Rollouts finished, by outcome (promoted, rolled-back, aborted).
+    pub rollouts: IntCounterVec,
 }
 
 impl ControlMetrics {
@@ -70,6 +78,13 @@ impl ControlMetrics {
             reg(
                 &registry,
                 IntCounterVec::new(Opts::new(n, h), labels)
+                    .unwrap_or_else(|e| unreachable!("{n}: {e}")),
+            )
+        };
+        let gauge_vec = |n: &str, h: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(n, h), labels)
                     .unwrap_or_else(|e| unreachable!("{n}: {e}")),
             )
         };
@@ -140,6 +155,25 @@ impl ControlMetrics {
             tls_handshake_errors: counter(
                 "tether_control_tls_handshake_errors_total",
                 "TLS handshakes on the API that failed or timed out.",
+            ),
+            stats_reports: counter(
+                "tether_control_stats_reports_total",
+                "Per-upstream statistics reports received from proxies (POST /v1/stats).",
+            ),
+            rollout_step: gauge_vec(
+                "tether_control_rollout_step",
+                "Current step (1-based) of the service's active rollout; 0 once it finished.",
+                &["service"],
+            ),
+            rollout_percent: gauge_vec(
+                "tether_control_rollout_percent",
+                "Percent of the service's default traffic the rollout sends to the new subset.",
+                &["service"],
+            ),
+            rollouts: counter_vec(
+                "tether_control_rollouts_total",
+                "Rollouts finished, by outcome (promoted, rolled-back, aborted).",
+                &["outcome"],
             ),
             registry,
         }

@@ -1,6 +1,7 @@
 //! The proxy-facing API (contract in `tether_api::control`):
 //! `GET /v1/snapshot/<service>?version=N&wait=30s` (long-poll),
-//! `POST /v1/report`, `POST /v1/certificate` (with a CA), `GET /v1/status`,
+//! `POST /v1/report`, `POST /v1/stats`, `GET|POST /v1/rollouts`,
+//! `POST /v1/certificate` (with a CA), `GET /v1/status`,
 //! `/metrics`, `/live`, `/ready`.
 //!
 //! With a CA the API is served over TLS: the caller's client certificate
@@ -10,6 +11,7 @@
 mod body;
 mod caller;
 mod certificate;
+mod rollouts;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -54,7 +56,13 @@ pub struct Api {
     metrics: ControlMetrics,
     proxies: Arc<Mutex<BTreeMap<String, Tracked>>>,
     issuer: Option<Arc<Issuer>>,
+    /// Rollouts and the proxies' statistics (`None`: not served).
+    rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
+
+/// The peer address of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+struct Peer(std::net::SocketAddr);
 
 #[derive(Clone)]
 struct Tracked {
@@ -133,7 +141,15 @@ impl Api {
             metrics,
             proxies: Arc::default(),
             issuer: None,
+            rollouts: None,
         }
+    }
+
+    /// Serves rollouts (`/v1/rollouts`) and takes proxies' statistics
+    /// (`POST /v1/stats`) into `rollouts`' store.
+    pub fn with_rollouts(mut self, rollouts: Arc<crate::rollout::Rollouts>) -> Self {
+        self.rollouts = Some(rollouts);
+        self
     }
 
     /// Signs proxies' certificates with `issuer` (`POST /v1/certificate`).
@@ -158,8 +174,8 @@ impl Api {
     /// `api`: `Some(tls)` for the API (TLS when set), `None` for admin.
     async fn accept_loop(self, listener: TcpListener, api: Option<Option<TlsAcceptor>>) {
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // E.g. out of file descriptors: pause instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -178,18 +194,19 @@ impl Api {
                     return;
                 };
                 match connection {
-                    Accepted::Plain(io) => server.serve_connection(io, caller).await,
-                    Accepted::Tls(io) => server.serve_connection(*io, caller).await,
+                    Accepted::Plain(io) => server.serve_connection(io, caller, peer).await,
+                    Accepted::Tls(io) => server.serve_connection(*io, caller, peer).await,
                 }
             });
         }
     }
 
-    async fn serve_connection<S>(self, io: S, caller: Caller)
+    async fn serve_connection<S>(self, io: S, caller: Caller, peer: std::net::SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(Peer(peer));
             let api = self.clone();
             let caller = caller.clone();
             async move { Ok::<_, Infallible>(api.handle(request, &caller).await) }
@@ -202,11 +219,13 @@ impl Api {
     async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Rsp {
         let path = request.uri().path().to_owned();
         let read_only = request.method() == Method::GET
-            && (matches!(path.as_str(), "/live" | "/ready" | "/metrics") || path == STATUS_PATH);
+            && (matches!(path.as_str(), "/live" | "/ready" | "/metrics")
+                || path == STATUS_PATH
+                || path == tether_api::ROLLOUTS_PATH);
         if matches!(caller, Caller::Admin) && !read_only {
             return text(
                 StatusCode::NOT_FOUND,
-                "the admin listener serves GET /live /ready /metrics /v1/status only\n",
+                "the admin listener serves GET /live /ready /metrics /v1/status /v1/rollouts only\n",
             );
         }
         match (request.method(), path.as_str()) {
@@ -219,6 +238,10 @@ impl Api {
             (&Method::GET, STATUS_PATH) => json(&self.status()),
             (&Method::POST, REPORT_PATH) => self.report(request, caller).await,
             (&Method::POST, CERTIFICATE_PATH) => self.certificate(request, caller).await,
+            (&Method::POST, tether_api::STATS_PATH) => self.stats(request, caller).await,
+            (_, p) if p == tether_api::ROLLOUTS_PATH || p.starts_with("/v1/rollouts/") => {
+                self.rollouts(request).await
+            }
             (&Method::GET, p) if p.starts_with(SNAPSHOT_PATH_PREFIX) => {
                 let service = &p[SNAPSHOT_PATH_PREFIX.len()..];
                 if let Err(refusal) = caller.may_act_for(service) {
@@ -232,7 +255,7 @@ impl Api {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown path; see /v1/snapshot/<service>, /v1/report, /v1/certificate, /v1/status, /metrics\n",
+                "unknown path; see /v1/snapshot/<service>, /v1/report, /v1/stats, /v1/rollouts, /v1/certificate, /v1/status, /metrics\n",
             ),
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tether_api::StatusResponse;
 use tether_certs::{IdentityStore, SpiffeId, TrustBundle, CONTROL_PLANE_SERVICE};
@@ -67,7 +67,24 @@ pub struct StatusTls {
 /// Fetches the status from the control plane at `base` (`http://host:port`,
 /// or `https://host:port` verified as `spiffe://<td>/service/tether-control`).
 pub async fn fetch(base: &str, tls: &StatusTls) -> Result<StatusResponse, StatusError> {
-    let uri = format!("{}/v1/status", base.trim_end_matches('/'));
+    let (uri, status, body) = request(base, tls, http::Method::GET, "/v1/status", None).await?;
+    serde_json::from_slice(&body).map_err(|_| StatusError::NotStatus {
+        uri,
+        status,
+        body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+    })
+}
+
+/// One request to the control plane at `base` (as [`fetch`] reaches it),
+/// with a JSON `body` if any: the URL, the answer's status and its body.
+pub async fn request(
+    base: &str,
+    tls: &StatusTls,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(String, http::StatusCode, Bytes), StatusError> {
+    let uri = format!("{}{path}", base.trim_end_matches('/'));
     let url_error = |reason: String| StatusError::Url {
         uri: uri.clone(),
         reason,
@@ -92,9 +109,15 @@ pub async fn fetch(base: &str, tls: &StatusTls) -> Result<StatusResponse, Status
     let tcp = TcpStream::connect((authority.host(), port))
         .await
         .map_err(|e| transport(e.to_string()))?;
-    let request = http::Request::get(parsed.path())
-        .header(http::header::HOST, authority.as_str())
-        .body(Empty::<Bytes>::new())
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(parsed.path())
+        .header(http::header::HOST, authority.as_str());
+    if body.is_some() {
+        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| url_error(e.to_string()))?;
     let (status, body) = if https {
         let bundle = tls
@@ -125,17 +148,13 @@ pub async fn fetch(base: &str, tls: &StatusTls) -> Result<StatusResponse, Status
     } else {
         one_request(tcp, request).await.map_err(transport)?
     };
-    serde_json::from_slice(&body).map_err(|_| StatusError::NotStatus {
-        uri: uri.clone(),
-        status,
-        body: String::from_utf8_lossy(&body).chars().take(200).collect(),
-    })
+    Ok((uri, status, body))
 }
 
 /// One HTTP/1.1 request on a fresh connection.
 async fn one_request<S>(
     io: S,
-    request: http::Request<Empty<Bytes>>,
+    request: http::Request<Full<Bytes>>,
 ) -> Result<(http::StatusCode, Bytes), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

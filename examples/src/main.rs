@@ -5,6 +5,7 @@
 //! - `tether-sample --name web --listen 127.0.0.1:18080 --call api --sidecar 127.0.0.1:15001`
 //!   calls `http://api/` through its sidecar on every request and includes the
 //!   answer, forwarding the trace headers so app and sidecar spans join one trace.
+//! - `--fail-percent N` answers N % of requests with a 500 (rollout demos).
 //! - `GET /bytes/N` streams N bytes in 64 KiB chunks without holding them;
 //!   `POST /sink` reads the body to the end and answers its length. The
 //!   benchmark uses both to show that bodies stream through the proxy.
@@ -63,10 +64,16 @@ struct Args {
     /// Answer with this many bytes instead of a greeting (benchmarks).
     #[arg(long, default_value_t = 0)]
     body_size: usize,
+    /// Answer this percent of requests with a 500, spread evenly (e.g. 20:
+    /// every fifth), to demo a rollout that rolls back.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    fail_percent: u64,
 }
 
 struct App {
     args: Args,
+    /// Requests answered so far (for --fail-percent).
+    served: std::sync::atomic::AtomicU64,
     body: Bytes,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -93,7 +100,12 @@ async fn main() -> std::process::ExitCode {
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(20))
         .build_http();
-    let app = Arc::new(App { args, body, client });
+    let app = Arc::new(App {
+        args,
+        served: std::sync::atomic::AtomicU64::new(0),
+        body,
+        client,
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -114,6 +126,21 @@ async fn main() -> std::process::ExitCode {
 
 impl App {
     async fn answer(&self, request: Request<Incoming>) -> Response<AppBody> {
+        let percent = self.args.fail_percent;
+        if percent > 0 {
+            let n = self
+                .served
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if (n * percent) % 100 < percent {
+                return status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "{} failing on purpose (--fail-percent {percent})\n",
+                        self.args.name
+                    ),
+                );
+            }
+        }
         let path = request.uri().path();
         if let Some(n) = path
             .strip_prefix("/bytes/")

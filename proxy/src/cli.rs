@@ -306,6 +306,10 @@ pub enum AppProtocol {
     Grpc,
 }
 
+/// Shortest stats interval accepted: more often would only load the
+/// control plane.
+const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Flags of the proxy itself.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -322,6 +326,10 @@ pub struct ProxyArgs {
     /// This proxy's id in the control plane's status (default: SERVICE-PID-RANDOM).
     #[arg(long, env = "TETHER_PROXY_ID")]
     pub proxy_id: Option<String>,
+    /// How often to report per-upstream request statistics to the control
+    /// plane (`POST /v1/stats`; only with --control-plane).
+    #[arg(long, env = "TETHER_STATS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
     /// Snapshot file (YAML or JSON) to run from, without a control plane;
     /// edits are picked up.
     #[arg(long, env = "TETHER_SNAPSHOT")]
@@ -629,6 +637,7 @@ impl ProxyArgs {
                     service,
                     proxy_id,
                     state_dir: self.state_dir,
+                    stats_interval: self.stats_interval.max(MIN_STATS_INTERVAL),
                 })
             }
             (None, None) => {

@@ -18,8 +18,8 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use tether_api::{
-    snapshot_path, CertificateRequest, CertificateResponse, ProxyReport, Snapshot,
-    CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH,
+    snapshot_path, CertificateRequest, CertificateResponse, ProxyReport, Snapshot, StatsReport,
+    CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, STATS_PATH,
 };
 use tether_certs::{SpiffeId, CONTROL_PLANE_SERVICE};
 
@@ -160,6 +160,20 @@ impl ControlPlaneClient {
         timeout: Duration,
     ) -> Result<(), ControlCallError> {
         let (status, body) = self.post_json(REPORT_PATH, report, None, timeout).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(status, &body))
+        }
+    }
+
+    /// Posts this proxy's per-upstream statistics.
+    pub async fn stats(
+        &self,
+        report: &StatsReport,
+        timeout: Duration,
+    ) -> Result<(), ControlCallError> {
+        let (status, body) = self.post_json(STATS_PATH, report, None, timeout).await?;
         if status.is_success() {
             Ok(())
         } else {

@@ -56,5 +56,6 @@ pub mod telemetry;
 pub mod traffic;
 pub mod transport;
 pub mod upgrade;
+pub mod upstream_stats;
 
 pub use app::{run, RunError};

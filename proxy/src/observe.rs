@@ -126,7 +126,7 @@ impl Observer {
     /// Records the response: metrics, span, access log, all from its typed
     /// [`Outcome`]; then writes the outcome's headers (`tether-error`,
     /// `tether-attempts`, `tether-retry-skipped`), the one place they are
-    /// rendered on either path.
+    /// rendered on either path. Returns the request's duration.
     pub fn end(
         &self,
         observation: Observation,
@@ -134,7 +134,7 @@ impl Observer {
         metrics: &ServiceMetrics,
         service: &str,
         peer: Option<&str>,
-    ) {
+    ) -> std::time::Duration {
         let elapsed = observation.started.elapsed();
         // No outcome (the common case: answered on the first try) is one
         // empty-extensions check.
@@ -172,7 +172,7 @@ impl Observer {
             if let (Some(log), Some(line)) = (&self.access_log, observation.line) {
                 log.log(entry(line, observation.trace_id));
             }
-            return;
+            return elapsed;
         }
         let done = Done {
             span: observation.span,
@@ -203,6 +203,7 @@ impl Observer {
                 *response.body_mut() = Body::Boxed(BoxBody::new(tail));
             }
         }
+        elapsed
     }
 }
 

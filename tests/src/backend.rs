@@ -30,6 +30,8 @@ pub struct Behavior {
     pub body_size: usize,
     /// Extra headers on every answer (e.g. `Retry-After`).
     pub headers: Vec<(&'static str, &'static str)>,
+    /// Answer every Nth request with 500 (0: never), e.g. 5 for 20 %.
+    pub fail_every: usize,
 }
 
 impl Default for Behavior {
@@ -41,6 +43,7 @@ impl Default for Behavior {
             reset: false,
             body_size: 0,
             headers: Vec::new(),
+            fail_every: 0,
         }
     }
 }
@@ -111,6 +114,11 @@ impl Backend {
     /// Body bytes of the mirrored requests received so far.
     pub fn mirrored_bytes(&self) -> usize {
         self.state.mirrored_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered with a failure on purpose (503 or 500) so far.
+    pub fn failed(&self) -> usize {
+        self.state.failed.load(Ordering::SeqCst)
     }
 
     /// Changes the behaviour of later requests.
@@ -184,6 +192,9 @@ async fn answer(
     let status = if n < behavior.fail_first {
         state.failed.fetch_add(1, Ordering::SeqCst);
         503
+    } else if behavior.fail_every > 0 && (n + 1).is_multiple_of(behavior.fail_every) {
+        state.failed.fetch_add(1, Ordering::SeqCst);
+        500
     } else {
         behavior.status
     };

@@ -51,6 +51,8 @@ pub struct ControlPlane {
     ca: Option<(PathBuf, String)>,
     /// The plaintext admin listener (`serve --admin`), started with a CA.
     pub admin: Option<SocketAddr>,
+    /// More `serve` flags (e.g. `--rollout-state FILE`).
+    extra_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -67,8 +69,21 @@ impl ControlPlane {
             config,
             ca: None,
             admin: None,
+            extra_args: Vec::new(),
             dir,
         }
+    }
+
+    /// Starts `tether-control serve` with more flags, made by `args` from
+    /// the control plane's own directory, and waits for `/ready`.
+    pub async fn start_with_args(
+        mesh_yaml: &str,
+        args: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> Self {
+        let mut plane = Self::unstarted(mesh_yaml);
+        plane.extra_args = args(plane.dir.path());
+        plane.restart().await;
+        plane
     }
 
     /// Starts `tether-control serve` with this mesh.yaml and waits for `/ready`.
@@ -200,6 +215,7 @@ impl ControlPlane {
         if let Some(admin) = self.admin {
             command.arg("--admin").arg(admin.to_string());
         }
+        command.args(&self.extra_args);
         let child = command
             .env("TETHER_LOG", "info")
             .stderr(log.try_clone().unwrap_or_else(|e| panic!("{e}")))

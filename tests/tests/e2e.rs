@@ -23,6 +23,7 @@ mod observability;
 mod prometheus;
 mod registration;
 mod resilience;
+mod rollout;
 mod routing;
 mod run_mode;
 mod tcp;

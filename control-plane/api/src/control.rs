@@ -8,6 +8,9 @@
 //!   *different* version as news, never only a larger one.
 //! - Each snapshot request carries the proxy's id in the `tether-proxy-id` header.
 //! - `POST {REPORT_PATH}` takes a [`ProxyReport`]: what a proxy applied or refused.
+//! - `POST {crate::STATS_PATH}` takes a [`crate::StatsReport`]: per-upstream counters (same
+//!   certificate rule as reports).
+//! - `/v1/rollouts` lists, starts and aborts rollouts ([`crate::RolloutRequest`]).
 //! - `GET {STATUS_PATH}` answers a [`StatusResponse`].
 //! - `POST {CERTIFICATE_PATH}` takes a [`CertificateRequest`] and answers a
 //!   [`CertificateResponse`] (only when the control plane runs a CA and

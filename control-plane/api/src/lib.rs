@@ -13,7 +13,9 @@
 
 mod control;
 mod policy;
+mod rollout;
 mod snapshot;
+mod stats;
 mod traffic;
 mod validate;
 
@@ -26,10 +28,18 @@ pub use policy::{
     default_grpc_retry_on, is_default_retry_on, Backoff, CircuitBreaker, LoadBalancer, RetryBudget,
     RetryOn, RetryPolicy, TrafficPolicy, GRPC_CODE_NAMES,
 };
+pub use rollout::{
+    Gates, RolloutList, RolloutPhase, RolloutRequest, RolloutStatus, SubsetFigures,
+    DEFAULT_MAX_P99, DEFAULT_MAX_P99_RATIO, DEFAULT_MAX_SUCCESS_DROP, DEFAULT_MIN_REQUESTS,
+    DEFAULT_MIN_SUCCESS_RATE, ROLLOUTS_PATH,
+};
 pub use snapshot::{
     Authorization, AuthorizationDefault, AuthorizationRule, Endpoint, MeshSettings, OtlpProtocol,
     OutboundPolicy, Protocol, Route, RouteMatch, ServiceSnapshot, Snapshot, SplitTarget,
     SubsetSelector, TracingSettings,
+};
+pub use stats::{
+    StatsReport, UpstreamCounters, LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT, STATS_PATH,
 };
 pub use traffic::{
     grpc_code, FaultAbort, FaultDelay, FaultInjection, InboundRateLimit, Locality, Mirror,

@@ -138,3 +138,62 @@ async fn a_refused_version_is_never_shown_as_applied() {
     assert_eq!(api.metrics.proxy_rejections.get(), 1);
     assert_eq!(api.record(b"{}").status(), StatusCode::BAD_REQUEST);
 }
+
+fn rollouts() -> Arc<crate::rollout::Rollouts> {
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config()));
+    crate::rollout::Rollouts::load(Arc::default(), rx, None, ControlMetrics::new())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn stats_report(service: &str) -> tether_api::StatsReport {
+    tether_api::StatsReport {
+        proxy_id: format!("{service}-1"),
+        service: service.into(),
+        counters_since_unix_ms: 0,
+        upstreams: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_reports_stats_only_for_its_own_service() {
+    let (api, _) = api();
+    let rollouts = rollouts();
+    let web = Caller::Service(Arc::new(
+        tether_certs::SpiffeId::service("tether.local", "web").unwrap_or_else(|e| panic!("{e}")),
+    ));
+    let (status, _) = body(api.record_stats(&rollouts, stats_report("web"), &web)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, message) = body(api.record_stats(&rollouts, stats_report("api"), &web)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    let (status, _) =
+        body(api.record_stats(&rollouts, stats_report("api"), &Caller::Anonymous)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        rollouts.stats().latest().len(),
+        1,
+        "only web's report is kept"
+    );
+    assert_eq!(api.metrics.stats_reports.get(), 1);
+}
+
+#[tokio::test]
+async fn rollouts_change_only_from_a_loopback_peer() {
+    let (api, _) = api();
+    let local = Peer("127.0.0.1:40000".parse().unwrap_or_else(|e| panic!("{e}")));
+    let local6 = Peer("[::1]:40000".parse().unwrap_or_else(|e| panic!("{e}")));
+    let remote = Peer("10.1.2.3:40000".parse().unwrap_or_else(|e| panic!("{e}")));
+    assert!(api.refuse_rollout_change(Some(&local)).is_none());
+    assert!(api.refuse_rollout_change(Some(&local6)).is_none());
+    let Some(refusal) = api.refuse_rollout_change(Some(&remote)) else {
+        panic!("a remote peer may not change rollouts");
+    };
+    assert_eq!(body(refusal).await.0, StatusCode::FORBIDDEN);
+    assert!(api.refuse_rollout_change(None).is_some());
+    assert_eq!(
+        api.metrics
+            .api_unauthorized
+            .with_label_values(&["rollout"])
+            .get(),
+        2
+    );
+}

@@ -349,6 +349,20 @@ async fn first_snapshot(
                 identity.map(Arc::as_ref),
                 discovery::CONTROL_PLANE_IDLE_TIMEOUT,
             )?;
+            // Counting on before the first snapshot is built, so every
+            // endpoint set gets its handle.
+            let stats = Arc::clone(&families.snapshots.upstream_stats);
+            stats.enable();
+            tokio::spawn(
+                crate::upstream_stats::report_loop(
+                    stats,
+                    client.clone(),
+                    settings.proxy_id.clone(),
+                    settings.service.clone(),
+                    settings.stats_interval,
+                )
+                .instrument(tracing::info_span!("stats_report")),
+            );
             discovery::restore(settings, applier).await;
             Ok(Box::pin(discovery::subscribe(
                 settings.clone(),

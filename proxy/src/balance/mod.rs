@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use crate::upstream_stats::SubsetStats;
+
 pub use algorithm::LoadBalancer;
 pub use endpoint::{EndpointState, InFlight, InvalidEndpoint};
 pub use locality::LocalEndpoints;
@@ -44,6 +46,8 @@ pub struct EndpointSet {
     outliers: Arc<OutlierDetector>,
     /// With locality-aware balancing: the endpoints in the proxy's zone.
     locality: Option<LocalEndpoints>,
+    /// Request counters reported to the control plane (`None`: not reported).
+    stats: Option<Arc<SubsetStats>>,
 }
 
 impl EndpointSet {
@@ -64,6 +68,7 @@ impl EndpointSet {
             next: AtomicUsize::new(start),
             outliers,
             locality: None,
+            stats: None,
         }
     }
 
@@ -82,6 +87,18 @@ impl EndpointSet {
             None => self,
             Some(local) => local.choose(self, &self.outliers),
         }
+    }
+
+    /// Counts the requests routed to this set in `stats`.
+    pub fn with_stats(mut self, stats: Option<Arc<SubsetStats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The counters of requests routed to this set, when reported.
+    #[inline]
+    pub fn stats(&self) -> Option<&SubsetStats> {
+        self.stats.as_deref()
     }
 
     /// The endpoints, ejected or not.

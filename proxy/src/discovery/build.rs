@@ -228,17 +228,19 @@ fn build_service(
             .with_ejected(still_ejected),
     );
 
-    let subset_set = |selector: Option<&SubsetSelector>| {
+    let subset_set = |selector: Option<&SubsetSelector>, subset_name: Option<&str>| {
         let members: Vec<_> = endpoints
             .iter()
             .zip(&spec.endpoints)
             .filter(|(_, wire)| selector.is_none_or(|s| selects(s, wire)))
             .collect();
+        let stats = metrics.upstream_stats.handle(name, subset_name);
         let set = EndpointSet::new(
             members.iter().map(|(state, _)| Arc::clone(state)).collect(),
             policy.load_balancer,
             Arc::clone(&outliers),
-        );
+        )
+        .with_stats(stats);
         Arc::new(mirror_locality::localize(
             set,
             &members,
@@ -249,11 +251,11 @@ fn build_service(
             scope,
         ))
     };
-    let all = subset_set(None);
+    let all = subset_set(None, None);
     let subsets: HashMap<&str, Arc<EndpointSet>> = spec
         .subsets
         .iter()
-        .map(|(n, s)| (n.as_str(), subset_set(Some(s))))
+        .map(|(n, s)| (n.as_str(), subset_set(Some(s), Some(n.as_str()))))
         .collect();
     let split_of = |targets: &[SplitTarget], at: &str, problems: &mut Vec<String>| {
         if targets.is_empty() {

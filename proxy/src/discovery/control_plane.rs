@@ -49,6 +49,8 @@ pub struct ControlPlaneSettings {
     pub proxy_id: String,
     /// Where the last good snapshot is kept.
     pub state_dir: Option<PathBuf>,
+    /// How often per-upstream statistics are posted (`--stats-interval`).
+    pub stats_interval: std::time::Duration,
 }
 
 /// Loads the snapshot saved in the state directory, if any, and applies it.

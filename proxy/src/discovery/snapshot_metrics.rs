@@ -23,6 +23,9 @@ pub struct SnapshotMetrics {
     pub control_plane_connected: IntGauge,
     /// Fault injection, rate limits, mirroring and locality families.
     pub traffic: TrafficFamilies,
+    /// Per-upstream, per-subset counters reported to the control plane
+    /// (off unless one is configured); handles are resolved at build.
+    pub upstream_stats: std::sync::Arc<crate::upstream_stats::UpstreamStats>,
 }
 
 impl SnapshotMetrics {
@@ -49,6 +52,7 @@ impl SnapshotMetrics {
             traffic: TrafficFamilies::register(registry),
             requests: requests.clone(),
             tcp,
+            upstream_stats: std::sync::Arc::default(),
         }
     }
 

@@ -162,14 +162,21 @@ impl Outbound {
             }) => Box::pin(serve_delayed(&target, request, delay, refuse)).await,
             _ => serve(&target, request).await,
         };
+        // A failure for the upstream statistics: a proxy error or a 5xx.
+        let failed = result
+            .as_ref()
+            .map_or(true, |r| r.status().is_server_error());
         let mut response = result.unwrap_or_else(|e| e.into_response_for(grpc));
-        self.observer.end(
+        let elapsed = self.observer.end(
             observation,
             &mut response,
             &service.metrics,
             &service.name,
             None,
         );
+        if let Some(stats) = target.endpoints.stats() {
+            stats.record(failed, elapsed);
+        }
         response
     }
 }
