@@ -103,6 +103,21 @@ impl Consul {
         consul
     }
 
+    /// A handle on an agent someone else runs (not killed on drop); the
+    /// harness's calls carry `token`.
+    pub fn attach(http: SocketAddr, token: Option<String>) -> Self {
+        // A child that has exited at once stands in for "not ours to kill".
+        let child = Command::new("true")
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `true`: {e}"));
+        Consul {
+            child,
+            http,
+            client: Client::http1(),
+            token,
+        }
+    }
+
     /// `http://ADDR` for mesh.yaml.
     pub fn url(&self) -> String {
         format!("http://{}", self.http)

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod consul;
+pub mod consul_cluster;
 pub mod consul_secure;
 pub mod control;
 pub mod docker;

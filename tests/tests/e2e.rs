@@ -7,6 +7,7 @@ mod balancing;
 mod capture;
 mod catalog_consul;
 mod consul;
+mod consul_cluster;
 mod consul_secure;
 mod containers;
 mod control_lifecycle;

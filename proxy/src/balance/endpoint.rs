@@ -135,8 +135,19 @@ impl EndpointState {
     }
 
     /// P2C + peak-EWMA cost: estimated latency scaled by outstanding work.
+    /// An endpoint that has never answered and has nothing in flight costs
+    /// nothing, so it gets the next request (as in Finagle): otherwise a
+    /// measured endpoint faster than [`DEFAULT_RTT`] would take every
+    /// request of a caller that sends one at a time, and a new instance
+    /// would never be tried. With requests in flight and no answer yet it
+    /// is assumed as slow as [`DEFAULT_RTT`], so a burst does not pile
+    /// onto an unknown endpoint.
     pub fn ewma_cost(&self) -> f64 {
-        self.rtt_estimate().as_nanos() as f64 * f64::from(self.in_flight() + 1)
+        let in_flight = self.in_flight();
+        if in_flight == 0 && self.rtt_ns.load(Ordering::Relaxed) == 0 {
+            return 0.0;
+        }
+        self.rtt_estimate().as_nanos() as f64 * f64::from(in_flight + 1)
     }
 
     fn since_created_ns(&self) -> u64 {
@@ -299,6 +310,29 @@ mod tests {
         assert_eq!(ep.ewma_cost(), DEFAULT_RTT.as_nanos() as f64 * 3.0);
         drop(a);
         assert_eq!(ep.in_flight(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_endpoint_that_never_answered_is_tried_first() {
+        // Found by the Consul-cluster test: a caller sending one request at
+        // a time never tried an instance added later, because its assumed
+        // 5 ms lost to the 0.3 ms measured on the first instance.
+        let fast = endpoint();
+        fast.observe_rtt(Duration::from_micros(300));
+        let new = endpoint();
+        assert_eq!(new.ewma_cost(), 0.0);
+        assert!(new.ewma_cost() < fast.ewma_cost());
+        let busy = new.start();
+        assert!(
+            new.ewma_cost() > fast.ewma_cost(),
+            "unknown and busy: assumed slow"
+        );
+        drop(busy);
+        new.observe_rtt(Duration::from_micros(400));
+        assert!(
+            new.ewma_cost() > fast.ewma_cost(),
+            "measured: the faster wins"
+        );
     }
 
     #[tokio::test(start_paused = true)]
