@@ -12,6 +12,8 @@
 # MTLS=1 also profiles Tether's client sidecar of an mTLS pair (web → api).
 # TRACE=1 also profiles the Tether hop with every request traced (sample
 # ratio 1.0, OTLP/gRPC to tether-otlp-sink, which only counts).
+# FEATURES=1 also profiles it with an outbound rate limit (high enough never
+# to refuse) and a mirror of 10 % of the requests to a second backend.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -84,6 +86,25 @@ if [ "${TRACE:-0}" = 1 ]; then
     --service api --snapshot "$work/traced.yaml" --admin 127.0.0.1:16906 --outbound 127.0.0.1:16908 \
     --inbound 127.0.0.1:16907 --app $backend
   profile tether-traced http://127.0.0.1:16908/
+fi
+
+if [ "${FEATURES:-0}" = 1 ]; then
+  shadow=127.0.0.1:18291
+  start shadow taskset -c 0 "$bin/tether-sample" --name shadow --listen $shadow --body-size 1024
+  wait_http "http://$shadow/"
+  cat >"$work/features.yaml" <<YAML
+services:
+  api:
+    endpoints: [ { address: "$backend" } ]
+    rate_limit: { requests_per_second: 100000 }
+    mirror: { service: shadow, percent: 10 }
+  shadow:
+    endpoints: [ { address: "$shadow" } ]
+YAML
+  start tether-features "${vg[@]}" --callgrind-out-file="$out/callgrind.out.tether-features" "$bin/tether-proxy" --worker-threads 1 \
+    --service api --snapshot "$work/features.yaml" --admin 127.0.0.1:16936 --outbound 127.0.0.1:16938 \
+    --inbound 127.0.0.1:16937 --app $backend
+  profile tether-features http://127.0.0.1:16938/
 fi
 
 mkdir -p "$work/nginx/tmp"; chmod -R 777 "$work/nginx"
