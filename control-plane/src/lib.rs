@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reload;
 pub mod rollout;
+pub mod scope;
 pub mod server;
 pub mod snapshot;
 pub mod stats;

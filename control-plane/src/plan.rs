@@ -40,6 +40,9 @@ pub struct Plan {
     pub authorization: BTreeMap<String, Vec<Change>>,
     /// The inbound rate limit each service's proxies enforce, by service.
     pub inbound_rate_limits: BTreeMap<String, Vec<Change>>,
+    /// Which services each service's proxies hold (`upstreams`,
+    /// `mesh.upstream_scope`; `null`: all), by service.
+    pub held: BTreeMap<String, Vec<Change>>,
     /// The endpoints were not compared (Consul catalog).
     pub endpoints_from_consul: bool,
 }
@@ -87,6 +90,18 @@ impl Plan {
             if !changes.is_empty() {
                 plan.inbound_rate_limits.insert(name.clone(), changes);
             }
+            let old_held = to_json(&crate::scope::upstreams(current, name, &old_services));
+            let new_held = to_json(&crate::scope::upstreams(next, name, &new_services));
+            if old_held != new_held {
+                plan.held.insert(
+                    name.clone(),
+                    vec![Change {
+                        path: "holds".to_owned(),
+                        old: Some(old_held),
+                        new: Some(new_held),
+                    }],
+                );
+            }
         }
         let any = old_services.keys().next().cloned().unwrap_or_default();
         plan.mesh = diff(
@@ -102,6 +117,7 @@ impl Plan {
             && self.upstreams.is_empty()
             && self.authorization.is_empty()
             && self.inbound_rate_limits.is_empty()
+            && self.held.is_empty()
     }
 }
 
@@ -196,6 +212,10 @@ impl fmt::Display for Plan {
         }
         for (name, changes) in &self.inbound_rate_limits {
             writeln!(f, "inbound rate limit enforced by {name}'s proxies:")?;
+            write_changes(f, changes)?;
+        }
+        for (name, changes) in &self.held {
+            writeln!(f, "services {name}'s proxies hold (null: all):")?;
             write_changes(f, changes)?;
         }
         if self.endpoints_from_consul {
@@ -301,6 +321,17 @@ mod tests {
         );
         assert!(
             text.contains("inbound rate limit enforced by api's proxies:\n  + : (none) -> {\"requests_per_second\":50.0}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn what_a_proxy_holds_is_planned_too() {
+        let next = BASE.replace("  web: {}", "  web:\n    upstreams: [api]");
+        let plan = Plan::between(&config(BASE), &config(&next));
+        let text = plan.to_string();
+        assert!(
+            text.contains("services web's proxies hold (null: all):\n  ~ holds: null -> [\"api\"]"),
             "{text}"
         );
     }

@@ -5,7 +5,7 @@
 //! Versions come from the wall clock, `max(previous + 1, unix millis)`, so
 //! they keep growing across control-plane restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,8 +27,37 @@ use crate::metrics::ControlMetrics;
 #[derive(Debug)]
 pub struct Shared {
     services: BTreeMap<String, ServiceSnapshot>,
-    /// `services` as JSON: sent as is inside every service's snapshot.
+    /// `services` as JSON: sent as is inside every service's snapshot that
+    /// holds the whole mesh.
     json: Bytes,
+    /// Each service as a `"name":{…}` member, encoded once for the
+    /// snapshots that hold only some services (`upstreams`), on first use.
+    members: OnceLock<BTreeMap<String, Bytes>>,
+}
+
+impl Shared {
+    fn new(services: BTreeMap<String, ServiceSnapshot>) -> Self {
+        let json = serde_json::to_vec(&services).unwrap_or_else(|_| b"{}".to_vec());
+        Self {
+            services,
+            json: Bytes::from(json),
+            members: OnceLock::new(),
+        }
+    }
+
+    fn members(&self) -> &BTreeMap<String, Bytes> {
+        self.members.get_or_init(|| {
+            self.services
+                .iter()
+                .filter_map(|(name, service)| {
+                    let mut member = serde_json::to_vec(name).ok()?;
+                    member.push(b':');
+                    member.extend(serde_json::to_vec(service).ok()?);
+                    Some((name.clone(), Bytes::from(member)))
+                })
+                .collect()
+        })
+    }
 }
 
 /// One service's snapshot: a small header of its own plus the shared part.
@@ -37,6 +66,8 @@ pub struct Published {
     /// Version, service name, mesh settings, authorization (`services` empty).
     pub header: Snapshot,
     shared: Arc<Shared>,
+    /// The services this proxy holds (`crate::scope`); `None`: all.
+    scope: Option<Arc<BTreeSet<String>>>,
     /// The wire JSON up to the shared part, encoded by the first long-poll
     /// that sends it.
     head: OnceLock<Bytes>,
@@ -56,9 +87,31 @@ impl Published {
     /// them, a refcount each) and the closing brace. Sent as they are,
     /// never joined: a mesh of 1,000 services × 5 instances is ~1 MiB of
     /// JSON, which a copy per subscribed service would multiply.
+    ///
+    /// A snapshot that holds only some services (`upstreams`) is sent as
+    /// its head, then each of its services' members (encoded once per
+    /// change and shared by every snapshot that holds them), then the
+    /// braces: its size follows its own dependencies, not the mesh's.
     pub fn wire(&self) -> Vec<Bytes> {
         let head = self.head.get_or_init(|| self.encode_head()).clone();
-        vec![head, self.shared.json.clone(), Bytes::from_static(TAIL)]
+        let Some(scope) = &self.scope else {
+            return vec![head, self.shared.json.clone(), Bytes::from_static(TAIL)];
+        };
+        let members = self.shared.members();
+        let mut chunks = Vec::with_capacity(scope.len() * 2 + 3);
+        chunks.push(head);
+        chunks.push(Bytes::from_static(b"{"));
+        let mut first = true;
+        for member in scope.iter().filter_map(|name| members.get(name)) {
+            if !first {
+                chunks.push(Bytes::from_static(b","));
+            }
+            first = false;
+            chunks.push(member.clone());
+        }
+        chunks.push(Bytes::from_static(b"}"));
+        chunks.push(Bytes::from_static(TAIL));
+        chunks
     }
 
     /// The wire JSON in one buffer (for tests and tools; the server sends
@@ -102,16 +155,46 @@ impl Published {
 
     /// The full snapshot (for tests and tools; the server sends [`Self::to_json`]).
     pub fn snapshot(&self) -> Snapshot {
+        let services = match &self.scope {
+            None => self.shared.services.clone(),
+            Some(scope) => self
+                .shared
+                .services
+                .iter()
+                .filter(|(name, _)| scope.contains(*name))
+                .map(|(name, service)| (name.clone(), service.clone()))
+                .collect(),
+        };
         Snapshot {
-            services: self.shared.services.clone(),
+            services,
             ..self.header.clone()
         }
+    }
+
+    /// Whether this snapshot would carry the same services as one holding
+    /// `scope` of `shared`: the same shared part, or (holding only some
+    /// services) the same content for each of them.
+    fn same_services(&self, shared: &Arc<Shared>, scope: &Option<Arc<BTreeSet<String>>>) -> bool {
+        if self.scope.as_deref() != scope.as_deref() {
+            return false;
+        }
+        if Arc::ptr_eq(&self.shared, shared) {
+            return true;
+        }
+        scope.as_ref().is_some_and(|names| {
+            names
+                .iter()
+                .all(|n| self.shared.services.get(n) == shared.services.get(n))
+        })
     }
 }
 
 /// Every service's current snapshot.
 pub struct Snapshots {
     current: ArcSwap<BTreeMap<String, Arc<Published>>>,
+    /// The latest shared part (a snapshot that holds only some services
+    /// may keep an older one whose services it holds did not change).
+    latest: Mutex<Option<Arc<Shared>>>,
     changed: watch::Sender<u64>,
     last_version: Mutex<u64>,
     /// Set by the first [`Snapshots::update`]: until then nothing is served.
@@ -124,6 +207,7 @@ impl Snapshots {
     pub fn new(metrics: ControlMetrics) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwap::from_pointee(BTreeMap::new()),
+            latest: Mutex::new(None),
             changed: watch::channel(0).0,
             last_version: Mutex::new(0),
             ready: AtomicBool::new(false),
@@ -160,24 +244,24 @@ impl Snapshots {
     pub fn update(&self, config: &MeshConfig, catalog: &CatalogState) {
         let previous = self.current.load_full();
         let services = compute_services(config, catalog);
-        let old_shared = previous.values().next().map(|p| Arc::clone(&p.shared));
-        let shared = match old_shared {
-            Some(old) if old.services == services => old,
-            _ => {
-                let json = serde_json::to_vec(&services).unwrap_or_else(|_| b"{}".to_vec());
-                Arc::new(Shared {
-                    services,
-                    json: Bytes::from(json),
-                })
-            }
+        let mut latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shared = match latest.as_ref() {
+            Some(old) if old.services == services => Arc::clone(old),
+            _ => Arc::new(Shared::new(services)),
         };
+        *latest = Some(Arc::clone(&shared));
+        drop(latest);
         let mut next = BTreeMap::new();
         let mut changed = 0;
         for name in shared.services.keys() {
             let mut header = header(config, name);
+            let scope = crate::scope::upstreams(config, name, &shared.services).map(Arc::new);
             match previous.get(name) {
                 Some(old)
-                    if Arc::ptr_eq(&old.shared, &shared) && same_content(&old.header, &header) =>
+                    if old.same_services(&shared, &scope) && same_content(&old.header, &header) =>
                 {
                     next.insert(name.clone(), Arc::clone(old));
                 }
@@ -188,6 +272,7 @@ impl Snapshots {
                         Arc::new(Published {
                             header,
                             shared: Arc::clone(&shared),
+                            scope,
                             head: OnceLock::new(),
                         }),
                     );
@@ -434,5 +519,46 @@ mod tests {
             1,
             "absent where unset: {text}"
         );
+    }
+
+    #[test]
+    fn a_proxy_holds_its_upstreams_and_changes_elsewhere_leave_its_version() {
+        let store = Snapshots::new(ControlMetrics::new());
+        let mesh = |api_timeout: &str, db_timeout: &str| {
+            config(&format!("services:\n  web:\n    upstreams: [api]\n  api:\n    policy: {{ timeout: {api_timeout} }}\n    mirror: {{ service: shadow, percent: 1 }}\n  shadow: {{}}\n  db:\n    policy: {{ timeout: {db_timeout} }}\n"))
+        };
+        store.update(&mesh("1s", "1s"), &catalog(&["127.0.0.1:1"]));
+        let parse = |service: &str| -> tether_api::Snapshot {
+            let wire = store.get(service).map(|s| s.to_json()).unwrap_or_default();
+            serde_json::from_slice(&wire).unwrap_or_else(|e| panic!("a Snapshot: {e}"))
+        };
+        let web = parse("web");
+        assert_eq!(
+            web.services.keys().collect::<Vec<_>>(),
+            ["api", "shadow"],
+            "its upstream and what that mirrors to"
+        );
+        assert_eq!(store.get("web").map(|p| p.snapshot()), Some(web.clone()));
+        assert_eq!(
+            parse("db").services.len(),
+            4,
+            "no declaration: the whole mesh"
+        );
+        // db changes: web's snapshot does not.
+        store.update(&mesh("1s", "2s"), &catalog(&["127.0.0.1:1"]));
+        assert_eq!(parse("web").version, web.version);
+        assert_ne!(parse("db").version, 0);
+        // api changes: web's does.
+        store.update(&mesh("3s", "2s"), &catalog(&["127.0.0.1:1"]));
+        let changed = parse("web");
+        assert!(changed.version > web.version);
+        assert_eq!(
+            changed.services["api"].policy.timeout,
+            std::time::Duration::from_secs(3)
+        );
+        let empty = |text: &str| text.len();
+        let all = store.get("db").map(|p| p.to_json()).unwrap_or_default();
+        let own = store.get("web").map(|p| p.to_json()).unwrap_or_default();
+        assert!(empty(&String::from_utf8_lossy(&own)) < empty(&String::from_utf8_lossy(&all)));
     }
 }

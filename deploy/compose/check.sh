@@ -16,7 +16,11 @@
 #      registration is back afterwards;
 #   6. restarting the Consul container (a dev server: it comes back empty)
 #      under that load loses no request, and every sidecar registers again;
-#   7. `docker kill api-v1` (no drain) loses no idempotent request.
+#   7. `docker kill api-v1` (no drain) loses no idempotent request;
+#   8. a canary of api v2 (`tether-control rollout start` in the control
+#      plane's container) promotes on web's sidecar's own measurements under
+#      load: api-v1 then gets nothing; `rollout undo` switches back at once;
+#      no request lost.
 # Every wait is bounded; every load is bounded in rate and time.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -138,4 +142,30 @@ say "ok: a Consul restart lost no request (the control plane held the instances 
 under_load "kill api-v1 (no drain)" "$DOCKER" kill tether_api-v1_1
 compose up -d --no-recreate api-v1 >/dev/null 2>&1 || compose start api-v1 >/dev/null
 say "ok: kill lost no idempotent request"
+wait_for 60 "api-v1 registered again after the kill" two_passing
+
+# 8. Canary of api v2, promoted by the proxies' measurements, then undone.
+rollout() { # ARGS...: tether-control rollout ARGS in the control plane's container (changes only from its host)
+  local verb=$1; shift
+  "$DOCKER" exec tether_control_1 tether-control rollout "$verb" "$@" \
+    --control-plane https://127.0.0.1:15010 --trust-bundle /ca/ca.pem
+}
+promoted() { rollout status api 2>/dev/null | grep -q promoted; }
+out=$(mktemp)
+load 40 >"$out" & pid=$!
+rollout start api --from v1 --to v2 --steps 50,100 --interval 5s --min-requests 20 >/dev/null \
+  || fail "rollout start was refused"
+wait_for 60 "the canary of api v2 promoted" promoted
+say "rollout status after promotion:"; rollout status api | sed 's/^/[check]   /'
+before=$(metric $V1 'tether_requests_total\{direction="inbound".*status_class="2xx"')
+sleep 3
+after=$(metric $V1 'tether_requests_total\{direction="inbound".*status_class="2xx"')
+[ "$after" -eq "$before" ] || fail "api-v1 still served $((after - before)) requests after v2 was promoted"
+rollout undo api >/dev/null || fail "rollout undo was refused"
+wait_for 20 "api-v1 serves again after the undo" more_than $V1 'tether_requests_total\{direction="inbound".*status_class="2xx"' "$after"
+wait $pid; line=$(cat "$out"); rm -f "$out"
+say "canary, promote and undo: $line"
+[ "$(errors_in "$line")" = 0 ] || { explain_errors; fail "the rollout lost requests"; }
+"$DOCKER" logs tether_control_1 2>&1 | grep -q "rollout step" || fail "the control plane logged no rollout step"
+say "ok: a canary of api v2 promoted on web's own measurements, undo switched back at once, no request lost"
 say "all checks passed"

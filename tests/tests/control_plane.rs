@@ -218,3 +218,50 @@ async fn a_refused_snapshot_is_reported_and_never_shown_as_applied() {
         Some(1.0)
     );
 }
+
+/// The services in a proxy's `/config`, sorted.
+async fn held(proxy: &Proxy) -> Vec<String> {
+    let config: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/config").await).unwrap_or_default();
+    let mut names: Vec<String> = config["services"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_proxy_holds_only_what_it_may_call_and_learns_new_rules_live() {
+    let (api, db) = (Backend::start("api").await, Backend::start("db").await);
+    let mesh = |web_rules: &str| {
+        format!(
+            "mesh:\n  upstream_scope: authorized\n  catalog:\n    static:\n      services:\n        api: [ {{ address: \"{}\" }} ]\n        db: [ {{ address: \"{}\" }} ]\nservices:\n  web: {{}}\n  api: {{}}\n  db: {{}}\nauthorization:\n  default: deny\n  rules:\n    - {{ to: api, from: [web] }}\n    - {{ to: db, from: [api{web_rules}] }}\n",
+            api.address(),
+            db.address()
+        )
+    };
+    let plane = ControlPlane::start(&mesh("")).await;
+    let web = Proxy::subscribed(&plane.url(), "web").start().await;
+    let client = Client::http1();
+    assert_eq!(held(&web).await, ["api"], "web may call api only");
+    assert_eq!(client.get(web.outbound, "api", "/").await.status, 200);
+    let refused = client.get(web.outbound, "db", "/").await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused
+            .headers
+            .get("tether-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown-service")
+    );
+    assert_eq!(db.hits(), 0);
+    // A rule that lets web call db brings db to web's sidecar.
+    plane.write_config(&mesh(", web"));
+    assert_eventually!(
+        Duration::from_secs(5),
+        || async { held(&web).await == ["api", "db"] },
+        "db never reached web's sidecar after the rule allowed it"
+    );
+    assert_eq!(client.get(web.outbound, "db", "/").await.status, 200);
+}

@@ -38,6 +38,22 @@ pub struct MeshConfig {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Authorization rules.
     pub authorization: Option<AuthorizationConfig>,
+    /// What a proxy's snapshot holds when its service declares no
+    /// `upstreams` (`mesh.upstream_scope`).
+    pub upstream_scope: UpstreamScope,
+}
+
+/// Which services a proxy receives when its service declares no
+/// `upstreams:` (`mesh.upstream_scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamScope {
+    /// Every service of the mesh.
+    #[default]
+    All,
+    /// Only the services `authorization` (with `default: deny`) lets the
+    /// proxy's service call: what it cannot call it does not hold.
+    Authorized,
 }
 
 /// Where endpoints come from.
@@ -139,6 +155,10 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimits>,
     /// Requests copied elsewhere (`mirror`).
     pub mirror: Option<Mirror>,
+    /// The services this service's proxies call (`upstreams`): their
+    /// snapshots hold only these (and what these mirror to). `None`: as
+    /// `mesh.upstream_scope` says.
+    pub upstreams: Option<Vec<String>>,
 }
 
 /// `authorization:` as written.
@@ -193,6 +213,8 @@ struct MeshSection {
     tracing: Option<TracingSettings>,
     #[serde(default)]
     outbound_policy: OutboundPolicy,
+    #[serde(default)]
+    upstream_scope: UpstreamScope,
 }
 
 impl Default for MeshSection {
@@ -202,6 +224,7 @@ impl Default for MeshSection {
             catalog: CatalogSection::default(),
             tracing: None,
             outbound_policy: OutboundPolicy::default(),
+            upstream_scope: UpstreamScope::default(),
         }
     }
 }
@@ -250,6 +273,8 @@ struct ServiceFile {
     #[serde(default)]
     rate_limit: Option<RateLimits>,
     mirror: Option<Mirror>,
+    #[serde(default)]
+    upstreams: Option<Vec<String>>,
 }
 
 /// Problems found in a config file, each `FILE:LINE:COL: message`.
@@ -312,6 +337,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
             fault: service.fault,
             rate_limit: service.rate_limit,
             mirror: service.mirror,
+            upstreams: service.upstreams,
         };
         validate::service(&mut problems, &name, &service, &file.defaults);
         traffic::check(&mut problems, &name, &service);
@@ -375,12 +401,31 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshConfig, ConfigErrors> {
         };
         validate::authorization(&mut problems, authz, &known);
     }
+    let known: Option<BTreeSet<&str>> = match &catalog {
+        CatalogConfig::Static { services: catalog } => Some(
+            services
+                .keys()
+                .chain(catalog.keys())
+                .map(String::as_str)
+                .collect(),
+        ),
+        CatalogConfig::Consul(_) => None,
+    };
+    for (name, service) in &services {
+        validate::upstreams(&mut problems, name, service, known.as_ref());
+    }
+    validate::upstream_scope(
+        &mut problems,
+        file.mesh.upstream_scope,
+        file.authorization.as_ref(),
+    );
     problems.finish()?;
     Ok(MeshConfig {
         trust_domain: file.mesh.trust_domain,
         catalog,
         tracing: file.mesh.tracing,
         outbound_policy: file.mesh.outbound_policy,
+        upstream_scope: file.mesh.upstream_scope,
         defaults: file.defaults,
         services,
         authorization: file.authorization,

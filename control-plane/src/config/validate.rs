@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tether_api::{Endpoint, Mirror, Protocol, Route, SplitTarget, TracingSettings, TrafficPolicy};
 
-use super::{AuthorizationConfig, ConfigErrors, ConsulConfig, ServiceConfig};
+use super::{AuthorizationConfig, ConfigErrors, ConsulConfig, ServiceConfig, UpstreamScope};
 use crate::locate::locate;
 
 /// Problems found so far, with their positions in the text.
@@ -450,5 +450,50 @@ fn mirror_target(
                 ),
             );
         }
+    }
+}
+
+/// Checks `services.<name>.upstreams`: service names, and with a static
+/// catalog (`known`) services that exist; a service's own name is no
+/// upstream of its proxies.
+pub fn upstreams(
+    problems: &mut Problems<'_>,
+    name: &str,
+    service: &ServiceConfig,
+    known: Option<&BTreeSet<&str>>,
+) {
+    let Some(upstreams) = &service.upstreams else {
+        return;
+    };
+    let keys = ["services", name, "upstreams"];
+    for upstream in upstreams {
+        if tether_certs::validate_service_name(upstream).is_err() {
+            problems.at(
+                &keys,
+                format!("upstreams: `{upstream}` is not a service name"),
+            );
+        } else if known.is_some_and(|k| !k.contains(upstream.as_str())) {
+            problems.at(
+                &keys,
+                format!("upstreams: `{upstream}` is no service of this mesh (neither under `services` nor in the static catalog)"),
+            );
+        }
+    }
+}
+
+/// `mesh.upstream_scope: authorized` needs authorization that denies by
+/// default: with `default: allow` every service may call every other.
+pub fn upstream_scope(
+    problems: &mut Problems<'_>,
+    scope: UpstreamScope,
+    authorization: Option<&AuthorizationConfig>,
+) {
+    if scope == UpstreamScope::Authorized
+        && authorization.is_none_or(|a| a.default != tether_api::AuthorizationDefault::Deny)
+    {
+        problems.at(
+            &["mesh", "upstream_scope"],
+            "upstream_scope: authorized needs `authorization` with `default: deny` (the rules then say who calls whom); with default allow every service may call every other",
+        );
     }
 }
