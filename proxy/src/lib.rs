@@ -8,7 +8,7 @@
 //! below its own, never one above or beside it (`tests/module_graph.rs`
 //! fails on any cycle between top-level modules).
 //!
-//! 1. leaves: `authority`, `body`, `capture`, `request_metrics`, `shutdown`
+//! 1. leaves: `authority`, `body`, `capture`, `headers`, `request_metrics`, `shutdown`
 //! 2. `transport`, `access_log`, `telemetry`, `grpc`
 //! 3. `balance`, `identity`, `tcp_metrics`
 //! 4. `errors`, `control_client`
@@ -37,6 +37,7 @@ pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
+pub mod headers;
 pub mod hop;
 pub mod identity;
 pub mod inbound;

@@ -11,7 +11,7 @@ use tether_api::{Endpoint, Locality, Protocol, ServiceSnapshot};
 
 use crate::balance::locality::is_local;
 use crate::balance::{EndpointSet, EndpointState, LoadBalancer, LocalEndpoints, OutlierDetector};
-use crate::outbound::{Mirror, MirrorTarget};
+use crate::traffic::mirror::{Mirror, MirrorTarget};
 use crate::traffic::{MirrorMetrics, TrafficFamilies};
 
 /// What a service's mirrors and locality are resolved against.

@@ -21,124 +21,49 @@
 //! it alone.) Trace headers are copied as they are, so the shadow's spans
 //! join the caller's trace.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
-use rand::Rng;
 
 use super::Req;
 use crate::balance::EndpointSet;
 use crate::body::Body;
+use crate::headers::MIRROR_HEADER;
 use crate::hop::to_upstream;
 use crate::state::{MeshState, UpstreamService};
-use crate::traffic::MirrorMetrics;
+use crate::traffic::mirror::{Mirror, MirrorTarget, Slot};
 
-/// The header every mirrored copy carries.
-pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("tether-mirror");
-
-/// Sampling resolution: parts per million, so `percent: 0.01` is honoured.
-const PER_MILLION: u32 = 1_000_000;
-
-/// Where a mirror's copies go.
-#[derive(Debug)]
-pub enum MirrorTarget {
-    /// A subset of the mirrored service itself.
-    Subset(Arc<EndpointSet>),
-    /// Another mesh service, by its (lowercase) name: found in the state
-    /// in force when a request is drawn, so its endpoints and pool are
-    /// always current and two services may mirror each other.
-    Service(String),
-}
-
-/// One service's (or route's) mirror.
-#[derive(Debug)]
-pub struct Mirror {
-    target: MirrorTarget,
-    /// Requests copied, in parts per million.
-    per_million: u32,
-    max_in_flight: usize,
-    /// Copies in flight, shared by every mirror of the service.
-    in_flight: Arc<AtomicUsize>,
-    /// The copy's timeout; `None`: the mirrored service's.
-    timeout: Option<Duration>,
-    metrics: MirrorMetrics,
-}
-
-impl Mirror {
-    /// A mirror copying `percent` % of requests to `target`, at most
-    /// `max_in_flight` (at least 1) of them at once, counted in `in_flight`
-    /// (one counter per service).
-    pub fn new(
-        target: MirrorTarget,
-        percent: f64,
-        max_in_flight: u32,
-        in_flight: Arc<AtomicUsize>,
-        timeout: Option<Duration>,
-        metrics: MirrorMetrics,
-    ) -> Self {
-        Self {
-            target,
-            per_million: per_million(percent),
-            max_in_flight: (max_in_flight as usize).max(1),
-            in_flight,
-            timeout,
-            metrics,
+/// Whether this request is mirrored and, if so, where its copy goes.
+/// `service` is the service routed to; `state` the state it came from.
+pub fn draw(
+    mirror: &Arc<Mirror>,
+    service: &Arc<UpstreamService>,
+    state: &MeshState,
+) -> Option<MirrorPlan> {
+    if !mirror.sampled() {
+        return None;
+    }
+    let (service, endpoints) = match &mirror.target {
+        MirrorTarget::Subset(set) => (Arc::clone(service), Arc::clone(set)),
+        MirrorTarget::Service(name) => {
+            let Some(target) = state.services.get(name) else {
+                // Validated when the snapshot was built: cannot happen.
+                mirror.metrics.failed.inc();
+                return None;
+            };
+            let Some(set) = target.default_split.choose() else {
+                mirror.metrics.failed.inc();
+                return None;
+            };
+            (Arc::clone(target), Arc::clone(set))
         }
-    }
-
-    /// The service's count of copies in flight (carried to the next
-    /// snapshot's mirrors, so the bound holds across an update).
-    pub fn in_flight(&self) -> &Arc<AtomicUsize> {
-        &self.in_flight
-    }
-
-    /// Whether this request is mirrored and, if so, where its copy goes.
-    /// `service` is the service routed to; `state` the state it came from.
-    pub fn draw(
-        self: &Arc<Self>,
-        service: &Arc<UpstreamService>,
-        state: &MeshState,
-    ) -> Option<MirrorPlan> {
-        if !sampled(self.per_million, &mut rand::thread_rng()) {
-            return None;
-        }
-        let (service, endpoints) = match &self.target {
-            MirrorTarget::Subset(set) => (Arc::clone(service), Arc::clone(set)),
-            MirrorTarget::Service(name) => {
-                let Some(target) = state.services.get(name) else {
-                    // Validated when the snapshot was built: cannot happen.
-                    self.metrics.failed.inc();
-                    return None;
-                };
-                let Some(set) = target.default_split.choose() else {
-                    self.metrics.failed.inc();
-                    return None;
-                };
-                (Arc::clone(target), Arc::clone(set))
-            }
-        };
-        Some(MirrorPlan {
-            mirror: Arc::clone(self),
-            service,
-            endpoints,
-        })
-    }
-}
-
-/// `percent` (0 to 100) in parts per million.
-fn per_million(percent: f64) -> u32 {
-    if percent.is_nan() {
-        return 0;
-    }
-    (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32
-}
-
-/// One draw: true with probability `per_million` / 1,000,000.
-fn sampled(per_million: u32, rng: &mut impl Rng) -> bool {
-    per_million >= PER_MILLION || (per_million > 0 && rng.gen_range(0..PER_MILLION) < per_million)
+    };
+    Some(MirrorPlan {
+        mirror: Arc::clone(mirror),
+        service,
+        endpoints,
+    })
 }
 
 /// A request drawn for mirroring: where its copy goes.
@@ -227,71 +152,9 @@ pub fn bodiless_copy(request: &Req) -> Option<Req> {
     Some(copy)
 }
 
-/// One of a service's in-flight copies; given back when dropped.
-#[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// A slot, if fewer than `max` are taken.
-    fn take(in_flight: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(in_flight)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-
-    #[test]
-    fn percent_becomes_parts_per_million() {
-        assert_eq!(per_million(100.0), PER_MILLION);
-        assert_eq!(per_million(150.0), PER_MILLION);
-        assert_eq!(per_million(10.0), 100_000);
-        assert_eq!(per_million(0.01), 100);
-        assert_eq!(per_million(-1.0), 0);
-        assert_eq!(per_million(f64::NAN), 0);
-    }
-
-    #[test]
-    fn sampling_draws_the_configured_share() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
-        let drawn = (0..100_000)
-            .filter(|_| sampled(per_million(10.0), &mut rng))
-            .count();
-        assert!((9_000..11_000).contains(&drawn), "10 % drew {drawn}");
-        assert!((0..1000).all(|_| sampled(PER_MILLION, &mut rng)));
-        assert!((0..1000).all(|_| !sampled(0, &mut rng)));
-    }
-
-    #[test]
-    fn in_flight_slots_are_bounded_and_given_back() {
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let first = Slot::take(&in_flight, 2);
-        let second = Slot::take(&in_flight, 2);
-        assert!(first.is_some() && second.is_some());
-        assert!(
-            Slot::take(&in_flight, 2).is_none(),
-            "the third is over the bound"
-        );
-        drop(first);
-        assert_eq!(in_flight.load(Ordering::Acquire), 1);
-        assert!(
-            Slot::take(&in_flight, 2).is_some(),
-            "a slot given back is taken again"
-        );
-    }
 
     #[test]
     fn only_bodiless_requests_are_copied_without_a_buffer() {

@@ -49,7 +49,6 @@ use crate::traffic::Verdict;
 use crate::transport::ListenerMetrics;
 use crate::upgrade::Upgrades;
 
-pub use mirror::{Mirror, MirrorTarget};
 pub use passthrough::Passthrough;
 pub use target::Target;
 

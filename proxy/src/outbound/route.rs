@@ -95,7 +95,9 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
         grpc: false,
         deadline: None,
         started: None,
-        mirror: mirror.as_ref().and_then(|m| m.draw(service, state)),
+        mirror: mirror
+            .as_ref()
+            .and_then(|m| super::mirror::draw(m, service, state)),
     })
 }
 

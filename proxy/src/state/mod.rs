@@ -16,10 +16,10 @@ use rand::Rng;
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::{EndpointSet, EndpointState, OutlierDetector};
-use crate::outbound::Mirror;
 use crate::request_metrics::ServiceMetrics;
 use crate::resilience::{ConcurrencyLimiter, RetryPolicy};
 use crate::tcp_metrics::TcpMetrics;
+use crate::traffic::mirror::Mirror;
 use crate::traffic::{InboundLimit, OutboundTraffic};
 use crate::transport::{PoolFactory, TlsTarget};
 

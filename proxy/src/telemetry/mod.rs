@@ -212,7 +212,7 @@ impl Telemetry {
                 peer: start.peer,
                 mirrored: request
                     .headers()
-                    .get(&crate::outbound::mirror::MIRROR_HEADER)
+                    .get(&crate::headers::MIRROR_HEADER)
                     .is_some_and(|v| v.as_bytes() == b"1"),
             });
             Recording {

@@ -11,6 +11,7 @@
 
 mod fault;
 mod metrics;
+pub mod mirror;
 mod rate_limit;
 pub mod retry_after;
 
