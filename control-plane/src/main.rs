@@ -72,16 +72,8 @@ enum Command {
     },
     /// List every proxy the control plane knows, with its applied version.
     Status {
-        /// The control plane (`https://` when it runs a CA).
-        #[arg(
-            long,
-            env = "TETHER_CONTROL_PLANE",
-            default_value = "http://127.0.0.1:15010"
-        )]
-        control_plane: String,
-        /// Roots to verify an https control plane with (the CA's ca.pem).
-        #[arg(long, env = "TETHER_TRUST_BUNDLE")]
-        trust_bundle: Option<PathBuf>,
+        #[command(flatten)]
+        target: rollout_cli::Target,
     },
     /// The mesh certificate authority.
     #[command(subcommand)]
@@ -178,22 +170,17 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }
-        Command::Status {
-            control_plane,
-            trust_bundle,
-        } => runtime.block_on(status(&control_plane, trust_bundle)),
+        Command::Status { target } => runtime.block_on(status(&target)),
         Command::Ca(command) => admin_cli::ca(command),
         Command::Token(command) => admin_cli::token(command),
         Command::Rollout(command) => runtime.block_on(rollout_cli::rollout(command)),
     }
 }
 
-async fn status(base: &str, bundle: Option<PathBuf>) -> ExitCode {
-    let tls = match bundle.map(|path| admin_cli::read_bundle(&path)).transpose() {
-        Ok(bundle) => tether_control::status::StatusTls {
-            bundle,
-            trust_domain: None,
-        },
+async fn status(target: &rollout_cli::Target) -> ExitCode {
+    let base = &target.control_plane;
+    let tls = match rollout_cli::tls(target) {
+        Ok(tls) => tls,
         Err(error) => {
             eprintln!("tether-control: {error}");
             return ExitCode::from(2);

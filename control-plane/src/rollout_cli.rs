@@ -18,20 +18,20 @@ use tether_control::status::{request, StatusTls};
 /// calls does not hang for ever.
 const DEFAULT_MAX_WAIT_INTERVALS: u32 = 10;
 
-/// How to reach the control plane.
+/// How to reach the control plane (rollout changes are accepted only from
+/// its host).
 #[derive(Args, Clone)]
 pub struct Target {
-    /// The control plane (`https://` when it runs a CA); changes are
-    /// accepted only from its host.
+    /// The control plane (`https://` when it runs a CA).
     #[arg(
         long,
         env = "TETHER_CONTROL_PLANE",
         default_value = "http://127.0.0.1:15010"
     )]
-    control_plane: String,
+    pub control_plane: String,
     /// Roots to verify an https control plane with (the CA's ca.pem).
     #[arg(long, env = "TETHER_TRUST_BUNDLE")]
-    trust_bundle: Option<PathBuf>,
+    pub trust_bundle: Option<PathBuf>,
 }
 
 /// `tether-control rollout ...`.
@@ -96,7 +96,8 @@ pub enum RolloutCommand {
     },
 }
 
-fn tls(target: &Target) -> Result<StatusTls, String> {
+/// The TLS settings to reach `target` with (its trust bundle, read).
+pub fn tls(target: &Target) -> Result<StatusTls, String> {
     let bundle = target
         .trust_bundle
         .as_deref()

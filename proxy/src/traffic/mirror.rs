@@ -6,13 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-
-use super::MirrorMetrics;
+use super::{MirrorMetrics, Share};
 use crate::balance::EndpointSet;
-
-/// Sampling resolution: parts per million, so `percent: 0.01` is honoured.
-const PER_MILLION: u32 = 1_000_000;
 
 /// Where a mirror's copies go.
 #[derive(Debug)]
@@ -29,8 +24,8 @@ pub enum MirrorTarget {
 #[derive(Debug)]
 pub struct Mirror {
     pub(crate) target: MirrorTarget,
-    /// Requests copied, in parts per million.
-    per_million: u32,
+    /// Share of requests copied.
+    share: Share,
     pub(crate) max_in_flight: usize,
     /// Copies in flight, shared by every mirror of the service.
     pub(crate) in_flight: Arc<AtomicUsize>,
@@ -53,7 +48,7 @@ impl Mirror {
     ) -> Self {
         Self {
             target,
-            per_million: per_million(percent),
+            share: Share::from_percent(percent),
             max_in_flight: (max_in_flight as usize).max(1),
             in_flight,
             timeout,
@@ -68,23 +63,10 @@ impl Mirror {
     }
 }
 
-/// `percent` (0 to 100) in parts per million.
-fn per_million(percent: f64) -> u32 {
-    if percent.is_nan() {
-        return 0;
-    }
-    (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32
-}
-
-/// One draw: true with probability `per_million` / 1,000,000.
-fn sampled(per_million: u32, rng: &mut impl Rng) -> bool {
-    per_million >= PER_MILLION || (per_million > 0 && rng.gen_range(0..PER_MILLION) < per_million)
-}
-
 impl Mirror {
     /// One draw: whether this request is copied (its share of requests).
     pub fn sampled(&self) -> bool {
-        sampled(self.per_million, &mut rand::thread_rng())
+        self.share.sample()
     }
 }
 
@@ -113,28 +95,6 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-
-    #[test]
-    fn percent_becomes_parts_per_million() {
-        assert_eq!(per_million(100.0), PER_MILLION);
-        assert_eq!(per_million(150.0), PER_MILLION);
-        assert_eq!(per_million(10.0), 100_000);
-        assert_eq!(per_million(0.01), 100);
-        assert_eq!(per_million(-1.0), 0);
-        assert_eq!(per_million(f64::NAN), 0);
-    }
-
-    #[test]
-    fn sampling_draws_the_configured_share() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
-        let drawn = (0..100_000)
-            .filter(|_| sampled(per_million(10.0), &mut rng))
-            .count();
-        assert!((9_000..11_000).contains(&drawn), "10 % drew {drawn}");
-        assert!((0..1000).all(|_| sampled(PER_MILLION, &mut rng)));
-        assert!((0..1000).all(|_| !sampled(0, &mut rng)));
-    }
 
     #[test]
     fn in_flight_slots_are_bounded_and_given_back() {
