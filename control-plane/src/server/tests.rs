@@ -151,6 +151,7 @@ fn stats_report(service: &str) -> tether_api::StatsReport {
         service: service.into(),
         counters_since_unix_ms: 0,
         upstreams: vec![],
+        ..Default::default()
     }
 }
 
