@@ -11,7 +11,7 @@ const THRESHOLD = 0.99;
 /** Fewest requests in the window before a success rate is judged. */
 const MIN_REQUESTS = 5;
 /** Layout: column width, node size, vertical gap. */
-const COL_W = 300, NODE_W = 200, NODE_H = 40, ROW_GAP = 14, PAD = 20;
+const COL_W = 380, NODE_W = 200, NODE_H = 40, ROW_GAP = 14, PAD = 20;
 /** Edge labels are drawn only for graphs this small (the table has them all). */
 const MAX_LABELLED_EDGES = 40;
 
@@ -99,7 +99,7 @@ function drawGraph(topology) {
   graph.setAttribute("height", Math.max(height, 120));
   graph.setAttribute("viewBox", `0 0 ${width} ${Math.max(height, 120)}`);
   graph.append(svg("defs", {},
-    svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+    svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" },
       svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }))));
 
   const edgeLayer = svg("g", { class: "edges" });
@@ -125,7 +125,7 @@ function drawGraph(topology) {
     path.append(svg("title", {}, `${e.from} → ${e.to}: ${fmtRps(f)} req/s, ${fmtSuccess(f)} success, p99 ${fmtP99(f)} (${f.requests} requests in ${topology.window_seconds} s)`));
     edgeLayer.append(path);
     if (labelled && f.requests > 0) {
-      const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - (back ? 45 : 4);
+      const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - (back ? 45 : 6);
       labelLayer.append(svg("text", { x: mx, y: my, class: bad(f) ? "edge-label bad" : "edge-label", "text-anchor": "middle" },
         `${fmtRps(f)}/s · ${fmtSuccess(f)} · ${fmtP99(f)}`));
     }
