@@ -374,11 +374,11 @@ fn proxy_views(spans: &[Span], proxies: &[ProxyStatus]) -> Vec<ProxyView> {
 /// Each service's instances: the catalog's, plus endpoints callers still
 /// report; with how many fresh calling proxies eject each, and the proxy
 /// fronting it.
-fn instances<'a>(
+fn instances(
     fresh: &[&Span],
     proxies: &[ProxyStatus],
     views: &[ProxyView],
-    endpoints: &'a BTreeMap<String, Vec<String>>,
+    endpoints: &BTreeMap<String, Vec<String>>,
 ) -> HashMap<String, Vec<InstanceView>> {
     let mut by_service: BTreeMap<String, BTreeMap<String, InstanceView>> = BTreeMap::new();
     for (service, addresses) in endpoints {

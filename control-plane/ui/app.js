@@ -12,6 +12,10 @@ const THRESHOLD = 0.99;
 const MIN_REQUESTS = 5;
 /** Layout: column width, node size, vertical gap. */
 const COL_W = 380, NODE_W = 200, NODE_H = 40, ROW_GAP = 14, PAD = 20;
+/** A layer taller than this many services wraps into more columns. */
+const MAX_ROWS = 30;
+/** More edges than this are drawn fainter. */
+const DENSE_EDGES = 100;
 /** Edge labels are drawn only for graphs this small (the table has them all). */
 const MAX_LABELLED_EDGES = 40;
 
@@ -78,6 +82,8 @@ function drawGraph(topology) {
   const { services, edges, matched } = visible(topology);
   const graph = document.getElementById("graph");
   graph.replaceChildren();
+  // Many edges: fainter, so the nodes and the red ones stand out.
+  graph.setAttribute("class", edges.length > DENSE_EDGES ? "dense" : "");
   // Columns by layer; within a column, by name (the API sorts that way).
   const columns = new Map();
   for (const s of services) {
@@ -87,14 +93,24 @@ function drawGraph(topology) {
   const layers = [...columns.keys()].sort((a, b) => a - b);
   const pos = new Map();
   let height = 0;
-  layers.forEach((layer, col) => {
-    columns.get(layer).forEach((s, row) => {
-      const x = PAD + col * COL_W, y = PAD + row * (NODE_H + ROW_GAP);
+  let col = 0;
+  for (const layer of layers) {
+    // A tall layer wraps into several columns (narrower gap between them),
+    // so 200 services stay on a screen or two rather than a long scroll.
+    const members = columns.get(layer);
+    const wraps = Math.ceil(members.length / MAX_ROWS);
+    const rows = Math.ceil(members.length / wraps);
+    members.forEach((s, i) => {
+      const sub = Math.floor(i / rows), row = i % rows;
+      const x = PAD + col * COL_W + sub * (NODE_W + 24), y = PAD + row * (NODE_H + ROW_GAP);
       pos.set(s.name, { x, y });
       height = Math.max(height, y + NODE_H + PAD);
     });
-  });
-  const width = PAD * 2 + Math.max(1, layers.length) * COL_W - (COL_W - NODE_W);
+    col += 1;
+    // The wrapped columns take room of their own.
+    if (wraps > 1) col += ((wraps - 1) * (NODE_W + 24)) / COL_W;
+  }
+  const width = PAD * 2 + Math.max(1, col) * COL_W - (COL_W - NODE_W);
   graph.setAttribute("width", width);
   graph.setAttribute("height", Math.max(height, 120));
   graph.setAttribute("viewBox", `0 0 ${width} ${Math.max(height, 120)}`);
@@ -112,10 +128,11 @@ function drawGraph(topology) {
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
     const back = x2 <= x1;
     const bend = back ? 80 : Math.max(40, (x2 - x1) / 2);
-    const d = back
-      ? `M ${x1} ${y1} C ${x1 + bend} ${y1 - 60}, ${x2 - bend} ${y2 - 60}, ${x2} ${y2}`
-      : `M ${x1} ${y1} C ${x1 + bend} ${y1}, ${x2 - bend} ${y2}, ${x2} ${y2}`;
-    const cls = f.requests === 0 ? "edge idle" : bad(f) ? "edge bad" : "edge ok";
+    const c1 = back ? [x1 + bend, y1 - 60] : [x1 + bend, y1];
+    const c2 = back ? [x2 - bend, y2 - 60] : [x2 - bend, y2];
+    const d = `M ${x1} ${y1} C ${c1[0]} ${c1[1]}, ${c2[0]} ${c2[1]}, ${x2} ${y2}`;
+    const focus = selected && (e.from === selected || e.to === selected) ? " focus" : selected ? " faded" : "";
+    const cls = (f.requests === 0 ? "edge idle" : bad(f) ? "edge bad" : "edge ok") + focus;
     const width = f.rps > 0 ? Math.min(6, 1 + Math.log10(1 + f.rps) * 1.5) : 1;
     const path = svg("path", {
       d, class: cls, "stroke-width": width.toFixed(2), "marker-end": "url(#arrow)",
@@ -125,7 +142,10 @@ function drawGraph(topology) {
     path.append(svg("title", {}, `${e.from} → ${e.to}: ${fmtRps(f)} req/s, ${fmtSuccess(f)} success, p99 ${fmtP99(f)} (${f.requests} requests in ${topology.window_seconds} s)`));
     edgeLayer.append(path);
     if (labelled && f.requests > 0) {
-      const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - (back ? 45 : 6);
+      // Midway along the curve: centred in the gap between the columns.
+      const t = 0.5, u = 1 - t;
+      const mx = u * u * u * x1 + 3 * u * u * t * c1[0] + 3 * u * t * t * c2[0] + t * t * t * x2;
+      const my = u * u * u * y1 + 3 * u * u * t * c1[1] + 3 * u * t * t * c2[1] + t * t * t * y2 - 5;
       labelLayer.append(svg("text", { x: mx, y: my, class: bad(f) ? "edge-label bad" : "edge-label", "text-anchor": "middle" },
         `${fmtRps(f)}/s · ${fmtSuccess(f)} · ${fmtP99(f)}`));
     }

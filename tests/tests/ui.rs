@@ -67,11 +67,17 @@ fn artifacts() -> PathBuf {
     repo_root().join("target/ui-artifacts")
 }
 
-/// Empties the artifacts directory (screenshots of an earlier run mislead).
-fn fresh_artifacts() {
+/// Removes the artifacts of `phases` (screenshots of an earlier run
+/// mislead); the other test's stay (tests run in parallel).
+fn fresh_artifacts(phases: &[&str]) {
     let dir = artifacts();
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if phases.iter().any(|p| name.starts_with(p)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Runs one phase of the browser script against `admin`; panics with its
@@ -164,7 +170,7 @@ fn sidecar(plane: &ControlPlane, service: &str, id: &str) -> ProxyBuilder {
 #[tokio::test]
 async fn the_topology_page_shows_the_live_mesh_its_failures_and_refusals() {
     require_browser_tools();
-    fresh_artifacts();
+    fresh_artifacts(&["healthy", "broken", "refused"]);
     let (api_a, api_b, db) = (
         Backend::start("api-a").await,
         Backend::start("api-b").await,
@@ -243,4 +249,85 @@ async fn the_topology_page_shows_the_live_mesh_its_failures_and_refusals() {
         "no screenshot at {}",
         screenshot.display()
     );
+}
+
+/// Services of the synthetic mesh: 10 front ends call 4 of 40 mid-tier
+/// services each, which call 4 of 150 back ends each.
+const FRONT: usize = 10;
+const MID: usize = 40;
+const SCALE_SERVICES: usize = 200;
+/// The back end whose callers see failures.
+const FAILING: usize = 77;
+
+fn scale_name(i: usize) -> String {
+    format!("svc-{i:03}")
+}
+
+/// What `svc-i` calls in the synthetic mesh.
+fn scale_callees(i: usize) -> Vec<usize> {
+    if i < FRONT {
+        (0..4).map(|k| FRONT + (i * 4 + k) % MID).collect()
+    } else if i < FRONT + MID {
+        (0..4)
+            .map(|k| FRONT + MID + ((i - FRONT) * 4 + k) % (SCALE_SERVICES - FRONT - MID))
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn the_topology_page_stays_legible_with_two_hundred_services() {
+    require_browser_tools();
+    let mut yaml = String::from("mesh:\n  catalog:\n    static:\n      services:\n");
+    for i in 0..SCALE_SERVICES {
+        yaml.push_str(&format!(
+            "        {}: [ {{ address: \"127.0.0.1:{}\" }} ]\n",
+            scale_name(i),
+            1000 + i
+        ));
+    }
+    yaml.push_str("services:\n");
+    for i in 0..SCALE_SERVICES {
+        yaml.push_str(&format!("  {}: {{}}\n", scale_name(i)));
+    }
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let plane =
+        ControlPlane::start_with_args(&yaml, |_| vec!["--admin".into(), admin.to_string()]).await;
+    // Every service's proxy reports what it sent over its first 5 s.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        - 5_000;
+    for i in 0..SCALE_SERVICES {
+        let upstreams = scale_callees(i)
+            .into_iter()
+            .map(|callee| {
+                let requests = 50 + (i as u64 * 7 + callee as u64) % 200;
+                let failures = if callee == FAILING { requests / 10 } else { 0 };
+                let mut latency_buckets = vec![0; tether_api::LATENCY_BUCKET_COUNT];
+                latency_buckets[3 + (callee % 4)] = requests;
+                tether_api::UpstreamCounters {
+                    service: scale_name(callee),
+                    subset: None,
+                    requests,
+                    failures,
+                    latency_buckets,
+                }
+            })
+            .collect();
+        let report = tether_api::StatsReport {
+            proxy_id: format!("{}-1", scale_name(i)),
+            service: scale_name(i),
+            counters_since_unix_ms: started,
+            upstreams,
+            proxy_version: Some("0.1.0".into()),
+            ..tether_api::StatsReport::default()
+        };
+        let body = serde_json::to_string(&report).unwrap_or_else(|e| panic!("{e}"));
+        let (status, answer) = plane.post(tether_api::STATS_PATH, &body).await;
+        assert_eq!(status, 204, "{answer}");
+    }
+    fresh_artifacts(&["scale"]);
+    browser(admin, "scale", &plane).await;
 }

@@ -1,7 +1,8 @@
 // Browser test of tether-control's topology page, one phase per run:
-//   node tests/ui/topology.test.mjs http://127.0.0.1:PORT healthy|broken|refused
+//   node tests/ui/topology.test.mjs http://127.0.0.1:PORT healthy|broken|refused|scale
 // Run by tests/tests/ui.rs, which starts the mesh (web → api ×2 → db, a
-// refusing "audit" proxy) and changes it between phases. Drives the system
+// refusing "audit" proxy) and changes it between phases; `scale` runs
+// against 200 services with synthetic statistics. Drives the system
 // Chromium (TETHER_CHROMIUM, default /usr/bin/chromium) with playwright-core;
 // screenshots go to TETHER_UI_ARTIFACTS (default target/ui-artifacts).
 // Exit 0: every check passed; 1: one failed (with the page's data).
@@ -11,8 +12,8 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 const [base, phase] = process.argv.slice(2);
-if (!base || !["healthy", "broken", "refused"].includes(phase)) {
-  console.error("usage: node topology.test.mjs http://HOST:PORT healthy|broken|refused");
+if (!base || !["healthy", "broken", "refused", "scale"].includes(phase)) {
+  console.error("usage: node topology.test.mjs http://HOST:PORT healthy|broken|refused|scale");
   process.exit(2);
 }
 const executablePath = process.env.TETHER_CHROMIUM || "/usr/bin/chromium";
@@ -158,10 +159,45 @@ try {
       "audit-1's certificate (1 h left) is flagged");
     check((await attr('g.node[data-service="audit"]', "data-problem")) === "true", "audit is flagged in the graph");
     await shot("refused");
+    // The picture for the README (docs/img/topology.png): header to graph.
+    const bottom = await page.locator("#graph-scroll").evaluate((e) => e.getBoundingClientRect().bottom);
+    await page.screenshot({ path: join(artifacts, "refused-readme.png"), clip: { x: 0, y: 0, width: 1400, height: Math.ceil(bottom) + 12 } });
     await page.click("#show-table");
     await waitFor("the proxies table marks audit-1", async () =>
       ((await page.locator('#proxies-table tr[data-proxy="audit-1"]').getAttribute("class")) || "").includes("bad"));
     await shot("refused-table", true);
+  }
+
+  if (phase === "scale") {
+    await waitFor("200 services are drawn", async () => (await count("g.node[data-service]")) === 200);
+    const boxes = await page.locator("g.node[data-service]").evaluateAll((nodes) =>
+      nodes.map((n) => { const r = n.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }));
+    let overlaps = 0;
+    for (let i = 0; i < boxes.length; i++) {
+      for (let j = i + 1; j < boxes.length; j++) {
+        const [ax, ay, aw, ah] = boxes[i], [bx, by, bw, bh] = boxes[j];
+        if (ax < bx + bw && bx < ax + aw && ay < by + bh && by < ay + ah) overlaps += 1;
+      }
+    }
+    check(overlaps === 0, `no two services overlap (${overlaps} overlaps)`);
+    const size = await page.locator("#graph").evaluate((g) => [g.getAttribute("width"), g.getAttribute("height")].map(Number));
+    check(size[1] <= 2000, `the graph stays within ~2 screens tall (${size[0]}×${size[1]})`);
+    check((await count("path.edge")) === 200, "every edge is drawn");
+    check((await attr('g.node[data-service="svc-077"]', "data-problem")) === "true", "the failing back end is flagged");
+    check((await count('#problem-list li[data-kind="low_success_rate"]')) >= 1, "its callers' edges are problems");
+    await shot("scale");
+    await page.fill("#filter", "svc-07");
+    await waitFor("the filter narrows the graph to svc-07x and their neighbours", async () => {
+      const n = await count("g.node[data-service]");
+      return n >= 10 && n < 40 && (await count('g.node[data-service="svc-000"]')) === 0;
+    });
+    await page.click('g.node[data-service="svc-077"]');
+    await waitFor("selecting a service shows its instance", async () => (await count("#instances tr[data-instance]")) === 1);
+    await shot("scale-filtered");
+    const started = Date.now();
+    await page.fill("#filter", "");
+    await waitFor("clearing the filter draws all 200 again", async () => (await count("g.node[data-service]")) === 200);
+    check(Date.now() - started < 5_000, `redrawing 200 services is quick (${Date.now() - started} ms)`);
   }
 
   check(foreign.length === 0, `the page loads nothing from elsewhere (${foreign.join(", ")})`);
