@@ -166,8 +166,9 @@ impl Api {
         self.accept_loop(listener, Some(tls)).await;
     }
 
-    /// Serves the plaintext admin listener: `/live`, `/ready`, `/metrics`
-    /// and `/v1/status` only, for probes and Prometheus (the TLS API's
+    /// Serves the plaintext admin listener: `/live`, `/ready`, `/metrics`,
+    /// `/v1/status`, `/v1/rollouts`, `/v1/topology` and `/ui` only, for
+    /// probes, Prometheus and operators (the TLS API's
     /// certificate carries a SPIFFE ID, not a DNS name a scraper could check).
     pub async fn serve_admin(self, listener: TcpListener) {
         self.accept_loop(listener, None).await;
