@@ -365,6 +365,7 @@ fn proxy_views(spans: &[Span], proxies: &[ProxyStatus]) -> Vec<ProxyView> {
         view.proxy_version.clone_from(&stats.proxy_version);
         view.inbound_address.clone_from(&stats.inbound_address);
         view.certificate_not_after_unix = stats.certificate_not_after_unix;
+        view.stats_age_ms = Some(millis(span.age));
     }
     let mut views: Vec<ProxyView> = views.into_values().collect();
     views.sort_by(|a, b| (&a.service, &a.proxy_id).cmp(&(&b.service, &b.proxy_id)));

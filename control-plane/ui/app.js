@@ -212,6 +212,7 @@ function drawTables(topology) {
     return el("tr", { "data-proxy": p.proxy_id, class: p.rejected_version ? "bad" : "" },
       el("td", {}, p.proxy_id), el("td", {}, p.service), el("td", {}, p.proxy_version || "–"),
       el("td", {}, p.applied_version), el("td", {}, refused), el("td", {}, p.connected ? "yes" : "no"),
+      el("td", {}, p.stats_age_ms !== undefined ? (p.stats_age_ms / 1000).toFixed(1) + " s ago" : "–"),
       el("td", {}, expiresIn(p.certificate_not_after_unix)));
   }));
 }

@@ -139,6 +139,10 @@ pub struct ProxyView {
     /// End of its certificate's validity, Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after_unix: Option<u64>,
+    /// How long ago its latest statistics report arrived, milliseconds
+    /// (`None`: none kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_age_ms: Option<u64>,
 }
 
 /// Kinds of [`Problem`].

@@ -244,6 +244,9 @@ fn refused_configs_and_expiring_certificates_are_problems_of_their_proxy() {
     );
     let web = t.proxies.iter().find(|p| p.proxy_id == "web-1").unwrap();
     assert_eq!((web.applied_version, web.rejected_version), (41, Some(42)));
+    assert_eq!(web.stats_age_ms, None, "web-1 sent no statistics");
+    let api = t.proxies.iter().find(|p| p.proxy_id == "api-1").unwrap();
+    assert_eq!(api.stats_age_ms, Some(1000));
     assert!(service(&t, "web").problem && service(&t, "api").problem);
     assert!(!service(&t, "db").problem);
 }
