@@ -64,3 +64,59 @@ fn unix(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tether_api::{Snapshot, UpstreamCounters};
+
+    use super::*;
+    use crate::discovery::{build, SnapshotMetrics};
+
+    #[tokio::test]
+    async fn reports_version_address_and_the_called_upstreams_ejections() {
+        let metrics = SnapshotMetrics::for_tests();
+        let snapshot: Snapshot = serde_json::from_str(
+            r#"{"version": 3, "mesh": {"trust_domain": "tether.local"}, "services": {
+                "api": {"endpoints": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}]},
+                "db": {"endpoints": [{"address": "127.0.0.1:3"}]}}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let empty = MeshState::empty(crate::discovery::build::unknown_metrics(&metrics));
+        let state =
+            build(Arc::new(snapshot), &empty, &metrics, None).unwrap_or_else(|p| panic!("{p:?}"));
+        state.services["api"].endpoints[1].eject(Duration::from_secs(30), Duration::from_secs(300));
+        let facts = ProxyFacts {
+            state: Arc::new(ArcSwap::from_pointee(state)),
+            identity: None,
+            inbound: "0.0.0.0:15006".parse().unwrap_or_else(|e| panic!("{e}")),
+        };
+        let mut report = StatsReport {
+            upstreams: vec![UpstreamCounters {
+                service: "api".into(),
+                requests: 1,
+                latency_buckets: vec![0; tether_api::LATENCY_BUCKET_COUNT],
+                ..UpstreamCounters::default()
+            }],
+            ..StatsReport::default()
+        };
+        facts.fill(&mut report);
+        assert_eq!(
+            report.proxy_version.as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(report.inbound_address.as_deref(), Some("0.0.0.0:15006"));
+        assert_eq!(report.certificate_not_after_unix, None);
+        let seen: Vec<(&str, &str, bool)> = report
+            .endpoints
+            .iter()
+            .map(|e| (e.service.as_str(), e.address.as_str(), e.ejected))
+            .collect();
+        // db was not called: its endpoints are not reported.
+        assert_eq!(
+            seen,
+            vec![("api", "127.0.0.1:1", false), ("api", "127.0.0.1:2", true)]
+        );
+    }
+}
