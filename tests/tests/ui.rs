@@ -7,8 +7,9 @@
 //! drawn, the numbers move, the filter and the table work), `broken` (api's
 //! second instance answers 500: api's success rate drops and that instance
 //! shows as ejected), `refused` (a proxy refuses a snapshot: it shows in the
-//! problems panel and the proxies table). Screenshots go to
-//! `target/ui-artifacts/`.
+//! problems panel and the proxies table). A second test (`scale`) draws
+//! 200 services from synthetic statistics: no overlap, bounded size, the
+//! filter. Screenshots go to `target/ui-artifacts/`.
 //!
 //! Needs `node`, `npm ci --prefix tests/ui` (playwright-core) and Debian's
 //! `chromium`: a missing one FAILS the test with what to install.
