@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tether_api::{
     EdgeView, InstanceView, Problem, ProblemKind, ProxyStatus, ProxyView, ServiceView, StatsReport,
-    Topology, TrafficFigures, LATENCY_BUCKET_COUNT,
+    Topology, TrafficFigures, UpstreamCounters, LATENCY_BUCKET_COUNT,
 };
 
 use crate::rollout::window::p99_ms;
@@ -132,16 +132,21 @@ fn proxy_sums(span: &Span, window_start_unix_ms: u64, now_unix_ms: u64) -> BTree
     } else {
         millis(span.elapsed)
     };
+    // By (service, subset): a proxy may call hundreds of subsets.
+    let bases: HashMap<(&str, Option<&str>), &UpstreamCounters> = if from_zero {
+        HashMap::new()
+    } else {
+        span.base
+            .upstreams
+            .iter()
+            .map(|b| ((b.service.as_str(), b.subset.as_deref()), b))
+            .collect()
+    };
     let mut sums: BTreeMap<&str, Sum> = BTreeMap::new();
     for upstream in &latest.upstreams {
-        let base = if from_zero {
-            None
-        } else {
-            span.base
-                .upstreams
-                .iter()
-                .find(|b| b.service == upstream.service && b.subset == upstream.subset)
-        };
+        let base = bases
+            .get(&(upstream.service.as_str(), upstream.subset.as_deref()))
+            .copied();
         let requests = upstream
             .requests
             .saturating_sub(base.map_or(0, |b| b.requests));
