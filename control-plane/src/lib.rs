@@ -22,6 +22,7 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod status;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -38,8 +38,9 @@ enum Command {
         /// Proxy-facing API address.
         #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:15010")]
         listen: SocketAddr,
-        /// Plaintext admin listener for probes and Prometheus (GET /live
-        /// /ready /metrics /v1/status only); off unless set.
+        /// Plaintext admin listener for probes, Prometheus and operators
+        /// (GET /live /ready /metrics /v1/status /v1/rollouts /v1/topology
+        /// and the topology page /ui only); off unless set.
         #[arg(long, env = "TETHER_ADMIN")]
         admin: Option<SocketAddr>,
         /// The mesh CA (`ca init --dir`): serves the API over TLS and signs

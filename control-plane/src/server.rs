@@ -2,6 +2,7 @@
 //! `GET /v1/snapshot/<service>?version=N&wait=30s` (long-poll),
 //! `POST /v1/report`, `POST /v1/stats`, `GET|POST /v1/rollouts`,
 //! `POST /v1/certificate` (with a CA), `GET /v1/status`,
+//! `GET /v1/topology` and the topology page `/ui` ([`ui`]),
 //! `/metrics`, `/live`, `/ready`.
 //!
 //! With a CA the API is served over TLS: the caller's client certificate
@@ -12,6 +13,7 @@ mod body;
 mod caller;
 mod certificate;
 mod rollouts;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -164,8 +166,9 @@ impl Api {
         self.accept_loop(listener, Some(tls)).await;
     }
 
-    /// Serves the plaintext admin listener: `/live`, `/ready`, `/metrics`
-    /// and `/v1/status` only, for probes and Prometheus (the TLS API's
+    /// Serves the plaintext admin listener: `/live`, `/ready`, `/metrics`,
+    /// `/v1/status`, `/v1/rollouts`, `/v1/topology` and `/ui` only, for
+    /// probes, Prometheus and operators (the TLS API's
     /// certificate carries a SPIFFE ID, not a DNS name a scraper could check).
     pub async fn serve_admin(self, listener: TcpListener) {
         self.accept_loop(listener, None).await;
@@ -221,11 +224,12 @@ impl Api {
         let read_only = request.method() == Method::GET
             && (matches!(path.as_str(), "/live" | "/ready" | "/metrics")
                 || path == STATUS_PATH
-                || path == tether_api::ROLLOUTS_PATH);
+                || path == tether_api::ROLLOUTS_PATH
+                || ui::serves(&path));
         if matches!(caller, Caller::Admin) && !read_only {
             return text(
                 StatusCode::NOT_FOUND,
-                "the admin listener serves GET /live /ready /metrics /v1/status /v1/rollouts only\n",
+                "the admin listener serves GET /live /ready /metrics /v1/status /v1/rollouts /v1/topology /ui only\n",
             );
         }
         match (request.method(), path.as_str()) {
@@ -236,6 +240,7 @@ impl Api {
             (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED),
             (&Method::GET, "/metrics") => text(StatusCode::OK, self.metrics.render()),
             (&Method::GET, STATUS_PATH) => json(&self.status()),
+            (&Method::GET, p) if ui::serves(p) => self.ui(p, request.uri().query()),
             (&Method::POST, REPORT_PATH) => self.report(request, caller).await,
             (&Method::POST, CERTIFICATE_PATH) => self.certificate(request, caller).await,
             (&Method::POST, tether_api::STATS_PATH) => self.stats(request, caller).await,
@@ -255,7 +260,7 @@ impl Api {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown path; see /v1/snapshot/<service>, /v1/report, /v1/stats, /v1/rollouts, /v1/certificate, /v1/status, /metrics\n",
+                "unknown path; see /v1/snapshot/<service>, /v1/report, /v1/stats, /v1/rollouts, /v1/certificate, /v1/status, /v1/topology, /ui, /metrics\n",
             ),
         }
     }

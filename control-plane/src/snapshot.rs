@@ -234,6 +234,27 @@ impl Snapshots {
             .collect()
     }
 
+    /// Every service's endpoint addresses (the catalog's healthy
+    /// instances), from the part all snapshots share.
+    pub fn endpoints(&self) -> BTreeMap<String, Vec<String>> {
+        self.current
+            .load()
+            .values()
+            .next()
+            .map(|published| {
+                published
+                    .shared
+                    .services
+                    .iter()
+                    .map(|(name, s)| {
+                        let addresses = s.endpoints.iter().map(|e| e.address.clone());
+                        (name.clone(), addresses.collect())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Wakes when any snapshot changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -54,6 +54,7 @@ pub mod state;
 pub mod tcp;
 pub mod tcp_metrics;
 pub mod telemetry;
+pub mod topology_facts;
 pub mod traffic;
 pub mod transport;
 pub mod upgrade;

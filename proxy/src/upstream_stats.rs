@@ -151,6 +151,7 @@ impl UpstreamStats {
             service: service.to_owned(),
             counters_since_unix_ms: self.since_unix_ms,
             upstreams,
+            ..StatsReport::default()
         }
     }
 }
@@ -158,20 +159,23 @@ impl UpstreamStats {
 /// Posts this proxy's statistics to the control plane every `interval`,
 /// forever. A failed post is logged at debug (the snapshot subscription
 /// already warns when the control plane is away); its counts go with the
-/// next one.
+/// next one. Each report also carries `facts` (version, inbound address,
+/// certificate expiry, upstream endpoints' ejection state).
 pub async fn report_loop(
     stats: Arc<UpstreamStats>,
     client: ControlPlaneClient,
     proxy_id: String,
     service: String,
     interval: Duration,
+    facts: crate::topology_facts::ProxyFacts,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let report = stats.report(&proxy_id, &service);
+        let mut report = stats.report(&proxy_id, &service);
+        facts.fill(&mut report);
         match client
             .stats(&report, REPORT_TIMEOUT.min(interval * 2))
             .await

@@ -32,4 +32,5 @@ mod tracing;
 mod traffic_faults;
 mod traffic_mirror;
 mod transparent;
+mod ui;
 mod websocket;

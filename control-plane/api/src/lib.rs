@@ -16,6 +16,7 @@ mod policy;
 mod rollout;
 mod snapshot;
 mod stats;
+mod topology;
 mod traffic;
 mod validate;
 
@@ -39,7 +40,12 @@ pub use snapshot::{
     SubsetSelector, TracingSettings,
 };
 pub use stats::{
-    StatsReport, UpstreamCounters, LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT, STATS_PATH,
+    EndpointHealth, StatsReport, UpstreamCounters, LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT,
+    STATS_PATH,
+};
+pub use topology::{
+    EdgeView, InstanceView, Problem, ProblemKind, ProxyView, ServiceView, Topology, TrafficFigures,
+    TOPOLOGY_PATH,
 };
 pub use traffic::{
     grpc_code, FaultAbort, FaultDelay, FaultInjection, InboundRateLimit, Locality, Mirror,

@@ -22,7 +22,7 @@ pub const LATENCY_BUCKETS_US: [u64; 18] = [
 pub const LATENCY_BUCKET_COUNT: usize = LATENCY_BUCKETS_US.len() + 1;
 
 /// One proxy's statistics, outbound.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsReport {
     /// The reporting proxy's id (as in [`crate::ProxyReport`]).
@@ -34,6 +34,36 @@ pub struct StatsReport {
     pub counters_since_unix_ms: u64,
     /// One entry per upstream service and subset that received requests.
     pub upstreams: Vec<UpstreamCounters>,
+    /// The proxy's build version (`tether-proxy --version`), for the
+    /// topology page; absent from older proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_version: Option<String>,
+    /// The proxy's inbound listener as bound (`0.0.0.0:15006`: the control
+    /// plane substitutes the address the report came from), to tell which
+    /// catalog instance this proxy fronts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_address: Option<String>,
+    /// End of the mesh certificate's validity (Unix seconds), when the
+    /// proxy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after_unix: Option<u64>,
+    /// The endpoints of the upstream services in `upstreams`, as this proxy
+    /// sees them (ejected by its outlier detection or not), read when the
+    /// report is made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointHealth>,
+}
+
+/// One upstream endpoint as a calling proxy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointHealth {
+    /// The upstream service.
+    pub service: String,
+    /// The endpoint's `host:port`.
+    pub address: String,
+    /// Whether the proxy's outlier detection has ejected it right now.
+    pub ejected: bool,
 }
 
 /// Cumulative counters of requests to one upstream subset.

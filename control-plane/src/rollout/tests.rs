@@ -44,6 +44,7 @@ fn report(v2: u64, v2_failures: u64) -> StatsReport {
         // Counters that started with the proxy, after any window here.
         counters_since_unix_ms: u64::MAX,
         upstreams: vec![counters("v1", 100, 0), counters("v2", v2, v2_failures)],
+        ..Default::default()
     }
 }
 

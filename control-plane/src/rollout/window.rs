@@ -201,6 +201,7 @@ mod tests {
                 failures,
                 latency_buckets: buckets,
             }],
+            ..Default::default()
         }
     }
 

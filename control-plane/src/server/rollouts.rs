@@ -25,11 +25,15 @@ impl Api {
         let Some(rollouts) = &self.rollouts else {
             return text(StatusCode::NOT_FOUND, "statistics are not collected here\n");
         };
-        let report: StatsReport = match read_json(request, MAX_STATS_BYTES, "a stats report").await
-        {
-            Ok(report) => report,
-            Err(refusal) => return refusal,
-        };
+        let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
+        let mut report: StatsReport =
+            match read_json(request, MAX_STATS_BYTES, "a stats report").await {
+                Ok(report) => report,
+                Err(refusal) => return refusal,
+            };
+        if let Some(peer) = peer {
+            crate::topology::resolve_inbound(&mut report, peer);
+        }
         self.record_stats(rollouts, report, caller)
     }
 

@@ -151,6 +151,7 @@ fn stats_report(service: &str) -> tether_api::StatsReport {
         service: service.into(),
         counters_since_unix_ms: 0,
         upstreams: vec![],
+        ..Default::default()
     }
 }
 
@@ -196,4 +197,52 @@ async fn rollouts_change_only_from_a_loopback_peer() {
             .get(),
         2
     );
+}
+
+#[tokio::test]
+async fn the_topology_page_and_its_json_are_served_from_the_binary() {
+    let (api, snapshots) = api();
+    let api = api.with_rollouts(rollouts());
+    snapshots.update(&config(), &catalog(&[1, 2]));
+    for path in ["/ui", "/ui/", "/ui/app.js", "/ui/style.css", "/v1/topology"] {
+        assert!(ui::serves(path), "{path}");
+    }
+    assert!(!ui::serves("/ui/other.js"));
+    let page = api.ui("/ui", None);
+    assert_eq!(
+        page.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    assert!(page.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .is_ok_and(|csp| csp.starts_with("default-src 'self'")));
+    let (status, html) = body(page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("/ui/app.js") && !html.contains("https://"));
+
+    let mut report = stats_report("web");
+    // A proxy that started a second ago: its counts are all the window's.
+    report.counters_since_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        - 1_000;
+    report.upstreams = vec![tether_api::UpstreamCounters {
+        service: "api".into(),
+        requests: 10,
+        latency_buckets: vec![0; tether_api::LATENCY_BUCKET_COUNT],
+        ..Default::default()
+    }];
+    let rollouts = api.rollouts.clone().unwrap_or_else(|| unreachable!());
+    let (status, _) = body(api.record_stats(&rollouts, report, &Caller::Plaintext)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, json) = body(api.ui("/v1/topology", Some("window=10s"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let topology: tether_api::Topology =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(topology.window_seconds, 10);
+    let names: Vec<&str> = topology.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["web", "api"], "by layer");
+    assert_eq!(topology.services[1].instances.len(), 2, "the catalog's");
+    assert_eq!(topology.edges.len(), 1);
+    assert_eq!(topology.edges[0].figures.requests, 10);
 }

@@ -106,7 +106,12 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
     )
     .with_zone(config.zone.as_deref())
     .with_tcp(Arc::clone(&tcp));
-    let source = first_snapshot(&config, &applier, identity.as_ref(), &families).await?;
+    let facts = crate::topology_facts::ProxyFacts {
+        state: Arc::clone(&core.state),
+        identity: identity.clone(),
+        inbound: listeners.addrs.inbound,
+    };
+    let source = first_snapshot(&config, &applier, identity.as_ref(), &families, facts).await?;
     let inbound_tls = inbound_tls(&config, identity.as_deref(), &families)?;
     let probe = match &config.app_health_grpc_service {
         Some(service) => AppProbe::grpc(config.app.clone(), service.clone()),
@@ -328,6 +333,7 @@ async fn first_snapshot(
     applier: &Applier,
     identity: Option<&Arc<MeshIdentity>>,
     families: &Families,
+    facts: crate::topology_facts::ProxyFacts,
 ) -> Result<SourceTask, RunError> {
     match &config.source {
         SnapshotSource::File {
@@ -360,6 +366,7 @@ async fn first_snapshot(
                     settings.proxy_id.clone(),
                     settings.service.clone(),
                     settings.stats_interval,
+                    facts,
                 )
                 .instrument(tracing::info_span!("stats_report")),
             );
