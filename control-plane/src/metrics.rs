@@ -13,6 +13,8 @@ pub struct ControlMetrics {
     pub subscribers: IntGauge,
     /// Snapshots sent to proxies.
     pub snapshots_served: IntCounter,
+    /// Bytes of the snapshot bodies sent to proxies.
+    pub snapshot_bytes: IntCounter,
     /// New snapshot versions computed (any service).
     pub snapshot_updates: IntCounter,
     /// Generation of the config in force (Unix seconds of its load).
@@ -103,6 +105,10 @@ impl ControlMetrics {
             snapshots_served: counter(
                 "tether_control_snapshots_served_total",
                 "Snapshots sent to proxies.",
+            ),
+            snapshot_bytes: counter(
+                "tether_control_snapshot_bytes_sent_total",
+                "Bytes of snapshot bodies sent to proxies (with `upstreams` or `upstream_scope: authorized`, each proxy gets only the services it holds).",
             ),
             snapshot_updates: counter(
                 "tether_control_snapshot_updates_total",

@@ -299,7 +299,10 @@ impl Api {
             };
             if current.version() != have {
                 self.metrics.snapshots_served.inc();
-                let mut response = Response::new(Chunks::new(current.wire()));
+                let wire = current.wire();
+                let bytes: usize = wire.iter().map(|chunk| chunk.len()).sum();
+                self.metrics.snapshot_bytes.inc_by(bytes as u64);
+                let mut response = Response::new(Chunks::new(wire));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
