@@ -22,7 +22,7 @@ import statistics
 import sys
 
 PCTS = ["p50", "p90", "p99", "p99.9"]
-SYSTEMS = ["direct", "tether", "tether-mtls", "nginx", "haproxy", "consul",
+SYSTEMS = ["direct", "tether", "tether-mtls", "nginx", "haproxy", "consul", "caddy",
            "tether-1hop", "nginx-1hop", "haproxy-1hop"]
 LABEL = {
     "direct": "direct (no proxy)",
@@ -31,6 +31,7 @@ LABEL = {
     "nginx": "nginx, 2 chained",
     "haproxy": "HAProxy, 2 chained",
     "consul": "Consul connect proxy, 2, mTLS (L4)",
+    "caddy": "Caddy, 2 chained, mTLS (L7, HTTP/2 between)",
     "tether-1hop": "Tether, 1 sidecar",
     "nginx-1hop": "nginx, 1",
     "haproxy-1hop": "HAProxy, 1",

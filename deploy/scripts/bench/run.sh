@@ -26,12 +26,14 @@
 #   nginx         client → nginx A → nginx B → backend (upstream keepalive)
 #   haproxy       client → haproxy A → haproxy B → backend (http mode, reuse)
 #   consul        client → consul connect proxy (client) ══mTLS══ consul connect proxy (backend) → backend
+#   caddy         client → caddy A (reverse_proxy) ══mTLS, HTTP/2══ caddy B (client certs required) → backend:
+#                 the closest L7 equivalent of two sidecars with mTLS (see BENCHMARKS.md's framing)
 #   *-1hop        client → one proxy → backend (tether: the api sidecar's outbound;
 #                 nginx/haproxy: instance B directly). Not for consul (its proxies
 #                 only carry mesh traffic; one hop would not be a mesh).
 #
 # Every proxy runs one worker thread (tether-proxy --worker-threads 1, nginx
-# worker_processes 1, haproxy nbthread 1, consul GOMAXPROCS=1), pinned to
+# worker_processes 1, haproxy nbthread 1, consul and caddy GOMAXPROCS=1), pinned to
 # core 1; the load generator, the backend and the Consul agent are pinned to
 # core 0. All systems run the whole time; only one carries load at a time.
 # The load is tether-load (examples/src/load.rs): open loop at fixed rates
@@ -72,7 +74,7 @@ rates=${RATES:-"1000 4000"}
 protocols=${PROTOCOLS:-"h1 h2"}
 conns=${CONNS:-16}
 max_conns=${MAX_CONNS:-64}
-all_systems="direct tether tether-mtls nginx haproxy consul tether-1hop nginx-1hop haproxy-1hop"
+all_systems="direct tether tether-mtls nginx haproxy consul caddy tether-1hop nginx-1hop haproxy-1hop"
 # SYSTEMS= picks some (all are still started); `direct` is always measured: it is the baseline.
 systems=(direct)
 for s in ${SYSTEMS:-$all_systems}; do
@@ -153,6 +155,8 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
 fi
 echo "== Consul (install-consul.sh: built once, cached)"
 consul=$("$root/deploy/scripts/install-consul.sh")
+echo "== Caddy (install-caddy.sh: built once, cached)"
+caddy=$("$root/deploy/scripts/install-caddy.sh")
 
 # Plotting: matplotlib in a venv of our own (PyPI), made once.
 venv=${TETHER_CACHE:-$HOME/.cache/tether}/bench-venv
@@ -321,12 +325,79 @@ start consul-proxy-client "$pin1" GOMAXPROCS=1 "$consul" connect proxy -sidecar-
   -http-addr=127.0.0.1:$chttp -log-level=warn
 pid_consul_client=$last_pid
 
+# Caddy: A is the caller's side (plain HTTP/1.1 and h2c in, HTTP/2 over mTLS
+# out, verifying B's certificate against the CA and the name api.mesh), B
+# the callee's (TLS 1.3, a client certificate from the same CA required).
+# Ordinary X.509 names, not SPIFFE IDs: Caddy checks a name, not a mesh
+# identity. Certificates from openssl, P-256 like the mesh's.
+echo "== starting caddy (two instances, mTLS between them)"
+cpki=$work/caddy-pki; mkdir -p "$cpki"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+  -keyout "$cpki/ca-key.pem" -out "$cpki/ca.pem" 2>/dev/null
+caddy_leaf() { # NAME SAN EKU
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+    -keyout "$cpki/$1-key.pem" -out "$cpki/$1.csr" 2>/dev/null
+  printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' "$2" "$3" >"$cpki/$1.ext"
+  openssl x509 -req -in "$cpki/$1.csr" -CA "$cpki/ca.pem" -CAkey "$cpki/ca-key.pem" -CAcreateserial \
+    -days 2 -extfile "$cpki/$1.ext" -out "$cpki/$1.pem" 2>/dev/null
+}
+caddy_leaf caddy-b "DNS:api.mesh,IP:127.0.0.1" serverAuth
+caddy_leaf caddy-a "DNS:web.mesh" clientAuth
+mkdir -p "$work/caddy-a" "$work/caddy-b"
+cat >"$work/caddy-b/Caddyfile" <<CONF
+{
+	admin off
+	auto_https off
+	persist_config off
+	servers {
+		protocols h1 h2
+	}
+}
+https://:16503 {
+	tls $cpki/caddy-b.pem $cpki/caddy-b-key.pem {
+		protocols tls1.3
+		client_auth {
+			mode require_and_verify
+			trust_pool file $cpki/ca.pem
+		}
+	}
+	reverse_proxy $backend
+}
+CONF
+cat >"$work/caddy-a/Caddyfile" <<CONF
+{
+	admin off
+	auto_https off
+	persist_config off
+	servers {
+		protocols h1 h2c
+	}
+}
+http://:16501 {
+	reverse_proxy https://127.0.0.1:16503 {
+		transport http {
+			tls_trust_pool file $cpki/ca.pem
+			tls_client_auth $cpki/caddy-a.pem $cpki/caddy-a-key.pem
+			tls_server_name api.mesh
+			versions 2
+		}
+	}
+}
+CONF
+start caddy-b "$pin1" GOMAXPROCS=1 HOME="$work/caddy-b" XDG_DATA_HOME="$work/caddy-b" XDG_CONFIG_HOME="$work/caddy-b" \
+  "$caddy" run --config "$work/caddy-b/Caddyfile" --adapter caddyfile
+pid_caddy_b=$last_pid
+start caddy-a "$pin1" GOMAXPROCS=1 HOME="$work/caddy-a" XDG_DATA_HOME="$work/caddy-a" XDG_CONFIG_HOME="$work/caddy-a" \
+  "$caddy" run --config "$work/caddy-a/Caddyfile" --adapter caddyfile
+pid_caddy_a=$last_pid
+
 wait_http tether-web-plain "http://127.0.0.1:16101/"
 wait_http tether-web-mtls "http://127.0.0.1:16111/"
 wait_http tether-api-plain "http://127.0.0.1:16104/"
 wait_http nginx-a "http://127.0.0.1:16201/"
 wait_http haproxy-a "http://127.0.0.1:16401/"
 wait_http consul-proxy-client "http://127.0.0.1:16301/"
+wait_http caddy-a "http://127.0.0.1:16501/"
 
 # Per system: HTTP/1.1 entry, h2c entry, the proxy processes (instance=pid).
 declare -A entry_h1 entry_h2 procs
@@ -336,6 +407,7 @@ entry_h1[tether-mtls]=127.0.0.1:16111; entry_h2[tether-mtls]=127.0.0.1:16111; pr
 entry_h1[nginx]=127.0.0.1:16201;       entry_h2[nginx]=127.0.0.1:16202;       procs[nginx]="a=$pid_nginx_a b=$pid_nginx_b"
 entry_h1[haproxy]=127.0.0.1:16401;     entry_h2[haproxy]=127.0.0.1:16402;     procs[haproxy]="a=$pid_haproxy_a b=$pid_haproxy_b"
 entry_h1[consul]=127.0.0.1:16301;      entry_h2[consul]=127.0.0.1:16301;      procs[consul]="client=$pid_consul_client backend=$pid_consul_backend"
+entry_h1[caddy]=127.0.0.1:16501;       entry_h2[caddy]=127.0.0.1:16501;       procs[caddy]="a=$pid_caddy_a b=$pid_caddy_b"
 entry_h1[tether-1hop]=127.0.0.1:16104; entry_h2[tether-1hop]=127.0.0.1:16104; procs[tether-1hop]="api=$pid_tether_api_plain"
 entry_h1[nginx-1hop]=127.0.0.1:16203;  entry_h2[nginx-1hop]=127.0.0.1:16204;  procs[nginx-1hop]="b=$pid_nginx_b"
 entry_h1[haproxy-1hop]=127.0.0.1:16403; entry_h2[haproxy-1hop]=127.0.0.1:16404; procs[haproxy-1hop]="b=$pid_haproxy_b"
@@ -419,6 +491,7 @@ echo "== other work on the machine after the run: ${busy_after} % of all cores (
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //') (Debian $(dpkg-query -W -f='${Version}' nginx 2>/dev/null || echo '?'))"
   echo "haproxy: $(haproxy -v | head -1 | sed 's/^HAProxy version //; s/ - https.*//') (Debian $(dpkg-query -W -f='${Version}' haproxy 2>/dev/null || echo '?'))"
   echo "consul: $("$consul" version | head -1) (built from the Go module by deploy/scripts/install-consul.sh)"
+  echo "caddy: $("$caddy" version | head -1) (built from the Go module by deploy/scripts/install-caddy.sh)"
 } >"$work/versions.txt"
 {
   echo "nproc: $(nproc)"
@@ -436,6 +509,8 @@ mkdir -p "$out/config"
 cp "$work"/nginx-a/nginx.conf "$out/config/nginx-a.conf"; cp "$work"/nginx-b/nginx.conf "$out/config/nginx-b.conf"
 cp "$work"/haproxy-a/haproxy.cfg "$out/config/haproxy-a.cfg"; cp "$work"/haproxy-b/haproxy.cfg "$out/config/haproxy-b.cfg"
 cp "$work"/tether-*.yaml "$out/config/"
+sed "s#$work#\$WORK#g" "$work/caddy-a/Caddyfile" >"$out/config/caddy-a.Caddyfile"
+sed "s#$work#\$WORK#g" "$work/caddy-b/Caddyfile" >"$out/config/caddy-b.Caddyfile"
 sed "s#$work#\$WORK#g; s#$root/##g" "$work/commands.txt" "$work/load-command.txt" >"$out/commands.txt"
 cat >"$work/settings.json" <<JSON
 {"runs": $runs, "seconds": $secs, "warmup_s": $warm, "max_seconds": $max_secs, "body_bytes": $body,
