@@ -375,6 +375,8 @@ cat >"$work/caddy-a/Caddyfile" <<CONF
 }
 http://:16501 {
 	reverse_proxy https://127.0.0.1:16503 {
+		# B enforces Host = SNI (client auth on): the name its certificate carries.
+		header_up Host api.mesh
 		transport http {
 			tls_trust_pool file $cpki/ca.pem
 			tls_client_auth $cpki/caddy-a.pem $cpki/caddy-a-key.pem
