@@ -142,7 +142,8 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
         Arc::clone(&draining),
     )
     .with_app_probe(probe)
-    .with_shutdown(lifecycle.admin_shutdown.clone());
+    .with_shutdown(lifecycle.admin_shutdown.clone())
+    .with_tap(core.tap.clone());
     let admin_server = serve_admin(listeners.admin, &config, &families, admin);
     let mut servers = Servers::default();
     serve_outbound(&mut servers, listeners.outbound, &config, &core, &families);
@@ -183,6 +184,8 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
     };
     tracing::info!(reason, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
+    // Open taps end now, rather than hold their clients through the drain.
+    core.tap.close_all();
     if let Some(registration) = &mut registration {
         leave_consul(registration, signals.as_mut()).await;
     }
@@ -245,6 +248,8 @@ struct Core {
     access_log: Option<AccessLog>,
     /// Upgraded connections of both paths (drained with the listeners).
     upgrades: Upgrades,
+    /// Live taps of both paths (`GET /tap`).
+    tap: crate::tap::Tap,
 }
 
 impl Core {
@@ -283,6 +288,7 @@ impl Core {
             upgrades,
             telemetry,
             access_log,
+            tap: crate::tap::Tap::register(families.requests.registry()),
         }
     }
 }
