@@ -17,7 +17,8 @@
 //! 7. `outbound`, `inbound`, `tcp`
 //! 8. `discovery`
 //! 9. `config`, `admin`, `explain`
-//! 10. `app`, `cli`, `run_mode`: the composition root, its flags, the app runner
+//! 10. `app`, `cli`, `run_mode`, `tap_client`: the composition root, its
+//!     flags, the app runner, the tap follower
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -52,6 +53,7 @@ pub mod run_mode;
 pub mod shutdown;
 pub mod state;
 pub mod tap;
+pub mod tap_client;
 pub mod tcp;
 pub mod tcp_metrics;
 pub mod telemetry;
