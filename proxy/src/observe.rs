@@ -31,7 +31,6 @@ pub struct Observation {
     started: Instant,
     arrived: SystemTime,
     span: Option<HopSpan>,
-    trace_id: Option<String>,
     line: Option<(String, String, String)>,
     grpc: bool,
     /// What a tap needs of the request: `None` unless a tap was open when
@@ -102,7 +101,6 @@ impl Observer {
                 started,
                 arrived,
                 span: None,
-                trace_id: None,
                 line: None,
                 grpc,
                 tap,
@@ -133,16 +131,10 @@ impl Observer {
         } else {
             None
         };
-        // The hex trace id is for the access log line only.
-        let trace_id = line
-            .as_ref()
-            .and(span.as_ref())
-            .map(|span| span.trace_id().to_hex());
         Observation {
             started,
             arrived,
             span,
-            trace_id,
             line,
             grpc,
             tap,
@@ -172,6 +164,13 @@ impl Observer {
             reason.as_str()
         });
         let status = response.status();
+        // The hex trace id is for the access log line only (made here, not
+        // kept in every observation: the request's future stays small).
+        let trace_id = observation
+            .line
+            .as_ref()
+            .and(observation.span.as_ref())
+            .map(|span| span.trace_id().to_hex());
         if let Some(request) = observation.tap {
             self.tap.publish(
                 *request,
@@ -213,14 +212,14 @@ impl Observer {
                 span.finish(status, error, elapsed);
             }
             if let (Some(log), Some(line)) = (&self.access_log, observation.line) {
-                log.log(entry(line, observation.trace_id));
+                log.log(entry(line, trace_id));
             }
             return elapsed;
         }
         let done = Done {
             span: observation.span,
             entry: match (&self.access_log, observation.line) {
-                (Some(_), Some(line)) => Some(entry(line, observation.trace_id)),
+                (Some(_), Some(line)) => Some(entry(line, trace_id)),
                 _ => None,
             },
             status,

@@ -269,7 +269,7 @@ pub struct Explanation {
     /// Whether the called sidecar would let it in.
     pub allowed: bool,
     /// Why it is not routed: the `tether-error` reason and message the
-    /// caller would get.
+    /// caller would get (`tcp-service`: not an HTTP service, not explained).
     pub error: Option<ErrorView>,
     /// How it is routed.
     pub route: Option<RouteView>,
@@ -383,6 +383,18 @@ pub fn explain(
             });
             (Some(view), error)
         }
+        // An opaque TCP service is routed by port, not by authority.
+        Err(_) if spec.is_some_and(|s| s.protocol == tether_api::Protocol::Tcp) => (
+            None,
+            Some(ErrorView {
+                reason: "tcp-service",
+                message: format!(
+                    "`{}` is an opaque TCP service (the app connects to local port {}): explain covers HTTP requests; its authorization is by caller identity alone (rules without methods or paths)",
+                    query.to,
+                    spec.and_then(|s| s.outbound_port).unwrap_or_default()
+                ),
+            }),
+        ),
         Err(error) => (
             None,
             Some(ErrorView {

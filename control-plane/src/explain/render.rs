@@ -116,10 +116,21 @@ fn traffic(e: &Explanation) -> String {
     );
     let _ = writeln!(out, "mirror:             {}", show(t.mirror.as_ref()));
     let rollout = match &t.rollout {
-        Some(r) => format!(
-            "{} → {} at {} % ({}): overrides the default split above",
-            r.from, r.to, r.percent, r.phase
-        ),
+        Some(r) => {
+            let own_split = e
+                .route
+                .as_ref()
+                .is_some_and(|route| route.decision.route.is_some());
+            let applies = if own_split {
+                "holds the default split; this request takes a route rule's split"
+            } else {
+                "the split above is its override"
+            };
+            format!(
+                "{} → {} at {} % ({}): {applies}",
+                r.from, r.to, r.percent, r.phase
+            )
+        }
         None if e.source.starts_with("http") => "none".to_owned(),
         None => "unknown offline (ask the control plane: --control URL)".to_owned(),
     };

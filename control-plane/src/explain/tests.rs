@@ -114,3 +114,28 @@ async fn an_unknown_service_is_unroutable_with_the_proxy_s_reason() {
     assert!(!e.routed);
     assert_eq!(e.error.as_ref().map(|x| x.reason), Some("unknown-service"));
 }
+
+#[tokio::test]
+async fn a_rollout_is_shown_with_the_split_it_holds() {
+    let q = query("web", "GET", "/v1/users");
+    let path = Path::new("mesh.yaml");
+    let config = crate::config::parse(path, MESH).unwrap();
+    let mut inputs = offline(&config, path, &q);
+    inputs.source = "http://control".into();
+    inputs.rollout = Some(RolloutView {
+        from: "v1".into(),
+        to: "v2".into(),
+        phase: "active",
+        percent: 20,
+    });
+    let e = explain(&q, &inputs, None).unwrap();
+    let text = render(&e);
+    assert!(
+        text.contains(
+            "rollout:            v1 → v2 at 20 % (active): the split above is its override"
+        ),
+        "{text}"
+    );
+    // Without the file, the rule is named by its place among api's rules.
+    assert!(text.contains("ALLOWED by rule 1 for api"), "{text}");
+}

@@ -60,7 +60,7 @@ fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<UpstreamServic
 /// The service a request addresses and the index of the first route rule
 /// it matches (`None`: the service's default split). The routing decision
 /// itself, shared by [`resolve`] and `tether-control explain`
-/// (`crate::explain`), so the two can never disagree.
+/// (the proxy lib's `explain` module), so the two can never disagree.
 #[inline]
 pub(crate) fn matched<'a, B>(
     state: &'a MeshState,
