@@ -114,3 +114,30 @@ async fn without_authorization_everyone_is_let_in() {
     assert!(open.allowed);
     assert_eq!(open.default, Some("no authorization configured"));
 }
+
+#[tokio::test]
+async fn with_a_zone_each_subset_shows_its_local_endpoints() {
+    let text = r#"
+services:
+  api:
+    policy: { locality: { enabled: true } }
+    endpoints:
+      - { address: "127.0.0.1:1", zone: a }
+      - { address: "127.0.0.1:2", zone: b }
+"#;
+    let wire = crate::discovery::file::parse(Path::new("t.yaml"), text).unwrap();
+    let state = state_for(wire.clone(), Some("a")).unwrap();
+    let routed = route(&state, &wire, &request("/", &[])).unwrap();
+    assert_eq!(routed.split[0].subset, None, "no split: every endpoint");
+    assert_eq!(routed.split[0].endpoints.len(), 2);
+    assert_eq!(
+        routed.split[0].local_endpoints,
+        Some(vec!["127.0.0.1:1".to_owned()])
+    );
+    let nowhere = state_for(wire.clone(), None).unwrap();
+    let routed = route(&nowhere, &wire, &request("/", &[])).unwrap();
+    assert_eq!(
+        routed.split[0].local_endpoints, None,
+        "no zone: no locality"
+    );
+}
