@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod explain;
 pub mod issuer;
 pub mod locate;
 pub mod metrics;

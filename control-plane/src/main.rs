@@ -1,10 +1,11 @@
 //! `tether-control` binary: `serve`, `validate`, `status`, `ca init`,
-//! `token create|revoke|list`, `rollout start|status|abort`. The only code that reads flags and the
+//! `token create|revoke|list`, `rollout start|status|abort`, `explain`. The only code that reads flags and the
 //! environment.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin_cli;
+mod explain_cli;
 mod rollout_cli;
 
 use std::net::SocketAddr;
@@ -85,6 +86,10 @@ enum Command {
     /// Canary and blue-green rollouts gated by the proxies' statistics.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// What the mesh would do with one request: route, split, policy,
+    /// traffic features, authorization rule (FILE:LINE), endpoints. Exit 0:
+    /// allowed and routed; 1: denied or unroutable; 2: no answer.
+    Explain(explain_cli::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
         Command::Ca(command) => admin_cli::ca(command),
         Command::Token(command) => admin_cli::token(command),
         Command::Rollout(command) => runtime.block_on(rollout_cli::rollout(command)),
+        Command::Explain(args) => runtime.block_on(explain_cli::explain(args)),
     }
 }
 

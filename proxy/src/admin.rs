@@ -1,5 +1,5 @@
 //! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints`,
-//! `/app-health` and `POST /shutdown`. Loopback by default; it reveals
+//! `/app-health`, `/tap` (live requests, `crate::tap`) and `POST /shutdown`. Loopback by default; it reveals
 //! topology and lets anyone who reaches it stop the proxy, so never expose
 //! it publicly.
 
@@ -9,13 +9,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use crate::body::{Body, Req, Rsp};
+use crate::body::{Body, BoxBody, Req, Rsp};
 use crate::discovery::Applier;
 use crate::identity::MeshIdentity;
 use crate::registration::AppProbe;
 use crate::request_metrics::RequestMetrics;
 use crate::shutdown::Shutdown;
 use crate::state::MeshState;
+use crate::tap::{Tap, TapFilter};
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct Admin {
     app_probe: Option<AppProbe>,
     /// What `POST /shutdown` fires; without one it answers 404.
     shutdown: Option<Shutdown>,
+    /// Live taps `GET /tap` opens; without one it answers 404.
+    tap: Option<Tap>,
 }
 
 impl Admin {
@@ -47,6 +50,7 @@ impl Admin {
             draining,
             app_probe: None,
             shutdown: None,
+            tap: None,
         }
     }
 
@@ -59,6 +63,12 @@ impl Admin {
     /// Lets `POST /shutdown` fire `shutdown` (a graceful drain, as SIGTERM).
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Serves `GET /tap` from `tap` (the hub the observers publish to).
+    pub fn with_tap(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
         self
     }
 
@@ -87,9 +97,10 @@ impl Admin {
             "/config" => self.config(),
             "/endpoints" => json(&self.endpoints()),
             "/app-health" => self.app_health().await,
+            "/tap" => self.tap(request.uri().query().unwrap_or("")),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown admin path; try /live /ready /metrics /config /endpoints /app-health /shutdown\n",
+                "unknown admin path; try /live /ready /metrics /config /endpoints /app-health /tap /shutdown\n",
             ),
         }
     }
@@ -148,6 +159,37 @@ impl Admin {
         let mut response = text(status, "");
         *response.body_mut() = Body::full(format!("{}\n", health.note));
         response
+    }
+
+    /// `GET /tap?service=&direction=&path_prefix=&headers=names&rate=`:
+    /// sampled requests as newline-delimited JSON until the client leaves.
+    fn tap(&self, query: &str) -> Rsp {
+        let Some(tap) = &self.tap else {
+            return text(StatusCode::NOT_FOUND, "tap is not available here\n");
+        };
+        let filter = match TapFilter::parse(query) {
+            Ok(filter) => filter,
+            Err(problem) => {
+                let mut response = text(StatusCode::BAD_REQUEST, "");
+                *response.body_mut() = Body::full(format!("{problem}\n"));
+                return response;
+            }
+        };
+        match tap.subscribe(filter) {
+            Ok(stream) => {
+                let mut response = Response::new(Body::Boxed(BoxBody::new(stream)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                );
+                response
+            }
+            Err(error) => {
+                let mut response = text(StatusCode::TOO_MANY_REQUESTS, "");
+                *response.body_mut() = Body::full(format!("{error}\n"));
+                response
+            }
+        }
     }
 
     /// The snapshot in force, plus the identity (never the key).

@@ -43,6 +43,9 @@ pub enum Command {
     /// the app; when it exits the proxy drains and the exit code is the app's
     /// (for batch jobs with a sidecar).
     Run(Box<RunArgs>),
+    /// Follow a proxy's live, sampled requests (admin `GET /tap`): one
+    /// line each.
+    Tap(crate::tap_client::TapArgs),
 }
 
 /// `tether-proxy run [PROXY FLAGS] -- CMD ARGS...`.

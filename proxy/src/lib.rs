@@ -9,15 +9,16 @@
 //! fails on any cycle between top-level modules).
 //!
 //! 1. leaves: `authority`, `body`, `capture`, `headers`, `request_metrics`, `shutdown`
-//! 2. `transport`, `access_log`, `telemetry`, `grpc`
+//! 2. `transport`, `access_log`, `telemetry`, `grpc`, `tap`
 //! 3. `balance`, `identity`, `tcp_metrics`
 //! 4. `errors`, `control_client`
 //! 5. `resilience`, `hop`, `observe`, `upgrade`, `traffic`
 //! 6. `state`, `renewal`, `registration`
 //! 7. `outbound`, `inbound`, `tcp`
 //! 8. `discovery`
-//! 9. `config`, `admin`
-//! 10. `app`, `cli`, `run_mode`: the composition root, its flags, the app runner
+//! 9. `config`, `admin`, `explain`
+//! 10. `app`, `cli`, `run_mode`, `tap_client`: the composition root, its
+//!     flags, the app runner, the tap follower
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -34,6 +35,7 @@ pub mod config;
 pub mod control_client;
 pub mod discovery;
 pub mod errors;
+pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
@@ -51,6 +53,8 @@ pub mod resilience;
 pub mod run_mode;
 pub mod shutdown;
 pub mod state;
+pub mod tap;
+pub mod tap_client;
 pub mod tcp;
 pub mod tcp_metrics;
 pub mod telemetry;

@@ -14,6 +14,14 @@ fn main() -> ExitCode {
     let (proxy, run) = match cli.command {
         Some(Command::Init(args)) => return ExitCode::from(tether_proxy::cli::init(&args)),
         Some(Command::WaitReady(args)) => return wait_ready_main(cli.proxy.worker_threads, &args),
+        Some(Command::Tap(args)) => {
+            return match runtime(Some(1)) {
+                Ok(runtime) => {
+                    ExitCode::from(runtime.block_on(tether_proxy::tap_client::tap(&args)))
+                }
+                Err(error) => runtime_failed(&error),
+            }
+        }
         Some(Command::Run(args)) => {
             let args = *args;
             (

@@ -13,6 +13,7 @@ use crate::body::{Body, BoxBody};
 use crate::errors::Outcome;
 use crate::grpc;
 use crate::request_metrics::{Direction, ServiceMetrics};
+use crate::tap::{Tap, TapOutcome, TapRequest, TapUpstream};
 use crate::telemetry::{HopSpan, SpanKind, SpanStart, Telemetry};
 
 /// Tracing and access logging for both paths.
@@ -21,6 +22,8 @@ pub struct Observer {
     telemetry: Arc<Telemetry>,
     access_log: Option<AccessLog>,
     direction: Direction,
+    /// Live taps (`GET /tap`); one relaxed load per request while none is open.
+    tap: Tap,
 }
 
 /// One request being observed.
@@ -28,9 +31,11 @@ pub struct Observation {
     started: Instant,
     arrived: SystemTime,
     span: Option<HopSpan>,
-    trace_id: Option<String>,
     line: Option<(String, String, String)>,
     grpc: bool,
+    /// What a tap needs of the request: `None` unless a tap was open when
+    /// it arrived (boxed: keeps the observation small for everyone else).
+    tap: Option<Box<TapRequest>>,
 }
 
 impl Observation {
@@ -43,6 +48,12 @@ impl Observation {
     /// When the request arrived (its timeout counts from here).
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Whether a tap was open when the request arrived: the path then
+    /// leaves a [`TapUpstream`] in the response's extensions.
+    pub fn is_tapped(&self) -> bool {
+        self.tap.is_some()
     }
 }
 
@@ -57,7 +68,14 @@ impl Observer {
             telemetry,
             access_log,
             direction,
+            tap: Tap::default(),
         }
+    }
+
+    /// Offers every request's outcome to the live taps of `tap`.
+    pub fn with_tap(mut self, tap: Tap) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// Starts observing a request to (outbound) or of (inbound) `service`.
@@ -70,6 +88,11 @@ impl Observer {
         let started = Instant::now();
         let arrived = SystemTime::now();
         let grpc = grpc::is_grpc(request.headers());
+        // One relaxed load while nobody taps.
+        let tap = self
+            .tap
+            .is_active()
+            .then(|| Box::new(TapRequest::of(request, arrived)));
         // Nothing to build when neither tracing nor the access log is on:
         // the common case pays for two clock reads only.
         let tracing = self.telemetry.is_on();
@@ -78,9 +101,9 @@ impl Observer {
                 started,
                 arrived,
                 span: None,
-                trace_id: None,
                 line: None,
                 grpc,
+                tap,
             };
         }
         let line = self.access_log.as_ref().map(|_| {
@@ -108,18 +131,13 @@ impl Observer {
         } else {
             None
         };
-        // The hex trace id is for the access log line only.
-        let trace_id = line
-            .as_ref()
-            .and(span.as_ref())
-            .map(|span| span.trace_id().to_hex());
         Observation {
             started,
             arrived,
             span,
-            trace_id,
             line,
             grpc,
+            tap,
         }
     }
 
@@ -146,6 +164,30 @@ impl Observer {
             reason.as_str()
         });
         let status = response.status();
+        // The hex trace id is for the access log line only (made here, not
+        // kept in every observation: the request's future stays small).
+        let trace_id = observation
+            .line
+            .as_ref()
+            .and(observation.span.as_ref())
+            .map(|span| span.trace_id().to_hex());
+        if let Some(request) = observation.tap {
+            self.tap.publish(
+                *request,
+                TapOutcome {
+                    direction: self.direction,
+                    service,
+                    peer,
+                    status: status.as_u16(),
+                    latency: elapsed,
+                    error,
+                    upstream: response
+                        .extensions_mut()
+                        .remove::<TapUpstream>()
+                        .map(|u| u.0),
+                },
+            );
+        }
         let entry = |line: (String, String, String), trace_id: Option<String>| {
             let (method, authority, path) = line;
             Entry {
@@ -170,14 +212,14 @@ impl Observer {
                 span.finish(status, error, elapsed);
             }
             if let (Some(log), Some(line)) = (&self.access_log, observation.line) {
-                log.log(entry(line, observation.trace_id));
+                log.log(entry(line, trace_id));
             }
             return elapsed;
         }
         let done = Done {
             span: observation.span,
             entry: match (&self.access_log, observation.line) {
-                (Some(_), Some(line)) => Some(entry(line, observation.trace_id)),
+                (Some(_), Some(line)) => Some(entry(line, trace_id)),
                 _ => None,
             },
             status,

@@ -2,14 +2,17 @@
 //! plane's topology page: build version, inbound address, certificate
 //! expiry, and the ejection state of the endpoints of every upstream it
 //! called. Read when a report is made (every stats interval), never on
-//! the request path.
+//! the request path; [`report_loop`] sends them with the upstream
+//! statistics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tether_api::{EndpointHealth, StatsReport};
 
+use crate::control_client::{ControlCallError, ControlPlaneClient};
 use crate::identity::MeshIdentity;
 use crate::state::MeshState;
 
@@ -63,6 +66,43 @@ impl ProxyFacts {
 fn unix(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Longest one report may take; a lost report's counts go with the next
+/// one (they are cumulative).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Posts this proxy's statistics to the control plane every `interval`,
+/// forever. A failed post is logged at debug (the snapshot subscription
+/// already warns when the control plane is away); its counts go with the
+/// next one. Each report also carries `facts` (version, inbound address,
+/// certificate expiry, upstream endpoints' ejection state).
+pub async fn report_loop(
+    stats: Arc<crate::upstream_stats::UpstreamStats>,
+    client: ControlPlaneClient,
+    proxy_id: String,
+    service: String,
+    interval: Duration,
+    facts: ProxyFacts,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let mut report = stats.report(&proxy_id, &service);
+        facts.fill(&mut report);
+        match client
+            .stats(&report, REPORT_TIMEOUT.min(interval * 2))
+            .await
+        {
+            Ok(()) => {}
+            Err(ControlCallError::Status { status, message }) => {
+                tracing::warn!(%status, %message, "control plane refused the stats report")
+            }
+            Err(error) => tracing::debug!(%error, "could not send the stats report"),
+        }
+    }
 }
 
 #[cfg(test)]

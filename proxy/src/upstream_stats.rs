@@ -26,16 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tether_api::{StatsReport, UpstreamCounters, LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT};
 
-use crate::control_client::{ControlCallError, ControlPlaneClient};
-
 /// Default interval between two reports: rollout steps last tens of
 /// seconds, so a 10 s resolution judges them with a few reports each, at a
 /// negligible cost to the control plane (one small POST per proxy).
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Longest one report may take; a lost report's counts go with the next
-/// one (they are cumulative).
-const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counters of requests to one upstream subset.
 #[derive(Debug)]
@@ -152,39 +146,6 @@ impl UpstreamStats {
             counters_since_unix_ms: self.since_unix_ms,
             upstreams,
             ..StatsReport::default()
-        }
-    }
-}
-
-/// Posts this proxy's statistics to the control plane every `interval`,
-/// forever. A failed post is logged at debug (the snapshot subscription
-/// already warns when the control plane is away); its counts go with the
-/// next one. Each report also carries `facts` (version, inbound address,
-/// certificate expiry, upstream endpoints' ejection state).
-pub async fn report_loop(
-    stats: Arc<UpstreamStats>,
-    client: ControlPlaneClient,
-    proxy_id: String,
-    service: String,
-    interval: Duration,
-    facts: crate::topology_facts::ProxyFacts,
-) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let mut report = stats.report(&proxy_id, &service);
-        facts.fill(&mut report);
-        match client
-            .stats(&report, REPORT_TIMEOUT.min(interval * 2))
-            .await
-        {
-            Ok(()) => {}
-            Err(ControlCallError::Status { status, message }) => {
-                tracing::warn!(%status, %message, "control plane refused the stats report")
-            }
-            Err(error) => tracing::debug!(%error, "could not send the stats report"),
         }
     }
 }

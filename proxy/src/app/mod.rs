@@ -147,7 +147,8 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
         Arc::clone(&draining),
     )
     .with_app_probe(probe)
-    .with_shutdown(lifecycle.admin_shutdown.clone());
+    .with_shutdown(lifecycle.admin_shutdown.clone())
+    .with_tap(core.tap.clone());
     let admin_server = serve_admin(listeners.admin, &config, &families, admin);
     let mut servers = Servers::default();
     serve_outbound(&mut servers, listeners.outbound, &config, &core, &families);
@@ -188,6 +189,8 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
     };
     tracing::info!(reason, drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests and streams");
     draining.store(true, Ordering::Release);
+    // Open taps end now, rather than hold their clients through the drain.
+    core.tap.close_all();
     if let Some(registration) = &mut registration {
         leave_consul(registration, signals.as_mut()).await;
     }
@@ -250,6 +253,8 @@ struct Core {
     access_log: Option<AccessLog>,
     /// Upgraded connections of both paths (drained with the listeners).
     upgrades: Upgrades,
+    /// Live taps of both paths (`GET /tap`).
+    tap: crate::tap::Tap,
 }
 
 impl Core {
@@ -288,6 +293,7 @@ impl Core {
             upgrades,
             telemetry,
             access_log,
+            tap: crate::tap::Tap::register(families.requests.registry()),
         }
     }
 }
@@ -360,7 +366,7 @@ async fn first_snapshot(
             let stats = Arc::clone(&families.snapshots.upstream_stats);
             stats.enable();
             tokio::spawn(
-                crate::upstream_stats::report_loop(
+                crate::topology_facts::report_loop(
                     stats,
                     client.clone(),
                     settings.proxy_id.clone(),

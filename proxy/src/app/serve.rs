@@ -68,7 +68,8 @@ pub(super) fn serve_outbound(
         Arc::clone(&core.telemetry),
         core.access_log.clone(),
         Direction::Outbound,
-    );
+    )
+    .with_tap(core.tap.clone());
     // Transparent capture is detected per connection (original_dst.rs).
     // In an `Arc`: one reference count per request, whatever it holds.
     let outbound = Arc::new(
@@ -129,7 +130,8 @@ pub(super) fn serve_inbound(
             Arc::clone(&core.telemetry),
             core.access_log.clone(),
             Direction::Inbound,
-        ),
+        )
+        .with_tap(core.tap.clone()),
         Arc::clone(&core.state),
         &families.requests,
     );

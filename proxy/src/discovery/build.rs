@@ -379,7 +379,8 @@ fn build_service(
     }
 }
 
-fn selects(selector: &SubsetSelector, endpoint: &Endpoint) -> bool {
+/// Whether `endpoint` belongs to the subset `selector` describes.
+pub fn selects(selector: &SubsetSelector, endpoint: &Endpoint) -> bool {
     selector.tags.iter().all(|t| endpoint.tags.contains(t))
         && selector
             .meta

@@ -112,6 +112,7 @@ impl Inbound {
             .observer
             .begin(&mut request, &inner.service, peer_text);
         let grpc = observation.is_grpc();
+        let tapped = observation.is_tapped();
         let checked = if crate::authority::has_duplicate_host(&request) {
             Err(ProxyError::BadRequest("more than one Host header".into()))
         } else {
@@ -127,7 +128,13 @@ impl Inbound {
             Err(error) => Err(error),
         };
         let mut response = match result {
-            Ok(response) => response,
+            Ok(mut response) => {
+                if tapped {
+                    let upstream = crate::tap::TapUpstream(inner.app.to_string());
+                    response.extensions_mut().insert(upstream);
+                }
+                response
+            }
             Err(error) => {
                 tracing::debug!(%error, "inbound request failed");
                 error.into_response_for(grpc)

@@ -65,7 +65,14 @@ pub async fn send_one_try(
                 endpoint: endpoint.address().to_owned(),
             })
         }
-        Ok(Ok(response)) => Ok(from_upstream(response)),
+        Ok(Ok(response)) => {
+            let mut response = from_upstream(response);
+            if target.tapped {
+                let upstream = crate::tap::TapUpstream(endpoint.address().to_owned());
+                response.extensions_mut().insert(upstream);
+            }
+            Ok(response)
+        }
         Ok(Err(source)) if source.is_connect() => Err(ProxyError::UpstreamConnect {
             endpoint: endpoint.address().to_owned(),
             source,

@@ -131,6 +131,7 @@ impl Outbound {
         let service = Arc::clone(&target.service);
         let observation = self.observer.begin(&mut request, &service.name, None);
         target.started = Some(observation.started());
+        target.tapped = observation.is_tapped();
         if observation.is_grpc() {
             target.grpc_call(request.headers());
         }

@@ -57,8 +57,15 @@ fn lookup<'a>(state: &'a MeshState, name: &str) -> Option<&'a Arc<UpstreamServic
     })
 }
 
-/// Decides where a request goes.
-pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, ProxyError> {
+/// The service a request addresses and the index of the first route rule
+/// it matches (`None`: the service's default split). The routing decision
+/// itself, shared by [`resolve`] and `tether-control explain`
+/// (the proxy lib's `explain` module), so the two can never disagree.
+#[inline]
+pub(crate) fn matched<'a, B>(
+    state: &'a MeshState,
+    request: &Request<B>,
+) -> Result<(&'a Arc<UpstreamService>, Option<usize>), ProxyError> {
     if crate::authority::has_duplicate_host(request) {
         return Err(ProxyError::BadRequest("more than one Host header".into()));
     }
@@ -70,6 +77,12 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
         .routes
         .iter()
         .position(|r| r.matches(path, request.headers()));
+    Ok((service, route))
+}
+
+/// Decides where a request goes.
+pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, ProxyError> {
+    let (service, route) = matched(state, request)?;
     let rule = route.and_then(|i| service.routes.get(i));
     let split = rule.map_or(&service.default_split, |r| &r.split);
     let mut endpoints = split
@@ -98,6 +111,7 @@ pub fn resolve<B>(state: &MeshState, request: &Request<B>) -> Result<Target, Pro
         mirror: mirror
             .as_ref()
             .and_then(|m| super::mirror::draw(m, service, state)),
+        tapped: false,
     })
 }
 

@@ -30,6 +30,9 @@ pub struct Target {
     pub started: Option<tokio::time::Instant>,
     /// Where this request's mirrored copy goes, when it was drawn for one.
     pub mirror: Option<MirrorPlan>,
+    /// A tap is watching: the try that answers names its endpoint
+    /// ([`crate::tap::TapUpstream`]).
+    pub tapped: bool,
 }
 
 impl Target {

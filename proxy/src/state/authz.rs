@@ -50,6 +50,32 @@ impl PathPattern {
     }
 }
 
+/// What decided an authorization check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthzDecision {
+    /// Allowed by the rule at this index of the snapshot's rules (the
+    /// first that matches).
+    Rule(usize),
+    /// No rule allowed it (or the caller is unauthenticated, when rules
+    /// are not even consulted): the policy's default decides.
+    Default {
+        /// `default: allow`.
+        allow: bool,
+        /// The caller presented no identity (plaintext, permissive).
+        unauthenticated: bool,
+    },
+}
+
+impl AuthzDecision {
+    /// Whether the request is let in.
+    pub fn allowed(self) -> bool {
+        match self {
+            AuthzDecision::Rule(_) => true,
+            AuthzDecision::Default { allow, .. } => allow,
+        }
+    }
+}
+
 /// The compiled policy of the service this proxy fronts.
 #[derive(Debug, Clone)]
 pub struct AuthzPolicy {
@@ -69,15 +95,42 @@ impl AuthzPolicy {
     /// Whether `caller` may make this request. Unauthenticated callers
     /// (plaintext in permissive mode) pass only a default-allow policy.
     pub fn allows(&self, caller: Option<&SpiffeId>, method: &Method, path: &str) -> bool {
+        self.decide(caller, method, path).allowed()
+    }
+
+    /// Why `caller` may or may not make this request: the first rule that
+    /// allows it, else the default. [`Self::allows`] is this decision (and
+    /// `tether-control explain` shows it), so the two never disagree.
+    #[inline]
+    pub fn decide(&self, caller: Option<&SpiffeId>, method: &Method, path: &str) -> AuthzDecision {
         let Some(caller) = caller else {
-            return self.allow_by_default;
+            return AuthzDecision::Default {
+                allow: self.allow_by_default,
+                unauthenticated: true,
+            };
         };
-        let allowed = self.rules.iter().any(|rule| {
+        let rule = self.rules.iter().position(|rule| {
             Self::caller_matches(rule.from.as_ref(), caller)
                 && (rule.methods.is_empty() || rule.methods.contains(method))
                 && (rule.paths.is_empty() || rule.paths.iter().any(|p| p.matches(path)))
         });
-        allowed || self.allow_by_default
+        match rule {
+            Some(index) => AuthzDecision::Rule(index),
+            None => AuthzDecision::Default {
+                allow: self.allow_by_default,
+                unauthenticated: false,
+            },
+        }
+    }
+
+    /// The allow rules, in the snapshot's order.
+    pub fn rules(&self) -> &[AuthzRule] {
+        &self.rules
+    }
+
+    /// Whether a request no rule allows is let in (`default: allow`).
+    pub fn allows_by_default(&self) -> bool {
+        self.allow_by_default
     }
 
     /// Whether `caller` may open an opaque TCP stream (L4): a rule naming

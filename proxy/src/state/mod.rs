@@ -23,7 +23,7 @@ use crate::traffic::mirror::Mirror;
 use crate::traffic::{InboundLimit, OutboundTraffic};
 use crate::transport::{PoolFactory, TlsTarget};
 
-pub use authz::{AuthzPolicy, AuthzRule, PathPattern};
+pub use authz::{AuthzDecision, AuthzPolicy, AuthzRule, PathPattern};
 
 /// Everything the proxy routes by, from one snapshot.
 #[derive(Debug)]
@@ -201,6 +201,12 @@ impl Split {
         let targets = if live.is_empty() { targets } else { live };
         let total = targets.iter().map(|(_, w)| u64::from(*w)).sum();
         Self { targets, total }
+    }
+
+    /// The sets requests are drawn among, with their weights (targets of
+    /// weight zero or without endpoints already left out).
+    pub fn targets(&self) -> impl Iterator<Item = (&Arc<EndpointSet>, u32)> {
+        self.targets.iter().map(|(set, weight)| (set, *weight))
     }
 
     /// Draws a set in proportion to the weights.

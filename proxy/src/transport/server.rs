@@ -90,6 +90,11 @@ pub trait CapturedHandler: Send + Sync + 'static {
     }
 }
 
+/// Kernel send buffer of an admin connection (bytes; Linux doubles it):
+/// room for any admin answer in a few writes, and a bound on what a tap
+/// that stops reading holds (autotuning would let it grow to megabytes).
+const ADMIN_SEND_BUFFER: usize = 64 * 1024;
+
 /// How one listener treats its connections.
 #[derive(Clone)]
 pub struct ListenerOptions {
@@ -250,6 +255,12 @@ where
             accepted = accept(&listener) => accepted,
         };
         let _ = stream.set_nodelay(true);
+        if direction.is_none() {
+            // Admin: a bounded send buffer, so what a slow reader of a
+            // stream (`/tap`) costs stays small and its events are dropped
+            // at the tap, not piled up in the kernel.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ADMIN_SEND_BUFFER);
+        }
         // One getsockopt per connection, only where capture is handled.
         let original = captured.as_ref().and_then(|_| original_dst::of(&stream));
         let guard = direction.map(|d| metrics.connection_opened(d));
