@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod mesh;
+pub mod raw;
 pub mod report;
 pub mod topology;
 pub mod usage;
