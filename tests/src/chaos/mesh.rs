@@ -41,6 +41,16 @@ pub fn sibling_bin(name: &str) -> PathBuf {
 /// `GET path` on `addr` from inside `host`: (status, body), or `None` when
 /// nothing answered within 5 s.
 pub async fn get_in(host: &Host, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_in_as(host, addr, path, "admin").await
+}
+
+/// [`get_in`] with this `Host` header (a mesh service's name).
+pub async fn get_in_as(
+    host: &Host,
+    addr: SocketAddr,
+    path: &str,
+    authority: &str,
+) -> Option<(u16, String)> {
     let attempt = async {
         let stream = host.connect_async(addr).await.ok()?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -48,7 +58,7 @@ pub async fn get_in(host: &Host, addr: SocketAddr, path: &str) -> Option<(u16, S
             .ok()?;
         tokio::spawn(conn);
         let request = http::Request::get(path)
-            .header(http::header::HOST, "admin")
+            .header(http::header::HOST, authority)
             .body(Empty::<Bytes>::new())
             .ok()?;
         let response = sender.send_request(request).await.ok()?;

@@ -4,6 +4,7 @@
 //! result lines. Needs root, iproute2 and iptables.
 
 pub mod faults;
+pub mod hostile;
 pub mod mesh;
 pub mod raw;
 pub mod report;
@@ -11,7 +12,7 @@ pub mod topology;
 pub mod usage;
 
 pub use faults::Netem;
-pub use mesh::{get_in, run_load, LoadReport, LoadSpec, Sidecar};
+pub use mesh::{get_in, get_in_as, run_load, LoadReport, LoadSpec, Sidecar};
 pub use report::verdict;
 pub use topology::{in_netns, Host, Topology};
 pub use usage::{usage, Series, Usage};

@@ -61,6 +61,35 @@ pub fn remove_leftovers() {
     }
 }
 
+/// Descriptors the suite's processes may hold: the hostile scenarios keep
+/// 10,000 connections open on each side (a production sidecar runs with a
+/// limit of this order too).
+const FD_LIMIT: u64 = 65_536;
+
+/// Raises this process's RLIMIT_NOFILE to [`FD_LIMIT`] (root may raise
+/// the hard limit); the programs it starts inherit it.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct; failure is only reported.
+    let rc = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur >= FD_LIMIT {
+            return;
+        }
+        limit.rlim_cur = FD_LIMIT;
+        limit.rlim_max = limit.rlim_max.max(FD_LIMIT);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+    };
+    if rc != 0 {
+        eprintln!(
+            "chaos: cannot raise RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Runs `f` on a thread that has entered namespace `ns` (sockets it
 /// creates belong to that namespace for their whole life).
 pub fn in_netns<T, F>(ns: &str, f: F) -> T
@@ -221,6 +250,7 @@ impl Topology {
     pub fn new(names: &[&str]) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         remove_leftovers();
+        raise_fd_limit();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = format!("{PREFIX}{}-{n}", std::process::id());
         let switch = format!("{base}-sw");
