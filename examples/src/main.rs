@@ -63,9 +63,20 @@ struct Args {
     /// Answer with this many bytes instead of a greeting (benchmarks).
     #[arg(long, default_value_t = 0)]
     body_size: usize,
+    /// Work each request costs before its answer (a service of bounded
+    /// capacity, for the chaos suite's overload scenario).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Requests worked on at once (0: no limit); more wait their turn, as
+    /// in a server with a fixed pool of workers. With `--delay`, capacity
+    /// is this many per delay.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 struct App {
+    /// Permits for `--workers` (None: no limit).
+    workers: Option<tokio::sync::Semaphore>,
     args: Args,
     body: Bytes,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -93,7 +104,13 @@ async fn main() -> std::process::ExitCode {
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(20))
         .build_http();
-    let app = Arc::new(App { args, body, client });
+    let workers = (args.workers > 0).then(|| tokio::sync::Semaphore::new(args.workers));
+    let app = Arc::new(App {
+        workers,
+        args,
+        body,
+        client,
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -114,6 +131,13 @@ async fn main() -> std::process::ExitCode {
 
 impl App {
     async fn answer(&self, request: Request<Incoming>) -> Response<AppBody> {
+        let _worker = match &self.workers {
+            Some(workers) => workers.acquire().await.ok(),
+            None => None,
+        };
+        if !self.args.delay.is_zero() {
+            tokio::time::sleep(self.args.delay).await;
+        }
         let path = request.uri().path();
         if let Some(n) = path
             .strip_prefix("/bytes/")

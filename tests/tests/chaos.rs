@@ -489,3 +489,102 @@ async fn hostile_clients_on_both_listeners() {
         "a hostile-client allowance was not met (see the CHAOS lines)"
     );
 }
+
+/// The api instances' capacity in the overload scenario: 2 instances × 4
+/// workers / 100 ms of work = 80 requests per second.
+const CAPACITY_RPS: u32 = 80;
+
+/// Times `n` requests from web through its sidecar, each on a new
+/// connection: (status, ms) of each.
+async fn probe(host: &tether_e2e::chaos::Host, n: usize) -> Vec<(u16, f64)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let status =
+            tether_e2e::chaos::get_in_as(host, tether_e2e::chaos::mesh::OUTBOUND, "/", "api")
+                .await
+                .map_or(0, |r| r.0);
+        out.push((status, started.elapsed().as_secs_f64() * 1000.0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    out
+}
+
+/// Callers at 5× the upstream's capacity: the circuit breaker's limits
+/// answer fast 503s, the upstream's latency stays bounded, memory stays
+/// bounded, nothing crashes, and service recovers when the load drops.
+#[tokio::test]
+async fn overload_at_five_times_capacity() {
+    let _serial = SERIAL.lock().await;
+    let duration = match Mode::from_env() {
+        Mode::Bounded => Duration::from_secs(10),
+        Mode::Full => Duration::from_secs(120),
+    };
+    // The breaker admits what the instances work on at once (2 × 4) and
+    // as many waiting: beyond that, a 503 at once.
+    let policy = "{ load_balancer: least-request, timeout: 3s, \
+                  circuit_breaker: { max_requests: 8, max_pending_requests: 8 } }";
+    let mesh = Mesh::start(
+        policy,
+        &[],
+        &["--delay", "100ms", "--workers", "4"],
+        Api2::Sidecar,
+    )
+    .await;
+    let web = mesh.net.host("web");
+    let before = usage(mesh.web.pid);
+    let sampler = Sampler::start(vec![mesh.web.pid]);
+    // Enough connections that none waits on its own previous answer (the
+    // load charges that wait): the latency measured is the mesh's.
+    let overload = spec(5 * CAPACITY_RPS, 256, duration);
+    let (report, probes) = tokio::join!(mesh.load(&overload), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        probe(web, 40).await
+    });
+    let peak = sampler.finish().await.first().copied().unwrap_or(0);
+    let alive = [mesh.web.pid, mesh.apis[0].pid, mesh.apis[1].pid]
+        .iter()
+        .all(|&pid| usage(pid).rss_kib > 0);
+    let recovery = mesh
+        .load(&spec(CAPACITY_RPS / 2, 16, Duration::from_secs(5)))
+        .await;
+    let mut fast: Vec<f64> = probes.iter().filter(|p| p.0 == 503).map(|p| p.1).collect();
+    fast.sort_by(f64::total_cmp);
+    let slowest_503 = fast.last().copied().unwrap_or(f64::MAX);
+    let served_rps = report.ok as f64 / duration.as_secs_f64();
+    let only_503 = report.errors.keys().all(|k| k == "status 503");
+    let overloaded = mesh
+        .net
+        .host("web")
+        .metric(
+            r#"tether_proxy_errors_total{direction="outbound",reason="overloaded",service="api"}"#,
+        )
+        .await;
+    let pass = served_rps >= 0.7 * f64::from(CAPACITY_RPS)
+        && only_503
+        && !fast.is_empty()
+        && slowest_503 <= 100.0
+        && report.p99_ms <= 1000.0
+        && peak <= before.rss_kib + 64 * 1024
+        && alive
+        && recovery.success_pct() >= 99.0;
+    verdict(
+        &format!(
+            "overload: {} rps for {}s at 2 × 4 workers × 100 ms (capacity {CAPACITY_RPS} rps)",
+            5 * CAPACITY_RPS,
+            duration.as_secs()
+        ),
+        "≥ 70 % of capacity served; failures only 503 overloaded, each ≤ 100 ms; served p99 ≤ 1 s; sidecar RSS +≤ 64 MiB; nothing crashes; ≥ 99 % ok at half capacity after",
+        &format!(
+            "{}; served {served_rps:.0} rps; overloaded 503s (proxy count) {overloaded}; probe 503s {} of {}, slowest {slowest_503:.1} ms; RSS {} → peak {} MiB; all alive: {alive}; after: {}",
+            report.summary(),
+            fast.len(),
+            probes.len(),
+            before.rss_kib / 1024,
+            peak / 1024,
+            recovery.summary()
+        ),
+        pass,
+    );
+    assert!(pass, "overload allowance not met");
+}
