@@ -588,3 +588,229 @@ async fn overload_at_five_times_capacity() {
     );
     assert!(pass, "overload allowance not met");
 }
+
+/// The control plane's API port on its host.
+const CONTROL_PORT: u16 = 8080;
+/// Consul's HTTP port on its host.
+const CONSUL_PORT: u16 = 8500;
+
+/// The endpoints of `api` in the web sidecar's `/endpoints`, as the api
+/// host names whose address appears there.
+async fn api_endpoints(net: &Topology) -> Vec<String> {
+    let body = tether_e2e::chaos::get_in(
+        net.host("web"),
+        tether_e2e::chaos::mesh::ADMIN,
+        "/endpoints",
+    )
+    .await
+    .map(|r| r.1)
+    .unwrap_or_default();
+    ["api-1", "api-2", "api-3"]
+        .iter()
+        .filter(|h| body.contains(&format!("\"{}:{INBOUND_PORT}\"", net.host(h).ip)))
+        .map(|h| (*h).to_owned())
+        .collect()
+}
+
+/// Registers (`Some(ip)`) or deregisters an api instance in Consul, from
+/// inside the Consul host (reachable while other hosts are cut off).
+async fn consul_api(net: &Topology, id: &str, ip: Option<&str>) {
+    let consul = net.host("consul");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], CONSUL_PORT).into();
+    let (path, body) = match ip {
+        Some(ip) => (
+            "/v1/agent/service/register".to_owned(),
+            serde_json::json!({ "ID": id, "Name": "api", "Address": ip, "Port": INBOUND_PORT })
+                .to_string(),
+        ),
+        None => (format!("/v1/agent/service/deregister/{id}"), String::new()),
+    };
+    let answer = tether_e2e::chaos::request_in(
+        consul,
+        addr,
+        http::Method::PUT,
+        &path,
+        "consul",
+        bytes::Bytes::from(body),
+    )
+    .await;
+    assert_eq!(
+        answer.as_ref().map(|a| a.0),
+        Some(200),
+        "consul {path}: {answer:?}"
+    );
+}
+
+/// The control plane's host cut off from everything while endpoints
+/// change in Consul: the proxies keep serving from what they have; the
+/// changes arrive after the partition heals; the web sidecar's config
+/// version never goes back and its final endpoints are the last state.
+#[tokio::test]
+async fn the_control_plane_partitioned_while_endpoints_change() {
+    let _serial = SERIAL.lock().await;
+    let partition = match Mode::from_env() {
+        Mode::Bounded => Duration::from_secs(10),
+        Mode::Full => Duration::from_secs(120),
+    };
+    let mut net = Topology::new(&["web", "api-1", "api-2", "api-3", "control", "consul"]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let consul_ip = net.host("consul").ip.clone();
+    let control_ip = net.host("control").ip.clone();
+    let consul_bin = tether_e2e::consul::consul_bin();
+    let consul_args: Vec<String> = [
+        "agent",
+        "-dev",
+        &format!("-bind={consul_ip}"),
+        "-client=0.0.0.0",
+        &format!("-http-port={CONSUL_PORT}"),
+        "-dns-port=-1",
+        "-grpc-port=-1",
+        "-grpc-tls-port=-1",
+        "-log-level=warn",
+    ]
+    .map(String::from)
+    .to_vec();
+    net.host_mut("consul")
+        .spawn(&consul_bin, &consul_args, &dir.path().join("consul.log"));
+    let leader = tether_e2e::eventually(Duration::from_secs(60), || async {
+        tether_e2e::chaos::get_in(
+            net.host("consul"),
+            ([127, 0, 0, 1], CONSUL_PORT).into(),
+            "/v1/status/leader",
+        )
+        .await
+        .is_some_and(|r| r.0 == 200 && r.1.len() > 2)
+    })
+    .await;
+    assert!(leader, "consul never elected a leader");
+    for name in ["api-1", "api-2", "api-3"] {
+        let host = net.host_mut(name);
+        host.start_app(dir.path(), &[]).await;
+        host.start_sidecar(dir.path(), "services: {}\n", &["--service", "api"])
+            .await;
+    }
+    for name in ["api-1", "api-2"] {
+        let ip = net.host(name).ip.clone();
+        consul_api(&net, name, Some(&ip)).await;
+    }
+    let mesh_yaml = format!(
+        "mesh:\n  catalog:\n    consul: {{ address: \"http://{consul_ip}:{CONSUL_PORT}\", datacenter: dc1 }}\n\
+         services:\n  web: {{}}\n  api:\n    policy: {{ {POLICY} }}\n"
+    );
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, mesh_yaml).unwrap_or_else(|e| panic!("{e}"));
+    let control_args: Vec<String> = vec![
+        "serve".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{CONTROL_PORT}"),
+    ];
+    net.host_mut("control").spawn(
+        &tether_e2e::control::control_bin(),
+        &control_args,
+        &dir.path().join("control.log"),
+    );
+    let control: std::net::SocketAddr = format!("{control_ip}:{CONTROL_PORT}")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ready = tether_e2e::eventually(Duration::from_secs(30), || async {
+        tether_e2e::chaos::get_in(net.host("web"), control, "/ready")
+            .await
+            .is_some_and(|r| r.0 == 200)
+    })
+    .await;
+    assert!(
+        ready,
+        "control plane never ready: {}",
+        std::fs::read_to_string(dir.path().join("control.log")).unwrap_or_default()
+    );
+    let web_args: Vec<String> = vec![
+        "--control-plane".into(),
+        format!("http://{control}"),
+        "--service".into(),
+        "web".into(),
+        "--state-dir".into(),
+        dir.path().join("web-state").display().to_string(),
+    ];
+    let web = net
+        .host_mut("web")
+        .start_proxy(dir.path(), dir.path().join("unused.yaml"), web_args)
+        .await;
+    let converged = tether_e2e::eventually(Duration::from_secs(30), || async {
+        api_endpoints(&net).await == ["api-1", "api-2"]
+    })
+    .await;
+    assert!(
+        converged,
+        "web never saw api-1 and api-2: {:?}",
+        api_endpoints(&net).await
+    );
+
+    let versions = std::sync::Mutex::new(Vec::<f64>::new());
+    let load_spec = spec(50, 16, partition + Duration::from_secs(8));
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        net.host("control").partition();
+        let cut = tokio::time::Instant::now();
+        // Changes in Consul while the control plane cannot see them: a new
+        // instance, then an old one gone (in this order).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ip3 = net.host("api-3").ip.clone();
+        consul_api(&net, "api-3", Some(&ip3)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        consul_api(&net, "api-1", None).await;
+        let during = api_endpoints(&net).await;
+        tokio::time::sleep_until(cut + partition).await;
+        let still = api_endpoints(&net).await;
+        net.host("control").heal();
+        let healed = tokio::time::Instant::now();
+        let arrived = tether_e2e::eventually(Duration::from_secs(150), || async {
+            api_endpoints(&net).await == ["api-2", "api-3"]
+        })
+        .await;
+        (during, still, arrived, healed.elapsed())
+    };
+    let sample = async {
+        let end = tokio::time::Instant::now() + partition + Duration::from_secs(15);
+        while tokio::time::Instant::now() < end {
+            let v = net.host("web").metric("tether_config_version").await;
+            if let Ok(mut list) = versions.lock() {
+                list.push(v);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let (report, (during, still, arrived, took), ()) = tokio::join!(
+        run_load(net.host("web"), dir.path(), &load_spec),
+        faults,
+        sample
+    );
+    let versions = versions.into_inner().unwrap_or_default();
+    let seen: Vec<f64> = versions.iter().copied().filter(|v| *v > 0.0).collect();
+    let monotonic = seen.windows(2).all(|w| w[0] <= w[1]);
+    let final_endpoints = api_endpoints(&net).await;
+    let pass = report.failed() == 0
+        && report.total() > 0
+        && during == ["api-1", "api-2"]
+        && still == ["api-1", "api-2"]
+        && arrived
+        && monotonic;
+    verdict(
+        &format!(
+            "control plane partitioned {}s while api-3 joins and api-1 leaves in Consul, 50 rps",
+            partition.as_secs()
+        ),
+        "0 failed requests; endpoints unchanged during the partition; both changes arrive after it heals; config version never goes back",
+        &format!(
+            "{}; during: {during:?}, at heal: {still:?}; after heal: {final_endpoints:?} in {:.1} s; config versions {:?} → {:?}, monotonic: {monotonic}",
+            report.summary(),
+            took.as_secs_f64(),
+            seen.first(),
+            seen.last()
+        ),
+        pass,
+    );
+    drop(web);
+    assert!(pass, "control-plane partition allowance not met");
+}

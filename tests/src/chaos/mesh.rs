@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use super::topology::Host;
@@ -51,15 +51,30 @@ pub async fn get_in_as(
     path: &str,
     authority: &str,
 ) -> Option<(u16, String)> {
+    request_in(host, addr, http::Method::GET, path, authority, Bytes::new()).await
+}
+
+/// One HTTP/1.1 request from inside `host` on a new connection: (status,
+/// body), or `None` when nothing answered within 5 s.
+pub async fn request_in(
+    host: &Host,
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    authority: &str,
+    body: Bytes,
+) -> Option<(u16, String)> {
     let attempt = async {
         let stream = host.connect_async(addr).await.ok()?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .ok()?;
         tokio::spawn(conn);
-        let request = http::Request::get(path)
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, authority)
-            .body(Empty::<Bytes>::new())
+            .body(http_body_util::Full::new(body))
             .ok()?;
         let response = sender.send_request(request).await.ok()?;
         let status = response.status().as_u16();

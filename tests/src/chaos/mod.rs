@@ -12,7 +12,7 @@ pub mod topology;
 pub mod usage;
 
 pub use faults::Netem;
-pub use mesh::{get_in, get_in_as, run_load, LoadReport, LoadSpec, Sidecar};
+pub use mesh::{get_in, get_in_as, request_in, run_load, LoadReport, LoadSpec, Sidecar};
 pub use report::verdict;
 pub use topology::{in_netns, Host, Topology};
 pub use usage::{usage, Series, Usage};
