@@ -160,7 +160,11 @@ async fn loss_and_latency_between_web_and_api() {
     for host in ["web", "api-1", "api-2"] {
         mesh.net.host_mut(host).clear_netem();
     }
-    eprintln!("CHAOS link faults made with {kind:?}");
+    let how = match kind {
+        Some(tether_e2e::chaos::faults::LinkFaults::Netem) => "tc netem",
+        _ => "iptables statistic DROP (loss) + NFQUEUE delay program (no sch_netem in this kernel)",
+    };
+    eprintln!("CHAOS link faults made with {how}");
     assert!(ok, "an allowance was not met (see the CHAOS lines)");
 }
 
@@ -340,7 +344,7 @@ async fn hostile_clients_on_both_listeners() {
         ("inbound", inbound, mesh.apis[0].pid),
     ];
     let sampler = Sampler::start(vec![mesh.web.pid, mesh.apis[0].pid]);
-    let load_spec = spec(50, 16, Duration::from_secs(if full { 90 } else { 40 }));
+    let load_spec = spec(50, 16, Duration::from_secs(if full { 240 } else { 40 }));
     let mut results: Vec<(String, String, hostile::Outcome)> = Vec::new();
     let attacks = async {
         for (listener, addr, pid) in targets {
@@ -813,4 +817,258 @@ async fn the_control_plane_partitioned_while_endpoints_change() {
     );
     drop(web);
     assert!(pass, "control-plane partition allowance not met");
+}
+
+/// The soak's mesh.yaml: mTLS from the control plane's CA, web may call
+/// api, api's instances from the static catalog (`api-3` in or out).
+fn soak_mesh(net: &Topology, with_api3: bool) -> String {
+    let hosts: &[&str] = if with_api3 {
+        &["api-1", "api-2", "api-3"]
+    } else {
+        &["api-1", "api-2"]
+    };
+    let list: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("{{ address: \"{}:{INBOUND_PORT}\" }}", net.host(h).ip))
+        .collect();
+    format!(
+        "mesh:\n  trust_domain: {}\n  catalog:\n    static:\n      services:\n        api: [ {} ]\n\
+         services:\n  web: {{}}\n  api:\n    policy: {{ {POLICY} }}\n\
+         authorization:\n  default: deny\n  rules:\n    - {{ to: api, from: [web] }}\n",
+        tether_e2e::pki::TRUST_DOMAIN,
+        list.join(", ")
+    )
+}
+
+/// Runs `tether-control ARGS` (a CLI command, not a server) and checks it.
+fn control_cli(args: &[&str]) {
+    let out = std::process::Command::new(tether_e2e::control::control_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("tether-control {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "tether-control {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A soak: a steady rate over mTLS for a long time while api-3 leaves and
+/// rejoins the catalog and every certificate is renewed every two thirds
+/// of its lifetime: the sidecars' RSS, fds and threads stay flat (slopes
+/// reported), and no request fails because of these planned events.
+#[tokio::test]
+async fn soak_with_endpoint_churn_and_certificate_rotation() {
+    let _serial = SERIAL.lock().await;
+    let (duration, churn, lifetime, every) = match Mode::from_env() {
+        Mode::Bounded => (
+            Duration::from_secs(24),
+            Duration::from_secs(4),
+            "6s",
+            Duration::from_secs(1),
+        ),
+        Mode::Full => (
+            Duration::from_secs(30 * 60),
+            Duration::from_secs(60),
+            "3m",
+            Duration::from_secs(10),
+        ),
+    };
+    let mut net = Topology::new(&["web", "api-1", "api-2", "api-3", "control"]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ca = dir.path().join("ca");
+    let ca_text = ca.display().to_string();
+    control_cli(&["ca", "init", "--dir", &ca_text]);
+    let config = dir.path().join("mesh.yaml");
+    let write_mesh = |net: &Topology, with_api3: bool| {
+        let tmp = config.with_extension("tmp");
+        std::fs::write(&tmp, soak_mesh(net, with_api3)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, &config).unwrap_or_else(|e| panic!("{e}"));
+    };
+    write_mesh(&net, true);
+    let control_ip = net.host("control").ip.clone();
+    let admin: std::net::SocketAddr = format!("{control_ip}:{}", CONTROL_PORT + 1)
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let control_args: Vec<String> = [
+        "serve",
+        "--config",
+        &config.display().to_string(),
+        "--listen",
+        &format!("0.0.0.0:{CONTROL_PORT}"),
+        "--admin",
+        &admin.to_string(),
+        "--ca-dir",
+        &ca_text,
+        "--cert-lifetime",
+        lifetime,
+    ]
+    .map(String::from)
+    .to_vec();
+    let control_pid = net.host_mut("control").spawn(
+        &tether_e2e::control::control_bin(),
+        &control_args,
+        &dir.path().join("control.log"),
+    );
+    let ready = tether_e2e::eventually(Duration::from_secs(30), || async {
+        tether_e2e::chaos::get_in(net.host("web"), admin, "/ready")
+            .await
+            .is_some_and(|r| r.0 == 200)
+    })
+    .await;
+    assert!(
+        ready,
+        "control plane never ready: {}",
+        std::fs::read_to_string(dir.path().join("control.log")).unwrap_or_default()
+    );
+    let bundle = ca.join("ca.pem").display().to_string();
+    let url = format!("https://{control_ip}:{CONTROL_PORT}");
+    let mut sidecars = Vec::new();
+    for (host, service) in [
+        ("api-1", "api"),
+        ("api-2", "api"),
+        ("api-3", "api"),
+        ("web", "web"),
+    ] {
+        let token = dir.path().join(format!("token-{host}"));
+        control_cli(&[
+            "token",
+            "create",
+            "--service",
+            service,
+            "--ca-dir",
+            &ca_text,
+            "--out",
+            &token.display().to_string(),
+        ]);
+        let args: Vec<String> = [
+            "--control-plane",
+            &url,
+            "--service",
+            service,
+            "--trust-bundle",
+            &bundle,
+            "--token-file",
+            &token.display().to_string(),
+            "--state-dir",
+            &dir.path()
+                .join(format!("state-{host}"))
+                .display()
+                .to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let h = net.host_mut(host);
+        if service == "api" {
+            h.start_app(dir.path(), &[]).await;
+        }
+        sidecars.push(
+            h.start_proxy(dir.path(), dir.path().join("unused"), args)
+                .await,
+        );
+    }
+    let web_pid = sidecars[3].pid;
+    let api_pid = sidecars[0].pid;
+    let up = tether_e2e::eventually(Duration::from_secs(30), || async {
+        tether_e2e::chaos::get_in_as(
+            net.host("web"),
+            tether_e2e::chaos::mesh::OUTBOUND,
+            "/",
+            "api",
+        )
+        .await
+        .is_some_and(|r| r.0 == 200)
+    })
+    .await;
+    assert!(up, "web never reached api over mTLS: {}", sidecars[3].log());
+
+    let renewals = |host: &'static str| {
+        let net = &net;
+        async move {
+            net.host(host)
+                .metric(r#"tether_identity_certificate_requests_total{kind="renew",result="ok"}"#)
+                .await
+        }
+    };
+    let renewed_before = renewals("web").await;
+    let mut series = [
+        tether_e2e::chaos::Series::default(),
+        tether_e2e::chaos::Series::default(),
+        tether_e2e::chaos::Series::default(),
+        tether_e2e::chaos::Series::default(),
+    ];
+    let load_spec = spec(50, 16, duration);
+    let mut churns = 0;
+    let events = async {
+        let start = tokio::time::Instant::now();
+        let mut next_churn = start + churn;
+        let mut with_api3 = true;
+        // Samples start once the load's connections are open and pools full.
+        let warm = Duration::from_secs(3);
+        while start.elapsed() < duration {
+            for (i, pid) in [web_pid, api_pid].iter().enumerate() {
+                if start.elapsed() < warm {
+                    break;
+                }
+                let u = usage(*pid);
+                series[2 * i].push(u.rss_kib as f64 / 1024.0);
+                series[2 * i + 1].push(u.fds as f64);
+            }
+            if tokio::time::Instant::now() >= next_churn {
+                with_api3 = !with_api3;
+                write_mesh(&net, with_api3);
+                churns += 1;
+                next_churn += churn;
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    let (report, ()) = tokio::join!(run_load(net.host("web"), dir.path(), &load_spec), events);
+    let renewed = renewals("web").await - renewed_before;
+    let threads = (usage(web_pid).threads, usage(api_pid).threads);
+    let control = usage(control_pid);
+    let [web_rss, web_fds, api_rss, api_fds] = &series;
+    let minutes = duration.as_secs_f64() / 60.0;
+    // Flat: over the run, growth within a small absolute margin (a slope
+    // fitted to a short bounded run is noise, so the bound is on the
+    // total; the full run reports the slopes).
+    let flat = |s: &tether_e2e::chaos::Series, margin: f64| s.last() <= s.first() + margin;
+    let pass = report.failed() == 0
+        && report.total() > 0
+        && renewed >= 1.0
+        && churns >= 2
+        && flat(web_rss, 16.0)
+        && flat(api_rss, 16.0)
+        && flat(web_fds, 8.0)
+        && flat(api_fds, 8.0);
+    verdict(
+        &format!(
+            "soak: {:.1} min at 50 rps over mTLS, api-3 out/in every {}s ({churns} changes), certificates of {lifetime} (renewed at 2/3)",
+            minutes,
+            churn.as_secs()
+        ),
+        "0 failed requests; ≥ 1 renewal; RSS +≤ 16 MiB and fds +≤ 8 from start to end (slopes reported)",
+        &format!(
+            "{}; web renewals {renewed}; web sidecar RSS {:.1} → {:.1} MiB (slope {:+.2} MiB/min), fds {} → {} ({:+.2}/min), threads {}; api-1 sidecar RSS {:.1} → {:.1} MiB ({:+.2} MiB/min), fds {} → {} ({:+.2}/min), threads {}; control plane RSS {} MiB, fds {}",
+            report.summary(),
+            web_rss.first(),
+            web_rss.last(),
+            web_rss.slope_per_minute(),
+            web_fds.first(),
+            web_fds.last(),
+            web_fds.slope_per_minute(),
+            threads.0,
+            api_rss.first(),
+            api_rss.last(),
+            api_rss.slope_per_minute(),
+            api_fds.first(),
+            api_fds.last(),
+            api_fds.slope_per_minute(),
+            threads.1,
+            control.rss_kib / 1024,
+            control.fds
+        ),
+        pass,
+    );
+    assert!(pass, "soak allowance not met");
 }
