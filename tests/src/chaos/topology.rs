@@ -78,15 +78,37 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur >= FD_LIMIT {
             return;
         }
+        let hard = limit.rlim_max;
         limit.rlim_cur = FD_LIMIT;
-        limit.rlim_max = limit.rlim_max.max(FD_LIMIT);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+        limit.rlim_max = hard.max(FD_LIMIT);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            0
+        } else {
+            // Without CAP_SYS_RESOURCE: as high as the hard limit allows.
+            limit.rlim_cur = hard.min(FD_LIMIT);
+            limit.rlim_max = hard;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+        }
     };
     if rc != 0 {
         eprintln!(
             "chaos: cannot raise RLIMIT_NOFILE: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// This process's descriptor limit now (soft), which its children inherit.
+pub fn fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
     }
 }
 
