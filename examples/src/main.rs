@@ -5,6 +5,9 @@
 //! - `tether-sample --name web --listen 127.0.0.1:18080 --call api --sidecar 127.0.0.1:15001`
 //!   calls `http://api/` through its sidecar on every request and includes the
 //!   answer, forwarding the trace headers so app and sidecar spans join one trace.
+//! - `--delay 100ms --workers 4`: each request costs 100 ms and at most 4 are
+//!   worked on at once (a service of bounded capacity: 40 requests/s), for
+//!   the chaos suite's overload scenario.
 //! - `GET /bytes/N` streams N bytes in 64 KiB chunks without holding them;
 //!   `POST /sink` reads the body to the end and answers its length. The
 //!   benchmark uses both to show that bodies stream through the proxy.
