@@ -307,6 +307,17 @@ impl Topology {
                 "eth0",
             ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            // Clients here open tens of thousands of short connections to
+            // one address (the hostile scenario's flood): a wide port range
+            // and TIME_WAIT reuse, or the attacker runs out of ports first.
+            for setting in [
+                "net.ipv4.ip_local_port_range=10000 65535",
+                "net.ipv4.tcp_tw_reuse=1",
+            ] {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &ns, "sysctl", "-q", "-w", setting])
+                    .output();
+            }
             topology.hosts.push(Host {
                 name: (*name).to_owned(),
                 ns,
