@@ -330,11 +330,9 @@ async fn hostile_clients_on_both_listeners() {
     } else {
         (2_000, 1_000)
     };
-    // The inbound proxy holds two descriptors per idle connection (one to
-    // the app); stay within what this machine allows (said in the line).
-    let room = usize::try_from(tether_e2e::chaos::topology::fd_limit().saturating_sub(1024) / 2)
+    // Descriptors this machine allows each process (said in the lines).
+    let room = usize::try_from(tether_e2e::chaos::topology::fd_limit().saturating_sub(1024))
         .unwrap_or(usize::MAX);
-    let idle_count = idle_count.min(room);
     let timeout = format!("{}s", HEADER_READ_TIMEOUT.as_secs());
     let mesh = Mesh::start(
         &policy(""),
@@ -381,6 +379,9 @@ async fn hostile_clients_on_both_listeners() {
             // opaque TCP after 500 ms (server-first protocols), so there the
             // app's or the client's close bounds them.
             let must_close = listener == "outbound";
+            // The plaintext inbound holds two descriptors per idle
+            // connection (one to the app).
+            let idle_count = idle_count.min(if must_close { room } else { room / 2 });
             let before = usage(pid);
             let idle = hostile::open_idle(web, addr, idle_count);
             let opened = idle.len();
