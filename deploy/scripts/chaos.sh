@@ -29,6 +29,7 @@ mkdir -p "$(dirname "$out")"
 rows=$run/rows.md
 log=$run/chaos.log
 started=$(date -u +"%Y-%m-%d %H:%M UTC")
+commit="$(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
 status=0
 (
   cd tests
@@ -41,7 +42,7 @@ status=0
 finished=$(date -u +"%Y-%m-%d %H:%M UTC")
 {
   echo "Run: \`deploy/scripts/chaos.sh $mode\` ($([ "$mode" = full ] && echo 'TETHER_CHAOS=full' || echo 'bounded, as CI'))"
-  echo "from $started to $finished, commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)');"
+  echo "from $started to $finished, commit $commit;"
   echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); debug builds."
   echo "Link faults: $(grep -o 'link faults made with .*' "$log" | head -n 1 || echo 'n/a')."
   echo
