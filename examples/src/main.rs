@@ -6,6 +6,9 @@
 //!   calls `http://api/` through its sidecar on every request and includes the
 //!   answer, forwarding the trace headers so app and sidecar spans join one trace.
 //! - `--fail-percent N` answers N % of requests with a 500 (rollout demos).
+//! - `--delay 100ms --workers 4`: each request costs 100 ms and at most 4 are
+//!   worked on at once (a service of bounded capacity: 40 requests/s), for
+//!   the chaos suite's overload scenario.
 //! - `GET /bytes/N` streams N bytes in 64 KiB chunks without holding them;
 //!   `POST /sink` reads the body to the end and answers its length. The
 //!   benchmark uses both to show that bodies stream through the proxy.
@@ -68,9 +71,20 @@ struct Args {
     /// every fifth), to demo a rollout that rolls back.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
     fail_percent: u64,
+    /// Work each request costs before its answer (a service of bounded
+    /// capacity, for the chaos suite's overload scenario).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Requests worked on at once (0: no limit); more wait their turn, as
+    /// in a server with a fixed pool of workers. With `--delay`, capacity
+    /// is this many per delay.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 struct App {
+    /// Permits for `--workers` (None: no limit).
+    workers: Option<tokio::sync::Semaphore>,
     args: Args,
     /// Requests answered so far (for --fail-percent).
     served: std::sync::atomic::AtomicU64,
@@ -100,7 +114,9 @@ async fn main() -> std::process::ExitCode {
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(20))
         .build_http();
+    let workers = (args.workers > 0).then(|| tokio::sync::Semaphore::new(args.workers));
     let app = Arc::new(App {
+        workers,
         args,
         served: std::sync::atomic::AtomicU64::new(0),
         body,
@@ -126,6 +142,13 @@ async fn main() -> std::process::ExitCode {
 
 impl App {
     async fn answer(&self, request: Request<Incoming>) -> Response<AppBody> {
+        let _worker = match &self.workers {
+            Some(workers) => workers.acquire().await.ok(),
+            None => None,
+        };
+        if !self.args.delay.is_zero() {
+            tokio::time::sleep(self.args.delay).await;
+        }
         let percent = self.args.fail_percent;
         if percent > 0 {
             let n = self

@@ -3,6 +3,7 @@
 //! helpers so tests wait on conditions rather than sleeps.
 
 pub mod backend;
+pub mod chaos;
 pub mod client;
 pub mod consul;
 pub mod consul_cluster;

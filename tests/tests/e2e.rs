@@ -6,6 +6,7 @@
 mod balancing;
 mod capture;
 mod catalog_consul;
+mod chaos;
 mod consul;
 mod consul_cluster;
 mod consul_secure;

@@ -209,3 +209,30 @@ async fn ready_turns_503_while_draining() {
     );
     assert_eq!(pending.await.ok().map(|s| s.as_u16()), Some(200));
 }
+
+/// A connection that sends nothing is closed at the header-read timeout
+/// (hyper's own timeout starts only at the first byte): it would otherwise
+/// hold one of `--max-connections` for ever, and that many silent
+/// connections lock every new caller out (found by the chaos suite).
+#[tokio::test]
+async fn a_silent_connection_is_closed_by_the_header_read_timeout() {
+    let api = Backend::start("api").await;
+    let proxy = Proxy::builder(&one_service(&api))
+        .arg("--header-read-timeout")
+        .arg("300ms")
+        .arg("--max-connections")
+        .arg("1")
+        .start()
+        .await;
+    let mut silent = TcpStream::connect(proxy.outbound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "a silent connection was never closed");
+    // Its slot is free again.
+    assert_eq!(
+        Client::http1().get(proxy.outbound, "api", "/").await.status,
+        200
+    );
+}

@@ -392,9 +392,14 @@ const ALPN_H2: &[u8] = b"h2";
 /// Reads the first line (after `prefix`, already read) within the
 /// header-read timeout. Returns the bytes to replay to hyper, or `None` to
 /// close: a request line of a version other than HTTP/1 that is not the
-/// HTTP/2 preface, or the read failed. A
-/// client slower than the timeout is handed to hyper with what it sent, as
-/// before this check existed.
+/// HTTP/2 preface, or the read failed, or nothing at all arrived within the
+/// timeout. A client that sent part of its first line is handed to hyper
+/// with what it sent (hyper's own header-read timeout then bounds it).
+///
+/// A connection that sends nothing is closed at the timeout: hyper's
+/// timeout starts only once it sees bytes, so such a connection would
+/// otherwise hold one of `--max-connections` forever, and 10,000 of them
+/// lock every new caller out (found by the chaos suite).
 async fn opening(
     stream: &mut Counted<MeshStream>,
     prefix: Bytes,
@@ -403,6 +408,10 @@ async fn opening(
     let mut received = BytesMut::from(prefix);
     let read = preface::read_opening(stream, &mut received, settings.max_header_bytes);
     match tokio::time::timeout(settings.header_read_timeout, read).await {
+        Err(_) if received.is_empty() => {
+            tracing::debug!("nothing sent within the header-read timeout; closing");
+            None
+        }
         Ok(Ok(true)) | Err(_) => Some(received.freeze()),
         Ok(Ok(false)) => {
             tracing::debug!("not an HTTP/1 request line nor the HTTP/2 preface; closing");
