@@ -10,27 +10,7 @@
 # Usage: examples/rollout/run.sh        Env: TETHER_PROFILE=release|debug (default release)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-profile=${TETHER_PROFILE:-release}
-echo "==> building ($profile)"
-if [ "$profile" = release ]; then
-  cargo build --release --quiet -p tether-proxy -p tether-control -p tether-examples
-  bin=target/release
-else
-  cargo build --quiet -p tether-proxy -p tether-control -p tether-examples
-  bin=target/debug
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  echo "==> stopping"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-start() { local name=$1; shift; "$@" >>"$work/$name.log" 2>&1 & pids+=($!); last=$!; }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; echo "$1 never answered"; tail -n 20 "$work"/*.log; exit 1; }
+source deploy/scripts/lib-local.sh  # build, $work, start, wait_http, cleanup on exit
 control=http://127.0.0.1:15210
 rollout() { "$bin/tether-control" rollout "$@" --control-plane "$control"; }
 
