@@ -274,8 +274,12 @@ impl Api {
         text(status, message)
     }
 
-    /// The long-poll: answers at once when the current version differs from
-    /// `version=`, else when it changes, else `304` once `wait=` runs out.
+    /// The long-poll: answers at once when the current version is newer
+    /// than `version=` ([`Snapshots::newer_than`]: higher, or the proxy's is
+    /// from a clock far ahead), else when it changes, else `304` once
+    /// `wait=` runs out. The proxy's version advances this replica's
+    /// version clock ([`Snapshots::observe`]), so versions stay ordered
+    /// across replicas.
     async fn snapshot(&self, service: &str, params: Option<&str>, proxy: Option<&str>) -> Rsp {
         let have: u64 = query(params, "version")
             .and_then(|v| v.parse().ok())
@@ -288,6 +292,7 @@ impl Api {
             return text(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED);
         }
         let _poll = proxy.map(|id| self.poll_opened(id, service));
+        self.snapshots.observe(have);
         let mut changed = self.snapshots.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -297,7 +302,7 @@ impl Api {
                     format!("unknown service `{service}`: not in mesh.yaml nor in the catalog\n"),
                 );
             };
-            if current.version() != have {
+            if Snapshots::newer_than(current.version(), have) {
                 self.metrics.snapshots_served.inc();
                 let wire = current.wire();
                 let bytes: usize = wire.iter().map(|chunk| chunk.len()).sum();

@@ -3,7 +3,13 @@
 //!
 //! A new version is made only when a service's computed content changes.
 //! Versions come from the wall clock, `max(previous + 1, unix millis)`, so
-//! they keep growing across control-plane restarts.
+//! they keep growing across control-plane restarts, and they are Lamport
+//! clocks across replicas: every long-poll shows the version its proxy
+//! holds ([`Snapshots::observe`]), so the next version this replica makes
+//! is higher than any version a proxy brought over from another replica,
+//! and a replica answers only with a higher version than the proxy's
+//! ([`Snapshots::newer_than`]): a proxy never goes backwards when it
+//! switches replicas.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -317,15 +323,50 @@ impl Snapshots {
     }
 
     fn next_version(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = unix_millis();
         let Ok(mut last) = self.last_version.lock() else {
             return now;
         };
         *last = (*last + 1).max(now);
         *last
     }
+
+    /// Takes note of a version a proxy holds (a Lamport clock's receive):
+    /// the next version made here is higher. A version further ahead of
+    /// this replica's clock than [`MAX_CLOCK_AHEAD`] is ignored: it comes
+    /// from a replica whose clock is wrong, and following it would drag
+    /// every version made here into the future.
+    pub fn observe(&self, held: u64) {
+        if held == 0 || from_the_future(held, unix_millis()) {
+            return;
+        }
+        if let Ok(mut last) = self.last_version.lock() {
+            *last = (*last).max(held);
+        }
+    }
+
+    /// Whether `current` should replace `held` at a proxy: it is higher,
+    /// or `held` is from the future (a replica with a clock far ahead made
+    /// it; waiting for this replica's versions to pass it would leave the
+    /// proxy without changes that long).
+    pub fn newer_than(current: u64, held: u64) -> bool {
+        current > held || from_the_future(held, unix_millis())
+    }
+}
+
+/// How far ahead of this replica's clock a proxy's version may be and
+/// still be taken as the ordinary skew between replicas' clocks (NTP keeps
+/// them within milliseconds; a minute is a broken clock).
+pub const MAX_CLOCK_AHEAD: u64 = 60_000;
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_the_future(version: u64, now: u64) -> bool {
+    version > now.saturating_add(MAX_CLOCK_AHEAD)
 }
 
 fn same_content(old: &Snapshot, new: &Snapshot) -> bool {
@@ -423,6 +464,24 @@ mod tests {
             })
             .collect();
         CatalogState::synced([("api".to_owned(), endpoints)].into_iter().collect())
+    }
+
+    #[test]
+    fn versions_are_ordered_across_replicas() {
+        let store = Snapshots::new(ControlMetrics::new());
+        let now = unix_millis();
+        // A proxy brings a version made by a replica a second ahead: the
+        // next version made here is higher still.
+        store.observe(now + 1_000);
+        assert!(store.next_version() > now + 1_000);
+        // A version from a broken clock is not followed...
+        store.observe(now + 10 * MAX_CLOCK_AHEAD);
+        assert!(store.next_version() < now + 10 * MAX_CLOCK_AHEAD);
+        // ...and is replaced by whatever this replica has.
+        assert!(Snapshots::newer_than(now, now + 10 * MAX_CLOCK_AHEAD));
+        assert!(Snapshots::newer_than(now + 1, now));
+        assert!(!Snapshots::newer_than(now, now));
+        assert!(!Snapshots::newer_than(now - 5, now));
     }
 
     #[test]
