@@ -185,7 +185,6 @@ fn main() -> ExitCode {
 }
 
 async fn status(target: &rollout_cli::Target) -> ExitCode {
-    let base = &target.control_plane;
     let tls = match rollout_cli::tls(target) {
         Ok(tls) => tls,
         Err(error) => {
@@ -193,17 +192,37 @@ async fn status(target: &rollout_cli::Target) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match tether_control::status::fetch(base, &tls).await {
-        Ok(status) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            print!("{}", tether_control::status::render(&status, now));
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("tether-control: {error}");
-            ExitCode::from(1)
-        }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bases: Vec<&str> = target
+        .control_plane
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    if let [base] = bases.as_slice() {
+        return match tether_control::status::fetch(base, &tls).await {
+            Ok(status) => {
+                print!("{}", tether_control::status::render(&status, now));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tether-control: {error}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    // Several replicas: ask them all at once.
+    let answers = bases.iter().map(|base| async {
+        let answer = tether_control::status::fetch(base, &tls).await;
+        ((*base).to_owned(), answer)
+    });
+    let answers: Vec<_> = futures_util::future::join_all(answers).await;
+    print!("{}", tether_control::status::render_replicas(&answers, now));
+    if answers.iter().any(|(_, answer)| answer.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

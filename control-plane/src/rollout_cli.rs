@@ -22,7 +22,8 @@ const DEFAULT_MAX_WAIT_INTERVALS: u32 = 10;
 /// its host).
 #[derive(Args, Clone)]
 pub struct Target {
-    /// The control plane (`https://` when it runs a CA).
+    /// The control plane (`https://` when it runs a CA); `status` takes
+    /// several replicas separated by commas.
     #[arg(
         long,
         env = "TETHER_CONTROL_PLANE",

@@ -186,11 +186,7 @@ pub fn render(status: &StatusResponse, now: u64) -> String {
     for proxy in &status.proxies {
         let r = &proxy.report;
         let current = status.versions.get(&r.service) == Some(&r.applied_version);
-        let error = match (&r.rejected_version, &r.error) {
-            (Some(v), Some(e)) => format!("refused {v}: {e}"),
-            (Some(v), None) => format!("refused {v}"),
-            _ => String::new(),
-        };
+        let error = last_error(r);
         let ago = format!("{}s ago", now.saturating_sub(proxy.last_contact_unix));
         out.push_str(&format!(
             "{:<28} {:<16} {:>15} {:<8} {:<9} {:>12}  {error}\n",
@@ -206,6 +202,73 @@ pub fn render(status: &StatusResponse, now: u64) -> String {
         out.push_str("(no proxy has polled or reported yet)\n");
     }
     out
+}
+
+/// The table `status` prints for several replicas (`--control-plane`
+/// a comma-separated list): each proxy once, as the replica it talked to
+/// last reports it (a proxy that switched replicas is still listed, not
+/// connected, by the one it left), with that replica; replicas that could
+/// not be asked are listed after the table. `now` is Unix seconds.
+pub fn render_replicas(
+    replicas: &[(String, Result<StatusResponse, StatusError>)],
+    now: u64,
+) -> String {
+    let mut latest: std::collections::BTreeMap<&str, (&str, &tether_api::ProxyStatus, bool)> =
+        std::collections::BTreeMap::new();
+    for (replica, answer) in replicas {
+        let Ok(status) = answer else { continue };
+        for proxy in &status.proxies {
+            let r = &proxy.report;
+            let current = status.versions.get(&r.service) == Some(&r.applied_version);
+            let newer = |(_, seen, _): &(&str, &tether_api::ProxyStatus, bool)| {
+                (proxy.connected, proxy.last_contact_unix)
+                    > (seen.connected, seen.last_contact_unix)
+            };
+            match latest.get(r.proxy_id.as_str()) {
+                Some(seen) if !newer(seen) => {}
+                _ => {
+                    latest.insert(&r.proxy_id, (replica, proxy, current));
+                }
+            }
+        }
+    }
+    let mut out = format!(
+        "{:<28} {:<16} {:>15} {:<8} {:<9} {:>12}  {:<24} LAST ERROR\n",
+        "PROXY", "SERVICE", "APPLIED", "CURRENT", "POLLING", "LAST CONTACT", "REPLICA"
+    );
+    for (replica, proxy, current) in latest.values() {
+        let r = &proxy.report;
+        out.push_str(&format!(
+            "{:<28} {:<16} {:>15} {:<8} {:<9} {:>12}  {:<24} {}\n",
+            r.proxy_id,
+            r.service,
+            r.applied_version,
+            if *current { "yes" } else { "no" },
+            if proxy.connected { "yes" } else { "no" },
+            format!("{}s ago", now.saturating_sub(proxy.last_contact_unix)),
+            replica
+                .trim_start_matches("http://")
+                .trim_start_matches("https://"),
+            last_error(r),
+        ));
+    }
+    if latest.is_empty() {
+        out.push_str("(no proxy has polled or reported yet)\n");
+    }
+    for (replica, answer) in replicas {
+        if let Err(error) = answer {
+            out.push_str(&format!("replica {replica} not asked: {error}\n"));
+        }
+    }
+    out
+}
+
+fn last_error(r: &tether_api::ProxyReport) -> String {
+    match (&r.rejected_version, &r.error) {
+        (Some(v), Some(e)) => format!("refused {v}: {e}"),
+        (Some(v), None) => format!("refused {v}"),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -235,5 +298,55 @@ mod tests {
         assert!(line.contains(" 6 no "), "{table}");
         assert!(line.contains("3s ago  refused 7: bad route"), "{table}");
         assert!(render(&StatusResponse::default(), 0).contains("no proxy"));
+    }
+
+    #[test]
+    fn replicas_show_each_proxy_once_as_its_latest_replica_sees_it() {
+        let proxy = |id: &str, applied: u64, contact: u64, connected: bool| ProxyStatus {
+            report: ProxyReport {
+                proxy_id: id.into(),
+                service: "web".into(),
+                applied_version: applied,
+                rejected_version: None,
+                error: None,
+            },
+            last_contact_unix: contact,
+            connected,
+        };
+        let a = StatusResponse {
+            versions: [("web".to_owned(), 7)].into(),
+            proxies: vec![proxy("web-1", 7, 100, false), proxy("web-2", 7, 100, true)],
+        };
+        let b = StatusResponse {
+            versions: [("web".to_owned(), 8)].into(),
+            proxies: vec![proxy("web-1", 8, 102, true)],
+        };
+        let down = StatusError::Transport {
+            uri: "http://c:1".into(),
+            reason: "refused".into(),
+        };
+        let table = render_replicas(
+            &[
+                ("http://a:1".into(), Ok(a)),
+                ("http://b:1".into(), Ok(b)),
+                ("http://c:1".into(), Err(down)),
+            ],
+            103,
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[1].starts_with("web-1") && lines[1].contains(" 8 yes "),
+            "{table}"
+        );
+        assert!(lines[1].contains("b:1"), "{table}");
+        assert!(
+            lines[2].starts_with("web-2") && lines[2].contains("a:1"),
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("replica http://c:1 not asked"),
+            "{table}"
+        );
     }
 }

@@ -319,7 +319,8 @@ pub struct ProxyArgs {
     /// The service this proxy fronts (required with --control-plane).
     #[arg(long, env = "TETHER_SERVICE")]
     pub service: Option<String>,
-    /// Control plane URL to subscribe to, e.g. http://127.0.0.1:15010.
+    /// Control plane URL to subscribe to, e.g. http://127.0.0.1:15010; several
+    /// replicas separated by commas (the proxy fails over between them).
     #[arg(long, env = "TETHER_CONTROL_PLANE", conflicts_with = "snapshot")]
     pub control_plane: Option<String>,
     /// Where the last good snapshot is kept, to serve from when the control

@@ -9,6 +9,7 @@
 //! same per-endpoint connection pool as the request path (HTTP/1.1), and
 //! every answer is JSON, decoded with `serde_json`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,9 +35,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why the control-plane URL cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlClientError {
-    /// Not `http://host:port` or `https://host:port`.
-    #[error("control-plane URL `{0}`: expected http://HOST:PORT or https://HOST:PORT")]
+    /// Not `http://host:port` or `https://host:port` (or a comma-separated list of them).
+    #[error("control-plane URL `{0}`: expected http://HOST:PORT or https://HOST:PORT, or several separated by commas")]
     Url(String),
+    /// Some replicas `http://`, others `https://`.
+    #[error("control-plane URLs `{0}`: every replica must be http:// or every one https://")]
+    MixedSchemes(String),
     /// `https://` without a trust bundle to verify the server.
     #[error("control-plane URL `{0}` is https: pass --trust-bundle FILE (the mesh CA's ca.pem)")]
     NeedBundle(String),
@@ -70,38 +74,52 @@ pub enum ControlCallError {
     },
 }
 
-/// A client to one control plane.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneClient {
+/// One control-plane replica: its address and its connection pool.
+#[derive(Debug)]
+struct Replica {
     authority: Authority,
     host: HeaderValue,
-    tls: bool,
     pool: Arc<EndpointPool>,
 }
 
+/// A client to the control plane: one or several replicas serving the same
+/// mesh. Calls go to the current replica; one that cannot be reached (no
+/// connection, or `503` not ready) is passed over for the next within the
+/// same call, and one whose answer breaks off (killed mid-poll) is passed
+/// over for the next call. Each proxy starts at a random replica, so a
+/// fleet spreads over them.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    replicas: Arc<[Replica]>,
+    /// Index (modulo the number of replicas) of the replica calls go to.
+    current: Arc<AtomicUsize>,
+    tls: bool,
+}
+
 impl ControlPlaneClient {
-    /// A client for `url`; `identity` is required for `https://`. Idle
-    /// connections are kept `idle_timeout`.
+    /// A client for `urls`: one URL, or several separated by commas (the
+    /// replicas, all `http://` or all `https://`); `identity` is required
+    /// for `https://`. A host name resolving to several addresses is also
+    /// several replicas: each connect tries them in turn. Idle connections
+    /// are kept `idle_timeout`.
     pub fn new(
-        url: &str,
+        urls: &str,
         identity: Option<&MeshIdentity>,
         idle_timeout: Duration,
     ) -> Result<Self, ControlClientError> {
-        let url = url.trim_end_matches('/');
-        let bad = || ControlClientError::Url(url.to_owned());
-        let (tls, rest) = match url.split_once("://") {
-            Some(("http", rest)) => (false, rest),
-            Some(("https", rest)) => (true, rest),
-            _ => return Err(bad()),
-        };
-        let authority = rest.parse::<Authority>().map_err(|_| bad())?;
-        if authority.port_u16().is_none() || authority.as_str() != rest {
-            return Err(bad());
+        let mut parsed = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            parsed.push(parse_url(url)?);
         }
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+        let Some(&(tls, _)) = parsed.first() else {
+            return Err(ControlClientError::Url(urls.to_owned()));
+        };
+        if parsed.iter().any(|(t, _)| *t != tls) {
+            return Err(ControlClientError::MixedSchemes(urls.to_owned()));
+        }
         let target = if tls {
             let identity =
-                identity.ok_or_else(|| ControlClientError::NeedBundle(url.to_owned()))?;
+                identity.ok_or_else(|| ControlClientError::NeedBundle(urls.to_owned()))?;
             Some(tls_target(identity)?)
         } else {
             None
@@ -112,12 +130,21 @@ impl ControlPlaneClient {
             idle_timeout,
             expected_identity: None,
         };
-        let pool = PoolFactory::with_tls(settings, target).pool_for(&authority);
+        let factory = PoolFactory::with_tls(settings, target);
+        let replicas: Vec<Replica> = parsed
+            .into_iter()
+            .map(|(_, authority)| Replica {
+                host: HeaderValue::from_str(authority.as_str())
+                    .unwrap_or_else(|_| HeaderValue::from_static("tether-control")),
+                pool: factory.pool_for(&authority),
+                authority,
+            })
+            .collect();
+        let start = usize::from(rand::random::<u16>()) % replicas.len();
         Ok(Self {
-            authority,
-            host,
+            replicas: replicas.into(),
+            current: Arc::new(AtomicUsize::new(start)),
             tls,
-            pool,
         })
     }
 
@@ -126,9 +153,38 @@ impl ControlPlaneClient {
         self.tls
     }
 
-    /// `host:port` of the control plane.
+    /// `host:port` of the replica calls currently go to.
     pub fn authority(&self) -> &Authority {
-        &self.authority
+        &self.replica(self.current.load(Ordering::Relaxed)).authority
+    }
+
+    /// How many replicas this client knows.
+    pub fn replicas(&self) -> usize {
+        self.replicas.len()
+    }
+
+    fn replica(&self, index: usize) -> &Replica {
+        // `replicas` is never empty (`new` refuses an empty list).
+        &self.replicas[index % self.replicas.len()]
+    }
+
+    /// Moves calls off the replica at `index` to the next one, unless
+    /// another call already did.
+    fn pass_over(&self, index: usize) {
+        if self.replicas.len() > 1 {
+            let next = (index + 1) % self.replicas.len();
+            if self
+                .current
+                .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                tracing::info!(
+                    from = %self.replica(index).authority,
+                    to = %self.replica(next).authority,
+                    "switching control-plane replica"
+                );
+            }
+        }
     }
 
     /// Long-polls for `service`'s snapshot: `Some` when the control plane's
@@ -144,7 +200,7 @@ impl ControlPlaneClient {
     ) -> Result<Option<Snapshot>, ControlCallError> {
         let request = Request::get(snapshot_path(service, current, wait.as_secs()))
             .header(PROXY_ID_HEADER, proxy_id)
-            .body(Body::Empty);
+            .body(Bytes::new());
         let (status, body) = self.call(request, wait + grace).await?;
         match status {
             StatusCode::OK => decode(&body, "snapshot").map(Some),
@@ -215,40 +271,102 @@ impl ControlPlaneClient {
         if let Some(token) = bearer {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        self.call(request.body(Body::full(Bytes::from(body))), timeout)
-            .await
+        self.call(request.body(Bytes::from(body)), timeout).await
     }
 
     /// Sends `request` (origin-form URI) and reads the whole answer, all
-    /// within `timeout`.
+    /// within `timeout`: to the current replica, then (nothing having
+    /// reached it, or it answering `503`) to each other replica in turn.
     async fn call(
         &self,
-        request: http::Result<Request<Body>>,
+        request: http::Result<Request<Bytes>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), ControlCallError> {
-        let mut request = request.map_err(|e| ControlCallError::Transport(e.to_string()))?;
-        request
-            .headers_mut()
-            .insert(header::HOST, self.host.clone());
-        let exchange = async {
-            let response = self
-                .pool
-                .send(request)
-                .await
-                .map_err(|e| ControlCallError::Transport(error_chain(&e)))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ControlCallError::Transport(format!("the answer broke off: {e}")))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| ControlCallError::Transport(format!("no answer within {timeout:?}")))?
+        let template = request.map_err(|e| ControlCallError::Transport(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..self.replicas.len() {
+            let index = (first + attempt) % self.replicas.len();
+            let replica = self.replica(index);
+            let exchange = async {
+                let response = replica
+                    .pool
+                    .send(copy(&template, &replica.host))
+                    .await
+                    .map_err(|e| (e.is_connect(), ControlCallError::Transport(error_chain(&e))))?;
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        let message = format!("the answer broke off: {e}");
+                        (false, ControlCallError::Transport(message))
+                    })?
+                    .to_bytes();
+                Ok((status, body))
+            };
+            let outcome = match tokio::time::timeout_at(deadline, exchange).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    let message = format!("no answer within {timeout:?}");
+                    Err((false, ControlCallError::Transport(message)))
+                }
+            };
+            match outcome {
+                Ok((StatusCode::SERVICE_UNAVAILABLE, body)) if self.replicas.len() > 1 => {
+                    self.pass_over(index);
+                    last = Some(Ok((StatusCode::SERVICE_UNAVAILABLE, body)));
+                }
+                Ok(answer) => return Ok(answer),
+                Err((unreached, error)) => {
+                    self.pass_over(index);
+                    if !unreached || tokio::time::Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    last = Some(Err(error));
+                }
+            }
+        }
+        last.unwrap_or_else(|| {
+            Err(ControlCallError::Transport(
+                "no control-plane replica".into(),
+            ))
+        })
     }
+}
+
+/// A fresh request from `template` for one replica (bodies are small and
+/// shared, `Bytes`).
+fn copy(template: &Request<Bytes>, host: &HeaderValue) -> Request<Body> {
+    let body = match template.body() {
+        bytes if bytes.is_empty() => Body::Empty,
+        bytes => Body::full(bytes.clone()),
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = template.method().clone();
+    *request.uri_mut() = template.uri().clone();
+    *request.headers_mut() = template.headers().clone();
+    request.headers_mut().insert(header::HOST, host.clone());
+    request
+}
+
+/// `http(s)://host:port` → whether TLS, and the authority.
+fn parse_url(url: &str) -> Result<(bool, Authority), ControlClientError> {
+    let url = url.trim_end_matches('/');
+    let bad = || ControlClientError::Url(url.to_owned());
+    let (tls, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        _ => return Err(bad()),
+    };
+    let authority = rest.parse::<Authority>().map_err(|_| bad())?;
+    if authority.port_u16().is_none() || authority.as_str() != rest {
+        return Err(bad());
+    }
+    HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+    Ok((tls, authority))
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, ControlCallError> {
@@ -421,5 +539,66 @@ mod tests {
         }
         let head = server.await.unwrap_or_default().to_ascii_lowercase();
         assert!(head.starts_with("post /v1/report http/1.1"), "{head}");
+    }
+    /// An address nothing listens on (bound, then closed).
+    async fn closed_port() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_is_down_or_not_ready_is_passed_over() {
+        let wait = Duration::from_secs(1);
+        let idle = Duration::from_secs(1);
+        // Down: the call goes on to the next replica and stays there.
+        let down = closed_port().await;
+        let (up, _server) = answer_once(200, r#"{"version":9,"services":{}}"#).await;
+        let client = ControlPlaneClient::new(&format!("{down},{up}"), None, idle)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(client.replicas(), 2);
+        client.current.store(0, Ordering::Relaxed);
+        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        assert_eq!(polled.ok().flatten().map(|s| s.version), Some(9));
+        assert_eq!(format!("http://{}", client.authority()), up);
+        // Not ready (503): the same.
+        let (starting, _a) = answer_once(503, "not ready").await;
+        let (ready, _b) = answer_once(200, r#"{"version":10,"services":{}}"#).await;
+        let client = ControlPlaneClient::new(&format!("{starting}, {ready}"), None, idle)
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.current.store(0, Ordering::Relaxed);
+        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        assert_eq!(polled.ok().flatten().map(|s| s.version), Some(10));
+        // Every replica down: the error of the last one.
+        let client = ControlPlaneClient::new(
+            &format!("{},{}", closed_port().await, closed_port().await),
+            None,
+            idle,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        assert!(
+            matches!(polled, Err(ControlCallError::Transport(_))),
+            "{polled:?}"
+        );
+    }
+
+    #[test]
+    fn replicas_share_one_scheme() {
+        let idle = Duration::from_secs(1);
+        assert!(matches!(
+            ControlPlaneClient::new("http://a:1,https://b:1", None, idle),
+            Err(ControlClientError::MixedSchemes(_))
+        ));
+        assert!(matches!(
+            ControlPlaneClient::new(" , ", None, idle),
+            Err(ControlClientError::Url(_))
+        ));
+        let two = ControlPlaneClient::new("http://a:1, http://b:2/", None, idle)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(two.replicas(), 2);
     }
 }

@@ -132,6 +132,34 @@ impl ControlPlane {
         plane
     }
 
+    /// Another replica of this control plane, started and ready: its own
+    /// directory with the same mesh.yaml and (with a CA) a copy of the CA
+    /// directory, as an operator provisions replicas; its own address.
+    pub async fn replica(&self) -> Self {
+        let text = std::fs::read_to_string(&self.config).unwrap_or_else(|e| panic!("{e}"));
+        let mut plane = Self::unstarted(&text);
+        if let Some((dir, lifetime)) = &self.ca {
+            let copy = plane.dir.path().join("ca");
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(dir)
+                .arg(&copy)
+                .status()
+                .unwrap_or_else(|e| panic!("cp: {e}"));
+            assert!(status.success(), "cannot copy the CA directory");
+            plane.ca = Some((copy, lifetime.clone()));
+            plane.admin = Some(([127, 0, 0, 1], free_port()).into());
+        }
+        plane.extra_args = self.extra_args.clone();
+        plane.restart().await;
+        plane
+    }
+
+    /// Whether the process is running (not stopped by [`Self::stop`]).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The CA's root (`ca.pem`): the trust bundle for proxies.
     pub fn bundle(&self) -> PathBuf {
         match &self.ca {

@@ -14,6 +14,7 @@ mod containers;
 mod control_lifecycle;
 mod control_plane;
 mod control_reload;
+mod control_replicas;
 mod control_status;
 mod explain_tap;
 mod grpc;
