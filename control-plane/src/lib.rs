@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod status;
 pub mod topology;
+pub mod wants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -223,6 +224,7 @@ async fn compute_loop(
     let mut config = configs.borrow_and_update().clone();
     let mut catalog = start_catalog(&config, &metrics);
     let mut states = catalog.subscribe();
+    let mut wants = snapshots.wants().subscribe();
     loop {
         let state = states.borrow_and_update().clone();
         if state.synced {
@@ -230,6 +232,11 @@ async fn compute_loop(
             snapshots.update(&effective, &state);
         }
         tokio::select! {
+            changed = wants.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             changed = overrides.changed() => {
                 if changed.is_err() {
                     return;

@@ -30,6 +30,46 @@ pub fn upstreams(
     Some(held)
 }
 
+/// `held` (what [`upstreams`] gave) plus the services `service`'s proxies
+/// asked for on demand ([`crate::wants`]) that exist and that
+/// authorization lets `service` call (with `default: deny`, a rule from it
+/// or `*` to them or `*`), with their mirror targets. `None` stays `None`:
+/// such a proxy holds everything already.
+pub fn with_wanted(
+    config: &MeshConfig,
+    service: &str,
+    held: Option<BTreeSet<String>>,
+    wanted: &BTreeSet<String>,
+    services: &BTreeMap<String, ServiceSnapshot>,
+) -> Option<BTreeSet<String>> {
+    let mut held = held?;
+    let before = held.len();
+    for name in wanted {
+        if services.contains_key(name) && !held.contains(name) && may_call(config, service, name) {
+            held.insert(name.clone());
+        }
+    }
+    if held.len() != before {
+        add_mirror_targets(&mut held, services);
+        held.retain(|name| services.contains_key(name));
+    }
+    Some(held)
+}
+
+/// Whether authorization lets `from` call `to` (no authorization, or
+/// `default: allow`, lets every service call every other).
+fn may_call(config: &MeshConfig, from: &str, to: &str) -> bool {
+    let Some(authz) = config.authorization.as_ref() else {
+        return true;
+    };
+    if authz.default == tether_api::AuthorizationDefault::Allow {
+        return true;
+    }
+    authz.rules.iter().any(|rule| {
+        (rule.to == to || rule.to == "*") && rule.from.iter().any(|f| f == from || f == "*")
+    })
+}
+
 /// The services whose authorization rules let `service` call them; `None`
 /// when a rule for every service (`to: "*"`) does.
 fn authorized(
@@ -119,6 +159,40 @@ mod tests {
         assert_eq!(held(&c, "batch"), Some(vec!["db".to_owned()]));
         let everything = format!("mesh:\n  upstream_scope: authorized\n{MESH}authorization:\n  default: deny\n  rules:\n    - {{ to: \"*\", from: [web] }}\n");
         assert_eq!(held(&config(&everything), "web"), None);
+    }
+
+    #[test]
+    fn wanted_services_are_added_when_they_exist_and_may_be_called() {
+        let wanted = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        let open = config(MESH);
+        let services =
+            crate::snapshot::compute_services(&open, &crate::catalog::CatalogState::default());
+        let with = |c: &MeshConfig, service: &str, names: &[&str]| {
+            with_wanted(
+                c,
+                service,
+                upstreams(c, service, &services),
+                &wanted(names),
+                &services,
+            )
+            .map(|s| s.into_iter().collect::<Vec<_>>())
+        };
+        // No authorization: any existing service; its mirror target too.
+        assert_eq!(
+            with(&open, "batch", &["api", "nosuch"]),
+            Some(vec!["api".to_owned(), "db".to_owned(), "shadow".to_owned()])
+        );
+        // A proxy holding everything stays so.
+        assert_eq!(with(&open, "web", &["api"]), None);
+        // default deny: only what a rule allows.
+        let text = format!(
+            "{MESH}authorization:\n  default: deny\n  rules:\n    - {{ to: web, from: [batch] }}\n"
+        );
+        let deny = config(&text);
+        assert_eq!(
+            with(&deny, "batch", &["api", "web"]),
+            Some(vec!["db".to_owned(), "web".to_owned()])
+        );
     }
 
     #[test]

@@ -293,6 +293,9 @@ impl Api {
         }
         let _poll = proxy.map(|id| self.poll_opened(id, service));
         self.snapshots.observe(have);
+        if let Some(names) = query(params, "want") {
+            self.snapshots.wants().add(service, names);
+        }
         let mut changed = self.snapshots.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {

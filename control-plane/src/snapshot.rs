@@ -139,6 +139,8 @@ impl Published {
             authorization: Option<&'a Authorization>,
             #[serde(skip_serializing_if = "Option::is_none")]
             inbound_rate_limit: Option<&'a InboundRateLimit>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            partial: bool,
         }
         let h = &self.header;
         let head = Head {
@@ -147,6 +149,7 @@ impl Published {
             mesh: &h.mesh,
             authorization: h.authorization.as_ref(),
             inbound_rate_limit: h.inbound_rate_limit.as_ref(),
+            partial: self.scope.is_some(),
         };
         // An object with at least `version` and `mesh`: `{…}`. Its closing
         // brace makes way for the shared part.
@@ -173,6 +176,7 @@ impl Published {
         };
         Snapshot {
             services,
+            partial: self.scope.is_some(),
             ..self.header.clone()
         }
     }
@@ -206,6 +210,8 @@ pub struct Snapshots {
     /// Set by the first [`Snapshots::update`]: until then nothing is served.
     ready: AtomicBool,
     metrics: ControlMetrics,
+    /// Services proxies asked for on demand (`want=`).
+    wants: crate::wants::Wants,
 }
 
 impl Snapshots {
@@ -218,7 +224,13 @@ impl Snapshots {
             last_version: Mutex::new(0),
             ready: AtomicBool::new(false),
             metrics,
+            wants: crate::wants::Wants::default(),
         })
+    }
+
+    /// The services proxies asked for on demand.
+    pub fn wants(&self) -> &crate::wants::Wants {
+        &self.wants
     }
 
     /// Whether snapshots have been computed from a complete catalog.
@@ -285,7 +297,15 @@ impl Snapshots {
         let mut changed = 0;
         for name in shared.services.keys() {
             let mut header = header(config, name);
-            let scope = crate::scope::upstreams(config, name, &shared.services).map(Arc::new);
+            let scope = crate::scope::upstreams(config, name, &shared.services);
+            let scope = crate::scope::with_wanted(
+                config,
+                name,
+                scope,
+                &self.wants.of(name),
+                &shared.services,
+            )
+            .map(Arc::new);
             match previous.get(name) {
                 Some(old)
                     if old.same_services(&shared, &scope) && same_content(&old.header, &header) =>
@@ -439,6 +459,7 @@ pub fn header(config: &MeshConfig, service: &str) -> Snapshot {
             .get(service)
             .and_then(|s| s.rate_limit.as_ref())
             .and_then(|r| r.inbound.clone()),
+        partial: false,
     }
 }
 

@@ -334,6 +334,11 @@ pub struct ProxyArgs {
     /// plane (`POST /v1/stats`; only with --control-plane).
     #[arg(long, env = "TETHER_STATS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
+    /// How long a request for a service this proxy's snapshot does not hold
+    /// waits for the control plane to send it (on-demand discovery; only
+    /// with --control-plane; 0s: answer `unknown-service` at once).
+    #[arg(long, env = "TETHER_DISCOVERY_WAIT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub discovery_wait: Duration,
     /// Snapshot file (YAML or JSON) to run from, without a control plane;
     /// edits are picked up.
     #[arg(long, env = "TETHER_SNAPSHOT")]
@@ -642,6 +647,7 @@ impl ProxyArgs {
                     proxy_id,
                     state_dir: self.state_dir,
                     stats_interval: self.stats_interval.max(MIN_STATS_INTERVAL),
+                    discovery_wait: self.discovery_wait,
                 })
             }
             (None, None) => {

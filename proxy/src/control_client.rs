@@ -190,6 +190,8 @@ impl ControlPlaneClient {
     /// Long-polls for `service`'s snapshot: `Some` when the control plane's
     /// version differs from `current`, `None` when `wait` ran out first.
     /// The whole exchange is bounded by `wait` plus `grace`.
+    ///
+    /// `wanted`: services asked for on demand (comma-separated names).
     pub async fn snapshot(
         &self,
         service: &str,
@@ -197,8 +199,14 @@ impl ControlPlaneClient {
         current: u64,
         wait: Duration,
         grace: Duration,
+        wanted: Option<&str>,
     ) -> Result<Option<Snapshot>, ControlCallError> {
-        let request = Request::get(snapshot_path(service, current, wait.as_secs()))
+        let mut path = snapshot_path(service, current, wait.as_secs());
+        if let Some(names) = wanted {
+            path.push_str("&want=");
+            path.push_str(names);
+        }
+        let request = Request::get(path)
             .header(PROXY_ID_HEADER, proxy_id)
             .body(Bytes::new());
         let (status, body) = self.call(request, wait + grace).await?;
@@ -482,13 +490,14 @@ mod tests {
                 3,
                 Duration::from_secs(30),
                 Duration::from_secs(5),
+                Some("billing,db"),
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(snapshot.map(|s| s.version), Some(7));
         let head = server.await.unwrap_or_default().to_ascii_lowercase();
         assert!(
-            head.starts_with("get /v1/snapshot/web?version=3&wait=30s http/1.1"),
+            head.starts_with("get /v1/snapshot/web?version=3&wait=30s&want=billing,db http/1.1"),
             "{head}"
         );
         assert!(head.contains("tether-proxy-id: web-1"), "{head}");
@@ -504,13 +513,13 @@ mod tests {
         let client = ControlPlaneClient::new(&url, None, Duration::from_secs(1))
             .unwrap_or_else(|e| panic!("{e}"));
         let wait = Duration::from_secs(1);
-        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        let polled = client.snapshot("web", "web-1", 3, wait, wait, None).await;
         assert!(matches!(polled, Ok(None)), "{polled:?}");
 
         let (url, _server) = answer_once(200, "version: 7\nservices: {}\n").await;
         let client = ControlPlaneClient::new(&url, None, Duration::from_secs(1))
             .unwrap_or_else(|e| panic!("{e}"));
-        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        let polled = client.snapshot("web", "web-1", 3, wait, wait, None).await;
         assert!(
             matches!(polled, Err(ControlCallError::Decode { .. })),
             "{polled:?}"
@@ -561,7 +570,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(client.replicas(), 2);
         client.current.store(0, Ordering::Relaxed);
-        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        let polled = client.snapshot("web", "web-1", 3, wait, wait, None).await;
         assert_eq!(polled.ok().flatten().map(|s| s.version), Some(9));
         assert_eq!(format!("http://{}", client.authority()), up);
         // Not ready (503): the same.
@@ -570,7 +579,7 @@ mod tests {
         let client = ControlPlaneClient::new(&format!("{starting}, {ready}"), None, idle)
             .unwrap_or_else(|e| panic!("{e}"));
         client.current.store(0, Ordering::Relaxed);
-        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        let polled = client.snapshot("web", "web-1", 3, wait, wait, None).await;
         assert_eq!(polled.ok().flatten().map(|s| s.version), Some(10));
         // Every replica down: the error of the last one.
         let client = ControlPlaneClient::new(
@@ -579,7 +588,7 @@ mod tests {
             idle,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let polled = client.snapshot("web", "web-1", 3, wait, wait).await;
+        let polled = client.snapshot("web", "web-1", 3, wait, wait, None).await;
         assert!(
             matches!(polled, Err(ControlCallError::Transport(_))),
             "{polled:?}"

@@ -24,6 +24,7 @@ mod kubernetes;
 mod lifecycle;
 mod mtls;
 mod observability;
+mod on_demand;
 mod prometheus;
 mod registration;
 mod resilience;

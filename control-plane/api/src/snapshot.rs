@@ -36,6 +36,11 @@ pub struct Snapshot {
     /// mesh.yaml `services.<this>.rate_limit.inbound`. `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_rate_limit: Option<InboundRateLimit>,
+    /// `services` holds only what this proxy calls (`upstreams`,
+    /// `upstream_scope`): a request for another service asks the control
+    /// plane for it (on-demand discovery) instead of failing at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// Inbound authorization for the service a proxy fronts: the rules of

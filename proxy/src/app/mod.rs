@@ -105,7 +105,8 @@ pub async fn run_with(config: ProxyConfig, lifecycle: Lifecycle) -> Result<(), R
         identity.clone(),
     )
     .with_zone(config.zone.as_deref())
-    .with_tcp(Arc::clone(&tcp));
+    .with_tcp(Arc::clone(&tcp))
+    .with_on_demand(core.on_demand.clone());
     let facts = crate::topology_facts::ProxyFacts {
         state: Arc::clone(&core.state),
         identity: identity.clone(),
@@ -255,6 +256,8 @@ struct Core {
     upgrades: Upgrades,
     /// Live taps of both paths (`GET /tap`).
     tap: crate::tap::Tap,
+    /// On-demand discovery (with a control plane and `--discovery-wait`).
+    on_demand: Option<Arc<discovery::OnDemand>>,
 }
 
 impl Core {
@@ -287,6 +290,15 @@ impl Core {
             config.upgrade_idle_timeout,
             access_log.clone(),
         );
+        let on_demand = match &config.source {
+            SnapshotSource::ControlPlane(settings) if !settings.discovery_wait.is_zero() => {
+                Some(Arc::new(discovery::OnDemand::new(
+                    settings.discovery_wait,
+                    families.requests.registry(),
+                )))
+            }
+            _ => None,
+        };
         Self {
             service,
             state,
@@ -294,6 +306,7 @@ impl Core {
             telemetry,
             access_log,
             tap: crate::tap::Tap::register(families.requests.registry()),
+            on_demand,
         }
     }
 }

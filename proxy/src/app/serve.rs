@@ -75,7 +75,8 @@ pub(super) fn serve_outbound(
     let outbound = Arc::new(
         Outbound::new(Arc::clone(&core.state), observer)
             .with_passthrough(&families.listeners)
-            .with_upgrades(core.upgrades.clone()),
+            .with_upgrades(core.upgrades.clone())
+            .with_on_demand(core.on_demand.clone()),
     );
     let captured: Arc<dyn CapturedHandler> = Arc::new(TcpCaptured::new(
         Arc::clone(&core.state),

@@ -117,8 +117,10 @@ pub fn build_in_zone(
         tether_api::OutboundPolicy::AllowAny => OutboundPolicy::AllowAny,
         tether_api::OutboundPolicy::RegistryOnly => OutboundPolicy::RegistryOnly,
     };
+    let partial = snapshot.partial;
     Ok(MeshState {
         version: snapshot.version,
+        partial,
         source: SourceDocument::new(move || serde_json::to_value(&*snapshot).unwrap_or_default()),
         services,
         unknown_metrics: previous.unknown_metrics.clone(),

@@ -51,6 +51,9 @@ pub struct ControlPlaneSettings {
     pub state_dir: Option<PathBuf>,
     /// How often per-upstream statistics are posted (`--stats-interval`).
     pub stats_interval: std::time::Duration,
+    /// How long a request waits for on-demand discovery (`--discovery-wait`;
+    /// zero: off).
+    pub discovery_wait: std::time::Duration,
 }
 
 /// Loads the snapshot saved in the state directory, if any, and applies it.
@@ -91,15 +94,24 @@ pub async fn subscribe(
     // refused snapshot is not sent again until the control plane has a new one.
     let mut seen = applier.version();
     loop {
-        let polled = client
-            .snapshot(
-                &settings.service,
-                &settings.proxy_id,
-                seen,
-                LONG_POLL_WAIT,
-                LONG_POLL_GRACE,
-            )
-            .await;
+        let on_demand = applier.on_demand();
+        let wanted = on_demand.and_then(|o| o.wanted());
+        let poll = client.snapshot(
+            &settings.service,
+            &settings.proxy_id,
+            seen,
+            LONG_POLL_WAIT,
+            LONG_POLL_GRACE,
+            wanted.as_deref(),
+        );
+        let polled = match on_demand {
+            // A request asked for a service: poll again at once with it.
+            Some(on_demand) => tokio::select! {
+                polled = poll => polled,
+                () = on_demand.asked() => continue,
+            },
+            None => poll.await,
+        };
         match polled {
             Ok(Some(snapshot)) => {
                 failures = 0;

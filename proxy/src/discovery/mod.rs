@@ -14,6 +14,7 @@ mod compile;
 mod control_plane;
 pub(crate) mod file;
 mod mirror_locality;
+pub mod on_demand;
 mod snapshot_metrics;
 #[cfg(test)]
 mod tcp_tests;
@@ -36,6 +37,7 @@ pub use authz::compile as compile_authorization;
 pub use build::{build, build_in_zone};
 pub use control_plane::{restore, subscribe, ControlPlaneSettings, CONTROL_PLANE_IDLE_TIMEOUT};
 pub use file::{load_file, watch_file, SnapshotError};
+pub use on_demand::OnDemand;
 pub use snapshot_metrics::SnapshotMetrics;
 
 /// Applies snapshots to the shared state.
@@ -50,6 +52,8 @@ pub struct Applier {
     tcp: Option<Arc<TcpListeners>>,
     loaded: Arc<AtomicBool>,
     sequence: Arc<AtomicU64>,
+    /// On-demand discovery (with a control plane and `--discovery-wait`).
+    on_demand: Option<Arc<OnDemand>>,
 }
 
 impl Applier {
@@ -69,7 +73,19 @@ impl Applier {
             tcp: None,
             loaded: Arc::new(AtomicBool::new(false)),
             sequence: Arc::new(AtomicU64::new(0)),
+            on_demand: None,
         }
+    }
+
+    /// Tells `on_demand`'s waiting requests of every applied snapshot.
+    pub fn with_on_demand(mut self, on_demand: Option<Arc<OnDemand>>) -> Self {
+        self.on_demand = on_demand;
+        self
+    }
+
+    /// On-demand discovery, if on.
+    pub fn on_demand(&self) -> Option<&Arc<OnDemand>> {
+        self.on_demand.as_ref()
     }
 
     /// Also keeps `tcp`'s listeners in step with the snapshots applied.
@@ -128,6 +144,9 @@ impl Applier {
             .config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded.store(true, Ordering::Release);
+        if let Some(on_demand) = &self.on_demand {
+            on_demand.applied();
+        }
         tracing::info!(version, "snapshot applied");
         Ok(version)
     }

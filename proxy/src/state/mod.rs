@@ -34,6 +34,9 @@ pub struct MeshState {
     pub source: SourceDocument,
     /// Upstream services by name.
     pub services: HashMap<String, Arc<UpstreamService>>,
+    /// `services` holds only what this proxy calls: others may be asked
+    /// for on demand.
+    pub partial: bool,
     /// Metrics for requests to names that are not services.
     pub unknown_metrics: ServiceMetrics,
     /// Who may call this proxy's service; `None` lets everyone in.
@@ -78,6 +81,7 @@ impl MeshState {
             version: 0,
             source: SourceDocument::none(),
             services: HashMap::new(),
+            partial: false,
             unknown_metrics,
             authorization: None,
             tcp: HashMap::new(),
