@@ -1,5 +1,5 @@
 //! `tether-control` binary: `serve`, `validate`, `status`, `ca init`,
-//! `token create|revoke|list`, `rollout start|status|abort`, `explain`. The only code that reads flags and the
+//! `token create|revoke|list-revoked|prune-revoked|list`, `rollout start|status|abort`, `explain`. The only code that reads flags and the
 //! environment.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -178,7 +178,7 @@ fn main() -> ExitCode {
         }
         Command::Status { target } => runtime.block_on(status(&target)),
         Command::Ca(command) => admin_cli::ca(command),
-        Command::Token(command) => admin_cli::token(command),
+        Command::Token(command) => runtime.block_on(admin_cli::token(command)),
         Command::Rollout(command) => runtime.block_on(rollout_cli::rollout(command)),
         Command::Explain(args) => runtime.block_on(explain_cli::explain(args)),
     }
