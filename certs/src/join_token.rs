@@ -170,7 +170,9 @@ impl TokenKey {
     ) -> Result<(String, TokenClaims)> {
         validate_service_name(service)?;
         if ttl.is_zero() {
-            return Err(Error::Validity("a join token's TTL must be positive".into()));
+            return Err(Error::Validity(
+                "a join token's TTL must be positive".into(),
+            ));
         }
         let expires_unix = now
             .checked_add(ttl)
@@ -202,8 +204,7 @@ impl TokenKey {
     /// its expiry. Revocation is the caller's business.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<TokenClaims, TokenRefusal> {
         let (claims, signed, mac) = parse(token.trim())?;
-        hmac::verify(&self.key, signed.as_bytes(), &mac)
-            .map_err(|_| TokenRefusal::BadSignature)?;
+        hmac::verify(&self.key, signed.as_bytes(), &mac).map_err(|_| TokenRefusal::BadSignature)?;
         let now_unix = unix(now);
         if now_unix >= claims.expires_unix {
             return Err(TokenRefusal::Expired {

@@ -38,11 +38,11 @@ pub use bundle::TrustBundle;
 pub use ca::{CertificateAuthority, IssuedCert, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_CA_VALIDITY};
 pub use error::{find_identity_mismatch, Error, Result};
 pub use external::{ca_client_config, ClientCertPem};
+pub use identity::{Identity, IdentityKey, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
 pub use join_token::{
     fmt_unix, is_signed_token, is_token_id, TokenClaims, TokenKey, TokenRefusal, DEFAULT_TOKEN_TTL,
     TOKEN_FORMAT, TOKEN_ID_BYTES,
 };
-pub use identity::{Identity, IdentityKey, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
 pub use spiffe::{validate_service_name, validate_trust_domain};
 pub use spiffe_id::SpiffeId;
 pub use store::IdentityStore;

@@ -16,6 +16,7 @@ use tether_certs::{
     TokenRefusal, TokenStore, TrustBundle, CA_CERT_FILE, CA_KEY_FILE, CONTROL_PLANE_SERVICE,
     TOKEN_ID_BYTES,
 };
+use tether_control::config::CatalogConfig;
 use tether_control::issuer::TOKENS_FILE;
 use tether_control::revocations::{Revocation, RevocationStore, RevokeOutcome};
 
@@ -81,6 +82,11 @@ pub enum TokenCommand {
         /// with a token's text, also checks the token was made by this CA).
         #[arg(long, env = "TETHER_CA_DIR")]
         ca_dir: Option<PathBuf>,
+        /// Consul ACL token for this command (file), instead of mesh.yaml's
+        /// (which is the control plane's, often read-only): the operator's
+        /// token needs `write` on the revocation prefix.
+        #[arg(long)]
+        consul_token_file: Option<PathBuf>,
     },
     /// List revoked tokens (id, service, expiry, when revoked).
     ListRevoked {
@@ -90,6 +96,11 @@ pub enum TokenCommand {
         /// The CA directory (with a static catalog).
         #[arg(long, env = "TETHER_CA_DIR")]
         ca_dir: Option<PathBuf>,
+        /// Consul ACL token for this command (file), instead of mesh.yaml's
+        /// (which is the control plane's, often read-only): the operator's
+        /// token needs `write` on the revocation prefix.
+        #[arg(long)]
+        consul_token_file: Option<PathBuf>,
     },
     /// Delete the revocations of tokens that have expired anyway.
     PruneRevoked {
@@ -99,6 +110,11 @@ pub enum TokenCommand {
         /// The CA directory (with a static catalog).
         #[arg(long, env = "TETHER_CA_DIR")]
         ca_dir: Option<PathBuf>,
+        /// Consul ACL token for this command (file), instead of mesh.yaml's
+        /// (which is the control plane's, often read-only): the operator's
+        /// token needs `write` on the revocation prefix.
+        #[arg(long)]
+        consul_token_file: Option<PathBuf>,
     },
     /// List the legacy tokens in DIR/tokens.json (service and creation
     /// time; never the secrets). Signed tokens are stored nowhere.
@@ -175,19 +191,45 @@ pub async fn token(command: TokenCommand) -> ExitCode {
             token: Some(token),
             config,
             ca_dir,
+            consul_token_file,
             ..
-        } => revoke(&token, &config, ca_dir.as_deref()).await,
+        } => {
+            let store = Store {
+                config: &config,
+                ca_dir: ca_dir.as_deref(),
+                consul_token_file: consul_token_file.as_deref(),
+            };
+            revoke(&token, &store).await
+        }
         TokenCommand::Revoke {
             token: None,
             service,
             ca_dir,
             ..
         } => revoke_legacy(service.as_deref().unwrap_or_default(), ca_dir.as_deref()),
-        TokenCommand::ListRevoked { config, ca_dir } => {
-            list_revoked(&config, ca_dir.as_deref()).await
+        TokenCommand::ListRevoked {
+            config,
+            ca_dir,
+            consul_token_file,
+        } => {
+            let store = Store {
+                config: &config,
+                ca_dir: ca_dir.as_deref(),
+                consul_token_file: consul_token_file.as_deref(),
+            };
+            list_revoked(&store).await
         }
-        TokenCommand::PruneRevoked { config, ca_dir } => {
-            prune_revoked(&config, ca_dir.as_deref()).await
+        TokenCommand::PruneRevoked {
+            config,
+            ca_dir,
+            consul_token_file,
+        } => {
+            let store = Store {
+                config: &config,
+                ca_dir: ca_dir.as_deref(),
+                consul_token_file: consul_token_file.as_deref(),
+            };
+            prune_revoked(&store).await
         }
         TokenCommand::List { ca_dir } => match TokenStore::open(&ca_dir.join(TOKENS_FILE)) {
             Ok(store) => {
@@ -257,19 +299,46 @@ fn create(service: &str, ttl: Duration, ca_dir: &Path, out: Option<&Path>) -> Re
     Ok(())
 }
 
-/// The revocation store mesh.yaml's catalog names (Consul KV, or the file
-/// in the CA directory).
-fn revocation_store(config: &Path, ca_dir: Option<&Path>) -> Result<RevocationStore, String> {
-    let mesh = tether_control::config::load(config).map_err(|errors| errors.to_string())?;
-    RevocationStore::for_catalog(&mesh.catalog, ca_dir).ok_or_else(|| {
-        format!(
-            "{}: the catalog is static, so revocations live in the CA directory: pass --ca-dir DIR (every replica's copy)",
-            config.display()
-        )
-    })
+/// Where the revocation commands look: mesh.yaml and the flags that
+/// refine it.
+struct Store<'a> {
+    config: &'a Path,
+    ca_dir: Option<&'a Path>,
+    consul_token_file: Option<&'a Path>,
 }
 
-async fn revoke(target: &str, config: &Path, ca_dir: Option<&Path>) -> Result<(), String> {
+impl Store<'_> {
+    /// The revocation store mesh.yaml's catalog names (Consul KV, with the
+    /// operator's ACL token if given; or the file in the CA directory).
+    fn open(&self) -> Result<RevocationStore, String> {
+        let mut mesh =
+            tether_control::config::load(self.config).map_err(|errors| errors.to_string())?;
+        if let Some(path) = self.consul_token_file {
+            let CatalogConfig::Consul(consul) = &mut mesh.catalog else {
+                return Err(format!(
+                    "--consul-token-file given but the catalog of {} is not Consul",
+                    self.config.display()
+                ));
+            };
+            let token =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(format!("{} is empty", path.display()));
+            }
+            consul.token = Some(token.to_owned());
+        }
+        RevocationStore::for_catalog(&mesh.catalog, self.ca_dir).ok_or_else(|| {
+            format!(
+                "{}: the catalog is static, so revocations live in the CA directory: pass --ca-dir DIR (every replica's copy)",
+                self.config.display()
+            )
+        })
+    }
+}
+
+async fn revoke(target: &str, store: &Store<'_>) -> Result<(), String> {
+    let ca_dir = store.ca_dir;
     let target = target.trim();
     let now = SystemTime::now();
     let revocation = if is_token_id(target) {
@@ -309,7 +378,7 @@ async fn revoke(target: &str, config: &Path, ca_dir: Option<&Path>) -> Result<()
             "give a token id ({TOKEN_ID_BYTES} bytes in hex, printed by `token create`) or a whole signed token (tjt1.…); for tokens of the older kind use `token revoke --service NAME --ca-dir DIR`"
         ));
     };
-    let store = revocation_store(config, ca_dir)?;
+    let store = store.open()?;
     match store.revoke(&revocation).await.map_err(|e| e.to_string())? {
         RevokeOutcome::Revoked => println!(
             "revoked join token {}{} in {}; every replica refuses it from now on",
@@ -341,10 +410,7 @@ fn revoke_legacy(service: &str, ca_dir: Option<&Path>) -> Result<(), String> {
 }
 
 fn print_revocations(list: &[Revocation]) {
-    println!(
-        "{:<26} {:<24} {:<22} REVOKED",
-        "ID", "SERVICE", "EXPIRES"
-    );
+    println!("{:<26} {:<24} {:<22} REVOKED", "ID", "SERVICE", "EXPIRES");
     for r in list {
         println!(
             "{:<26} {:<24} {:<22} {}",
@@ -356,15 +422,15 @@ fn print_revocations(list: &[Revocation]) {
     }
 }
 
-async fn list_revoked(config: &Path, ca_dir: Option<&Path>) -> Result<(), String> {
-    let store = revocation_store(config, ca_dir)?;
+async fn list_revoked(store: &Store<'_>) -> Result<(), String> {
+    let store = store.open()?;
     let list = store.list().await.map_err(|e| e.to_string())?;
     print_revocations(&list);
     Ok(())
 }
 
-async fn prune_revoked(config: &Path, ca_dir: Option<&Path>) -> Result<(), String> {
-    let store = revocation_store(config, ca_dir)?;
+async fn prune_revoked(store: &Store<'_>) -> Result<(), String> {
+    let store = store.open()?;
     let pruned = store
         .prune(SystemTime::now())
         .await

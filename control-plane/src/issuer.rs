@@ -459,11 +459,13 @@ mod tests {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
         let token = signed_token_for(&issuer, "api", 3600);
         let issued = issuer
-            .issue(&csr("api"), Proof::Token(&token)).await
+            .issue(&csr("api"), Proof::Token(&token))
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(issued.spiffe_id, "spiffe://tether.local/service/api");
         let refused = issuer
-            .issue(&csr("web"), Proof::Token(&token)).await
+            .issue(&csr("web"), Proof::Token(&token))
+            .await
             .err()
             .unwrap_or_else(|| panic!("a token for api obtained a certificate for web"));
         assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{refused}");
@@ -478,7 +480,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_tokens_and_no_proof_are_unauthorized() {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
-        let bad = issuer.issue(&csr("api"), Proof::Token("not-a-token")).await.err();
+        let bad = issuer
+            .issue(&csr("api"), Proof::Token("not-a-token"))
+            .await
+            .err();
         assert_eq!(bad.map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
         let none = issuer.issue(&csr("api"), Proof::Nothing).await.err();
         assert_eq!(none.map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
@@ -489,7 +494,8 @@ mod tests {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
         let peer = SpiffeId::service("tether.local", "web").unwrap_or_else(|e| panic!("{e}"));
         let renewed = issuer
-            .issue(&csr("web"), Proof::Peer(&peer)).await
+            .issue(&csr("web"), Proof::Peer(&peer))
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(renewed.spiffe_id, peer.to_string());
         let stolen = issuer.issue(&csr("api"), Proof::Peer(&peer)).await.err();
@@ -497,7 +503,8 @@ mod tests {
         let cp = SpiffeId::service("tether.local", CONTROL_PLANE_SERVICE)
             .unwrap_or_else(|e| panic!("{e}"));
         let reserved = issuer
-            .issue(&csr(CONTROL_PLANE_SERVICE), Proof::Peer(&cp)).await
+            .issue(&csr(CONTROL_PLANE_SERVICE), Proof::Peer(&cp))
+            .await
             .err();
         assert!(matches!(reserved, Some(IssueError::Reserved(_))));
     }
@@ -589,10 +596,13 @@ mod tests {
         assert!(refused.to_string().contains("expired at "), "{refused}");
 
         let token = signed_token_for(&issuer, "api", 3600);
-        let claims = tether_certs::TokenClaims::read_unverified(&token)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let claims =
+            tether_certs::TokenClaims::read_unverified(&token).unwrap_or_else(|e| panic!("{e}"));
         let store = issuer.revocation_store();
-        assert_eq!(store.describe(), dir.path().join(REVOKED_FILE).display().to_string());
+        assert_eq!(
+            store.describe(),
+            dir.path().join(REVOKED_FILE).display().to_string()
+        );
         let revocation = Revocation {
             id: claims.id.clone(),
             service: None,
@@ -612,14 +622,16 @@ mod tests {
         assert_eq!(refused.reason(), "revoked-token");
         let message = refused.to_string();
         assert!(
-            message.contains(&format!("join token {} for api refused: it was revoked at 2027-01-15T08:00:00Z", claims.id)),
+            message.contains(&format!(
+                "join token {} for api refused: it was revoked at 2027-01-15T08:00:00Z",
+                claims.id
+            )),
             "{message}"
         );
         assert!(!message.contains(&token), "the token is never shown");
 
         // A revocation store that cannot be read: refused, 503 (fail closed).
-        std::fs::write(dir.path().join(REVOKED_FILE), "{ broken")
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(REVOKED_FILE), "{ broken").unwrap_or_else(|e| panic!("{e}"));
         let fresh = signed_token_for(&issuer, "api", 3600);
         let refused = issuer
             .issue(&csr("api"), Proof::Token(&fresh))
@@ -627,6 +639,11 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("accepted without a revocation check"));
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(refused.to_string().contains("cannot check whether it is revoked"), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("cannot check whether it is revoked"),
+            "{refused}"
+        );
     }
 }

@@ -158,14 +158,20 @@ impl ConsulKv {
             b"false" => Ok(false),
             other => Err(KvError::Answer {
                 uri: self.uri(key, "cas=0"),
-                detail: format!("expected true or false, got {:?}", String::from_utf8_lossy(other)),
+                detail: format!(
+                    "expected true or false, got {:?}",
+                    String::from_utf8_lossy(other)
+                ),
             }),
         }
     }
 
     /// Every key under `prefix` with its value.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, KvError> {
-        let body = match self.call(Method::GET, prefix, "recurse", Bytes::new()).await {
+        let body = match self
+            .call(Method::GET, prefix, "recurse", Bytes::new())
+            .await
+        {
             Ok(body) => body,
             Err(KvError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
                 return Ok(Vec::new())
@@ -173,11 +179,10 @@ impl ConsulKv {
             Err(e) => return Err(e),
         };
         let uri = || self.uri(prefix, "recurse");
-        let entries: Vec<KvEntry> =
-            serde_json::from_slice(&body).map_err(|e| KvError::Answer {
-                uri: uri(),
-                detail: e.to_string(),
-            })?;
+        let entries: Vec<KvEntry> = serde_json::from_slice(&body).map_err(|e| KvError::Answer {
+            uri: uri(),
+            detail: e.to_string(),
+        })?;
         entries
             .into_iter()
             .map(|entry| {
@@ -277,8 +282,7 @@ mod tests {
     use super::*;
 
     fn kv(address: &str, dc: Option<&str>) -> ConsulKv {
-        let mut config: ConsulConfig =
-            serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+        let mut config: ConsulConfig = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
         config.address = address.to_owned();
         config.datacenter = dc.map(str::to_owned);
         ConsulKv::new(config)
@@ -291,7 +295,10 @@ mod tests {
             plain.uri("tether/join-tokens/revoked/ab12", "raw"),
             "http://127.0.0.1:8500/v1/kv/tether/join-tokens/revoked/ab12?raw"
         );
-        assert_eq!(plain.uri("a b/c", ""), "http://127.0.0.1:8500/v1/kv/a%20b/c");
+        assert_eq!(
+            plain.uri("a b/c", ""),
+            "http://127.0.0.1:8500/v1/kv/a%20b/c"
+        );
         let dc = kv("http://consul:8500", Some("dc 2"));
         assert_eq!(
             dc.uri("p/", "recurse"),

@@ -281,7 +281,10 @@ mod tests {
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let pruned = store.prune(at(999)).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(pruned.is_empty(), "not expired yet: {pruned:?}");
-        let pruned = store.prune(at(1000)).await.unwrap_or_else(|e| panic!("{e}"));
+        let pruned = store
+            .prune(at(1000))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(pruned, [entry("a", Some(1000))]);
         let left = store.list().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(left, [entry("b", None)], "an unknown expiry is kept");
