@@ -45,7 +45,8 @@ enum Command {
         #[arg(long, env = "TETHER_ADMIN")]
         admin: Option<SocketAddr>,
         /// The mesh CA (`ca init --dir`): serves the API over TLS and signs
-        /// proxies' certificates (join tokens from DIR/tokens.json).
+        /// proxies' certificates (signed join tokens; revocations in Consul KV, or
+        /// DIR/revoked-tokens.json with a static catalog).
         #[arg(long, env = "TETHER_CA_DIR")]
         ca_dir: Option<PathBuf>,
         /// Lifetime of the certificates issued; proxies renew at two thirds.

@@ -82,8 +82,8 @@ pub struct RevocationError {
 /// Where revocations are kept.
 #[derive(Debug, Clone)]
 pub enum RevocationStore {
-    /// Consul KV under [`KV_PREFIX`].
-    Consul(ConsulKv),
+    /// Consul KV under [`KV_PREFIX`] (boxed: far larger than the file variant).
+    Consul(Box<ConsulKv>),
     /// [`REVOKED_FILE`] in a CA directory.
     File(FileStore),
 }
@@ -97,9 +97,9 @@ impl RevocationStore {
     /// else the file in `ca_dir`; `None` when that is needed but unknown.
     pub fn for_catalog(catalog: &CatalogConfig, ca_dir: Option<&Path>) -> Option<Self> {
         match catalog {
-            CatalogConfig::Consul(consul) => {
-                Some(Self::Consul(ConsulKv::new(consul.as_ref().clone())))
-            }
+            CatalogConfig::Consul(consul) => Some(Self::Consul(Box::new(ConsulKv::new(
+                consul.as_ref().clone(),
+            )))),
             CatalogConfig::Static { .. } => {
                 ca_dir.map(|dir| Self::File(FileStore::new(dir.join(REVOKED_FILE))))
             }
