@@ -42,7 +42,8 @@ const RENEW_RETRY: Duration = Duration::from_secs(5);
 /// Where the CA lives and how long certificates last.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {
-    /// Directory with `ca.pem`, `ca-key.pem` and `tokens.json`.
+    /// Directory with `ca.pem`, `ca-key.pem` (and, for a static catalog,
+    /// `revoked-tokens.json`; for tokens of the older kind, `tokens.json`).
     pub ca_dir: PathBuf,
     /// Lifetime of every certificate issued (proxies' and our own).
     pub cert_lifetime: Duration,
