@@ -204,6 +204,19 @@ impl CertificateAuthority {
         })
     }
 
+    /// The root's private key, PKCS#8 DER: only for deriving the join-token
+    /// key ([`crate::TokenKey`]); never written anywhere by this crate but
+    /// [`CertificateAuthority::write_dir`].
+    pub(crate) fn private_key_der(&self) -> &[u8] {
+        self.key.serialized_der()
+    }
+
+    /// The private key as PEM, for tests that load a copy of this CA.
+    #[cfg(test)]
+    pub(crate) fn key_pem_for_tests(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// The trust domain named by the root's URI SAN, if it has one.
     pub fn trust_domain(&self) -> Option<&str> {
         self.trust_domain.as_deref()

@@ -2,7 +2,8 @@
 //!
 //! - [`SpiffeId`] is `spiffe://<trust_domain>/service/<name>`.
 //! - [`CertificateAuthority`]: creates or adopts the mesh root and signs CSRs
-//!   only for the identity the caller proved ([`JoinToken`] or current cert).
+//!   only for the identity the caller proved (a signed join token checked
+//!   with [`TokenKey`], a legacy [`JoinToken`], or the current cert).
 //! - [`TrustBundle`]: one or more roots, for rotation with overlap.
 //! - [`IdentityKey`] / [`Identity`]: the proxy's key (never leaves it) and
 //!   its issued chain; [`IdentityStore`] swaps them live.
@@ -21,6 +22,7 @@ mod error;
 mod external;
 mod fsutil;
 mod identity;
+mod join_token;
 mod provider;
 mod spiffe;
 mod spiffe_id;
@@ -37,6 +39,10 @@ pub use ca::{CertificateAuthority, IssuedCert, CA_CERT_FILE, CA_KEY_FILE, DEFAUL
 pub use error::{find_identity_mismatch, Error, Result};
 pub use external::{ca_client_config, ClientCertPem};
 pub use identity::{Identity, IdentityKey, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE};
+pub use join_token::{
+    fmt_unix, is_signed_token, is_token_id, TokenClaims, TokenKey, TokenRefusal, DEFAULT_TOKEN_TTL,
+    TOKEN_FORMAT, TOKEN_ID_BYTES,
+};
 pub use spiffe::{validate_service_name, validate_trust_domain};
 pub use spiffe_id::SpiffeId;
 pub use store::IdentityStore;

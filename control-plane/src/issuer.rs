@@ -4,7 +4,14 @@
 //! certificate fresh.
 //!
 //! The CA's key lives only in this process and in `ca-key.pem` (0600); it
-//! never appears in a log line, a metric or an answer.
+//! never appears in a log line, a metric or an answer. Neither does a join
+//! token: logs name a signed token by its id only.
+//!
+//! Join tokens are signed (`tjt1.…`, see `tether_certs::TokenKey`): any
+//! replica holding the same CA verifies them, then asks the shared
+//! revocation store (Consul KV, or the CA directory's file; see
+//! [`crate::revocations`]). Tokens of the older random kind are still looked
+//! up in `tokens.json`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,13 +20,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use tether_api::CertificateResponse;
 use tether_certs::{
-    CertificateAuthority, Identity, IdentityKey, IdentityStore, SpiffeId, TokenStore,
-    CONTROL_PLANE_SERVICE,
+    fmt_unix, is_signed_token, CertificateAuthority, Identity, IdentityKey, IdentityStore,
+    SpiffeId, TokenKey, TokenRefusal, TokenStore, CONTROL_PLANE_SERVICE,
 };
+use tokio::sync::watch;
 
+use crate::config::MeshConfig;
 use crate::metrics::ControlMetrics;
+use crate::revocations::{Revocation, RevocationStore};
 
-/// Name of the token store inside the CA directory (mode 0600, hashes only).
+/// Name of the legacy token store inside the CA directory (mode 0600,
+/// hashes only): tokens made before signed tokens still work from it.
 pub const TOKENS_FILE: &str = "tokens.json";
 
 /// Shortest pause between two renewals of the control plane's own
@@ -31,7 +42,8 @@ const RENEW_RETRY: Duration = Duration::from_secs(5);
 /// Where the CA lives and how long certificates last.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {
-    /// Directory with `ca.pem`, `ca-key.pem` and `tokens.json`.
+    /// Directory with `ca.pem`, `ca-key.pem` (and, for a static catalog,
+    /// `revoked-tokens.json`; for tokens of the older kind, `tokens.json`).
     pub ca_dir: PathBuf,
     /// Lifetime of every certificate issued (proxies' and our own).
     pub cert_lifetime: Duration,
@@ -87,6 +99,20 @@ pub enum IssueError {
     /// The token matches no record.
     #[error("join token refused: it matches no token of this control plane (revoked, mistyped, or made for another CA); create one with `tether-control token create --service NAME`")]
     BadToken,
+    /// A signed token that is malformed, signed by another CA, or expired.
+    #[error("{0}")]
+    Token(TokenRefusal),
+    /// A signed token that an operator revoked.
+    #[error("join token {} for {} refused: it was revoked{} (`tether-control token revoke`); create a new one with `tether-control token create --service {}`", .0.id, service(.0), revoked_at(.0), service(.0))]
+    Revoked(Revocation),
+    /// Whether the token is revoked cannot be known now: refused (fail closed).
+    #[error("join token {id} refused for now: cannot check whether it is revoked ({detail}); the proxy retries, and it is accepted once the revocation store answers")]
+    RevocationUnavailable {
+        /// The token's id.
+        id: String,
+        /// Why the store cannot be asked.
+        detail: String,
+    },
     /// Nobody may obtain the control plane's own identity.
     #[error("the identity `{0}` is reserved for the control plane")]
     Reserved(String),
@@ -103,7 +129,11 @@ impl IssueError {
     pub fn status(&self) -> StatusCode {
         use tether_certs::Error as E;
         match self {
-            IssueError::Unauthenticated | IssueError::BadToken => StatusCode::UNAUTHORIZED,
+            IssueError::Unauthenticated
+            | IssueError::BadToken
+            | IssueError::Token(_)
+            | IssueError::Revoked(_) => StatusCode::UNAUTHORIZED,
+            IssueError::RevocationUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IssueError::Reserved(_) => StatusCode::FORBIDDEN,
             IssueError::TokenStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IssueError::Refused(
@@ -120,7 +150,13 @@ impl IssueError {
     pub fn reason(&self) -> &'static str {
         match self {
             IssueError::Unauthenticated => "unauthenticated",
-            IssueError::BadToken => "bad-token",
+            IssueError::BadToken
+            | IssueError::Token(TokenRefusal::Malformed(_) | TokenRefusal::BadSignature) => {
+                "bad-token"
+            }
+            IssueError::Token(TokenRefusal::Expired { .. }) => "expired-token",
+            IssueError::Revoked(_) => "revoked-token",
+            IssueError::RevocationUnavailable { .. } => "revocation-unavailable",
             IssueError::Reserved(_) => "reserved",
             IssueError::TokenStore(_) => "token-store",
             IssueError::Refused(tether_certs::Error::CsrIdentityNotAuthorized { .. }) => {
@@ -132,11 +168,27 @@ impl IssueError {
     }
 }
 
+fn service(revocation: &Revocation) -> &str {
+    revocation.service.as_deref().unwrap_or("NAME")
+}
+
+fn revoked_at(revocation: &Revocation) -> String {
+    if revocation.revoked_unix == 0 {
+        String::new()
+    } else {
+        format!(" at {}", fmt_unix(revocation.revoked_unix))
+    }
+}
+
 /// The CA service.
 pub struct Issuer {
     ca: CertificateAuthority,
+    token_key: TokenKey,
     trust_domain: String,
+    ca_dir: PathBuf,
     tokens: PathBuf,
+    /// mesh.yaml in force: its catalog says where revocations are kept.
+    config: Option<watch::Receiver<Arc<MeshConfig>>>,
     lifetime: Duration,
     metrics: ControlMetrics,
 }
@@ -175,58 +227,113 @@ impl Issuer {
             }
         }
         Ok(Self {
+            token_key: TokenKey::from_ca(&ca),
             ca,
             trust_domain: trust_domain.to_owned(),
+            ca_dir: dir.clone(),
             tokens: dir.join(TOKENS_FILE),
+            config: None,
             lifetime: settings.cert_lifetime,
             metrics,
         })
     }
 
-    /// The token store this issuer reads (re-read on every token request, so
-    /// `tether-control token create` applies without a restart).
+    /// Reads where revocations are kept from the mesh.yaml in force (its
+    /// catalog: Consul KV, else the CA directory's file) at every token use.
+    /// Without it, the CA directory's file.
+    pub fn with_config(mut self, config: watch::Receiver<Arc<MeshConfig>>) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The legacy token store this issuer reads (re-read on every token
+    /// request, so changes apply without a restart).
     pub fn tokens_path(&self) -> &Path {
         &self.tokens
     }
 
+    /// The key signed join tokens are checked with.
+    pub fn token_key(&self) -> &TokenKey {
+        &self.token_key
+    }
+
+    /// Where revocations are looked up now.
+    pub fn revocation_store(&self) -> RevocationStore {
+        let store = self.config.as_ref().and_then(|config| {
+            RevocationStore::for_catalog(&config.borrow().catalog, Some(&self.ca_dir))
+        });
+        store.unwrap_or_else(|| {
+            RevocationStore::File(crate::revocations::file::FileStore::new(
+                self.ca_dir.join(crate::revocations::REVOKED_FILE),
+            ))
+        })
+    }
+
     /// Signs `csr_pem` for the service `proof` establishes.
-    pub fn issue(
+    pub async fn issue(
         &self,
         csr_pem: &str,
         proof: Proof<'_>,
     ) -> Result<CertificateResponse, IssueError> {
+        let mut token_id = None;
         let (result, auth) = match proof {
             Proof::Nothing => (Err(IssueError::Unauthenticated), "none"),
-            Proof::Token(token) => (self.sign_for_token(csr_pem, token), "token"),
+            Proof::Token(token) => (
+                self.sign_for_token(csr_pem, token, &mut token_id).await,
+                "token",
+            ),
             Proof::Peer(peer) => (self.sign(csr_pem, peer.service_name()), "certificate"),
         };
+        let token_id = token_id.as_deref().unwrap_or("-");
         match &result {
             Ok(issued) => {
                 self.metrics
                     .certificates_issued
                     .with_label_values(&[auth])
                     .inc();
-                tracing::info!(spiffe_id = %issued.spiffe_id, auth, "certificate issued");
+                tracing::info!(spiffe_id = %issued.spiffe_id, auth, token_id, "certificate issued");
             }
             Err(error) => {
                 self.metrics
                     .certificate_refusals
                     .with_label_values(&[error.reason()])
                     .inc();
-                tracing::warn!(%error, auth, "certificate request refused");
+                tracing::warn!(%error, auth, token_id, "certificate request refused");
             }
         }
         result
     }
 
-    fn sign_for_token(
+    /// A signed token: MAC and expiry, then the revocation store (one
+    /// lookup; fail closed). Anything else: the legacy `tokens.json`.
+    async fn sign_for_token(
         &self,
         csr_pem: &str,
         token: &str,
+        token_id: &mut Option<String>,
     ) -> Result<CertificateResponse, IssueError> {
-        let store = TokenStore::open(&self.tokens).map_err(IssueError::TokenStore)?;
-        let service = store.verify(token).ok_or(IssueError::BadToken)?;
-        self.sign(csr_pem, &service)
+        if !is_signed_token(token) {
+            let store = TokenStore::open(&self.tokens).map_err(IssueError::TokenStore)?;
+            let service = store.verify(token).ok_or(IssueError::BadToken)?;
+            return self.sign(csr_pem, &service);
+        }
+        let claims = self
+            .token_key
+            .verify(token, SystemTime::now())
+            .map_err(IssueError::Token)?;
+        *token_id = Some(claims.id.clone());
+        let store = self.revocation_store();
+        match store.lookup(&claims.id).await {
+            Ok(None) => self.sign(csr_pem, &claims.service),
+            Ok(Some(mut revocation)) => {
+                revocation.service.get_or_insert(claims.service);
+                Err(IssueError::Revoked(revocation))
+            }
+            Err(error) => Err(IssueError::RevocationUnavailable {
+                id: claims.id,
+                detail: error.to_string(),
+            }),
+        }
     }
 
     fn sign(&self, csr_pem: &str, service: &str) -> Result<CertificateResponse, IssueError> {
@@ -306,6 +413,7 @@ fn unix(at: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocations::{RevokeOutcome, REVOKED_FILE};
     use tether_certs::{JoinToken, CA_CERT_FILE};
 
     fn setup(lifetime: Duration) -> (tempfile::TempDir, Issuer) {
@@ -324,11 +432,20 @@ mod tests {
         (dir, issuer)
     }
 
-    fn token_for(issuer: &Issuer, service: &str) -> String {
+    /// A token of the older, random kind, kept in `tokens.json`.
+    fn legacy_token_for(issuer: &Issuer, service: &str) -> String {
         let (token, record) = JoinToken::generate(service).unwrap_or_else(|e| panic!("{e}"));
         let mut store = TokenStore::open(issuer.tokens_path()).unwrap_or_else(|e| panic!("{e}"));
         store.add(record).unwrap_or_else(|e| panic!("{e}"));
         token
+    }
+
+    fn signed_token_for(issuer: &Issuer, service: &str, ttl_secs: u64) -> String {
+        issuer
+            .token_key()
+            .mint(service, Duration::from_secs(ttl_secs), SystemTime::now())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0
     }
 
     fn csr(service: &str) -> String {
@@ -338,16 +455,18 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    #[test]
-    fn a_token_obtains_only_its_own_service() {
+    #[tokio::test]
+    async fn a_token_obtains_only_its_own_service() {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
-        let token = token_for(&issuer, "api");
+        let token = signed_token_for(&issuer, "api", 3600);
         let issued = issuer
             .issue(&csr("api"), Proof::Token(&token))
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(issued.spiffe_id, "spiffe://tether.local/service/api");
         let refused = issuer
             .issue(&csr("web"), Proof::Token(&token))
+            .await
             .err()
             .unwrap_or_else(|| panic!("a token for api obtained a certificate for web"));
         assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{refused}");
@@ -359,38 +478,43 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unknown_tokens_and_no_proof_are_unauthorized() {
+    #[tokio::test]
+    async fn unknown_tokens_and_no_proof_are_unauthorized() {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
-        let bad = issuer.issue(&csr("api"), Proof::Token("not-a-token")).err();
+        let bad = issuer
+            .issue(&csr("api"), Proof::Token("not-a-token"))
+            .await
+            .err();
         assert_eq!(bad.map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
-        let none = issuer.issue(&csr("api"), Proof::Nothing).err();
+        let none = issuer.issue(&csr("api"), Proof::Nothing).await.err();
         assert_eq!(none.map(|e| e.status()), Some(StatusCode::UNAUTHORIZED));
     }
 
-    #[test]
-    fn renewal_by_certificate_keeps_the_identity_and_the_control_plane_id_is_reserved() {
+    #[tokio::test]
+    async fn renewal_by_certificate_keeps_the_identity_and_the_control_plane_id_is_reserved() {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
         let peer = SpiffeId::service("tether.local", "web").unwrap_or_else(|e| panic!("{e}"));
         let renewed = issuer
             .issue(&csr("web"), Proof::Peer(&peer))
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(renewed.spiffe_id, peer.to_string());
-        let stolen = issuer.issue(&csr("api"), Proof::Peer(&peer)).err();
+        let stolen = issuer.issue(&csr("api"), Proof::Peer(&peer)).await.err();
         assert_eq!(stolen.map(|e| e.status()), Some(StatusCode::FORBIDDEN));
         let cp = SpiffeId::service("tether.local", CONTROL_PLANE_SERVICE)
             .unwrap_or_else(|e| panic!("{e}"));
         let reserved = issuer
             .issue(&csr(CONTROL_PLANE_SERVICE), Proof::Peer(&cp))
+            .await
             .err();
         assert!(matches!(reserved, Some(IssueError::Reserved(_))));
     }
 
-    #[test]
-    fn a_malformed_csr_is_a_bad_request() {
+    #[tokio::test]
+    async fn a_malformed_csr_is_a_bad_request() {
         let (_dir, issuer) = setup(Duration::from_secs(3600));
-        let token = token_for(&issuer, "api");
-        let bad = issuer.issue("garbage", Proof::Token(&token)).err();
+        let token = signed_token_for(&issuer, "api", 3600);
+        let bad = issuer.issue("garbage", Proof::Token(&token)).await.err();
         assert_eq!(bad.map(|e| e.status()), Some(StatusCode::BAD_REQUEST));
     }
 
@@ -427,6 +551,100 @@ mod tests {
         assert!(
             wait <= Duration::from_secs(20) && wait >= Duration::from_secs(18),
             "{wait:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn legacy_tokens_from_tokens_json_still_work() {
+        let (_dir, issuer) = setup(Duration::from_secs(3600));
+        let token = legacy_token_for(&issuer, "api");
+        let issued = issuer
+            .issue(&csr("api"), Proof::Token(&token))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(issued.spiffe_id, "spiffe://tether.local/service/api");
+    }
+
+    #[tokio::test]
+    async fn signed_tokens_are_refused_when_expired_revoked_or_from_another_ca() {
+        let (dir, issuer) = setup(Duration::from_secs(3600));
+        let (_other_dir, other) = setup(Duration::from_secs(3600));
+        let foreign = signed_token_for(&other, "api", 3600);
+        let refused = issuer
+            .issue(&csr("api"), Proof::Token(&foreign))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("another CA's token was accepted"));
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.reason(), "bad-token");
+        assert!(refused.to_string().contains("another CA"), "{refused}");
+
+        let (expired, _) = issuer
+            .token_key()
+            .mint(
+                "api",
+                Duration::from_secs(60),
+                SystemTime::now() - Duration::from_secs(120),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused = issuer
+            .issue(&csr("api"), Proof::Token(&expired))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("an expired token was accepted"));
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.reason(), "expired-token");
+        assert!(refused.to_string().contains("expired at "), "{refused}");
+
+        let token = signed_token_for(&issuer, "api", 3600);
+        let claims =
+            tether_certs::TokenClaims::read_unverified(&token).unwrap_or_else(|e| panic!("{e}"));
+        let store = issuer.revocation_store();
+        assert_eq!(
+            store.describe(),
+            dir.path().join(REVOKED_FILE).display().to_string()
+        );
+        let revocation = Revocation {
+            id: claims.id.clone(),
+            service: None,
+            expires_unix: None,
+            revoked_unix: 1_800_000_000,
+        };
+        assert_eq!(
+            store.revoke(&revocation).await.ok(),
+            Some(RevokeOutcome::Revoked)
+        );
+        let refused = issuer
+            .issue(&csr("api"), Proof::Token(&token))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a revoked token was accepted"));
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.reason(), "revoked-token");
+        let message = refused.to_string();
+        assert!(
+            message.contains(&format!(
+                "join token {} for api refused: it was revoked at 2027-01-15T08:00:00Z",
+                claims.id
+            )),
+            "{message}"
+        );
+        assert!(!message.contains(&token), "the token is never shown");
+
+        // A revocation store that cannot be read: refused, 503 (fail closed).
+        std::fs::write(dir.path().join(REVOKED_FILE), "{ broken").unwrap_or_else(|e| panic!("{e}"));
+        let fresh = signed_token_for(&issuer, "api", 3600);
+        let refused = issuer
+            .issue(&csr("api"), Proof::Token(&fresh))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted without a revocation check"));
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            refused
+                .to_string()
+                .contains("cannot check whether it is revoked"),
+            "{refused}"
         );
     }
 }

@@ -17,6 +17,7 @@ pub mod locate;
 pub mod metrics;
 pub mod plan;
 pub mod reload;
+pub mod revocations;
 pub mod rollout;
 pub mod scope;
 pub mod server;
@@ -107,11 +108,15 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         source,
     })?;
     let config = config::parse(&config_path, &text)?;
+    let trust_domain = config.trust_domain.clone();
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
     // The CA and the API's own certificate before binding: a missing CA
     // stops start-up with what to run.
     let tls = match &ca {
         Some(ca) => {
-            let issuer = Arc::new(Issuer::load(ca, &config.trust_domain, metrics.clone())?);
+            let issuer = Arc::new(
+                Issuer::load(ca, &trust_domain, metrics.clone())?.with_config(config_rx.clone()),
+            );
             let store = issuer.own_store()?;
             let server = tether_certs::server_config(&store, tether_certs::ClientAuth::Optional)
                 .map_err(ServeError::Tls)?;
@@ -135,7 +140,6 @@ pub async fn serve(settings: ServeSettings) -> Result<(), ServeError> {
         None => None,
     };
     let snapshots = Snapshots::new(metrics.clone());
-    let (config_tx, config_rx) = watch::channel(Arc::new(config));
     // Installed before anything runs, so an early SIGHUP cannot kill us.
     let hup = match signal(SignalKind::hangup()) {
         Ok(hup) => Some(hup),

@@ -1,5 +1,5 @@
 //! `tether-control` binary: `serve`, `validate`, `status`, `ca init`,
-//! `token create|revoke|list`, `rollout start|status|abort`, `explain`. The only code that reads flags and the
+//! `token create|revoke|list-revoked|prune-revoked|list`, `rollout start|status|abort`, `explain`. The only code that reads flags and the
 //! environment.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -45,7 +45,8 @@ enum Command {
         #[arg(long, env = "TETHER_ADMIN")]
         admin: Option<SocketAddr>,
         /// The mesh CA (`ca init --dir`): serves the API over TLS and signs
-        /// proxies' certificates (join tokens from DIR/tokens.json).
+        /// proxies' certificates (signed join tokens; revocations in Consul KV, or
+        /// DIR/revoked-tokens.json with a static catalog).
         #[arg(long, env = "TETHER_CA_DIR")]
         ca_dir: Option<PathBuf>,
         /// Lifetime of the certificates issued; proxies renew at two thirds.
@@ -178,7 +179,7 @@ fn main() -> ExitCode {
         }
         Command::Status { target } => runtime.block_on(status(&target)),
         Command::Ca(command) => admin_cli::ca(command),
-        Command::Token(command) => admin_cli::token(command),
+        Command::Token(command) => runtime.block_on(admin_cli::token(command)),
         Command::Rollout(command) => runtime.block_on(rollout_cli::rollout(command)),
         Command::Explain(args) => runtime.block_on(explain_cli::explain(args)),
     }

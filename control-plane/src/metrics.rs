@@ -150,7 +150,7 @@ impl ControlMetrics {
             ),
             certificate_refusals: counter_vec(
                 "tether_control_certificate_refusals_total",
-                "Certificate requests refused, by reason (unauthenticated, bad-token, identity-not-authorized, bad-csr, reserved, token-store, other).",
+                "Certificate requests refused, by reason (unauthenticated, bad-token, expired-token, revoked-token, revocation-unavailable, identity-not-authorized, bad-csr, reserved, token-store, other).",
                 &["reason"],
             ),
             api_unauthorized: counter_vec(

@@ -63,19 +63,44 @@ fn ca_init_writes_the_key_0600_and_never_overwrites() {
     );
 }
 
+/// A mesh.yaml with a static catalog: revocations live in the CA directory.
+fn static_mesh(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("mesh.yaml");
+    std::fs::write(
+        &path,
+        "mesh:\n  catalog:\n    static:\n      services: {}\nservices:\n  api: {}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
 #[test]
-fn tokens_are_stored_as_hashes_0600_and_revocable() {
+fn tokens_are_signed_stored_nowhere_and_revocable_by_id_or_text() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let dir = tmp.path().join("ca");
     assert!(ca_init(&dir).status.success());
-    let created = run(&["token", "create", "--service", "api"], &dir);
+    let created = run(
+        &["token", "create", "--service", "api", "--ttl", "2h"],
+        &dir,
+    );
     assert!(created.status.success(), "{}", text(&created.stderr));
     let token = text(&created.stdout).trim().to_owned();
-    assert_eq!(token.len(), 43, "32 random bytes, base64url: {token}");
-    let store = std::fs::read_to_string(dir.join("tokens.json")).unwrap_or_default();
-    assert!(!store.contains(&token), "only the hash is stored");
-    assert!(store.contains("\"service\": \"api\""), "{store}");
-    assert_eq!(mode(&dir.join("tokens.json")), 0o600);
+    assert!(token.starts_with("tjt1.api."), "{token}");
+    assert!(
+        !dir.join("tokens.json").exists(),
+        "signed tokens are stored nowhere"
+    );
+    let claims =
+        tether_certs::TokenClaims::read_unverified(&token).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = text(&created.stderr);
+    assert!(
+        stderr.contains(&format!("token id {} for api, valid until", claims.id)),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&token),
+        "the token is printed once, on stdout"
+    );
 
     let out_file = tmp.path().join("web.token");
     let to_file = Command::new(env!("CARGO_BIN_EXE_tether-control"))
@@ -91,12 +116,77 @@ fn tokens_are_stored_as_hashes_0600_and_revocable() {
         "the token goes to the file only"
     );
     assert_eq!(mode(&out_file), 0o600);
+    let too_long = run(
+        &["token", "create", "--service", "api", "--ttl", "20y"],
+        &dir,
+    );
+    assert_eq!(too_long.status.code(), Some(1));
+    assert!(text(&too_long.stderr).contains("outlives the CA"));
 
-    let listed = text(&run(&["token", "list"], &dir).stdout);
-    assert!(listed.contains("api") && listed.contains("web"), "{listed}");
-    let revoked = run(&["token", "revoke", "--service", "api"], &dir);
-    assert!(text(&revoked.stdout).contains("revoked 1 token(s) of api"));
-    assert!(!text(&run(&["token", "list"], &dir).stdout).contains("api"));
+    // Static catalog: the CA directory holds the revocations.
+    let mesh = static_mesh(tmp.path());
+    let mesh = mesh.to_str().unwrap_or_default();
+    let revoke = |target: &str, ca_dir: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether-control"));
+        command.args(["token", "revoke", target, "--config", mesh]);
+        if ca_dir {
+            command.arg("--ca-dir").arg(&dir);
+        }
+        command.output().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let no_dir = revoke(&claims.id, false);
+    assert_eq!(no_dir.status.code(), Some(1));
+    assert!(
+        text(&no_dir.stderr).contains("pass --ca-dir"),
+        "{}",
+        text(&no_dir.stderr)
+    );
+    let by_id = revoke(&claims.id, true);
+    assert!(by_id.status.success(), "{}", text(&by_id.stderr));
+    assert!(
+        text(&by_id.stdout).contains(&format!("revoked join token {}", claims.id)),
+        "{}",
+        text(&by_id.stdout)
+    );
+    assert_eq!(mode(&dir.join("revoked-tokens.json")), 0o600);
+    let again = revoke(&token, true);
+    assert!(
+        text(&again.stdout).contains("was already revoked"),
+        "{}",
+        text(&again.stdout)
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_tether-control"))
+        .args(["token", "list-revoked", "--config", mesh, "--ca-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text(&listed.stdout).contains(&claims.id),
+        "{}",
+        text(&listed.stdout)
+    );
+
+    // A token of another CA is not this mesh's to revoke.
+    let other = tmp.path().join("other");
+    assert!(ca_init(&other).status.success());
+    let foreign = text(&run(&["token", "create", "--service", "api"], &other).stdout);
+    let refused = revoke(foreign.trim(), true);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("not made with the CA"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let garbage = revoke("not-a-token", true);
+    assert_eq!(garbage.status.code(), Some(1));
+
+    // Legacy tokens.json: revoked per service.
+    let legacy = run(&["token", "revoke", "--service", "api"], &dir);
+    assert!(
+        text(&legacy.stdout).contains("revoked 0 token(s) of api"),
+        "{}",
+        text(&legacy.stderr)
+    );
 }
 
 #[test]

@@ -155,9 +155,32 @@ impl ControlPlane {
         plane
     }
 
+    /// Starts `tether-control serve` as one more replica of a mesh: with
+    /// its own copy of the CA in `ca_source` (copied the way a replica gets
+    /// it from a secret store, see [`crate::tokens::copy_ca_dir`]), an https
+    /// API and a plaintext `--admin` listener.
+    pub async fn start_with_ca_copy(
+        mesh_yaml: &str,
+        ca_source: &std::path::Path,
+        cert_lifetime: &str,
+    ) -> Self {
+        let mut plane = Self::unstarted(mesh_yaml);
+        let ca_dir = plane.dir.path().join("ca");
+        crate::tokens::copy_ca_dir(ca_source, &ca_dir);
+        plane.ca = Some((ca_dir, cert_lifetime.to_owned()));
+        plane.admin = Some(([127, 0, 0, 1], free_port()).into());
+        plane.restart().await;
+        plane
+    }
+
     /// Whether the process is running (not stopped by [`Self::stop`]).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Its mesh.yaml.
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone()
     }
 
     /// The CA's root (`ca.pem`): the trust bundle for proxies.

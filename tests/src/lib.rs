@@ -18,6 +18,7 @@ pub mod netns;
 pub mod pki;
 pub mod proxy;
 pub mod tls_relay;
+pub mod tokens;
 
 use std::future::Future;
 use std::time::Duration;

@@ -32,6 +32,7 @@ mod rollout;
 mod routing;
 mod run_mode;
 mod tcp;
+mod token_replicas;
 mod tracing;
 mod traffic_faults;
 mod traffic_mirror;

@@ -52,7 +52,7 @@ impl Api {
             (None, Some(token)) => Proof::Token(token),
             (None, None) => Proof::Nothing,
         };
-        match issuer.issue(&request.csr_pem, proof) {
+        match issuer.issue(&request.csr_pem, proof).await {
             Ok(issued) => json(&issued),
             Err(error) => text(error.status(), format!("{error}\n")),
         }
