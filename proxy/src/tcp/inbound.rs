@@ -11,7 +11,7 @@ use http::uri::Authority;
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
 
-use super::relay::{relay, Outcome, StreamLog};
+use super::relay::{relay_first_byte, Outcome, StreamLog};
 use crate::access_log::AccessLog;
 use crate::errors::Reason;
 use crate::request_metrics::{Direction, RequestMetrics};
@@ -22,6 +22,12 @@ use crate::transport::{Downstream, Peer, StreamHandler};
 /// Connecting to the local app takes longer than this only when it is
 /// overloaded or gone; the same bound as the inbound HTTP pool's.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A plaintext connection taken for opaque TCP because it stayed silent
+/// (a server-first client) is closed when no byte has moved either way
+/// within this of being relayed: a server-first app greets at once, so
+/// silence both ways means nobody is talking, and a flood of idle
+/// connections must not each hold two sockets for the 1 h backstop.
+pub const SILENT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The inbound TCP path, handed streams by the inbound listener.
 #[derive(Clone)]
@@ -71,7 +77,7 @@ impl TcpInbound {
             .is_none_or(|policy| policy.allows_l4(peer.map(|p| &p.id)))
     }
 
-    async fn handle(self, stream: Downstream, peer: Option<Arc<Peer>>) {
+    async fn handle(self, stream: Downstream, peer: Option<Arc<Peer>>, silent: bool) {
         let inner = &*self.inner;
         let log = StreamLog::start(
             Direction::Inbound,
@@ -120,7 +126,13 @@ impl TcpInbound {
             }
         };
         let _ = app.set_nodelay(true);
-        let outcome = relay(stream, app, &inner.metrics, super::BACKSTOP_IDLE_TIMEOUT).await;
+        let idle = super::BACKSTOP_IDLE_TIMEOUT;
+        let first_byte = if silent {
+            SILENT_FIRST_BYTE_TIMEOUT
+        } else {
+            idle
+        };
+        let outcome = relay_first_byte(stream, app, &inner.metrics, first_byte, idle).await;
         log.finish(access_log, outcome);
     }
 }
@@ -131,6 +143,14 @@ impl StreamHandler for TcpInbound {
         stream: Downstream,
         peer: Option<Arc<Peer>>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(self.clone().handle(stream, peer))
+        Box::pin(self.clone().handle(stream, peer, false))
+    }
+
+    fn serve_silent(
+        &self,
+        stream: Downstream,
+        peer: Option<Arc<Peer>>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.clone().handle(stream, peer, true))
     }
 }

@@ -10,7 +10,7 @@ use crate::access_log::{timestamp, AccessLog, TcpEntry};
 use crate::errors::Reason;
 use crate::request_metrics::Direction;
 use crate::tcp_metrics::TcpMetrics;
-use crate::transport::{copy_until_idle, Counted};
+use crate::transport::{copy_until_idle_or_silent, Counted};
 
 /// How a stream ended, for its log line.
 #[derive(Debug, Default)]
@@ -29,13 +29,29 @@ pub struct Outcome {
 /// passed on as a half-close (TCP FIN, or TLS close_notify then FIN), and
 /// the other direction keeps flowing; each direction moves through one
 /// fixed buffer, never a whole stream.
-pub async fn relay<C, S>(client: C, mut server: S, metrics: &TcpMetrics, idle: Duration) -> Outcome
+pub async fn relay<C, S>(client: C, server: S, metrics: &TcpMetrics, idle: Duration) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_first_byte(client, server, metrics, idle, idle).await
+}
+
+/// [`relay`], closing a stream where no byte moved either way within
+/// `first_byte` of the start.
+pub async fn relay_first_byte<C, S>(
+    client: C,
+    mut server: S,
+    metrics: &TcpMetrics,
+    first_byte: Duration,
+    idle: Duration,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client = Counted::new(client, metrics.bytes.clone());
-    let copied = copy_until_idle(&mut client, &mut server, idle).await;
+    let copied = copy_until_idle_or_silent(&mut client, &mut server, first_byte, idle).await;
     let (received, sent) = client.totals();
     let error = match copied {
         Some(Ok(_)) => None,

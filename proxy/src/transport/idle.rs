@@ -23,6 +23,22 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_until_idle_or_silent(client, server, idle, idle).await
+}
+
+/// [`copy_until_idle`], but a stream where no byte has moved either way
+/// within `first_byte` of the start is idle then (a connection that was
+/// silent before it was relayed, and stays so, is not held for `idle`).
+pub async fn copy_until_idle_or_silent<C, S>(
+    client: &mut C,
+    server: &mut S,
+    first_byte: Duration,
+    idle: Duration,
+) -> Option<io::Result<(u64, u64)>>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let started = Instant::now();
     let activity = AtomicU64::new(0);
     // Every byte either way crosses the client's side: reads are the
@@ -34,16 +50,19 @@ where
     };
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, server) => Some(copied),
-        () = idle_for(&activity, started, idle) => None,
+        () = idle_for(&activity, started, first_byte, idle) => None,
     }
 }
 
-/// Returns once nothing has moved for `idle`: `activity` holds the time of
-/// the last byte, in milliseconds after `started`.
-async fn idle_for(activity: &AtomicU64, started: Instant, idle: Duration) {
+/// Returns once nothing has moved for `idle`, or nothing at all within
+/// `first_byte`: `activity` holds the time of the last byte in
+/// milliseconds after `started`, plus one (0: no byte yet).
+async fn idle_for(activity: &AtomicU64, started: Instant, first_byte: Duration, idle: Duration) {
     loop {
-        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
-        let due = last + idle;
+        let due = match activity.load(Ordering::Relaxed) {
+            0 => started + first_byte,
+            moved => started + Duration::from_millis(moved - 1) + idle,
+        };
         if Instant::now() >= due {
             return;
         }
@@ -61,8 +80,8 @@ struct Active<'a, S: ?Sized> {
 
 impl<S: ?Sized> Active<'_, S> {
     fn moved(&self) {
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(millis, Ordering::Relaxed);
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.activity.store(millis + 1, Ordering::Relaxed);
     }
 }
 
@@ -115,10 +134,40 @@ mod tests {
         let activity = AtomicU64::new(0);
         let timeout = Duration::from_secs(10);
         tokio::time::sleep(Duration::from_secs(6)).await;
-        activity.store(6_000, Ordering::Relaxed);
+        activity.store(6_001, Ordering::Relaxed);
         let waiting = Instant::now();
-        idle_for(&activity, started, timeout).await;
+        idle_for(&activity, started, timeout, timeout).await;
         // Due 10 s after the last byte, not 10 s after the start.
         assert!(waiting.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_silent_from_the_start_is_idle_at_the_first_byte_deadline() {
+        let (mut client, _client_peer) = tokio::io::duplex(64);
+        let (mut server, _server_peer) = tokio::io::duplex(64);
+        let started = Instant::now();
+        let copied = copy_until_idle_or_silent(
+            &mut client,
+            &mut server,
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        )
+        .await;
+        assert!(copied.is_none());
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(31));
+        // One byte, and the long idle timeout applies from then on.
+        let activity = AtomicU64::new(0);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        activity.store(5_001, Ordering::Relaxed);
+        idle_for(
+            &activity,
+            started,
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        )
+        .await;
+        assert!(started.elapsed() >= Duration::from_secs(3605));
     }
 }

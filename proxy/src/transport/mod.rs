@@ -11,7 +11,7 @@ mod server;
 mod stream;
 
 pub use connector::{tls_connect, MeshConnector, TlsTarget};
-pub use idle::copy_until_idle;
+pub use idle::{copy_until_idle, copy_until_idle_or_silent};
 pub use listener_metrics::{ConnectionGuard, ListenerMetrics};
 pub use pool::{ClientError, EndpointPool, PoolSettings, MAX_IDLE_PER_ENDPOINT};
 pub use pool_factory::{ConnectionSettings, PoolFactory};

@@ -68,6 +68,17 @@ pub trait StreamHandler: Send + Sync + 'static {
         stream: Downstream,
         peer: Option<Arc<Peer>>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Serves a plaintext stream taken for opaque TCP because it sent
+    /// nothing within the detection wait (a server-first client): the
+    /// same, but it may be closed sooner when nothing moves at all.
+    fn serve_silent(
+        &self,
+        stream: Downstream,
+        peer: Option<Arc<Peer>>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.serve(stream, peer)
+    }
 }
 
 /// Serves the connections that nat rules redirected to the outbound
@@ -319,9 +330,13 @@ where
                         }
                         match class {
                             Some(Class::Http(prefix)) => prefix,
-                            Some(Class::Tcp | Class::Silent) => {
+                            Some(class @ (Class::Tcp | Class::Silent)) => {
+                                let stream = Rewind::new(Bytes::new(), stream);
                                 // Holding the watcher makes a drain wait for the stream.
-                                streams.serve(Rewind::new(Bytes::new(), stream), peer).await;
+                                match class {
+                                    Class::Silent => streams.serve_silent(stream, peer).await,
+                                    _ => streams.serve(stream, peer).await,
+                                }
                                 drop((watcher, guard, permit));
                                 return;
                             }
