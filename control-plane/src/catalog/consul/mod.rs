@@ -1,39 +1,66 @@
-//! The Consul catalog: one blocking query on `/v1/catalog/services` and, per
-//! service, one on `/v1/health/service/<name>?passing=true`, each with
-//! `index` and `wait`, folded into one [`CatalogState`] that any number of
-//! proxies' snapshots are computed from.
+//! The Consul catalog: three blocking queries tell what changed, and a few
+//! readers read the services that did, all over at most
+//! [`MAX_CONNECTIONS`] connections however many services there are.
 //!
-//! **Why a thin client of our own** (on hyper-util's client, already in the
-//! build for the server and the `status` command) rather than a Consul crate:
+//! - `/v1/catalog/services` (names and tags): a new name, or a name whose
+//!   tags changed, is read at once; a name gone is dropped. Any move of its
+//!   index is a registration, deregistration or re-registration (address,
+//!   port, meta, weights: nothing in this answer says which service), so
+//!   every service is read again: a *sweep*.
+//! - `/v1/health/state/any` (every check, with its service and modify
+//!   index): the services whose checks were added, removed or changed are
+//!   read; a node check's change reads every service with an instance on
+//!   that node.
+//! - `/v1/catalog/nodes`: a node whose address or meta changed (what its
+//!   instances without an address of their own, and their zone, come from)
+//!   reads every service with an instance on it.
+//!
+//! Reads are plain `GET /v1/health/service/<name>` (every instance with its
+//! checks, kept when all pass: what `?passing=true` keeps), taken by
+//! [`SERVICE_READERS`] readers from a queue where changes go before a sweep
+//! ([`queue`]). Each watch's first answer (at start and after an error)
+//! reads every service: nothing is served until all have answered once.
+//!
+//! Why not one blocking query per service (what this did before): each
+//! holds a connection for its whole wait, and Consul refuses more than
+//! `limits.http_max_conns_per_client` (default 200) per client address, so
+//! past ~190 services the rest never answered. Why not HTTP/2: Consul's
+//! HTTPS speaks it (Go's default of 250 streams per connection), its plain
+//! port does not. Fabio watches `/v1/health/state/any` alone and reads
+//! every service on each change; that misses re-registrations and services
+//! without checks, which the service and node indexes catch here.
+//!
+//! **Why a thin client of our own** (on hyper's connection API, already in
+//! the build for the server and the `status` command) rather than a Consul
+//! crate:
 //! - `consulrs` 0.1.0 (its only release) has no `/v1/health/...` endpoints,
-//!   so it cannot filter to passing instances, and it pulls reqwest 0.11,
-//!   hyper 0.14 and OpenSSL: a second HTTP and TLS stack beside hyper 1 and
-//!   rustls.
-//! - `rs-consul` 0.15 would serve (hyper 1, rustls, blocking queries on both
-//!   endpoints), but the watcher needs exactly two GETs; our own ~150 lines
-//!   let us see the raw `X-Consul-Index` (reset when it goes backwards,
-//!   never 0), bound every wait, carry `ServiceMeta`/`Weights` as they are,
-//!   and add no dependency.
+//!   and it pulls reqwest 0.11, hyper 0.14 and OpenSSL: a second HTTP and
+//!   TLS stack beside hyper 1 and rustls.
+//! - `rs-consul` 0.15 would serve (hyper 1, rustls, blocking queries), but
+//!   the watcher needs a few GETs; our own code lets us see the raw
+//!   `X-Consul-Index` (reset when it goes backwards, never 0), bound every
+//!   wait and the number of connections, carry `ServiceMeta`/`Weights` as
+//!   they are, and add no dependency.
 //!
 //! Either way the rest of the control plane only sees the [`Catalog`] trait.
-//!
-//! Consul limits concurrent HTTP connections per client IP
-//! (`limits.http_max_conns_per_client`, default 200) and every watched
-//! service holds one open blocking query: with more than ~190 services, raise
-//! that limit on the agent the control plane talks to.
 
 mod api;
+mod changes;
 mod hold;
+mod pool;
+mod queue;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tether_api::Endpoint;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 pub use api::{escape, ConsulApi, ConsulError};
 use hold::Hold;
+use queue::{ReadQueue, Trigger};
 
 use super::{AbortOnDrop, Catalog, CatalogState};
 use crate::config::{usable_address, ConsulConfig};
@@ -41,8 +68,18 @@ use crate::metrics::ControlMetrics;
 
 /// Consul's own service, never a mesh upstream.
 const CONSUL_SERVICE: &str = "consul";
-/// Consul's default `limits.http_max_conns_per_client`.
-const CONSUL_DEFAULT_CONN_LIMIT: usize = 200;
+/// Services read at once. Each read is one short request; eight keep a
+/// sweep of 5,000 services to seconds on a local agent (BENCHMARKS.md)
+/// while staying far below Consul's default 200 connections per client.
+pub const SERVICE_READERS: usize = 8;
+/// The service list, the check list and the node list.
+const BLOCKING_WATCHES: usize = 3;
+/// Connections the watcher ever holds to Consul.
+pub const MAX_CONNECTIONS: usize = SERVICE_READERS + BLOCKING_WATCHES;
+/// Shortest time between two published states: a sweep that finds many
+/// services changed (Consul restarted, say) publishes a few times a second
+/// rather than once per service, for a delay no one notices.
+const PUBLISH_PAUSE: Duration = Duration::from_millis(20);
 
 /// A watched Consul catalog; dropping it stops every watch.
 pub struct ConsulCatalog {
@@ -61,8 +98,8 @@ impl ConsulCatalog {
     /// Starts watching the agent in `config` (needs a Tokio runtime).
     pub fn start(config: ConsulConfig, metrics: ControlMetrics) -> Self {
         let (tx, _) = watch::channel(Arc::new(CatalogState::default()));
-        let api = ConsulApi::new(config, metrics.clone());
-        let task = tokio::spawn(watch_services(api, tx.clone()));
+        let api = ConsulApi::with_connections(config, metrics.clone(), MAX_CONNECTIONS);
+        let task = tokio::spawn(watch_catalog(api, tx.clone()));
         Self {
             tx,
             metrics,
@@ -88,6 +125,12 @@ struct Known {
     synced: bool,
     /// Set while Consul's removals wait (see [`hold`]).
     hold: Option<Hold>,
+    /// The nodes each service's instances (healthy or not) ran on at its
+    /// last read: what a node's change reads again.
+    nodes_of: BTreeMap<String, BTreeSet<String>>,
+    /// Each service's `X-Consul-Index` at its last read: a lower one means
+    /// the answer came from a Consul that lost state.
+    indexes: BTreeMap<String, u64>,
 }
 
 type Shared = Arc<Mutex<Known>>;
@@ -96,10 +139,12 @@ type Shared = Arc<Mutex<Known>>;
 fn publish(tx: &watch::Sender<Arc<CatalogState>>, shared: &Shared) {
     let Ok(mut known) = shared.lock() else { return };
     if !known.synced {
-        known.synced = known
-            .listed
-            .as_ref()
-            .is_some_and(|listed| listed.iter().all(|n| known.services.contains_key(n)));
+        // Answers are only kept for listed services, so equal counts come
+        // first: the full check then runs once, not once per answer.
+        known.synced = known.listed.as_ref().is_some_and(|listed| {
+            listed.len() == known.services.len()
+                && listed.iter().all(|n| known.services.contains_key(n))
+        });
     }
     if !known.synced {
         // Nobody uses a partial state: skip copying it (O(n²) at start-up).
@@ -168,45 +213,197 @@ fn hold_removals(api: &ConsulApi, tx: &watch::Sender<Arc<CatalogState>>, shared:
     });
 }
 
-async fn watch_services(api: ConsulApi, tx: watch::Sender<Arc<CatalogState>>) {
-    let shared: Shared = Arc::default();
+/// What every task of one watcher shares.
+struct Watcher {
+    api: ConsulApi,
+    tx: watch::Sender<Arc<CatalogState>>,
+    shared: Shared,
+    queue: ReadQueue,
+    /// Wakes the publisher (see [`PUBLISH_PAUSE`]).
+    dirty: Notify,
+}
+
+impl Watcher {
+    /// Asks the publisher for a publish soon.
+    fn changed(&self) {
+        self.dirty.notify_one();
+    }
+
+    /// Starts a resync hold (see [`hold_removals`]).
+    fn hold_removals(&self) {
+        hold_removals(&self.api, &self.tx, &self.shared);
+    }
+
+    /// The services with an instance on one of `nodes`.
+    fn services_on(&self, nodes: &BTreeSet<String>) -> Vec<String> {
+        match self.shared.lock() {
+            Ok(known) => changes::services_on(&known.nodes_of, nodes),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+async fn watch_catalog(api: ConsulApi, tx: watch::Sender<Arc<CatalogState>>) {
+    let queue = ReadQueue::new(api.metrics().consul_reads_queued.clone());
+    let watcher = Arc::new(Watcher {
+        api,
+        tx,
+        shared: Arc::default(),
+        queue,
+        dirty: Notify::new(),
+    });
+    watcher
+        .api
+        .metrics()
+        .consul_watches
+        .set(BLOCKING_WATCHES as i64);
     // Dropped (and so aborted) with this task.
-    let mut watchers: BTreeMap<String, AbortOnDrop> = BTreeMap::new();
-    let (mut index, mut failures) = (0u64, 0u32);
+    let mut tasks = vec![
+        AbortOnDrop(tokio::spawn(watch_checks(Arc::clone(&watcher)))),
+        AbortOnDrop(tokio::spawn(watch_nodes(Arc::clone(&watcher)))),
+        AbortOnDrop(tokio::spawn(publisher(Arc::clone(&watcher)))),
+    ];
+    for _ in 0..SERVICE_READERS {
+        tasks.push(AbortOnDrop(tokio::spawn(read_services(Arc::clone(
+            &watcher,
+        )))));
+    }
+    watch_services(&watcher).await;
+    drop(tasks);
+}
+
+/// Publishes when asked, at most once per [`PUBLISH_PAUSE`].
+async fn publisher(watcher: Arc<Watcher>) {
     loop {
-        let names: BTreeMap<String, serde_json::Value> =
-            match api.get("/v1/catalog/services", index).await {
-                Ok((names, next)) => {
-                    if failures > 0 || went_backwards(index, next) {
-                        hold_removals(&api, &tx, &shared);
-                    }
-                    (index, failures) = (next, 0);
-                    names
+        watcher.dirty.notified().await;
+        publish(&watcher.tx, &watcher.shared);
+        tokio::time::sleep(PUBLISH_PAUSE).await;
+    }
+}
+
+/// The service list: names to read and drop, and sweeps.
+async fn watch_services(watcher: &Watcher) {
+    let api = &watcher.api;
+    let (mut index, mut failures) = (0u64, 0u32);
+    let mut tags: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    loop {
+        let (names, first, moved) = match api
+            .get::<BTreeMap<String, serde_json::Value>>("/v1/catalog/services", index)
+            .await
+        {
+            Ok((names, next)) => {
+                if failures > 0 || went_backwards(index, next) {
+                    watcher.hold_removals();
                 }
-                Err(error) => {
-                    // The next answer may come from a restarted or another
-                    // server, whose index means nothing against ours: a
-                    // lower one would block a whole `wait` before it shows.
-                    index = 0;
-                    api.backoff(&mut failures, &error).await;
-                    continue;
-                }
-            };
-        let listed: BTreeSet<String> = names.into_keys().filter(|n| n != CONSUL_SERVICE).collect();
-        warn_about_connection_limit(watchers.len(), listed.len());
-        watchers.retain(|name, _| listed.contains(name));
-        if let Ok(mut known) = shared.lock() {
+                // The first answer (at start, after an error) or a change.
+                let (first, moved) = (index == 0, index == 0 || next != index);
+                (index, failures) = (next, 0);
+                (names, first, moved)
+            }
+            Err(error) => {
+                // The next answer may come from a restarted or another
+                // server, whose index means nothing against ours: a
+                // lower one would block a whole `wait` before it shows.
+                index = 0;
+                api.backoff(&mut failures, &error).await;
+                continue;
+            }
+        };
+        let names: BTreeMap<String, serde_json::Value> = names
+            .into_iter()
+            .filter(|(n, _)| n != CONSUL_SERVICE)
+            .collect();
+        let listed: BTreeSet<String> = names.keys().cloned().collect();
+        // New names, and names whose tags changed (a re-registration we can
+        // place), are read before the sweep; a first answer is all sweep.
+        let changed: Vec<String> = names
+            .iter()
+            .filter(|(name, t)| !first && tags.get(*name) != Some(*t))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if let Ok(mut known) = watcher.shared.lock() {
             known.services.retain(|name, _| listed.contains(name));
+            known.nodes_of.retain(|name, _| listed.contains(name));
+            known.indexes.retain(|name, _| listed.contains(name));
             known.listed = Some(listed.clone());
         }
-        for name in listed {
-            watchers.entry(name.clone()).or_insert_with(|| {
-                let watch = watch_health(api.clone(), name, Arc::clone(&shared), tx.clone());
-                AbortOnDrop(tokio::spawn(watch))
-            });
+        watcher.queue.push(changed, Trigger::Change);
+        if moved {
+            api.metrics().consul_sweeps.inc();
+            watcher.queue.push(listed, Trigger::Sweep);
         }
-        api.metrics().consul_watches.set(1 + watchers.len() as i64);
-        publish(&tx, &shared);
+        tags = names;
+        watcher.changed();
+    }
+}
+
+/// The check list: services whose checks (or whose nodes' checks) changed.
+async fn watch_checks(watcher: Arc<Watcher>) {
+    let api = &watcher.api;
+    let (mut index, mut failures) = (0u64, 0u32);
+    let mut last: Option<changes::Checks> = None;
+    loop {
+        let checks = match api.get("/v1/health/state/any", index).await {
+            Ok((entries, next)) => {
+                if failures > 0 || went_backwards(index, next) {
+                    watcher.hold_removals();
+                }
+                let unchanged = index != 0 && next == index;
+                (index, failures) = (next, 0);
+                if unchanged {
+                    continue; // the wait ran out
+                }
+                changes::checks(entries)
+            }
+            Err(error) => {
+                index = 0; // as for the service list
+                api.backoff(&mut failures, &error).await;
+                continue;
+            }
+        };
+        // The first answer has nothing to compare with: the service list's
+        // first answer reads every service anyway. After an error the last
+        // list still tells what changed meanwhile.
+        if let Some(before) = &last {
+            let (mut services, nodes) = changes::changed_checks(before, &checks);
+            services.extend(watcher.services_on(&nodes));
+            watcher.queue.push(services, Trigger::Change);
+        }
+        last = Some(checks);
+    }
+}
+
+/// The node list: services with an instance on a node that changed.
+async fn watch_nodes(watcher: Arc<Watcher>) {
+    let api = &watcher.api;
+    let (mut index, mut failures) = (0u64, 0u32);
+    let mut last: Option<changes::Nodes> = None;
+    loop {
+        let nodes = match api.get("/v1/catalog/nodes", index).await {
+            Ok((entries, next)) => {
+                if failures > 0 || went_backwards(index, next) {
+                    watcher.hold_removals();
+                }
+                let unchanged = index != 0 && next == index;
+                (index, failures) = (next, 0);
+                if unchanged {
+                    continue;
+                }
+                changes::nodes(entries)
+            }
+            Err(error) => {
+                index = 0;
+                api.backoff(&mut failures, &error).await;
+                continue;
+            }
+        };
+        if let Some(before) = &last {
+            let changed = changes::changed_nodes(before, &nodes);
+            watcher
+                .queue
+                .push(watcher.services_on(&changed), Trigger::Change);
+        }
+        last = Some(nodes);
     }
 }
 
@@ -216,67 +413,82 @@ fn went_backwards(index: u64, next: u64) -> bool {
     index != 0 && next == 0
 }
 
-/// Says, once per crossing, that Consul's default per-client connection
-/// limit is about to refuse watches (they would fail and retry forever).
-fn warn_about_connection_limit(before: usize, now: usize) {
-    // The service list, the watches, and a few idle connections.
-    let threshold = CONSUL_DEFAULT_CONN_LIMIT - 20;
-    if now >= threshold && before < threshold {
-        tracing::warn!(
-            services = now,
-            "each watched Consul service holds one HTTP connection open; Consul refuses more than \
-             {CONSUL_DEFAULT_CONN_LIMIT} per client by default: set `limits {{ http_max_conns_per_client = {} }}` \
-             (or more) on the agent",
-            (now * 2).max(1024)
-        );
+/// One reader: reads the services the queue hands it, one at a time.
+async fn read_services(watcher: Arc<Watcher>) {
+    let api = &watcher.api;
+    let mut failures = 0u32;
+    loop {
+        let (name, trigger) = watcher.queue.next().await;
+        let listed = watcher
+            .shared
+            .lock()
+            .is_ok_and(|k| k.listed.as_ref().is_some_and(|l| l.contains(&name)));
+        if !listed {
+            continue; // deregistered meanwhile
+        }
+        api.metrics()
+            .consul_service_reads
+            .with_label_values(&[trigger.label()])
+            .inc();
+        let path = format!("/v1/health/service/{}", escape(&name));
+        match api.read::<Vec<api::HealthEntry>>(&path).await {
+            Ok((entries, index)) => {
+                let recovered = std::mem::take(&mut failures) > 0;
+                apply(&watcher, &name, entries, index, recovered);
+            }
+            Err(error) => {
+                // Read again before any sweep, after this reader's backoff
+                // (the others go on meanwhile).
+                watcher.queue.push([name], Trigger::Change);
+                api.backoff(&mut failures, &error).await;
+            }
+        }
     }
 }
 
-async fn watch_health(
-    api: ConsulApi,
-    name: String,
-    shared: Shared,
-    tx: watch::Sender<Arc<CatalogState>>,
+/// Stores one service's answer and asks for a publish if it changed.
+fn apply(
+    watcher: &Watcher,
+    name: &str,
+    entries: Vec<api::HealthEntry>,
+    index: u64,
+    recovered: bool,
 ) {
-    let path = format!("/v1/health/service/{}?passing=true", escape(&name));
-    let (mut index, mut failures) = (0u64, 0u32);
-    loop {
-        let entries: Vec<api::HealthEntry> = match api.get(&path, index).await {
-            Ok((entries, next)) => {
-                if failures > 0 || went_backwards(index, next) {
-                    hold_removals(&api, &tx, &shared);
-                }
-                (index, failures) = (next, 0);
-                entries
+    let api = &watcher.api;
+    let nodes: BTreeSet<String> = entries.iter().map(|e| e.node().to_owned()).collect();
+    let (endpoints, unusable): (Vec<Endpoint>, Vec<Endpoint>) = entries
+        .into_iter()
+        .filter(api::HealthEntry::passing)
+        .map(|entry| entry.into_endpoint(api.zone_meta_key()))
+        .partition(|e| usable_address(&e.address));
+    let backwards = watcher
+        .shared
+        .lock()
+        .is_ok_and(|k| k.indexes.get(name).is_some_and(|&before| index < before));
+    if recovered || backwards {
+        // As for the blocking queries: a Consul answering again, or one
+        // that lost state, may answer with less than it will soon hold.
+        watcher.hold_removals();
+    }
+    let changed = match watcher.shared.lock() {
+        Ok(mut known) => {
+            if !known.listed.as_ref().is_some_and(|l| l.contains(name)) {
+                return; // deregistered meanwhile
             }
-            Err(error) => {
-                index = 0; // as for the service list
-                api.backoff(&mut failures, &error).await;
-                continue;
-            }
-        };
-        let (endpoints, unusable): (Vec<Endpoint>, Vec<Endpoint>) = entries
-            .into_iter()
-            .map(|entry| entry.into_endpoint(api.zone_meta_key()))
-            .partition(|e| usable_address(&e.address));
+            known.nodes_of.insert(name.to_owned(), nodes);
+            known.indexes.insert(name.to_owned(), index);
+            let before = known.services.insert(name.to_owned(), endpoints.clone());
+            // Unchanged answers (most of a sweep) cost no publish.
+            before.as_ref() != Some(&endpoints)
+        }
+        Err(_) => false,
+    };
+    if changed {
         for endpoint in unusable {
-            // Logged per Consul change, not per poll: unchanged answers block.
+            // Logged per change, not per read: a sweep re-reads everything.
             tracing::warn!(service = %name, address = %endpoint.address, "instance skipped: its Consul address is not host:port");
         }
-        let changed = match shared.lock() {
-            Ok(mut known) => {
-                if known.listed.as_ref().is_some_and(|l| !l.contains(&name)) {
-                    return; // deregistered meanwhile; this watch is being stopped
-                }
-                let before = known.services.insert(name.clone(), endpoints.clone());
-                // Unchanged answers (a `wait` running out) cost no publish.
-                before.as_ref() != Some(&endpoints)
-            }
-            Err(_) => false,
-        };
-        if changed {
-            publish(&tx, &shared);
-        }
+        watcher.changed();
     }
 }
 
