@@ -53,12 +53,13 @@ pub struct ControlMetrics {
     pub consul_connections: IntGauge,
     /// Consul requests (blocking or not) in flight now.
     pub consul_requests_in_flight: IntGauge,
-    /// Non-blocking reads of one service's health, by trigger (change, sweep).
-    pub consul_service_reads: IntCounterVec,
-    /// Sweeps started: every service read again because the catalog's
-    /// service index moved (a registration changed) or after an error.
+    /// Non-blocking reads, by what was read (service: one service's
+    /// health; node: one node's instances, in a sweep).
+    pub consul_reads: IntCounterVec,
+    /// Sweeps started: every node's instances listed (the service index
+    /// moved), or every service read (start, after an error).
     pub consul_sweeps: IntCounter,
-    /// Service reads waiting for a free connection.
+    /// Reads waiting for one of the readers.
     pub consul_reads_queued: IntGauge,
 }
 
@@ -200,18 +201,18 @@ impl ControlMetrics {
                 "tether_control_consul_requests_in_flight",
                 "Consul requests in flight now, blocking queries included.",
             ),
-            consul_service_reads: counter_vec(
-                "tether_control_consul_service_reads_total",
-                "Non-blocking reads of one service's health (/v1/health/service/<name>), by trigger (change: a check, node or the service's tags changed; sweep: every service re-read).",
-                &["trigger"],
+            consul_reads: counter_vec(
+                "tether_control_consul_reads_total",
+                "Non-blocking Consul reads, by what was read (service: /v1/health/service/<name>; node: /v1/catalog/node-services/<node>, in a sweep).",
+                &["read"],
             ),
             consul_sweeps: counter(
                 "tether_control_consul_sweeps_total",
-                "Sweeps: every service read again, because Consul's service index moved (a registration, deregistration or re-registration) or its list was read anew (start, after an error).",
+                "Sweeps: every node's instances listed because Consul's service index moved (a registration, deregistration or re-registration), or every service read (at start, after an error).",
             ),
             consul_reads_queued: gauge(
                 "tether_control_consul_reads_queued",
-                "Service reads waiting for one of the readers.",
+                "Reads waiting for one of the readers.",
             ),
             registry,
         }

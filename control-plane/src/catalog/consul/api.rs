@@ -347,6 +347,8 @@ struct Node {
 
 #[derive(Debug, Deserialize)]
 struct Service {
+    #[serde(rename = "ID", default)]
+    id: String,
     #[serde(rename = "Address", default)]
     address: String,
     #[serde(rename = "Port")]
@@ -383,6 +385,29 @@ pub struct CheckEntry {
     pub modify_index: u64,
 }
 
+/// `/v1/catalog/node-services/<node>` (`Services` is null for a node
+/// Consul does not know).
+#[derive(Debug, Deserialize)]
+pub struct NodeServices {
+    /// The instances registered on the node.
+    #[serde(rename = "Services", default)]
+    pub services: Option<Vec<NodeService>>,
+}
+
+/// One instance of [`NodeServices`].
+#[derive(Debug, Deserialize)]
+pub struct NodeService {
+    /// Its ID, unique on the node.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its service.
+    #[serde(rename = "Service")]
+    pub service: String,
+    /// Raft index of its last change (address, port, tags, meta, weights).
+    #[serde(rename = "ModifyIndex", default)]
+    pub modify_index: u64,
+}
+
 /// One node of `/v1/catalog/nodes`.
 #[derive(Debug, Deserialize)]
 pub struct NodeEntry {
@@ -408,6 +433,11 @@ impl HealthEntry {
     /// The name of the node the instance runs on.
     pub fn node(&self) -> &str {
         &self.node.name
+    }
+
+    /// The instance's ID, unique on its node.
+    pub fn id(&self) -> &str {
+        &self.service.id
     }
 
     /// The endpoint, its zone read from the service's meta under
@@ -565,6 +595,23 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((nodes[0].node.as_str(), nodes[0].modify_index), ("n1", 29));
+        let listing: NodeServices = serde_json::from_str(
+            r#"{"Node": {"Node": "n1"}, "Services": [{"ID": "a1", "Service": "a", "Port": 1,
+                 "Tags": [], "CreateIndex": 56, "ModifyIndex": 57}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let services = listing.services.unwrap_or_default();
+        assert_eq!(
+            (
+                services[0].id.as_str(),
+                services[0].service.as_str(),
+                services[0].modify_index
+            ),
+            ("a1", "a", 57)
+        );
+        let unknown: NodeServices = serde_json::from_str(r#"{"Node": null, "Services": null}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(unknown.services.is_none());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Which services to read again, from two successive answers of Consul's
-//! check list (`/v1/health/state/any`) or node list (`/v1/catalog/nodes`).
+//! check list (`/v1/health/state/any`) or node list (`/v1/catalog/nodes`),
+//! or from a node's instances (`/v1/catalog/node-services/<node>`) against
+//! what the services' last reads saw.
 //!
 //! What moves which of Consul's indexes (checked against Consul 1.14): a
 //! check's status or output moves only the check index; a registration,
@@ -10,7 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::api::{CheckEntry, NodeEntry};
+use super::api::{CheckEntry, NodeEntry, NodeService};
+
+/// Per node, the instances the services' last reads saw there: ID → service.
+pub type OnNode = BTreeMap<String, BTreeMap<String, String>>;
 
 /// The check list, reduced to what tells a change: per (node, check ID),
 /// the service it checks ("" for a node check) and its modify index.
@@ -77,18 +82,39 @@ pub fn changed_nodes(before: &Nodes, after: &Nodes) -> BTreeSet<String> {
 
 /// The services with an instance (healthy or not, as last read) on one of
 /// `nodes`.
-pub fn services_on(
-    nodes_of: &BTreeMap<String, BTreeSet<String>>,
-    nodes: &BTreeSet<String>,
-) -> Vec<String> {
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    nodes_of
+pub fn services_on(on_node: &OnNode, nodes: &BTreeSet<String>) -> BTreeSet<String> {
+    nodes
         .iter()
-        .filter(|(_, on)| !on.is_disjoint(nodes))
-        .map(|(service, _)| service.clone())
+        .filter_map(|node| on_node.get(node))
+        .flat_map(|instances| instances.values().cloned())
         .collect()
+}
+
+/// The services to read again after listing a node's instances: those
+/// with an instance changed since their last read (its modify index above
+/// the index that read answered with), or not read yet, and those whose
+/// last read saw an instance there that is gone. Sound without keeping an
+/// old listing: a read reflects every change up to its index.
+pub fn changed_on_node(
+    listing: &[NodeService],
+    seen_there: Option<&BTreeMap<String, String>>,
+    read_at: &BTreeMap<String, u64>,
+) -> BTreeSet<String> {
+    let mut changed: BTreeSet<String> = listing
+        .iter()
+        .filter(|i| {
+            read_at
+                .get(&i.service)
+                .is_none_or(|&at| i.modify_index > at)
+        })
+        .map(|i| i.service.clone())
+        .collect();
+    for (id, service) in seen_there.into_iter().flatten() {
+        if !listing.iter().any(|i| &i.id == id && &i.service == service) {
+            changed.insert(service.clone());
+        }
+    }
+    changed
 }
 
 #[cfg(test)]
@@ -136,13 +162,58 @@ mod tests {
         let after: Nodes = [("n1".into(), 3), ("n2".into(), 9), ("n4".into(), 9)].into();
         let changed = changed_nodes(&before, &after);
         assert_eq!(changed, set(&["n2", "n3"]));
-        let nodes_of: BTreeMap<String, BTreeSet<String>> = [
-            ("a".into(), set(&["n1"])),
-            ("b".into(), set(&["n1", "n2"])),
-            ("c".into(), set(&["n3"])),
+        let on_node: OnNode = [
+            (
+                "n1".into(),
+                [("a1".into(), "a".into()), ("b1".into(), "b".into())].into(),
+            ),
+            ("n2".into(), [("b2".into(), "b".into())].into()),
+            ("n3".into(), [("c1".into(), "c".into())].into()),
         ]
         .into();
-        assert_eq!(services_on(&nodes_of, &changed), ["b", "c"]);
-        assert!(services_on(&nodes_of, &set(&[])).is_empty());
+        assert_eq!(services_on(&on_node, &changed), set(&["b", "c"]));
+        assert!(services_on(&on_node, &set(&[])).is_empty());
+    }
+
+    fn listed(id: &str, service: &str, index: u64) -> NodeService {
+        NodeService {
+            id: id.into(),
+            service: service.into(),
+            modify_index: index,
+        }
+    }
+
+    #[test]
+    fn a_node_listing_names_services_changed_since_their_last_read() {
+        let read_at: BTreeMap<String, u64> = [
+            ("a".into(), 10),
+            ("b".into(), 10),
+            ("c".into(), 10),
+            ("d".into(), 10),
+        ]
+        .into();
+        let seen: BTreeMap<String, String> = [
+            ("a1".into(), "a".into()),
+            ("b1".into(), "b".into()),
+            ("c1".into(), "c".into()),
+            ("d1".into(), "d".into()),
+        ]
+        .into();
+        let listing = [
+            listed("a1", "a", 7),  // as read
+            listed("b1", "b", 12), // re-registered since
+            listed("d1", "d", 10), // as read
+            listed("d2", "d", 11), // added since
+            listed("e1", "e", 3),  // a service not read yet
+        ]; // c1 is gone
+        assert_eq!(
+            changed_on_node(&listing, Some(&seen), &read_at),
+            set(&["b", "c", "d", "e"])
+        );
+        assert_eq!(
+            changed_on_node(&[], None, &read_at),
+            set(&[]),
+            "an empty node we knew nothing on"
+        );
     }
 }

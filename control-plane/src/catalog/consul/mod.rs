@@ -5,8 +5,11 @@
 //! - `/v1/catalog/services` (names and tags): a new name, or a name whose
 //!   tags changed, is read at once; a name gone is dropped. Any move of its
 //!   index is a registration, deregistration or re-registration (address,
-//!   port, meta, weights: nothing in this answer says which service), so
-//!   every service is read again: a *sweep*.
+//!   port, meta, weights), and nothing in this answer says which service:
+//!   so every node's instance list is read (`/v1/catalog/node-services`,
+//!   one request per node, a *sweep*), and the services with an instance
+//!   changed since their last read (its modify index above the index that
+//!   read answered with), added, or gone are read.
 //! - `/v1/health/state/any` (every check, with its service and modify
 //!   index): the services whose checks were added, removed or changed are
 //!   read; a node check's change reads every service with an instance on
@@ -18,8 +21,9 @@
 //! Reads are plain `GET /v1/health/service/<name>` (every instance with its
 //! checks, kept when all pass: what `?passing=true` keeps), taken by
 //! [`SERVICE_READERS`] readers from a queue where changes go before a sweep
-//! ([`queue`]). Each watch's first answer (at start and after an error)
-//! reads every service: nothing is served until all have answered once.
+//! ([`queue`]). The service list's first answer (at start and after an
+//! error) reads every service: nothing is served until all have answered
+//! once; the node list's first answer sweeps every node.
 //!
 //! Why not one blocking query per service (what this did before): each
 //! holds a connection for its whole wait, and Consul refuses more than
@@ -60,7 +64,7 @@ use tokio::time::Instant;
 
 pub use api::{escape, ConsulApi, ConsulError};
 use hold::Hold;
-use queue::{ReadQueue, Trigger};
+use queue::{Read, ReadQueue, Trigger};
 
 use super::{AbortOnDrop, Catalog, CatalogState};
 use crate::config::{usable_address, ConsulConfig};
@@ -68,9 +72,9 @@ use crate::metrics::ControlMetrics;
 
 /// Consul's own service, never a mesh upstream.
 const CONSUL_SERVICE: &str = "consul";
-/// Services read at once. Each read is one short request; eight keep a
-/// sweep of 5,000 services to seconds on a local agent (BENCHMARKS.md)
-/// while staying far below Consul's default 200 connections per client.
+/// Reads made at once. Each read is one short request; eight read 5,000
+/// services in a few seconds on a local agent (BENCHMARKS.md) while
+/// staying far below Consul's default 200 connections per client.
 pub const SERVICE_READERS: usize = 8;
 /// The service list, the check list and the node list.
 const BLOCKING_WATCHES: usize = 3;
@@ -125,12 +129,19 @@ struct Known {
     synced: bool,
     /// Set while Consul's removals wait (see [`hold`]).
     hold: Option<Hold>,
-    /// The nodes each service's instances (healthy or not) ran on at its
-    /// last read: what a node's change reads again.
-    nodes_of: BTreeMap<String, BTreeSet<String>>,
-    /// Each service's `X-Consul-Index` at its last read: a lower one means
+    /// Per node, the instances (healthy or not) the services' last reads
+    /// saw there: what a node's change reads again, and what a sweep
+    /// compares the node's listing with.
+    on_node: changes::OnNode,
+    /// Per service, its instances (node, ID) at its last read: what to take
+    /// out of `on_node` when it is read again.
+    instances: BTreeMap<String, Vec<(String, String)>>,
+    /// Each service's `X-Consul-Index` at its last read: a listed instance
+    /// changed after it when its modify index is higher; a lower one means
     /// the answer came from a Consul that lost state.
     indexes: BTreeMap<String, u64>,
+    /// The nodes of the node list's last answer: what a sweep reads.
+    nodes: BTreeSet<String>,
 }
 
 type Shared = Arc<Mutex<Known>>;
@@ -234,12 +245,32 @@ impl Watcher {
         hold_removals(&self.api, &self.tx, &self.shared);
     }
 
-    /// The services with an instance on one of `nodes`.
-    fn services_on(&self, nodes: &BTreeSet<String>) -> Vec<String> {
+    /// Reads of the services with an instance on one of `nodes`.
+    fn services_on(&self, nodes: &BTreeSet<String>) -> Vec<Read> {
         match self.shared.lock() {
-            Ok(known) => changes::services_on(&known.nodes_of, nodes),
+            Ok(known) => changes::services_on(&known.on_node, nodes)
+                .into_iter()
+                .map(Read::Service)
+                .collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Queues a sweep: every node known (from the node list, and from the
+    /// services' reads in case the node list lags behind).
+    fn sweep(&self) {
+        let nodes: BTreeSet<String> = match self.shared.lock() {
+            Ok(known) => known
+                .nodes
+                .iter()
+                .chain(known.on_node.keys())
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        self.api.metrics().consul_sweeps.inc();
+        self.queue
+            .push(nodes.into_iter().map(Read::Node), Trigger::Sweep);
     }
 }
 
@@ -264,9 +295,7 @@ async fn watch_catalog(api: ConsulApi, tx: watch::Sender<Arc<CatalogState>>) {
         AbortOnDrop(tokio::spawn(publisher(Arc::clone(&watcher)))),
     ];
     for _ in 0..SERVICE_READERS {
-        tasks.push(AbortOnDrop(tokio::spawn(read_services(Arc::clone(
-            &watcher,
-        )))));
+        tasks.push(AbortOnDrop(tokio::spawn(reader(Arc::clone(&watcher)))));
     }
     watch_services(&watcher).await;
     drop(tasks);
@@ -295,8 +324,7 @@ async fn watch_services(watcher: &Watcher) {
                 if failures > 0 || went_backwards(index, next) {
                     watcher.hold_removals();
                 }
-                // The first answer (at start, after an error) or a change.
-                let (first, moved) = (index == 0, index == 0 || next != index);
+                let (first, moved) = (index == 0, index != 0 && next != index);
                 (index, failures) = (next, 0);
                 (names, first, moved)
             }
@@ -323,14 +351,29 @@ async fn watch_services(watcher: &Watcher) {
             .collect();
         if let Ok(mut known) = watcher.shared.lock() {
             known.services.retain(|name, _| listed.contains(name));
-            known.nodes_of.retain(|name, _| listed.contains(name));
             known.indexes.retain(|name, _| listed.contains(name));
+            let gone: Vec<String> = known
+                .instances
+                .keys()
+                .filter(|name| !listed.contains(*name))
+                .cloned()
+                .collect();
+            for name in gone {
+                forget_instances(&mut known, &name);
+            }
             known.listed = Some(listed.clone());
         }
-        watcher.queue.push(changed, Trigger::Change);
-        if moved {
+        watcher
+            .queue
+            .push(changed.into_iter().map(Read::Service), Trigger::Change);
+        if first {
+            // At start and after an error: every service, in full.
             api.metrics().consul_sweeps.inc();
-            watcher.queue.push(listed, Trigger::Sweep);
+            watcher
+                .queue
+                .push(listed.into_iter().map(Read::Service), Trigger::Sweep);
+        } else if moved {
+            watcher.sweep();
         }
         tags = names;
         watcher.changed();
@@ -365,9 +408,10 @@ async fn watch_checks(watcher: Arc<Watcher>) {
         // first answer reads every service anyway. After an error the last
         // list still tells what changed meanwhile.
         if let Some(before) = &last {
-            let (mut services, nodes) = changes::changed_checks(before, &checks);
-            services.extend(watcher.services_on(&nodes));
-            watcher.queue.push(services, Trigger::Change);
+            let (services, nodes) = changes::changed_checks(before, &checks);
+            let mut reads: Vec<Read> = services.into_iter().map(Read::Service).collect();
+            reads.extend(watcher.services_on(&nodes));
+            watcher.queue.push(reads, Trigger::Change);
         }
         last = Some(checks);
     }
@@ -397,11 +441,25 @@ async fn watch_nodes(watcher: Arc<Watcher>) {
                 continue;
             }
         };
-        if let Some(before) = &last {
-            let changed = changes::changed_nodes(before, &nodes);
-            watcher
-                .queue
-                .push(watcher.services_on(&changed), Trigger::Change);
+        if let Ok(mut known) = watcher.shared.lock() {
+            known.nodes = nodes.keys().cloned().collect();
+        }
+        match &last {
+            Some(before) => {
+                let changed = changes::changed_nodes(before, &nodes);
+                watcher
+                    .queue
+                    .push(watcher.services_on(&changed), Trigger::Change);
+                // A new node's instances, registered in the same breath,
+                // may have moved the service index before the node list
+                // showed the node to a sweep.
+                let new = nodes.keys().filter(|n| !before.contains_key(*n));
+                watcher
+                    .queue
+                    .push(new.cloned().map(Read::Node), Trigger::Change);
+            }
+            // The first answer: sweep, in case a sweep ran without it.
+            None => watcher.sweep(),
         }
         last = Some(nodes);
     }
@@ -413,34 +471,79 @@ fn went_backwards(index: u64, next: u64) -> bool {
     index != 0 && next == 0
 }
 
-/// One reader: reads the services the queue hands it, one at a time.
-async fn read_services(watcher: Arc<Watcher>) {
+/// One reader: makes the reads the queue hands it, one at a time.
+async fn reader(watcher: Arc<Watcher>) {
     let api = &watcher.api;
     let mut failures = 0u32;
     loop {
-        let (name, trigger) = watcher.queue.next().await;
-        let listed = watcher
-            .shared
-            .lock()
-            .is_ok_and(|k| k.listed.as_ref().is_some_and(|l| l.contains(&name)));
-        if !listed {
-            continue; // deregistered meanwhile
-        }
-        api.metrics()
-            .consul_service_reads
-            .with_label_values(&[trigger.label()])
-            .inc();
-        let path = format!("/v1/health/service/{}", escape(&name));
-        match api.read::<Vec<api::HealthEntry>>(&path).await {
-            Ok((entries, index)) => {
-                let recovered = std::mem::take(&mut failures) > 0;
-                apply(&watcher, &name, entries, index, recovered);
+        let (read, trigger) = watcher.queue.next().await;
+        let result = match &read {
+            Read::Service(name) => read_service(&watcher, name, failures > 0).await,
+            Read::Node(node) => read_node(&watcher, node).await,
+        };
+        match result {
+            Ok(read_it) => {
+                failures = 0;
+                if read_it {
+                    api.metrics()
+                        .consul_reads
+                        .with_label_values(&[read.label()])
+                        .inc();
+                }
             }
             Err(error) => {
-                // Read again before any sweep, after this reader's backoff
-                // (the others go on meanwhile).
-                watcher.queue.push([name], Trigger::Change);
+                // Again, in its lane, after this reader's backoff (the
+                // others go on meanwhile).
+                watcher.queue.push([read], trigger);
                 api.backoff(&mut failures, &error).await;
+            }
+        }
+    }
+}
+
+/// Reads one service and stores it; `Ok(false)` when it is no longer
+/// listed (not read).
+async fn read_service(
+    watcher: &Watcher,
+    name: &str,
+    recovering: bool,
+) -> Result<bool, ConsulError> {
+    let listed = watcher
+        .shared
+        .lock()
+        .is_ok_and(|k| k.listed.as_ref().is_some_and(|l| l.contains(name)));
+    if !listed {
+        return Ok(false); // deregistered meanwhile
+    }
+    let path = format!("/v1/health/service/{}", escape(name));
+    let (entries, index) = watcher.api.read::<Vec<api::HealthEntry>>(&path).await?;
+    apply(watcher, name, entries, index, recovering);
+    Ok(true)
+}
+
+/// Lists one node's instances and queues the services changed there since
+/// their last read.
+async fn read_node(watcher: &Watcher, node: &str) -> Result<bool, ConsulError> {
+    let path = format!("/v1/catalog/node-services/{}", escape(node));
+    let (listing, _) = watcher.api.read::<api::NodeServices>(&path).await?;
+    let listing = listing.services.unwrap_or_default();
+    let changed = match watcher.shared.lock() {
+        Ok(known) => changes::changed_on_node(&listing, known.on_node.get(node), &known.indexes),
+        Err(_) => return Ok(true),
+    };
+    watcher
+        .queue
+        .push(changed.into_iter().map(Read::Service), Trigger::Change);
+    Ok(true)
+}
+
+/// Takes a service's instances out of `on_node` (and `instances`).
+fn forget_instances(known: &mut Known, name: &str) {
+    for (node, id) in known.instances.remove(name).unwrap_or_default() {
+        if let Some(seen) = known.on_node.get_mut(&node) {
+            seen.remove(&id);
+            if seen.is_empty() {
+                known.on_node.remove(&node);
             }
         }
     }
@@ -455,7 +558,10 @@ fn apply(
     recovered: bool,
 ) {
     let api = &watcher.api;
-    let nodes: BTreeSet<String> = entries.iter().map(|e| e.node().to_owned()).collect();
+    let instances: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| (e.node().to_owned(), e.id().to_owned()))
+        .collect();
     let (endpoints, unusable): (Vec<Endpoint>, Vec<Endpoint>) = entries
         .into_iter()
         .filter(api::HealthEntry::passing)
@@ -475,7 +581,15 @@ fn apply(
             if !known.listed.as_ref().is_some_and(|l| l.contains(name)) {
                 return; // deregistered meanwhile
             }
-            known.nodes_of.insert(name.to_owned(), nodes);
+            forget_instances(&mut known, name);
+            for (node, id) in &instances {
+                known
+                    .on_node
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(id.clone(), name.to_owned());
+            }
+            known.instances.insert(name.to_owned(), instances);
             known.indexes.insert(name.to_owned(), index);
             let before = known.services.insert(name.to_owned(), endpoints.clone());
             // Unchanged answers (most of a sweep) cost no publish.

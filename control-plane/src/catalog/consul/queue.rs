@@ -1,10 +1,10 @@
-//! The services waiting to be read, in two FIFO lanes: *changes* (a check,
-//! a node or the service's tags changed: one service known to differ) go
-//! before the *sweep* (every service, because Consul's service index moved
-//! and its answers cannot say which service). A name is queued once: asked
-//! for again while it waits, it keeps its place (or moves up to the change
-//! lane), so a sweep restarted while one runs costs no duplicate reads and a
-//! busy mesh cannot starve any service.
+//! The reads waiting for a reader, in two FIFO lanes: *changes* (a service
+//! known to differ: its checks, a node of its, its tags changed) go before
+//! the *sweep* (every node's service list, because Consul's service index
+//! moved and its answers cannot say which service; or every service, at
+//! start). A read is queued once: asked for again while it waits, it keeps
+//! its place (or moves up to the change lane), so a sweep restarted while
+//! one runs costs no duplicate reads and a busy mesh cannot starve any.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -12,7 +12,26 @@ use std::sync::Mutex;
 use prometheus::IntGauge;
 use tokio::sync::Notify;
 
-/// Why a service is read.
+/// One read: a service's health, or the instances registered on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Read {
+    /// `/v1/health/service/<name>`.
+    Service(String),
+    /// `/v1/catalog/node-services/<node>`.
+    Node(String),
+}
+
+impl Read {
+    /// The `read` label of `tether_control_consul_reads_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Read::Service(_) => "service",
+            Read::Node(_) => "node",
+        }
+    }
+}
+
+/// Why something is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// Something of this service changed.
@@ -21,27 +40,17 @@ pub enum Trigger {
     Sweep,
 }
 
-impl Trigger {
-    /// The `trigger` label of `tether_control_consul_service_reads_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Trigger::Change => "change",
-            Trigger::Sweep => "sweep",
-        }
-    }
-}
-
 #[derive(Default)]
 struct Lanes {
-    change: VecDeque<String>,
-    sweep: VecDeque<String>,
+    change: VecDeque<Read>,
+    sweep: VecDeque<Read>,
     /// Each queued name and its lane; a deque entry whose name is not
     /// (or no longer) queued in that lane is stale and skipped.
-    queued: HashMap<String, Trigger>,
+    queued: HashMap<Read, Trigger>,
 }
 
 impl Lanes {
-    fn pop(&mut self) -> Option<(String, Trigger)> {
+    fn pop(&mut self) -> Option<(Read, Trigger)> {
         for trigger in [Trigger::Change, Trigger::Sweep] {
             let lane = match trigger {
                 Trigger::Change => &mut self.change,
@@ -58,7 +67,7 @@ impl Lanes {
     }
 }
 
-/// Services to read; any number of readers take from it.
+/// Reads to make; any number of readers take from it.
 pub struct ReadQueue {
     lanes: Mutex<Lanes>,
     ready: Notify,
@@ -78,7 +87,7 @@ impl ReadQueue {
 
     /// Queues `names` in `trigger`'s lane; a name already waiting keeps its
     /// place, unless it waits for a sweep and this is a change.
-    pub fn push(&self, names: impl IntoIterator<Item = String>, trigger: Trigger) {
+    pub fn push(&self, names: impl IntoIterator<Item = Read>, trigger: Trigger) {
         let Ok(mut lanes) = self.lanes.lock() else {
             return;
         };
@@ -104,7 +113,7 @@ impl ReadQueue {
     }
 
     /// The next service to read, changes first; waits while none is queued.
-    pub async fn next(&self) -> (String, Trigger) {
+    pub async fn next(&self) -> (Read, Trigger) {
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
@@ -117,14 +126,14 @@ impl ReadQueue {
         }
     }
 
-    fn try_next(&self) -> Option<(String, Trigger)> {
+    fn try_next(&self) -> Option<(Read, Trigger)> {
         let mut lanes = self.lanes.lock().ok()?;
         let next = lanes.pop();
         self.gauge.set(lanes.queued.len() as i64);
         next
     }
 
-    /// Services waiting.
+    /// Reads waiting.
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lanes.lock().map(|l| l.queued.len()).unwrap_or(0)
@@ -139,8 +148,14 @@ mod tests {
         ReadQueue::new(IntGauge::new("q", "q").unwrap_or_else(|e| panic!("{e}")))
     }
 
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|n| (*n).to_owned()).collect()
+    fn names(list: &[&str]) -> Vec<Read> {
+        list.iter()
+            .map(|n| Read::Service((*n).to_owned()))
+            .collect()
+    }
+
+    fn service(name: &str) -> Read {
+        Read::Service(name.to_owned())
     }
 
     #[test]
@@ -151,14 +166,14 @@ mod tests {
         // A sweep asked for again while one waits changes nothing.
         q.push(names(&["a", "b", "c", "d"]), Trigger::Sweep);
         assert_eq!(q.len(), 4);
-        let order: Vec<(String, Trigger)> = std::iter::from_fn(|| q.try_next()).collect();
+        let order: Vec<(Read, Trigger)> = std::iter::from_fn(|| q.try_next()).collect();
         assert_eq!(
             order,
             vec![
-                ("c".to_owned(), Trigger::Change),
-                ("d".to_owned(), Trigger::Change),
-                ("a".to_owned(), Trigger::Sweep),
-                ("b".to_owned(), Trigger::Sweep),
+                (service("c"), Trigger::Change),
+                (service("d"), Trigger::Change),
+                (service("a"), Trigger::Sweep),
+                (service("b"), Trigger::Sweep),
             ]
         );
         assert_eq!(q.len(), 0);
@@ -168,12 +183,15 @@ mod tests {
     fn a_name_read_meanwhile_goes_to_the_back_so_none_starves() {
         let q = queue();
         q.push(names(&["a", "b", "c"]), Trigger::Sweep);
-        assert_eq!(q.try_next().map(|n| n.0).as_deref(), Some("a"));
+        assert_eq!(q.try_next().map(|n| n.0), Some(service("a")));
         // A new sweep while the first runs: b and c keep their places, a
         // (already read) joins the back.
         q.push(names(&["a", "b", "c"]), Trigger::Sweep);
-        let order: Vec<String> = std::iter::from_fn(|| q.try_next()).map(|n| n.0).collect();
+        let order: Vec<Read> = std::iter::from_fn(|| q.try_next()).map(|n| n.0).collect();
         assert_eq!(order, names(&["b", "c", "a"]));
+        // A node and a service of the same name are two reads.
+        q.push([Read::Node("a".into()), service("a")], Trigger::Sweep);
+        assert_eq!(q.len(), 2);
     }
 
     #[tokio::test]
@@ -187,7 +205,7 @@ mod tests {
         q.push(names(&["x"]), Trigger::Change);
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
         assert!(
-            matches!(got, Ok(Ok((ref n, Trigger::Change))) if n == "x"),
+            matches!(got, Ok(Ok((ref n, Trigger::Change))) if *n == service("x")),
             "{got:?}"
         );
     }
