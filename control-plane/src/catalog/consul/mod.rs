@@ -23,7 +23,9 @@
 //! [`SERVICE_READERS`] readers from a queue where changes go before a sweep
 //! ([`queue`]). The service list's first answer (at start and after an
 //! error) reads every service: nothing is served until all have answered
-//! once; the node list's first answer sweeps every node.
+//! once. At start that read waits for the check list's and the node list's
+//! first answers, so every change after a service's read shows when they
+//! answer next (after an error, the last answer before it serves).
 //!
 //! Why not one blocking query per service (what this did before): each
 //! holds a connection for its whole wait, and Consul refuses more than
@@ -59,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tether_api::Endpoint;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 pub use api::{escape, ConsulApi, ConsulError};
@@ -232,6 +234,10 @@ struct Watcher {
     queue: ReadQueue,
     /// Wakes the publisher (see [`PUBLISH_PAUSE`]).
     dirty: Notify,
+    /// One permit from each of the check list and the node list once they
+    /// first answered: the first full read waits for both, so that every
+    /// change after a service's read shows in what they answer next.
+    baselines: Semaphore,
 }
 
 impl Watcher {
@@ -282,6 +288,7 @@ async fn watch_catalog(api: ConsulApi, tx: watch::Sender<Arc<CatalogState>>) {
         shared: Arc::default(),
         queue,
         dirty: Notify::new(),
+        baselines: Semaphore::new(0),
     });
     watcher
         .api
@@ -315,6 +322,7 @@ async fn watch_services(watcher: &Watcher) {
     let api = &watcher.api;
     let (mut index, mut failures) = (0u64, 0u32);
     let mut tags: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut baselined = false;
     loop {
         let (names, first, moved) = match api
             .get::<BTreeMap<String, serde_json::Value>>("/v1/catalog/services", index)
@@ -367,6 +375,13 @@ async fn watch_services(watcher: &Watcher) {
             .queue
             .push(changed.into_iter().map(Read::Service), Trigger::Change);
         if first {
+            if !baselined {
+                // Closed never; an error here would only mean reading now.
+                if let Ok(both) = watcher.baselines.acquire_many(2).await {
+                    both.forget();
+                }
+                baselined = true;
+            }
             // At start and after an error: every service, in full.
             api.metrics().consul_sweeps.inc();
             watcher
@@ -407,6 +422,9 @@ async fn watch_checks(watcher: Arc<Watcher>) {
         // The first answer has nothing to compare with: the service list's
         // first answer reads every service anyway. After an error the last
         // list still tells what changed meanwhile.
+        if last.is_none() {
+            watcher.baselines.add_permits(1);
+        }
         if let Some(before) = &last {
             let (services, nodes) = changes::changed_checks(before, &checks);
             let mut reads: Vec<Read> = services.into_iter().map(Read::Service).collect();
@@ -458,8 +476,7 @@ async fn watch_nodes(watcher: Arc<Watcher>) {
                     .queue
                     .push(new.cloned().map(Read::Node), Trigger::Change);
             }
-            // The first answer: sweep, in case a sweep ran without it.
-            None => watcher.sweep(),
+            None => watcher.baselines.add_permits(1),
         }
         last = Some(nodes);
     }
