@@ -19,6 +19,7 @@
 #
 # Usage: deploy/scripts/bench-consul-watch.sh
 # Env: SERVICES=5000 INSTANCES=3 NODES=100 CHANGES=20 PROFILE=release|debug
+#      KEEP_LOG=FILE (keep the control plane's log)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 consul=$(deploy/scripts/install-consul.sh)
@@ -191,6 +192,12 @@ print(f"propagation, all {len(allx)}: p50 {pct(allx, 50):.0f} ms, p99 {pct(allx,
 print(f"CPU over the {len(allx)} changes: {changes_cpu:.2f} s")
 print(f"connections to Consul: at most {peak[0]} at once (bound 11; Consul's default limit 200)")
 print(f"RSS now {status_kib(pid, 'VmRSS') // 1024} MiB, peak {status_kib(pid, 'VmHWM') // 1024} MiB")
+t = time.time()
+size = len(req("GET", consul + "/v1/health/state/any")[1])
+print(f"for scale: Consul answers /v1/health/state/any ({size / 1e6:.1f} MB) in {(time.time() - t) * 1000:.0f} ms")
+t = time.time()
+size = len(req("GET", f"{consul}/v1/catalog/node-services/node-000")[1])
+print(f"and one node's instances ({size / 1e3:.0f} kB) in {(time.time() - t) * 1000:.0f} ms")
 metrics = req("GET", control + "/metrics")[1].decode()
 for line in metrics.splitlines():
     if line.startswith(("tether_control_consul_sweeps_total", "tether_control_consul_service_reads_total",
@@ -198,4 +205,7 @@ for line in metrics.splitlines():
         print("  " + line)
 proc.terminate()
 proc.wait()
+if os.environ.get("KEEP_LOG"):
+    import shutil
+    shutil.copy(os.path.join(work, "control.log"), os.environ["KEEP_LOG"])
 PY

@@ -380,9 +380,9 @@ pub struct CheckEntry {
     /// The service of the instance it checks; empty for a node check.
     #[serde(rename = "ServiceName", default)]
     pub service: String,
-    /// Raft index of its last change (status, output, definition).
-    #[serde(rename = "ModifyIndex", default)]
-    pub modify_index: u64,
+    /// `passing`, `warning` or `critical`.
+    #[serde(rename = "Status", default)]
+    pub status: String,
 }
 
 /// `/v1/catalog/node-services/<node>` (`Services` is null for a node
@@ -588,7 +588,7 @@ mod tests {
             (checks[0].service.as_str(), checks[1].service.as_str()),
             ("", "a")
         );
-        assert_eq!(checks[1].modify_index, 20);
+        assert_eq!(checks[1].status, "critical");
         let nodes: Vec<NodeEntry> = serde_json::from_str(
             r#"[{"ID": "x", "Node": "n1", "Address": "10.0.0.1", "Meta": {"zone": "a"},
                  "CreateIndex": 27, "ModifyIndex": 29}]"#,

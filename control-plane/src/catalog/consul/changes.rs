@@ -1,5 +1,6 @@
 //! Which services to read again, from two successive answers of Consul's
-//! check list (`/v1/health/state/any`) or node list (`/v1/catalog/nodes`),
+//! list of checks not passing (`/v1/health/state/any` filtered) or node
+//! list (`/v1/catalog/nodes`),
 //! or from a node's instances (`/v1/catalog/node-services/<node>`) against
 //! what the services' last reads saw.
 //!
@@ -17,9 +18,12 @@ use super::api::{CheckEntry, NodeEntry, NodeService};
 /// Per node, the instances the services' last reads saw there: ID → service.
 pub type OnNode = BTreeMap<String, BTreeMap<String, String>>;
 
-/// The check list, reduced to what tells a change: per (node, check ID),
-/// the service it checks ("" for a node check) and its modify index.
-pub type Checks = HashMap<(String, String), (String, u64)>;
+/// The checks not passing, reduced to what tells a change: per (node,
+/// check ID), the service it checks ("" for a node check) and its status.
+/// An instance passes when none of its node's checks and its own is in
+/// it, so a change to this set is a change to which instances pass; a
+/// passing check's output, or one added or removed passing, changes none.
+pub type Checks = HashMap<(String, String), (String, String)>;
 
 /// The node list, reduced: each node's modify index.
 pub type Nodes = HashMap<String, u64>;
@@ -28,7 +32,7 @@ pub type Nodes = HashMap<String, u64>;
 pub fn checks(entries: Vec<CheckEntry>) -> Checks {
     entries
         .into_iter()
-        .map(|c| ((c.node, c.check_id), (c.service, c.modify_index)))
+        .map(|c| ((c.node, c.check_id), (c.service, c.status)))
         .collect()
 }
 
@@ -40,11 +44,12 @@ pub fn nodes(entries: Vec<NodeEntry>) -> Nodes {
         .collect()
 }
 
-/// What differs between two check lists: the services whose own checks
-/// were added, removed or changed, and the nodes whose node checks were.
+/// What differs between two lists of checks not passing: the services
+/// whose own checks entered, left or changed status, and the nodes whose
+/// node checks did.
 pub fn changed_checks(before: &Checks, after: &Checks) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut services, mut nodes) = (BTreeSet::new(), BTreeSet::new());
-    let mut note = |(node, _): &(String, String), (service, _): &(String, u64)| {
+    let mut note = |(node, _): &(String, String), (service, _): &(String, String)| {
         if service.is_empty() {
             nodes.insert(node.clone());
         } else {
@@ -121,12 +126,12 @@ pub fn changed_on_node(
 mod tests {
     use super::*;
 
-    fn check(node: &str, id: &str, service: &str, index: u64) -> CheckEntry {
+    fn check(node: &str, id: &str, service: &str, status: &str) -> CheckEntry {
         CheckEntry {
             node: node.into(),
             check_id: id.into(),
             service: service.into(),
-            modify_index: index,
+            status: status.into(),
         }
     }
 
@@ -137,19 +142,18 @@ mod tests {
     #[test]
     fn check_changes_name_their_services_and_node_checks_their_nodes() {
         let before = checks(vec![
-            check("n1", "serfHealth", "", 5),
-            check("n1", "c:a1", "a", 6),
-            check("n1", "c:b1", "b", 7),
-            check("n2", "c:c1", "c", 8),
-            check("n2", "serfHealth", "", 5),
+            check("n1", "serfHealth", "", "critical"),
+            check("n1", "c:a1", "a", "warning"),
+            check("n1", "c:b1", "b", "critical"),
+            check("n2", "c:c1", "c", "critical"),
         ]);
         let after = checks(vec![
-            check("n1", "serfHealth", "", 5),
-            check("n1", "c:a1", "a", 9),  // status changed
-            check("n2", "c:c1", "c", 8),  // unchanged
-            check("n2", "c:d1", "d", 10), // added
-            check("n2", "serfHealth", "", 11),
-        ]); // b's check removed
+            check("n1", "serfHealth", "", "critical"),
+            check("n1", "c:a1", "a", "critical"), // status changed
+            check("n2", "c:c1", "c", "critical"), // unchanged
+            check("n2", "c:d1", "d", "critical"), // stopped passing
+            check("n2", "serfHealth", "", "warning"), // the node stopped passing
+        ]); // b's check passes again (or is gone)
         let (services, nodes) = changed_checks(&before, &after);
         assert_eq!(services, set(&["a", "b", "d"]));
         assert_eq!(nodes, set(&["n2"]));
