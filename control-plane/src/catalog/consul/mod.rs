@@ -13,7 +13,7 @@
 //! - `/v1/health/state/any?filter=Status != "passing"` (the checks not
 //!   passing, with their services; its index moves with any check): the
 //!   services whose checks started or stopped passing are read; a node
-//!   check's reads every service with an instance on that node. An
+//!   check's change reads every service with an instance on that node. An
 //!   instance passes when none of its checks and its node's is in this
 //!   set, so nothing else about checks can change what is served.
 //! - `/v1/catalog/nodes`: a node whose address or meta changed (what its
