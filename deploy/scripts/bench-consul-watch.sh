@@ -51,7 +51,7 @@ export CONSUL=http://127.0.0.1:18700 CONTROL=http://127.0.0.1:18710 WORK=$work
 export CONTROL_CMD="$pin1 $bin/tether-control serve --config $work/mesh.yaml --listen 127.0.0.1:18710"
 echo "consul $("$consul" version | head -1), tether-control $profile build, $SERVICES services × $INSTANCES instances on $NODES nodes, default Consul limits"
 python3 - <<'PY'
-import json, os, shlex, subprocess, threading, time, urllib.request
+import json, os, shlex, subprocess, threading, time, urllib.parse, urllib.request
 
 S, I, N, C = (int(os.environ[k]) for k in ("SERVICES", "INSTANCES", "NODES", "CHANGES"))
 consul, control, work = os.environ["CONSUL"], os.environ["CONTROL"], os.environ["WORK"]
@@ -121,7 +121,10 @@ def status_kib(pid, key):
 hz = os.sysconf("SC_CLK_TCK")
 log = open(os.path.join(work, "control.log"), "w")
 t0 = time.time()
-proc = subprocess.Popen(shlex.split(os.environ["CONTROL_CMD"]), stdout=log, stderr=log)
+# Debug on the catalog: each publish is logged, to split a change's time
+# into the watcher's part and the snapshot computation's.
+env = dict(os.environ, TETHER_LOG="info,tether_control::catalog=debug")
+proc = subprocess.Popen(shlex.split(os.environ["CONTROL_CMD"]), stdout=log, stderr=log, env=env)
 pid = proc.pid
 peak = [0]
 stop = threading.Event()
@@ -160,6 +163,7 @@ idle_cpu = (ticks(pid) - before) / hz
 print(f"idle 10 s: CPU {idle_cpu:.3f} s; connections now {sockets(pid)}")
 
 lat = {"check": [], "re-registration": []}
+stamps = []  # (kind, when the change was made, wall clock)
 before = ticks(pid)
 for k, s in enumerate(targets):
     version, eps = snapshot(k, 0, "0s")
@@ -172,6 +176,7 @@ for k, s in enumerate(targets):
         want = sorted([f"127.0.0.1:{newport}"] + [f"127.0.0.1:{ipport(s, i)}" for i in range(1, I)])
     req("PUT", consul + "/v1/txn", change)
     t = time.time()
+    stamps.append((kind, t))
     while True:
         version, eps = snapshot(k, version, "30s")
         if eps == want:
@@ -190,11 +195,34 @@ for kind, xs in lat.items():
 allx = lat["check"] + lat["re-registration"]
 print(f"propagation, all {len(allx)}: p50 {pct(allx, 50):.0f} ms, p99 {pct(allx, 99):.0f} ms")
 print(f"CPU over the {len(allx)} changes: {changes_cpu:.2f} s")
+
+# Split each change at the log lines after it: the catalog watcher's
+# publish, then the snapshot store's update.
+import datetime
+def when(line):
+    return datetime.datetime.strptime(line[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc).timestamp()
+log.flush()
+lines = open(os.path.join(work, "control.log")).read().splitlines()
+published = [when(l) for l in lines if "consul catalog published" in l]
+updated = [when(l) for l in lines if "snapshots updated" in l]
+split = {"check": ([], []), "re-registration": ([], [])}
+for kind, t in stamps:
+    p = next((x for x in published if x >= t), None)
+    u = next((x for x in updated if p is not None and x >= p), None)
+    if p is not None and u is not None:
+        split[kind][0].append(p - t)
+        split[kind][1].append(u - p)
+for kind, (w, s) in split.items():
+    if w:
+        print(f"  {kind}: Consul change → catalog published p50 {pct(w, 50):.0f} ms (max {max(w) * 1000:.0f}); → snapshots computed p50 {pct(s, 50):.0f} ms (max {max(s) * 1000:.0f})")
 print(f"connections to Consul: at most {peak[0]} at once (bound 11; Consul's default limit 200)")
 print(f"RSS now {status_kib(pid, 'VmRSS') // 1024} MiB, peak {status_kib(pid, 'VmHWM') // 1024} MiB")
 t = time.time()
 size = len(req("GET", consul + "/v1/health/state/any")[1])
 print(f"for scale: Consul answers /v1/health/state/any ({size / 1e6:.1f} MB) in {(time.time() - t) * 1000:.0f} ms")
+t = time.time()
+size = len(req("GET", consul + "/v1/health/state/any?filter=" + urllib.parse.quote('Status != "passing"'))[1])
+print(f"the checks not passing ({size} B, filtered from all) in {(time.time() - t) * 1000:.0f} ms")
 t = time.time()
 size = len(req("GET", f"{consul}/v1/catalog/node-services/node-000")[1])
 print(f"and one node's instances ({size / 1e3:.0f} kB) in {(time.time() - t) * 1000:.0f} ms")

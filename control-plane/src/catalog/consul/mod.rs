@@ -181,13 +181,17 @@ fn publish(tx: &watch::Sender<Arc<CatalogState>>, shared: &Shared) {
         }
         None => &known.services,
     };
-    tx.send_if_modified(|current| {
+    let sent = tx.send_if_modified(|current| {
         if current.synced && current.services == *services {
             return false;
         }
         *current = Arc::new(CatalogState::synced(services.clone()));
         true
     });
+    if sent {
+        // What deploy/scripts/bench-consul-watch.sh times a change by.
+        tracing::debug!(services = services.len(), "consul catalog published");
+    }
 }
 
 /// Starts a resync hold (unless one runs or none is configured): called by
