@@ -99,6 +99,7 @@ pub struct ConsulCatalog {
 impl Drop for ConsulCatalog {
     fn drop(&mut self) {
         self.metrics.consul_watches.set(0);
+        self.metrics.consul_reads_queued.set(0);
     }
 }
 
