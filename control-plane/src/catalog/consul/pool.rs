@@ -203,3 +203,100 @@ impl Drop for DecOnDrop<'_> {
         self.0.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/1.1 server that answers `[]` to every request after 10 ms,
+    /// counting the connections it accepted and the most open at once.
+    async fn server() -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let (accepted, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (a, m) = (Arc::clone(&accepted), Arc::clone(&most));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let open = Arc::clone(&open);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]";
+                            if socket.write_all(answer).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (base, accepted, most)
+    }
+
+    #[tokio::test]
+    async fn never_more_connections_than_the_bound_and_they_are_reused() {
+        let (base, accepted, most) = server().await;
+        let metrics = ControlMetrics::new();
+        let pool = Arc::new(Pool::new(
+            Connector::Plain(HttpConnector::new()),
+            base,
+            3,
+            metrics.clone(),
+        ));
+        let mut tasks = Vec::new();
+        for _ in 0..60 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move {
+                pool.get("/v1/x", &HeaderMap::new(), Duration::from_secs(10))
+                    .await
+                    .map(|a| (a.status, a.body))
+            }));
+        }
+        for task in tasks {
+            let answer = task.await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                matches!(&answer, Ok((status, body)) if *status == StatusCode::OK && &body[..] == b"[]"),
+                "{:?}",
+                answer.map(|a| a.0)
+            );
+        }
+        assert!(
+            most.load(Ordering::SeqCst) <= 3,
+            "{} connections open at once",
+            most.load(Ordering::SeqCst)
+        );
+        assert!(
+            accepted.load(Ordering::SeqCst) <= 3,
+            "{} connections opened for 60 requests: not reused",
+            accepted.load(Ordering::SeqCst)
+        );
+        assert!((1..=3).contains(&metrics.consul_connections.get()));
+        assert_eq!(metrics.consul_requests_in_flight.get(), 0);
+    }
+}
