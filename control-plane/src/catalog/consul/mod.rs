@@ -509,18 +509,17 @@ async fn reader(watcher: Arc<Watcher>) {
         let (read, trigger) = watcher.queue.next().await;
         let result = match &read {
             Read::Service(name) => read_service(&watcher, name, failures > 0).await,
-            Read::Node(node) => read_node(&watcher, node).await,
+            Read::Node(node) => read_node(&watcher, node, failures > 0).await,
         };
         match result {
-            Ok(read_it) => {
+            Ok(true) => {
                 failures = 0;
-                if read_it {
-                    api.metrics()
-                        .consul_reads
-                        .with_label_values(&[read.label()])
-                        .inc();
-                }
+                api.metrics()
+                    .consul_reads
+                    .with_label_values(&[read.label()])
+                    .inc();
             }
+            Ok(false) => {} // nothing asked of Consul
             Err(error) => {
                 // Again, in its lane, after this reader's backoff (the
                 // others go on meanwhile).
@@ -553,9 +552,14 @@ async fn read_service(
 
 /// Lists one node's instances and queues the services changed there since
 /// their last read.
-async fn read_node(watcher: &Watcher, node: &str) -> Result<bool, ConsulError> {
+async fn read_node(watcher: &Watcher, node: &str, recovering: bool) -> Result<bool, ConsulError> {
     let path = format!("/v1/catalog/node-services/{}", escape(node));
     let (listing, _) = watcher.api.read::<api::NodeServices>(&path).await?;
+    if recovering {
+        // Consul answers again: what this reader reads next may be less
+        // than Consul will soon hold (see `apply`).
+        watcher.hold_removals();
+    }
     let listing = listing.services.unwrap_or_default();
     let changed = match watcher.shared.lock() {
         Ok(known) => changes::changed_on_node(&listing, known.on_node.get(node), &known.indexes),
