@@ -27,7 +27,7 @@ pub struct ControlMetrics {
     pub consul_errors: IntCounter,
     /// Consul query latency (blocking queries included).
     pub consul_latency: Histogram,
-    /// Consul blocking queries kept open (service list + one per service).
+    /// Consul blocking queries kept open (service list, check list, node list).
     pub consul_watches: IntGauge,
     /// Times Consul answered again after a failure and removals were held.
     pub consul_resync_holds: IntCounter,
@@ -49,6 +49,18 @@ pub struct ControlMetrics {
     pub rollout_percent: IntGaugeVec,
     /// Rollouts finished, by outcome (promoted, rolled-back, aborted).
     pub rollouts: IntCounterVec,
+    /// TCP connections open to Consul now (bounded: see `catalog::consul`).
+    pub consul_connections: IntGauge,
+    /// Consul requests (blocking or not) in flight now.
+    pub consul_requests_in_flight: IntGauge,
+    /// Non-blocking reads, by what was read (service: one service's
+    /// health; node: one node's instances, in a sweep).
+    pub consul_reads: IntCounterVec,
+    /// Sweeps started: every node's instances listed (the service index
+    /// moved), or every service read (start, after an error).
+    pub consul_sweeps: IntCounter,
+    /// Reads waiting for one of the readers.
+    pub consul_reads_queued: IntGauge,
 }
 
 impl ControlMetrics {
@@ -133,7 +145,7 @@ impl ControlMetrics {
             consul_latency: reg(&registry, latency),
             consul_watches: gauge(
                 "tether_control_consul_watches",
-                "Consul blocking queries kept open: the service list and one per service.",
+                "Consul blocking queries kept open: the service list, the check list and the node list.",
             ),
             consul_resync_holds: counter(
                 "tether_control_consul_resync_holds_total",
@@ -180,6 +192,27 @@ impl ControlMetrics {
                 "tether_control_rollouts_total",
                 "Rollouts finished, by outcome (promoted, rolled-back, aborted).",
                 &["outcome"],
+            ),
+            consul_connections: gauge(
+                "tether_control_consul_connections",
+                "TCP connections open to Consul now (at most the blocking queries plus the service readers).",
+            ),
+            consul_requests_in_flight: gauge(
+                "tether_control_consul_requests_in_flight",
+                "Consul requests in flight now, blocking queries included.",
+            ),
+            consul_reads: counter_vec(
+                "tether_control_consul_reads_total",
+                "Non-blocking Consul reads, by what was read (service: /v1/health/service/<name>; node: /v1/catalog/node-services/<node>, in a sweep).",
+                &["read"],
+            ),
+            consul_sweeps: counter(
+                "tether_control_consul_sweeps_total",
+                "Sweeps: every node's instances listed because Consul's service index moved (a registration, deregistration or re-registration), or every service read (at start, after an error).",
+            ),
+            consul_reads_queued: gauge(
+                "tether_control_consul_reads_queued",
+                "Reads waiting for one of the readers.",
             ),
             registry,
         }

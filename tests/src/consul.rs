@@ -165,6 +165,13 @@ impl Consul {
         reply.body
     }
 
+    /// Applies catalog operations (`/v1/txn`: `Node`, `Service`, `Check`
+    /// verbs) atomically; at most 128 per call, Consul's limit.
+    pub async fn txn(&self, ops: &[serde_json::Value]) {
+        self.put("/v1/txn", serde_json::Value::from(ops.to_vec()).to_string())
+            .await;
+    }
+
     /// Registers an instance with the agent.
     pub async fn register(&self, instance: &Instance<'_>) {
         let mut body = serde_json::json!({

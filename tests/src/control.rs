@@ -370,6 +370,11 @@ impl ControlPlane {
         std::fs::rename(&tmp, &self.config).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

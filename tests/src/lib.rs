@@ -17,6 +17,7 @@ pub mod mesh_tls;
 pub mod netns;
 pub mod pki;
 pub mod proxy;
+pub mod sockets;
 pub mod tls_relay;
 pub mod tokens;
 

@@ -9,6 +9,7 @@ mod catalog_consul;
 mod chaos;
 mod consul;
 mod consul_cluster;
+mod consul_scale;
 mod consul_secure;
 mod containers;
 mod control_lifecycle;

@@ -1,6 +1,7 @@
 //! The few Consul HTTP API calls the watcher makes: blocking GETs with
-//! `index`/`wait`, `dc` and `X-Consul-Token`, and the health JSON turned into
-//! [`Endpoint`]s.
+//! `index`/`wait`, plain reads, `dc` and `X-Consul-Token`, over a strictly
+//! bounded set of connections ([`pool`](super::pool)); and the JSON of
+//! health entries, checks and nodes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,15 +10,14 @@ use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, HeaderValue, Uri};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use rand::Rng;
 use serde::Deserialize;
 use tether_api::Endpoint;
 
+use super::pool::{Connector, Pool, PoolError};
 use crate::config::ConsulConfig;
 use crate::metrics::ControlMetrics;
 
@@ -27,11 +27,14 @@ const WAIT: Duration = Duration::from_secs(30);
 const ACL_FILTERED: &str = "x-consul-results-filtered-by-acls";
 /// Give up on an answer this long after `WAIT`: the agent or the network is gone.
 const ANSWER_GRACE: Duration = Duration::from_secs(15);
-/// Idle connections kept for reuse. Each watch holds its own connection
-/// while it blocks; between two queries it may briefly open a second one,
-/// and without this cap those would linger and count against Consul's
-/// per-client connection limit.
-const MAX_IDLE_CONNECTIONS: usize = 16;
+/// Give up on a non-blocking read after this long: Consul answers one
+/// service's health in milliseconds, even a busy one within seconds.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of a client made with [`ConsulApi::new`]: a few queries at
+/// once, far below Consul's default per-client limit of 200.
+const DEFAULT_CONNECTIONS: usize = 4;
+/// Time to open a TCP connection to the agent: it is near (usually local).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First retry delay after an error; doubles up to [`MAX_BACKOFF`], jittered.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest retry delay: a restarted Consul is noticed within seconds.
@@ -85,30 +88,10 @@ pub enum ConsulError {
     },
 }
 
-/// Plain HTTP, or HTTPS verified against Consul's CA (mesh.yaml's
-/// `ca_file`): validation refuses an `https://` address without one.
-#[derive(Clone)]
-enum Transport {
-    Plain(Client<HttpConnector, Empty<Bytes>>),
-    Tls(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
-}
-
-impl Transport {
-    fn request(
-        &self,
-        request: http::Request<Empty<Bytes>>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            Transport::Plain(client) => client.request(request),
-            Transport::Tls(client) => client.request(request),
-        }
-    }
-}
-
 /// A Consul agent's HTTP API, as the watcher uses it.
 #[derive(Clone)]
 pub struct ConsulApi {
-    client: Transport,
+    pool: Arc<Pool>,
     /// Whether Consul's ACL filtering has been reported (once per process).
     filtered_warned: Arc<AtomicBool>,
     config: ConsulConfig,
@@ -116,33 +99,53 @@ pub struct ConsulApi {
 }
 
 impl ConsulApi {
-    /// A client for the agent in `config`: plain HTTP, or HTTPS verified
-    /// against the CA of `config.tls` when the address is `https://`.
+    /// A client for the agent in `config` with a few connections (see
+    /// [`ConsulApi::with_connections`]).
     pub fn new(config: ConsulConfig, metrics: ControlMetrics) -> Self {
+        Self::with_connections(config, metrics, DEFAULT_CONNECTIONS)
+    }
+
+    /// A client for the agent in `config`, never holding more than
+    /// `connections` TCP connections to it (queries beyond wait): plain
+    /// HTTP, or HTTPS verified against the CA of `config.tls` when the
+    /// address is `https://`. HTTP/1.1 either way: Consul's HTTPS also
+    /// speaks HTTP/2, its plain port does not, and the bound is what keeps
+    /// Consul's per-client connection limit out of reach.
+    pub fn with_connections(
+        config: ConsulConfig,
+        metrics: ControlMetrics,
+        connections: usize,
+    ) -> Self {
         let mut http = HttpConnector::new();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
-            .clone();
-        let client = match &config.tls {
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let connector = match &config.tls {
             Some(tls) => {
                 http.enforce_http(false);
-                let mut config = (*tls.config).clone();
+                let mut tls_config = (*tls.config).clone();
                 // hyper-rustls sets ALPN itself (and panics if it is set).
-                config.alpn_protocols.clear();
+                tls_config.alpn_protocols.clear();
                 let builder = HttpsConnectorBuilder::new()
-                    .with_tls_config(config)
+                    .with_tls_config(tls_config)
                     .https_only();
                 let builder = match tls.server_name.as_deref().map(ServerName::try_from) {
                     Some(Ok(name)) => builder
                         .with_server_name_resolver(FixedServerNameResolver::new(name.to_owned())),
                     _ => builder,
                 };
-                Transport::Tls(client.build(builder.enable_http1().wrap_connector(http)))
+                Connector::Tls(builder.enable_http1().wrap_connector(http))
             }
-            None => Transport::Plain(client.build(http)),
+            None => Connector::Plain(http),
         };
+        // Validation made sure the address is a URI; a bad one fails every
+        // query with a clear error rather than here.
+        let base = config
+            .address
+            .trim_end_matches('/')
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:8500"));
         Self {
-            client,
+            pool: Arc::new(Pool::new(connector, base, connections, metrics.clone())),
             filtered_warned: Arc::new(AtomicBool::new(false)),
             config,
             metrics,
@@ -155,78 +158,104 @@ impl ConsulApi {
         path: &str,
         index: u64,
     ) -> Result<(T, u64), ConsulError> {
-        let uri = self.uri(path, index);
-        let mut request = http::Request::get(&uri);
-        if let Some(token) = &self.config.token {
-            request = request.header("x-consul-token", token);
+        let (value, answered) = self
+            .fetch(&self.path(path, Some(index)), WAIT + ANSWER_GRACE)
+            .await?;
+        Ok((value, next_index(index, answered)))
+    }
+
+    /// One plain (non-blocking) read: the decoded body and `X-Consul-Index`
+    /// as answered (0 when missing).
+    pub async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(T, u64), ConsulError> {
+        self.fetch(&self.path(path, None), READ_TIMEOUT).await
+    }
+
+    async fn fetch<T: serde::de::DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<(T, u64), ConsulError> {
+        let uri = format!(
+            "{}{path_and_query}",
+            self.config.address.trim_end_matches('/')
+        );
+        if self.config.address.parse::<Uri>().is_err() {
+            return Err(ConsulError::Transport {
+                uri,
+                source: "the Consul address is not a URI".into(),
+            });
         }
-        let request = request
-            .body(Empty::new())
-            .map_err(|source| ConsulError::Request {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.config.token {
+            let value = HeaderValue::from_str(token).map_err(|e| ConsulError::Request {
                 uri: uri.clone(),
-                source,
+                source: e.into(),
             })?;
+            headers.insert("x-consul-token", value);
+        }
         let started = Instant::now();
-        let response = tokio::time::timeout(WAIT + ANSWER_GRACE, self.client.request(request))
+        let answer = self
+            .pool
+            .get(path_and_query, &headers, timeout)
             .await
-            .map_err(|_| ConsulError::Timeout { uri: uri.clone() })?
-            .map_err(|e| ConsulError::Transport {
-                uri: uri.clone(),
-                source: Box::new(e),
+            .map_err(|e| match e {
+                PoolError::Timeout => ConsulError::Timeout { uri: uri.clone() },
+                PoolError::Transport(source) => ConsulError::Transport {
+                    uri: uri.clone(),
+                    source,
+                },
             })?;
-        let status = response.status();
-        if response
-            .headers()
+        self.metrics
+            .consul_latency
+            .observe(started.elapsed().as_secs_f64());
+        if answer
+            .headers
             .get(ACL_FILTERED)
             .is_some_and(|v| v == "true")
             && !self.filtered_warned.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
-                path,
+                path = path_and_query,
                 "Consul left out results the control plane's ACL token may not read: give it service:read and node:read on every service (docs/control-plane.md, \"Consul in production\")"
             );
         }
-        let next = response
-            .headers()
+        let answered = answer
+            .headers
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ConsulError::Transport {
-                uri: uri.clone(),
-                source: Box::new(e),
-            })?
-            .to_bytes();
-        self.metrics
-            .consul_latency
-            .observe(started.elapsed().as_secs_f64());
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body).trim().to_owned();
-            return Err(ConsulError::Status { uri, status, body });
+        if !answer.status.is_success() {
+            let body = String::from_utf8_lossy(&answer.body).trim().to_owned();
+            return Err(ConsulError::Status {
+                uri,
+                status: answer.status,
+                body,
+            });
         }
-        let value = serde_json::from_slice(&body).map_err(|source| ConsulError::Json {
-            uri: uri.clone(),
-            source,
-        })?;
-        Ok((value, next_index(index, next)))
+        let value = serde_json::from_slice(&answer.body)
+            .map_err(|source| ConsulError::Json { uri, source })?;
+        Ok((value, answered))
     }
 
-    fn uri(&self, path: &str, index: u64) -> String {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut uri = format!(
-            "{}{path}{sep}index={index}&wait={}s",
-            self.config.address.trim_end_matches('/'),
-            WAIT.as_secs()
-        );
-        if let Some(dc) = &self.config.datacenter {
-            uri.push_str("&dc=");
-            uri.push_str(&escape(dc));
+    /// The path and query: `path`, then `index` and `wait` for a blocking
+    /// query, then `dc`.
+    fn path(&self, path: &str, index: Option<u64>) -> String {
+        let mut out = path.to_owned();
+        let mut sep = if path.contains('?') { '&' } else { '?' };
+        if let Some(index) = index {
+            out.push_str(&format!("{sep}index={index}&wait={}s", WAIT.as_secs()));
+            sep = '&';
         }
-        uri
+        if let Some(dc) = &self.config.datacenter {
+            out.push(sep);
+            out.push_str("dc=");
+            out.push_str(&escape(dc));
+        }
+        out
     }
 
     /// The meta key holding an instance's zone (`zone_meta_key`).
@@ -295,10 +324,21 @@ pub struct HealthEntry {
     node: Node,
     #[serde(rename = "Service")]
     service: Service,
+    /// The node's checks and the instance's own.
+    #[serde(rename = "Checks", default)]
+    checks: Option<Vec<Check>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Check {
+    #[serde(rename = "Status")]
+    status: String,
 }
 
 #[derive(Debug, Deserialize)]
 struct Node {
+    #[serde(rename = "Node", default)]
+    name: String,
     #[serde(rename = "Address")]
     address: String,
     #[serde(rename = "Meta", default)]
@@ -307,6 +347,8 @@ struct Node {
 
 #[derive(Debug, Deserialize)]
 struct Service {
+    #[serde(rename = "ID", default)]
+    id: String,
     #[serde(rename = "Address", default)]
     address: String,
     #[serde(rename = "Port")]
@@ -325,7 +367,79 @@ struct Weights {
     passing: u32,
 }
 
+/// One check of `/v1/health/state/any`: a node's (no service) or an
+/// instance's.
+#[derive(Debug, Deserialize)]
+pub struct CheckEntry {
+    /// The node it runs on.
+    #[serde(rename = "Node")]
+    pub node: String,
+    /// Its ID, unique on the node.
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    /// The service of the instance it checks; empty for a node check.
+    #[serde(rename = "ServiceName", default)]
+    pub service: String,
+    /// `passing`, `warning` or `critical`.
+    #[serde(rename = "Status", default)]
+    pub status: String,
+}
+
+/// `/v1/catalog/node-services/<node>` (`Services` is null for a node
+/// Consul does not know).
+#[derive(Debug, Deserialize)]
+pub struct NodeServices {
+    /// The instances registered on the node.
+    #[serde(rename = "Services", default)]
+    pub services: Option<Vec<NodeService>>,
+}
+
+/// One instance of [`NodeServices`].
+#[derive(Debug, Deserialize)]
+pub struct NodeService {
+    /// Its ID, unique on the node.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its service.
+    #[serde(rename = "Service")]
+    pub service: String,
+    /// Raft index of its last change (address, port, tags, meta, weights).
+    #[serde(rename = "ModifyIndex", default)]
+    pub modify_index: u64,
+}
+
+/// One node of `/v1/catalog/nodes`.
+#[derive(Debug, Deserialize)]
+pub struct NodeEntry {
+    /// Its name.
+    #[serde(rename = "Node")]
+    pub node: String,
+    /// Raft index of its last change (address, meta, tagged addresses).
+    #[serde(rename = "ModifyIndex", default)]
+    pub modify_index: u64,
+}
+
 impl HealthEntry {
+    /// Whether Consul counts the instance passing (what `?passing=true`
+    /// keeps): every check of its node and its own is `passing`, or it has
+    /// none.
+    pub fn passing(&self) -> bool {
+        self.checks
+            .iter()
+            .flatten()
+            .all(|check| check.status == "passing")
+    }
+
+    /// The name of the node the instance runs on.
+    pub fn node(&self) -> &str {
+        &self.node.name
+    }
+
+    /// The instance's ID, unique on its node.
+    pub fn id(&self) -> &str {
+        &self.service.id
+    }
+
     /// The endpoint, its zone read from the service's meta under
     /// `zone_key`, else the node's (`Node.Meta`).
     pub fn into_endpoint(mut self, zone_key: &str) -> Endpoint {
@@ -431,6 +545,73 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let endpoint = other.into_iter().map(|e| e.into_endpoint("az")).next();
         assert_eq!(endpoint.and_then(|e| e.zone).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn an_instance_passes_when_every_check_of_its_node_and_its_own_does() {
+        let entries: Vec<HealthEntry> = serde_json::from_str(
+            r#"[
+          {"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"Port": 1},
+           "Checks": [{"Status": "passing"}, {"Status": "passing"}]},
+          {"Node": {"Node": "n2", "Address": "10.0.0.2"}, "Service": {"Port": 2},
+           "Checks": [{"Status": "passing"}, {"Status": "warning"}]},
+          {"Node": {"Node": "n3", "Address": "10.0.0.3"}, "Service": {"Port": 3},
+           "Checks": [{"Status": "critical"}]},
+          {"Node": {"Node": "n4", "Address": "10.0.0.4"}, "Service": {"Port": 4}, "Checks": []},
+          {"Node": {"Node": "n5", "Address": "10.0.0.5"}, "Service": {"Port": 5}}
+        ]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let passing: Vec<(&str, bool)> = entries.iter().map(|e| (e.node(), e.passing())).collect();
+        assert_eq!(
+            passing,
+            [
+                ("n1", true),
+                ("n2", false),
+                ("n3", false),
+                ("n4", true),
+                ("n5", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn checks_and_nodes_decode() {
+        let checks: Vec<CheckEntry> = serde_json::from_str(
+            r#"[{"Node": "n1", "CheckID": "serfHealth", "Status": "passing", "ServiceID": "",
+                 "ServiceName": "", "CreateIndex": 11, "ModifyIndex": 11},
+                {"Node": "n1", "CheckID": "c:a1", "Status": "critical", "ServiceID": "a1",
+                 "ServiceName": "a", "ModifyIndex": 20}]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (checks[0].service.as_str(), checks[1].service.as_str()),
+            ("", "a")
+        );
+        assert_eq!(checks[1].status, "critical");
+        let nodes: Vec<NodeEntry> = serde_json::from_str(
+            r#"[{"ID": "x", "Node": "n1", "Address": "10.0.0.1", "Meta": {"zone": "a"},
+                 "CreateIndex": 27, "ModifyIndex": 29}]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((nodes[0].node.as_str(), nodes[0].modify_index), ("n1", 29));
+        let listing: NodeServices = serde_json::from_str(
+            r#"{"Node": {"Node": "n1"}, "Services": [{"ID": "a1", "Service": "a", "Port": 1,
+                 "Tags": [], "CreateIndex": 56, "ModifyIndex": 57}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let services = listing.services.unwrap_or_default();
+        assert_eq!(
+            (
+                services[0].id.as_str(),
+                services[0].service.as_str(),
+                services[0].modify_index
+            ),
+            ("a1", "a", 57)
+        );
+        let unknown: NodeServices = serde_json::from_str(r#"{"Node": null, "Services": null}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(unknown.services.is_none());
     }
 
     #[test]
