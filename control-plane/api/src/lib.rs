@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod control;
+mod delta;
 mod policy;
 mod rollout;
 mod snapshot;
@@ -21,6 +22,9 @@ mod traffic;
 mod validate;
 
 pub use control::snapshot_path;
+pub use delta::{
+    snapshot_delta_path, BaseMismatch, SnapshotDelta, SnapshotUpdate, DELTA_QUERY,
+};
 pub use control::{
     CertificateRequest, CertificateResponse, ProxyReport, ProxyStatus, StatusResponse,
     CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, SNAPSHOT_PATH_PREFIX, STATUS_PATH,
