@@ -27,12 +27,19 @@ use crate::catalog::CatalogState;
 use crate::config::MeshConfig;
 use crate::metrics::ControlMetrics;
 
+mod delta;
+
+pub use delta::{Kind, HISTORY, MAX_STEPS};
+
 /// What every service's snapshot shares: all services with endpoints and
 /// policy, computed and encoded once per change, however many services and
 /// proxies there are.
 #[derive(Debug)]
 pub struct Shared {
     services: BTreeMap<String, ServiceSnapshot>,
+    /// Counts the shared parts made: deltas find the names touched since
+    /// an older one by it ([`delta`]).
+    generation: u64,
     /// `services` as JSON: sent as is inside every service's snapshot that
     /// holds the whole mesh.
     json: Bytes,
@@ -42,10 +49,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(services: BTreeMap<String, ServiceSnapshot>) -> Self {
+    fn new(services: BTreeMap<String, ServiceSnapshot>, generation: u64) -> Self {
         let json = serde_json::to_vec(&services).unwrap_or_else(|_| b"{}".to_vec());
         Self {
             services,
+            generation,
             json: Bytes::from(json),
             members: OnceLock::new(),
         }
@@ -77,6 +85,10 @@ pub struct Published {
     /// The wire JSON up to the shared part, encoded by the first long-poll
     /// that sends it.
     head: OnceLock<Bytes>,
+    /// The versions of this service before this one, for deltas from them.
+    history: Vec<delta::Past>,
+    /// Deltas to this version, encoded once per base.
+    deltas: delta::DeltaCache,
 }
 
 /// Closes the object the head opened, after the shared part.
@@ -206,6 +218,10 @@ pub struct Snapshots {
     /// Set by the first [`Snapshots::update`]: until then nothing is served.
     ready: AtomicBool,
     metrics: ControlMetrics,
+    /// The names each recent shared part touched ([`delta`]).
+    steps: Mutex<delta::Steps>,
+    /// This replica's id in delta answers (random per process).
+    replica: u64,
 }
 
 impl Snapshots {
@@ -218,6 +234,9 @@ impl Snapshots {
             last_version: Mutex::new(0),
             ready: AtomicBool::new(false),
             metrics,
+            steps: Mutex::default(),
+            // Never 0: a proxy asks for a full snapshot with `delta=0`.
+            replica: rand::random::<u64>().max(1),
         })
     }
 
@@ -275,9 +294,19 @@ impl Snapshots {
             .latest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let empty = BTreeMap::new();
+        let old = latest.as_ref().map_or(&empty, |old| &old.services);
+        let touched = delta::touched(old, &services);
         let shared = match latest.as_ref() {
-            Some(old) if old.services == services => Arc::clone(old),
-            _ => Arc::new(Shared::new(services)),
+            Some(old) if touched.is_empty() => Arc::clone(old),
+            _ => {
+                let generation = latest.as_ref().map_or(1, |old| old.generation + 1);
+                self.steps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(generation, touched);
+                Arc::new(Shared::new(services, generation))
+            }
         };
         *latest = Some(Arc::clone(&shared));
         drop(latest);
@@ -301,6 +330,8 @@ impl Snapshots {
                             shared: Arc::clone(&shared),
                             scope,
                             head: OnceLock::new(),
+                            history: delta::history_after(previous.get(name).map(|p| &**p)),
+                            deltas: delta::DeltaCache::default(),
                         }),
                     );
                     changed += 1;

@@ -174,7 +174,14 @@ mod tests {
                 held: Some(4)
             })
         );
-        assert_eq!(other, Snapshot { version: 4, ..held() }, "left as it was");
+        assert_eq!(
+            other,
+            Snapshot {
+                version: 4,
+                ..held()
+            },
+            "left as it was"
+        );
         let mut snapshot = held();
         assert_eq!(delta.merge_into(&mut snapshot), Ok(()));
         assert_eq!(snapshot.version, 9);

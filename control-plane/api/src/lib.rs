@@ -22,13 +22,11 @@ mod traffic;
 mod validate;
 
 pub use control::snapshot_path;
-pub use delta::{
-    snapshot_delta_path, BaseMismatch, SnapshotDelta, SnapshotUpdate, DELTA_QUERY,
-};
 pub use control::{
     CertificateRequest, CertificateResponse, ProxyReport, ProxyStatus, StatusResponse,
     CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, SNAPSHOT_PATH_PREFIX, STATUS_PATH,
 };
+pub use delta::{snapshot_delta_path, BaseMismatch, SnapshotDelta, SnapshotUpdate, DELTA_QUERY};
 pub use policy::{
     default_grpc_retry_on, is_default_retry_on, Backoff, CircuitBreaker, LoadBalancer, RetryBudget,
     RetryOn, RetryPolicy, TrafficPolicy, GRPC_CODE_NAMES,
