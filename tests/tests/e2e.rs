@@ -11,6 +11,7 @@ mod consul;
 mod consul_cluster;
 mod consul_secure;
 mod containers;
+mod control_deltas;
 mod control_lifecycle;
 mod control_plane;
 mod control_reload;
