@@ -319,7 +319,7 @@ impl Snapshots {
                 Some(old)
                     if old.same_services(&shared, &scope) && same_content(&old.header, &header) =>
                 {
-                    next.insert(name.clone(), Arc::clone(old));
+                    next.insert(name.clone(), old.rebased(&shared));
                 }
                 _ => {
                     header.version = self.next_version();

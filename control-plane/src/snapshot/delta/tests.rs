@@ -169,6 +169,13 @@ fn scoped_snapshots_send_their_services_only_and_scope_changes_come_out_right() 
     instances[2].1 = 2;
     store.update(&mesh("upstreams: [api, db]"), &catalog(&instances));
     assert_eq!(full(&store, "web").version, web.version);
+    let (Some(web_now), Some(db_now)) = (store.get("web"), store.get("db")) else {
+        panic!("both");
+    };
+    assert!(
+        Arc::ptr_eq(&web_now.shared, &db_now.shared),
+        "a kept version holds the latest shared part, not an old one"
+    );
     // A change it holds: that service only.
     instances[0].1 = 3;
     store.update(&mesh("upstreams: [api, db]"), &catalog(&instances));
