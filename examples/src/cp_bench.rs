@@ -74,7 +74,7 @@ const REGISTER_CONCURRENCY: usize = 16;
 impl Args {
     /// The services `service`'s proxies hold (`None`: all).
     fn scope(&self, service: usize) -> Option<Vec<usize>> {
-        if service % self.all_every.max(1) == 0 {
+        if service.is_multiple_of(self.all_every.max(1)) {
             return None;
         }
         let n = self.upstreams.min(self.services.saturating_sub(1));
@@ -189,7 +189,17 @@ struct Seen {
     services: Vec<(usize, usize)>,
 }
 
-fn parse(body: &[u8]) -> Result<(u64, u64, bool, Vec<(usize, usize)>), String> {
+/// What one answer carried.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    version: u64,
+    replica: u64,
+    full: bool,
+    /// (service index, endpoints) of every service in it.
+    services: Vec<(usize, usize)>,
+}
+
+fn parse(body: &[u8]) -> Result<Answer, String> {
     let update: Update = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let (full, light) = match (update.full, update.delta) {
         (Some(full), _) => (true, full),
@@ -201,7 +211,12 @@ fn parse(body: &[u8]) -> Result<(u64, u64, bool, Vec<(usize, usize)>), String> {
         .iter()
         .filter_map(|(name, s)| Some((name.strip_prefix("svc-")?.parse().ok()?, s.endpoints.len())))
         .collect();
-    Ok((light.version, update.replica, full, services))
+    Ok(Answer {
+        version: light.version,
+        replica: update.replica,
+        full,
+        services,
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -402,7 +417,12 @@ async fn main() -> Result<(), String> {
                     Ok((200, body)) => {
                         let at = Instant::now();
                         match parse(&body) {
-                            Ok((v, r, full, services)) => {
+                            Ok(Answer {
+                                version: v,
+                                replica: r,
+                                full,
+                                services,
+                            }) => {
                                 (version, replica) = (v, r);
                                 let _ = seen.send(Seen {
                                     subscriber: sub,
@@ -695,10 +715,14 @@ mod tests {
     #[test]
     fn an_update_is_read_for_versions_and_endpoint_counts() {
         let delta = br#"{"replica":7,"delta":{"version":9,"base":8,"mesh":{},"services":{"svc-3":{"endpoints":[{"address":"a"},{"address":"b"}]}}}}"#;
-        let (version, replica, full, services) = parse(delta).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            (version, replica, full, services),
-            (9, 7, false, vec![(3, 2)])
+            parse(delta),
+            Ok(Answer {
+                version: 9,
+                replica: 7,
+                full: false,
+                services: vec![(3, 2)]
+            })
         );
         assert!(parse(b"{}").is_err());
     }

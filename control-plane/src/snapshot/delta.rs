@@ -199,7 +199,10 @@ pub(super) fn touched(
 /// base, a full snapshot is sent), computed by the first subscriber that
 /// asks and shared by the others.
 #[derive(Debug, Default)]
-pub(super) struct DeltaCache(Mutex<Vec<(u64, Option<Arc<[Bytes]>>)>>);
+pub(super) struct DeltaCache(Mutex<Vec<(u64, Option<Encoded>)>>);
+
+/// An encoded delta: its chunks, as [`Published::wire`]'s.
+type Encoded = Arc<[Bytes]>;
 
 /// What changes from one view of the mesh to another.
 #[derive(Debug, PartialEq, Eq)]
@@ -289,7 +292,7 @@ impl Snapshots {
         (Kind::Full, chunks)
     }
 
-    fn delta_wire(&self, current: &Published, base: u64) -> Option<Arc<[Bytes]>> {
+    fn delta_wire(&self, current: &Published, base: u64) -> Option<Encoded> {
         let mut cache = current
             .deltas
             .0
@@ -298,7 +301,7 @@ impl Snapshots {
         if let Some((_, delta)) = cache.iter().find(|(b, _)| *b == base) {
             return delta.clone();
         }
-        let delta: Option<Arc<[Bytes]>> = self.encode_delta(current, base).map(Arc::from);
+        let delta: Option<Encoded> = self.encode_delta(current, base).map(Arc::from);
         if cache.len() >= HISTORY {
             cache.remove(0);
         }

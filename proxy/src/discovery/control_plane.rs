@@ -114,7 +114,7 @@ pub async fn subscribe(
                 seen = offered;
                 let report = match applier.apply(snapshot.clone()) {
                     Ok(version) => {
-                        save(&settings, &snapshot).await;
+                        save(&settings, snapshot).await;
                         ProxyReport {
                             applied_version: version,
                             ..report_base(&settings, version)

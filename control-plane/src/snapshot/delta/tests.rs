@@ -235,7 +235,7 @@ fn steps_answer_only_for_generations_still_remembered() {
     assert_eq!(steps.touched(9, 11), None, "generation 10 is forgotten");
     assert_eq!(
         steps.touched(10, 11),
-        Some([format!("s11")].into()),
+        Some(["s11".to_owned()].into()),
         "the oldest remembered"
     );
     assert_eq!(steps.touched(last, last + 1), None, "not made yet");
