@@ -450,18 +450,28 @@ async fn main() -> Result<(), String> {
         args.subscribers
     );
     let sync_started = Instant::now();
+    // What each subscriber holds (service → endpoints), from its full
+    // snapshot and the deltas since: the catalog may still be filling in
+    // when its first snapshot is sent.
+    let mut holding: Vec<HashMap<usize, usize>> = vec![HashMap::new(); args.subscribers];
     let mut synced = vec![false; args.subscribers];
     let mut left = args.subscribers;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     while left > 0 {
         match tokio::time::timeout_at(deadline.into(), seen_rx.recv()).await {
             Ok(Some(seen)) => {
-                let s = args.service_of(seen.subscriber);
-                let want = args.scope(s).map_or(args.services, |scope| scope.len());
-                let whole = seen.services.len() == want
-                    && seen.services.iter().all(|(_, n)| *n == args.instances);
-                if seen.full && whole && !synced[seen.subscriber] {
-                    synced[seen.subscriber] = true;
+                let sub = seen.subscriber;
+                let held = &mut holding[sub];
+                if seen.full {
+                    held.clear();
+                }
+                held.extend(seen.services);
+                let want = args
+                    .scope(args.service_of(sub))
+                    .map_or(args.services, |s| s.len());
+                let whole = held.len() == want && held.values().all(|n| *n == args.instances);
+                if whole && !synced[sub] {
+                    synced[sub] = true;
                     left -= 1;
                 }
             }
@@ -472,8 +482,8 @@ async fn main() -> Result<(), String> {
             }
         }
     }
+    drop(holding);
     eprintln!("synced in {:.1} s", sync_started.elapsed().as_secs_f64());
-    let sizes = sent(&client, &args.control_planes).await;
     let full_mesh = send(
         &client,
         http::Method::GET,
@@ -484,6 +494,7 @@ async fn main() -> Result<(), String> {
     .await
     .map(|(_, b)| b.len())
     .unwrap_or(0);
+    let sizes = sent(&client, &args.control_planes).await;
 
     // Changes: a task writes them at RATE, the loop below matches answers.
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
@@ -560,7 +571,7 @@ async fn main() -> Result<(), String> {
             d.saturating_duration_since(Instant::now())
         });
         tokio::select! {
-            event = event_rx.recv() => match event {
+            event = event_rx.recv(), if made.is_none() => match event {
                 Some(Event::Start(x, expected)) => {
                     let change = Change { expected, written: None, done: HashMap::new(), holders: args.holders(x) };
                     if let Some(old) = pending.insert(x, change) {
