@@ -62,6 +62,9 @@ done
 shape=(--services "$services" --instances "$instances" --subscribers "$subscribers"
   --all-every "${ALL_EVERY:-50}" --upstreams "${UPSTREAMS:-3}")
 "$bin/tether-cp-bench" --consul http://127.0.0.1:18600 "${shape[@]}" --write-mesh "$work/mesh.yaml"
+# Register first: replicas watching while 10,000 instances arrive one by one
+# would recompute every snapshot per registration (and slow Consul down).
+"$bin/tether-cp-bench" --consul http://127.0.0.1:18600 "${shape[@]}" --register-only
 urls=(); control_pids=()
 for r in $(seq "$replicas"); do
   port=$((18610 + r))
@@ -70,10 +73,10 @@ for r in $(seq "$replicas"); do
   urls+=("http://127.0.0.1:$port")
 done
 for url in "${urls[@]}"; do
-  for _ in $(seq 100); do curl -fsS -o /dev/null "$url/live" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 600); do curl -fsS -o /dev/null "$url/ready" 2>/dev/null && break; sleep 0.1; done
 done
 join() { local IFS=,; echo "$*"; }
 "$bin/tether-cp-bench" --consul http://127.0.0.1:18600 "${shape[@]}" \
   --control-planes "$(join "${urls[@]}")" --control-pids "$(join "${control_pids[@]}")" \
-  --rate "$rate" --duration "$duration"
+  --rate "$rate" --duration "$duration" --registered
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $(uname -r); release build"

@@ -36,7 +36,7 @@ struct Args {
     #[arg(long)]
     consul: String,
     /// Control-plane replicas' base URLs, comma-separated.
-    #[arg(long, value_delimiter = ',', required_unless_present = "write_mesh")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["write_mesh", "register_only"])]
     control_planes: Vec<String>,
     /// Their PIDs, in the same order: CPU, RSS and Consul connections.
     #[arg(long, value_delimiter = ',')]
@@ -62,6 +62,13 @@ struct Args {
     /// Write the mesh.yaml for these settings to this file and exit.
     #[arg(long)]
     write_mesh: Option<std::path::PathBuf>,
+    /// Register the instances in Consul and exit (before the replicas
+    /// start: they would recompute snapshots on every registration).
+    #[arg(long)]
+    register_only: bool,
+    /// The instances are registered already (`--register-only`).
+    #[arg(long, conflicts_with = "register_only")]
+    registered: bool,
 }
 
 /// How long subscribers may take to hold the initial snapshots.
@@ -69,7 +76,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long after the last change its subscribers may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Concurrent Consul registrations.
-const REGISTER_CONCURRENCY: usize = 16;
+const REGISTER_CONCURRENCY: usize = 32;
 
 impl Args {
     /// The services `service`'s proxies hold (`None`: all).
@@ -346,20 +353,8 @@ enum Event {
     End(usize),
 }
 
-#[tokio::main]
-async fn main() -> Result<(), String> {
-    let args = Args::parse();
-    if let Some(path) = &args.write_mesh {
-        return std::fs::write(path, args.mesh_yaml())
-            .map_err(|e| format!("{}: {e}", path.display()));
-    }
-    let args = Arc::new(args);
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Http = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(usize::MAX)
-        .build(connector);
-
+/// Registers every instance in Consul (the agent API, as sidecars do).
+async fn register(client: &Http, args: &Args) -> Result<(), String> {
     eprintln!(
         "registering {} × {} instances in Consul…",
         args.services, args.instances
@@ -390,6 +385,30 @@ async fn main() -> Result<(), String> {
         }
     }
     eprintln!("registered in {:.1} s", started.elapsed().as_secs_f64());
+
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    if let Some(path) = &args.write_mesh {
+        return std::fs::write(path, args.mesh_yaml())
+            .map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let args = Arc::new(args);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Http = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector);
+
+    if !args.registered {
+        register(&client, &args).await?;
+    }
+    if args.register_only {
+        return Ok(());
+    }
 
     // Subscribers: each long-polls its service's snapshot with deltas and
     // reports what every answer carried.
