@@ -79,4 +79,4 @@ join() { local IFS=,; echo "$*"; }
 "$bin/tether-cp-bench" --consul http://127.0.0.1:18600 "${shape[@]}" \
   --control-planes "$(join "${urls[@]}")" --control-pids "$(join "${control_pids[@]}")" \
   --rate "$rate" --duration "$duration" --registered
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $(uname -r); release build"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); $(uname -r); release build; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
