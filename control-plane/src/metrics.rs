@@ -13,8 +13,10 @@ pub struct ControlMetrics {
     pub subscribers: IntGauge,
     /// Snapshots sent to proxies.
     pub snapshots_served: IntCounter,
-    /// Bytes of the snapshot bodies sent to proxies.
-    pub snapshot_bytes: IntCounter,
+    /// Bytes of the snapshot bodies sent to proxies, by kind (`full`, `delta`).
+    pub snapshot_bytes: IntCounterVec,
+    /// Snapshot answers sent to proxies, by kind (`full`, `delta`).
+    pub snapshot_responses: IntCounterVec,
     /// New snapshot versions computed (any service).
     pub snapshot_updates: IntCounter,
     /// Generation of the config in force (Unix seconds of its load).
@@ -118,9 +120,15 @@ impl ControlMetrics {
                 "tether_control_snapshots_served_total",
                 "Snapshots sent to proxies.",
             ),
-            snapshot_bytes: counter(
+            snapshot_bytes: counter_vec(
                 "tether_control_snapshot_bytes_sent_total",
-                "Bytes of snapshot bodies sent to proxies (with `upstreams` or `upstream_scope: authorized`, each proxy gets only the services it holds).",
+                "Bytes of snapshot bodies sent to proxies, by kind: full (the whole snapshot) or delta (what changed since the version the proxy holds). With `upstreams` or `upstream_scope: authorized`, each proxy gets only the services it holds.",
+                &["kind"],
+            ),
+            snapshot_responses: counter_vec(
+                "tether_control_snapshot_responses_total",
+                "Snapshot answers sent to proxies, by kind: full or delta.",
+                &["kind"],
             ),
             snapshot_updates: counter(
                 "tether_control_snapshot_updates_total",
@@ -232,4 +240,13 @@ impl Default for ControlMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The value of one series in Prometheus text (0 when absent), for tests.
+#[cfg(test)]
+pub(crate) fn tests_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -39,7 +39,7 @@ pub use self::caller::Caller;
 use self::caller::{accept, Accepted};
 use crate::issuer::Issuer;
 use crate::metrics::ControlMetrics;
-use crate::snapshot::Snapshots;
+use crate::snapshot::{Kind, Snapshots};
 
 /// Longest a long-poll is held, whatever `wait` asks for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -279,7 +279,10 @@ impl Api {
     /// from a clock far ahead), else when it changes, else `304` once
     /// `wait=` runs out. The proxy's version advances this replica's
     /// version clock ([`Snapshots::observe`]), so versions stay ordered
-    /// across replicas.
+    /// across replicas. With `delta=<replica>` the answer is a
+    /// `tether_api::SnapshotUpdate`: a delta from `version=` when this
+    /// replica made it and remembers it ([`Snapshots::update_wire`]), else
+    /// the full snapshot.
     async fn snapshot(&self, service: &str, params: Option<&str>, proxy: Option<&str>) -> Rsp {
         let have: u64 = query(params, "version")
             .and_then(|v| v.parse().ok())
@@ -288,6 +291,9 @@ impl Api {
             .and_then(|w| humantime::parse_duration(w).ok())
             .unwrap_or(Duration::ZERO)
             .min(MAX_WAIT);
+        // `delta=<replica>`: the proxy merges deltas (`tether_api::SnapshotUpdate`).
+        let delta_from: Option<u64> =
+            query(params, tether_api::DELTA_QUERY).and_then(|r| r.parse().ok());
         if !self.snapshots.is_ready() {
             return text(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED);
         }
@@ -307,9 +313,20 @@ impl Api {
             };
             if Snapshots::newer_than(current.version(), have) {
                 self.metrics.snapshots_served.inc();
-                let wire = current.wire();
+                let (kind, wire) = match delta_from {
+                    Some(replica) => self.snapshots.update_wire(&current, have, replica),
+                    None => (Kind::Full, current.legacy_wire()),
+                };
                 let bytes: usize = wire.iter().map(|chunk| chunk.len()).sum();
-                self.metrics.snapshot_bytes.inc_by(bytes as u64);
+                let kind = [kind.as_str()];
+                self.metrics
+                    .snapshot_responses
+                    .with_label_values(&kind)
+                    .inc();
+                self.metrics
+                    .snapshot_bytes
+                    .with_label_values(&kind)
+                    .inc_by(bytes as u64);
                 let mut response = Response::new(Chunks::new(wire));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -27,12 +27,19 @@ use crate::catalog::CatalogState;
 use crate::config::MeshConfig;
 use crate::metrics::ControlMetrics;
 
+mod delta;
+
+pub use delta::{Kind, HISTORY, MAX_STEPS};
+
 /// What every service's snapshot shares: all services with endpoints and
 /// policy, computed and encoded once per change, however many services and
 /// proxies there are.
 #[derive(Debug)]
 pub struct Shared {
     services: BTreeMap<String, ServiceSnapshot>,
+    /// Counts the shared parts made: deltas find the names touched since
+    /// an older one by it ([`delta`]).
+    generation: u64,
     /// `services` as JSON: sent as is inside every service's snapshot that
     /// holds the whole mesh.
     json: Bytes,
@@ -42,10 +49,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(services: BTreeMap<String, ServiceSnapshot>) -> Self {
+    fn new(services: BTreeMap<String, ServiceSnapshot>, generation: u64) -> Self {
         let json = serde_json::to_vec(&services).unwrap_or_else(|_| b"{}".to_vec());
         Self {
             services,
+            generation,
             json: Bytes::from(json),
             members: OnceLock::new(),
         }
@@ -77,6 +85,10 @@ pub struct Published {
     /// The wire JSON up to the shared part, encoded by the first long-poll
     /// that sends it.
     head: OnceLock<Bytes>,
+    /// The versions of this service before this one, for deltas from them.
+    history: Vec<delta::Past>,
+    /// Deltas to this version, encoded once per base.
+    deltas: delta::DeltaCache,
 }
 
 /// Closes the object the head opened, after the shared part.
@@ -99,7 +111,23 @@ impl Published {
     /// change and shared by every snapshot that holds them), then the
     /// braces: its size follows its own dependencies, not the mesh's.
     pub fn wire(&self) -> Vec<Bytes> {
-        let head = self.head.get_or_init(|| self.encode_head()).clone();
+        let head = self.head.get_or_init(|| self.encode_head(true)).clone();
+        self.wire_with(head)
+    }
+
+    /// [`Self::wire`] for a proxy that does not merge deltas: an older one,
+    /// which would refuse the `partial` field (`deny_unknown_fields`), so
+    /// it is left out (such a proxy cannot discover services on demand
+    /// anyway). Its head is encoded per answer: only proxies older than
+    /// this control plane come here, during an upgrade.
+    pub fn legacy_wire(&self) -> Vec<Bytes> {
+        if self.scope.is_none() {
+            return self.wire();
+        }
+        self.wire_with(self.encode_head(false))
+    }
+
+    fn wire_with(&self, head: Bytes) -> Vec<Bytes> {
         let Some(scope) = &self.scope else {
             return vec![head, self.shared.json.clone(), Bytes::from_static(TAIL)];
         };
@@ -128,7 +156,7 @@ impl Published {
 
     /// `{"version":…,…,"services":` — the header's fields, then the key
     /// whose value is the shared part.
-    fn encode_head(&self) -> Bytes {
+    fn encode_head(&self, with_partial: bool) -> Bytes {
         #[derive(serde::Serialize)]
         struct Head<'a> {
             version: u64,
@@ -149,7 +177,7 @@ impl Published {
             mesh: &h.mesh,
             authorization: h.authorization.as_ref(),
             inbound_rate_limit: h.inbound_rate_limit.as_ref(),
-            partial: self.scope.is_some(),
+            partial: with_partial && self.scope.is_some(),
         };
         // An object with at least `version` and `mesh`: `{…}`. Its closing
         // brace makes way for the shared part.
@@ -212,6 +240,10 @@ pub struct Snapshots {
     metrics: ControlMetrics,
     /// Services proxies asked for on demand (`want=`).
     wants: crate::wants::Wants,
+    /// The names each recent shared part touched ([`delta`]).
+    steps: Mutex<delta::Steps>,
+    /// This replica's id in delta answers (random per process).
+    replica: u64,
 }
 
 impl Snapshots {
@@ -225,6 +257,9 @@ impl Snapshots {
             ready: AtomicBool::new(false),
             metrics,
             wants: crate::wants::Wants::default(),
+            steps: Mutex::default(),
+            // Never 0: a proxy asks for a full snapshot with `delta=0`.
+            replica: rand::random::<u64>().max(1),
         })
     }
 
@@ -287,9 +322,19 @@ impl Snapshots {
             .latest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let empty = BTreeMap::new();
+        let old = latest.as_ref().map_or(&empty, |old| &old.services);
+        let touched = delta::touched(old, &services);
         let shared = match latest.as_ref() {
-            Some(old) if old.services == services => Arc::clone(old),
-            _ => Arc::new(Shared::new(services)),
+            Some(old) if touched.is_empty() => Arc::clone(old),
+            _ => {
+                let generation = latest.as_ref().map_or(1, |old| old.generation + 1);
+                self.steps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(generation, touched);
+                Arc::new(Shared::new(services, generation))
+            }
         };
         *latest = Some(Arc::clone(&shared));
         drop(latest);
@@ -310,7 +355,7 @@ impl Snapshots {
                 Some(old)
                     if old.same_services(&shared, &scope) && same_content(&old.header, &header) =>
                 {
-                    next.insert(name.clone(), Arc::clone(old));
+                    next.insert(name.clone(), old.rebased(&shared));
                 }
                 _ => {
                     header.version = self.next_version();
@@ -321,6 +366,8 @@ impl Snapshots {
                             shared: Arc::clone(&shared),
                             scope,
                             head: OnceLock::new(),
+                            history: delta::history_after(previous.get(name).map(|p| &**p)),
+                            deltas: delta::DeltaCache::default(),
                         }),
                     );
                     changed += 1;

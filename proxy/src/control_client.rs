@@ -19,8 +19,9 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use tether_api::{
-    snapshot_path, CertificateRequest, CertificateResponse, ProxyReport, Snapshot, StatsReport,
-    CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, STATS_PATH,
+    snapshot_delta_path, snapshot_path, CertificateRequest, CertificateResponse, ProxyReport,
+    Snapshot, SnapshotUpdate, StatsReport, CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH,
+    STATS_PATH,
 };
 use tether_certs::{SpiffeId, CONTROL_PLANE_SERVICE};
 
@@ -212,6 +213,35 @@ impl ControlPlaneClient {
         let (status, body) = self.call(request, wait + grace).await?;
         match status {
             StatusCode::OK => decode(&body, "snapshot").map(Some),
+            StatusCode::NOT_MODIFIED => Ok(None),
+            status => Err(refused(status, &body)),
+        }
+    }
+
+    /// As [`Self::snapshot`], saying that this proxy merges deltas:
+    /// `replica` is the replica that made the version `current` (from the
+    /// last [`SnapshotUpdate`]; `0` asks for a full snapshot). The answer
+    /// is a full snapshot or a delta from `current`.
+    pub async fn snapshot_update(
+        &self,
+        service: &str,
+        proxy_id: &str,
+        (current, replica): (u64, u64),
+        wait: Duration,
+        grace: Duration,
+        wanted: Option<&str>,
+    ) -> Result<Option<SnapshotUpdate>, ControlCallError> {
+        let mut path = snapshot_delta_path(service, current, wait.as_secs(), replica);
+        if let Some(names) = wanted {
+            path.push_str("&want=");
+            path.push_str(names);
+        }
+        let request = Request::get(path)
+            .header(PROXY_ID_HEADER, proxy_id)
+            .body(Bytes::new());
+        let (status, body) = self.call(request, wait + grace).await?;
+        match status {
+            StatusCode::OK => decode(&body, "snapshot update").map(Some),
             StatusCode::NOT_MODIFIED => Ok(None),
             status => Err(refused(status, &body)),
         }

@@ -295,7 +295,21 @@ impl ControlPlane {
     }
 
     /// The current snapshot of `service` (panics unless it is a 200).
+    /// As a current proxy gets it (one that merges deltas, asking for a
+    /// full snapshot: `delta=0`).
     pub async fn snapshot(&self, service: &str) -> tether_api::Snapshot {
+        let answer = self.poll(service, 0, "0s&delta=0").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let update: tether_api::SnapshotUpdate = serde_json::from_str(&answer.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", answer.body));
+        update
+            .full
+            .unwrap_or_else(|| panic!("no full snapshot: {}", answer.body))
+    }
+
+    /// The snapshot of `service` as a proxy that does not merge deltas (an
+    /// older one) gets it.
+    pub async fn legacy_snapshot(&self, service: &str) -> tether_api::Snapshot {
         let answer = self.poll(service, 0, "0s").await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body))

@@ -12,6 +12,7 @@ mod consul_cluster;
 mod consul_scale;
 mod consul_secure;
 mod containers;
+mod control_deltas;
 mod control_lifecycle;
 mod control_plane;
 mod control_reload;

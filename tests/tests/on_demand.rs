@@ -48,6 +48,12 @@ async fn a_proxy_holds_what_it_calls_and_finds_the_rest_on_demand() {
     let plane = ControlPlane::start(&mesh(&api, &billing, "", "")).await;
     let web = web_ready(&plane, "3s").await;
     assert_eq!(held(&web).await, ["api"]);
+    // The snapshot says it is partial, except to a proxy that does not
+    // merge deltas (an older one, which would refuse the field).
+    assert!(plane.snapshot("web").await.partial);
+    let legacy = plane.poll("web", 0, "0s").await.body;
+    assert!(!legacy.contains("partial"), "{legacy}");
+    assert_eq!(plane.legacy_snapshot("web").await.services.len(), 1);
 
     // The first request to billing waits for it and succeeds.
     let reply = Client::http1().get(web.outbound, "billing", "/").await;

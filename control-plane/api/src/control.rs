@@ -6,6 +6,8 @@
 //!   are derived from the wall clock (`max(previous + 1, unix millis)`), so they
 //!   keep growing across control-plane restarts; a proxy still treats any
 //!   *different* version as news, never only a larger one.
+//!   With `&delta=<replica>` ([`crate::snapshot_delta_path`]) the answer is a
+//!   [`crate::SnapshotUpdate`]: a delta from `N` or the full snapshot.
 //! - Each snapshot request carries the proxy's id in the `tether-proxy-id` header.
 //! - `POST {REPORT_PATH}` takes a [`ProxyReport`]: what a proxy applied or refused.
 //! - `POST {crate::STATS_PATH}` takes a [`crate::StatsReport`]: per-upstream counters (same

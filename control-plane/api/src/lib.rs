@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod control;
+mod delta;
 mod policy;
 mod rollout;
 mod snapshot;
@@ -25,6 +26,7 @@ pub use control::{
     CertificateRequest, CertificateResponse, ProxyReport, ProxyStatus, StatusResponse,
     CERTIFICATE_PATH, PROXY_ID_HEADER, REPORT_PATH, SNAPSHOT_PATH_PREFIX, STATUS_PATH,
 };
+pub use delta::{snapshot_delta_path, BaseMismatch, SnapshotDelta, SnapshotUpdate, DELTA_QUERY};
 pub use policy::{
     default_grpc_retry_on, is_default_retry_on, Backoff, CircuitBreaker, LoadBalancer, RetryBudget,
     RetryOn, RetryPolicy, TrafficPolicy, GRPC_CODE_NAMES,

@@ -246,3 +246,52 @@ async fn the_topology_page_and_its_json_are_served_from_the_binary() {
     assert_eq!(topology.edges.len(), 1);
     assert_eq!(topology.edges[0].figures.requests, 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_proxy_that_asks_for_deltas_gets_one_and_the_bytes_are_counted_by_kind() {
+    let (api, snapshots) = api();
+    snapshots.update(&config(), &catalog(&[1]));
+    let replica = snapshots.replica();
+    let update = |json: &str| -> tether_api::SnapshotUpdate {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not an update ({e}): {json}"))
+    };
+    // Holding nothing: the full snapshot, in an update naming this replica.
+    let (status, json) = poll(&api, "web", "version=0&delta=0").await;
+    assert_eq!(status, StatusCode::OK);
+    let first = update(&json);
+    assert_eq!(first.replica, replica);
+    let mut held = first.full.unwrap_or_else(|| panic!("full: {json}"));
+    snapshots.update(&config(), &catalog(&[1, 2]));
+    let (_, json) = poll(
+        &api,
+        "web",
+        &format!("version={}&delta={replica}", held.version),
+    )
+    .await;
+    let delta = update(&json)
+        .delta
+        .unwrap_or_else(|| panic!("delta: {json}"));
+    assert_eq!(delta.base, held.version);
+    delta
+        .merge_into(&mut held)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(Some(held), snapshots.get("web").map(|p| p.snapshot()));
+    // An old proxy (no `delta=`) still gets a plain snapshot.
+    let (_, json) = poll(&api, "web", "version=0").await;
+    assert!(version(&json) > 0);
+    let text = String::from_utf8_lossy(&api.metrics.render()).into_owned();
+    let value = |series: &str| crate::metrics::tests_value(&text, series);
+    assert_eq!(
+        value("tether_control_snapshot_responses_total{kind=\"delta\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("tether_control_snapshot_responses_total{kind=\"full\"}"),
+        2.0
+    );
+    let (full, delta) = (
+        value("tether_control_snapshot_bytes_sent_total{kind=\"full\"}"),
+        value("tether_control_snapshot_bytes_sent_total{kind=\"delta\"}"),
+    );
+    assert!(delta > 0.0 && full > delta, "full {full}, delta {delta}");
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tether_api::{ProxyReport, Snapshot};
 
+use super::delta::Held;
 use super::{Applier, SnapshotError, SnapshotMetrics};
 use crate::control_client::{ControlCallError, ControlPlaneClient};
 use crate::identity::MeshIdentity;
@@ -93,13 +94,15 @@ pub async fn subscribe(
     // The last version offered, applied or refused: polling with it means a
     // refused snapshot is not sent again until the control plane has a new one.
     let mut seen = applier.version();
+    // The last full snapshot received: deltas are merged onto it.
+    let mut held = Held::default();
     loop {
         let on_demand = applier.on_demand();
         let wanted = on_demand.and_then(|o| o.wanted());
-        let poll = client.snapshot(
+        let poll = client.snapshot_update(
             &settings.service,
             &settings.proxy_id,
-            seen,
+            held.poll_from(seen),
             LONG_POLL_WAIT,
             LONG_POLL_GRACE,
             wanted.as_deref(),
@@ -113,14 +116,17 @@ pub async fn subscribe(
             None => poll.await,
         };
         match polled {
-            Ok(Some(snapshot)) => {
+            Ok(Some(update)) => {
                 failures = 0;
                 metrics.control_plane_connected.set(1);
+                let Some(snapshot) = held.resolve(update, &metrics.control_plane_deltas) else {
+                    continue;
+                };
                 let offered = snapshot.version;
                 seen = offered;
                 let report = match applier.apply(snapshot.clone()) {
                     Ok(version) => {
-                        save(&settings, &snapshot).await;
+                        save(&settings, snapshot).await;
                         ProxyReport {
                             applied_version: version,
                             ..report_base(&settings, version)

@@ -12,6 +12,7 @@ mod authz;
 pub mod build;
 mod compile;
 mod control_plane;
+mod delta;
 pub(crate) mod file;
 mod mirror_locality;
 pub mod on_demand;

@@ -2,9 +2,11 @@
 //! plane's connection; and the per-service handles resolved when a snapshot
 //! is built.
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
-use crate::request_metrics::{counter, gauge, Direction, RequestMetrics, ServiceMetrics};
+use crate::request_metrics::{
+    counter, counter_vec, gauge, Direction, RequestMetrics, ServiceMetrics,
+};
 use crate::tcp_metrics::TcpFamilies;
 use crate::traffic::TrafficFamilies;
 
@@ -26,6 +28,8 @@ pub struct SnapshotMetrics {
     /// Per-upstream, per-subset counters reported to the control plane
     /// (off unless one is configured); handles are resolved at build.
     pub upstream_stats: std::sync::Arc<crate::upstream_stats::UpstreamStats>,
+    /// Snapshot deltas from the control plane, by result (`applied`, `refused`).
+    pub control_plane_deltas: IntCounterVec,
 }
 
 impl SnapshotMetrics {
@@ -53,6 +57,12 @@ impl SnapshotMetrics {
             requests: requests.clone(),
             tcp,
             upstream_stats: std::sync::Arc::default(),
+            control_plane_deltas: counter_vec(
+                registry,
+                "tether_control_plane_deltas_total",
+                "Snapshot deltas from the control plane: applied (merged onto the snapshot held) or refused (its base is not the snapshot held; a full snapshot is asked for next).",
+                &["result"],
+            ),
         }
     }
 
