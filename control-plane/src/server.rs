@@ -302,7 +302,7 @@ impl Api {
         if let Some(names) = query(params, "want") {
             self.snapshots.wants().add(service, names);
         }
-        let mut changed = self.snapshots.subscribe();
+        let mut changed = self.snapshots.subscribe_service(service);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let Some(current) = self.snapshots.get(service) else {

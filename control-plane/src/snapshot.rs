@@ -240,6 +240,8 @@ pub struct Snapshots {
     metrics: ControlMetrics,
     /// Services proxies asked for on demand (`want=`).
     wants: crate::wants::Wants,
+    /// Per service, wakes its long-polls ([`Snapshots::subscribe_service`]).
+    by_service: Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// The names each recent shared part touched ([`delta`]).
     steps: Mutex<delta::Steps>,
     /// This replica's id in delta answers (random per process).
@@ -257,6 +259,7 @@ impl Snapshots {
             ready: AtomicBool::new(false),
             metrics,
             wants: crate::wants::Wants::default(),
+            by_service: Mutex::default(),
             steps: Mutex::default(),
             // Never 0: a proxy asks for a full snapshot with `delta=0`.
             replica: rand::random::<u64>().max(1),
@@ -313,6 +316,38 @@ impl Snapshots {
         self.changed.subscribe()
     }
 
+    /// Wakes when `service`'s snapshot changes or goes away (not when
+    /// another service's does: a change to one service wakes only the
+    /// long-polls of the services whose snapshots it changed, not every
+    /// open poll).
+    pub fn subscribe_service(&self, service: &str) -> watch::Receiver<u64> {
+        let mut by_service = self
+            .by_service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match by_service.get(service) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = watch::channel(0);
+                by_service.insert(service.to_owned(), sender);
+                receiver
+            }
+        }
+    }
+
+    /// Wakes the long-polls of `names`.
+    fn wake(&self, names: &[&str]) {
+        let by_service = self
+            .by_service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for name in names {
+            if let Some(sender) = by_service.get(*name) {
+                sender.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
     /// Recomputes every service's snapshot; bumps versions only where the
     /// content changed. The shared part is compared and encoded once.
     pub fn update(&self, config: &MeshConfig, catalog: &CatalogState) {
@@ -340,6 +375,7 @@ impl Snapshots {
         drop(latest);
         let mut next = BTreeMap::new();
         let mut changed = 0;
+        let mut woken: Vec<&str> = Vec::new();
         for name in shared.services.keys() {
             let mut header = header(config, name);
             let scope = crate::scope::upstreams(config, name, &shared.services);
@@ -371,9 +407,16 @@ impl Snapshots {
                         }),
                     );
                     changed += 1;
+                    woken.push(name);
                 }
             }
         }
+        woken.extend(
+            previous
+                .keys()
+                .filter(|k| !next.contains_key(*k))
+                .map(String::as_str),
+        );
         let removed = previous.keys().any(|k| !next.contains_key(k));
         let first = !self.ready.load(Ordering::Acquire);
         if changed > 0 || removed || first {
@@ -381,6 +424,7 @@ impl Snapshots {
             self.current.store(Arc::new(next));
             self.ready.store(true, Ordering::Release);
             self.changed.send_modify(|n| *n += 1);
+            self.wake(&woken);
             tracing::info!(
                 changed,
                 services = shared.services.len(),

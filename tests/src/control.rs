@@ -300,8 +300,8 @@ impl ControlPlane {
     pub async fn snapshot(&self, service: &str) -> tether_api::Snapshot {
         let answer = self.poll(service, 0, "0s&delta=0").await;
         assert_eq!(answer.status, 200, "{}", answer.body);
-        let update: tether_api::SnapshotUpdate = serde_json::from_str(&answer.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", answer.body));
+        let update: tether_api::SnapshotUpdate =
+            serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{e}: {}", answer.body));
         update
             .full
             .unwrap_or_else(|| panic!("no full snapshot: {}", answer.body))
