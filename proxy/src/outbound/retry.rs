@@ -53,8 +53,16 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
         return send_one_try(target, request, None).await;
     }
     let idempotent = is_idempotent(request.method());
-    let (mut first, template) =
-        keep_for_replay(request, policy.replay_buffer_bytes, target.grpc).await?;
+    // Most requests (no body, or one that is not kept) need no await here:
+    // only a body to buffer builds and awaits the buffering future.
+    let (first, template) = match keep_now(request, policy.replay_buffer_bytes, target.grpc) {
+        Kept::Ready(first, template) => (first, template),
+        Kept::Buffer(request) => {
+            let (first, template) = buffer_for_replay(request).await?;
+            (first, Some(template))
+        }
+    };
+    let mut first = Some(first);
     if let Some(mirror) = &target.mirror {
         // Only a body already buffered for replay is copied.
         mirror.send(template.as_ref().and_then(Replay::buffered_copy));
@@ -238,54 +246,81 @@ impl Replay {
     }
 }
 
-/// Returns the request to send first and, when the body can be replayed, a
-/// template to rebuild later tries from. Buffers at most `cap` bytes, and
-/// only when the body's length is declared; a gRPC body of unknown length
-/// streams, kept as it goes.
+/// What [`keep_now`] decided without reading the body.
+enum Kept {
+    /// The request to send first and, when its body can be replayed, the
+    /// template of later tries.
+    Ready(Req, Option<Replay>),
+    /// A body of declared length within the cap: [`buffer_for_replay`].
+    Buffer(Req),
+}
+
+/// Decides how `request` is kept for replay, reading nothing: an empty body
+/// is replayable as it is; only a declared length within `cap` is buffered
+/// (by [`buffer_for_replay`]); a gRPC body of unknown length streams, kept
+/// as it goes; any other body is not replayable.
+fn keep_now(request: Req, cap: usize, grpc: bool) -> Kept {
+    let body = request.body();
+    if body.is_end_stream() {
+        let (parts, _) = request.into_parts();
+        let template = Replay::of(&parts, ReplayBody::Kept(Bytes::new()));
+        return Kept::Ready(Request::from_parts(parts, Body::Empty), Some(template));
+    }
+    let hint = body.size_hint();
+    if hint.exact().is_some_and(|n| n <= cap as u64) {
+        return Kept::Buffer(request);
+    }
+    if grpc && hint.exact().is_none() && hint.lower() <= cap as u64 {
+        let (parts, body) = request.into_parts();
+        let streamed = crate::grpc::Replayable::new(body, cap);
+        let first = streamed.body().unwrap_or_default();
+        let template = Replay::of(&parts, ReplayBody::Streamed(streamed));
+        return Kept::Ready(Request::from_parts(parts, first), Some(template));
+    }
+    Kept::Ready(request, None)
+}
+
+/// Reads a body of declared length within the cap ([`Kept::Buffer`]) and
+/// returns the request to send first with the template of later tries.
+async fn buffer_for_replay(request: Req) -> Result<(Req, Replay), ProxyError> {
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
+        .to_bytes();
+    let template = Replay::of(&parts, ReplayBody::Kept(bytes.clone()));
+    Ok((Request::from_parts(parts, Body::full(bytes)), template))
+}
+
+impl Replay {
+    /// The template of `parts` (its trace context included) with `body`.
+    fn of(parts: &http::request::Parts, body: ReplayBody) -> Self {
+        Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            trace: parts.extensions.get::<InFlightSpan>().cloned(),
+            body,
+        }
+    }
+}
+
+/// [`keep_now`], then [`buffer_for_replay`] when it says so.
+#[cfg(test)]
 async fn keep_for_replay(
     request: Req,
     cap: usize,
     grpc: bool,
 ) -> Result<(Option<Req>, Option<Replay>), ProxyError> {
-    let body = request.body();
-    let hint = body.size_hint();
-    let replayable = body.is_end_stream() || hint.exact().is_some_and(|n| n <= cap as u64);
-    if !replayable {
-        if grpc && hint.exact().is_none() && hint.lower() <= cap as u64 {
-            let (parts, body) = request.into_parts();
-            let streamed = crate::grpc::Replayable::new(body, cap);
-            let first = streamed.body().unwrap_or_default();
-            let template = Replay {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-                trace: parts.extensions.get::<InFlightSpan>().cloned(),
-                body: ReplayBody::Streamed(streamed),
-            };
-            return Ok((Some(Request::from_parts(parts, first)), Some(template)));
+    match keep_now(request, cap, grpc) {
+        Kept::Ready(first, template) => Ok((Some(first), template)),
+        Kept::Buffer(request) => {
+            let (first, template) = buffer_for_replay(request).await?;
+            Ok((Some(first), Some(template)))
         }
-        return Ok((Some(request), None));
     }
-    let (parts, body) = request.into_parts();
-    let bytes = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        body.collect()
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
-            .to_bytes()
-    };
-    let template = Replay {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        trace: parts.extensions.get::<InFlightSpan>().cloned(),
-        body: ReplayBody::Kept(bytes.clone()),
-    };
-    let first = Request::from_parts(parts, Body::full(bytes));
-    Ok((Some(first), Some(template)))
 }
 
 #[cfg(test)]
