@@ -166,7 +166,10 @@ impl Outbound {
                 delay: Some(delay),
                 refuse,
             }) => Box::pin(serve_delayed(&target, request, delay, refuse)).await,
-            _ => serve(&target, request).await,
+            _ => {
+                let mut slot = Some(request);
+                serve(&target, &mut slot).await
+            }
         };
         // A failure for the upstream statistics: a proxy error or a 5xx.
         let failed = result
@@ -188,15 +191,21 @@ impl Outbound {
 }
 
 /// The layers below `route`, outermost first; each is a plain async fn.
+///
+/// The request stays in `slot` until the pool takes it for a connection
+/// (each try's request goes back into it): passed by value, it was stored
+/// in the future of every layer it went through (an async fn's arguments
+/// stay in its future), and each outer future, made larger by it, was
+/// moved once more per request.
 fn serve<'a>(
     target: &'a Target,
-    request: Req,
+    slot: &'a mut Option<Req>,
 ) -> impl std::future::Future<Output = Result<Rsp, ProxyError>> + 'a {
     timeout::within(
         target.timeout, // whole request: queue + all tries
         resilience::hold(&target.service.limiter, &target.service.name, || {
             // per-service in-flight + pending limits, then
-            retry::retry(target, request) // budget, backoff, replay buffer; each try:
+            retry::retry(target, slot) // budget, backoff, replay buffer; each try:
         }), // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection
     )
 }
@@ -215,8 +224,9 @@ async fn serve_delayed(
         if let Some(error) = abort {
             return Err(error);
         }
+        let mut slot = Some(request);
         resilience::hold(&target.service.limiter, &target.service.name, || {
-            retry::retry(target, request)
+            retry::retry(target, &mut slot)
         })
         .await
     };
@@ -334,5 +344,34 @@ mod tests {
             size <= 5 * 1024,
             "the outbound request future is {size} bytes"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+mod sizes_tmp {
+    use super::*;
+    fn size<F>(_: impl FnOnce() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    #[test]
+    fn print_sizes() {
+        let t = || -> &'static Target { todo!() };
+        let r = || -> Req { todo!() };
+        let p = || -> &'static Arc<crate::transport::EndpointPool> { todo!() };
+        eprintln!("Req {}", std::mem::size_of::<Req>());
+        eprintln!("Rsp {}", std::mem::size_of::<Rsp>());
+        eprintln!("Result<Rsp,ProxyError> {}", std::mem::size_of::<Result<Rsp, ProxyError>>());
+        eprintln!("ProxyError {}", std::mem::size_of::<ProxyError>());
+        eprintln!("Body {}", std::mem::size_of::<crate::body::Body>());
+        eprintln!("Target {}", std::mem::size_of::<Target>());
+        let sl = || -> &'static mut Option<Req> { todo!() };
+        eprintln!("serve {}", size(|| serve(t(), sl())));
+        eprintln!("retry {}", size(|| retry::retry(t(), sl())));
+        eprintln!("send_one_try {}", size(|| endpoint::send_one_try(t(), sl(), None)));
+        eprintln!("pool.send {}", size(|| p().send_from(sl())));
+        eprintln!("hold {}", size(|| resilience::hold(&t().service.limiter, "x", || retry::retry(t(), sl()))));
+        let o = || -> Arc<Outbound> { todo!() };
+        eprintln!("handle {}", size(|| o().handle(r())));
     }
 }

@@ -40,18 +40,22 @@ use crate::resilience::RetryOn;
 use crate::telemetry::InFlightSpan;
 use crate::traffic::retry_after::{self, Wait};
 
-/// Sends `request` to `target`, retrying per its policy; each try goes to
-/// [`send_one_try`].
-pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
+/// Sends the request in `slot` to `target`, retrying per its policy; each
+/// try goes to [`send_one_try`] through the same slot (see
+/// [`super::serve`]). Leaves the slot empty.
+pub async fn retry(target: &Target, slot: &mut Option<Req>) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let policy = &service.retries;
     service.budget.deposit();
     if policy.attempts == 0 {
-        if let Some(mirror) = &target.mirror {
-            mirror.send(super::mirror::bodiless_copy(&request));
+        if let (Some(mirror), Some(request)) = (&target.mirror, slot.as_ref()) {
+            mirror.send(super::mirror::bodiless_copy(request));
         }
-        return send_one_try(target, request, None).await;
+        return send_one_try(target, slot, None).await;
     }
+    let Some(request) = slot.take() else {
+        return Err(ProxyError::NotReady("no request to send"));
+    };
     let idempotent = is_idempotent(request.method());
     // Most requests (no body, or one that is not kept) need no await here:
     // only a body to buffer builds and awaits the buffering future.
@@ -62,7 +66,7 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
             (first, Some(template))
         }
     };
-    let mut first = Some(first);
+    *slot = Some(first);
     if let Some(mirror) = &target.mirror {
         // Only a body already buffered for replay is copied.
         mirror.send(template.as_ref().and_then(Replay::buffered_copy));
@@ -71,14 +75,14 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     // The endpoint of the last connect failure: the next try avoids it.
     let mut failed: Option<String> = None;
     loop {
-        let this_try = match first.take() {
-            Some(request) => request,
-            None => match template.as_ref().and_then(Replay::request) {
-                Some(request) => request,
+        // The first try sends the request itself; a later one a copy.
+        if tries > 1 {
+            match template.as_ref().and_then(Replay::request) {
+                Some(request) => *slot = Some(request),
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
-            },
-        };
-        let result = send_one_try(target, this_try, failed.as_deref()).await;
+            }
+        }
+        let result = send_one_try(target, slot, failed.as_deref()).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on, target.grpc) else {
             return finish(result, tries, None, target.grpc);
         };
