@@ -55,11 +55,15 @@ pub async fn send_one_try(
     // Back in the slot, which the pool takes it from when a connection is
     // ready: the request is not stored once more in each future below.
     *slot = Some(request);
-    let result = match service.retries.per_try_timeout {
-        Some(per_try) => tokio::time::timeout(per_try, pool.send_from(slot))
-            .await
-            .map_err(|_| per_try),
-        None => Ok(pool.send_from(slot).await),
+    let result = {
+        // Awaited pinned where it is made: `.await` and `timeout` would move it.
+        let send = std::pin::pin!(pool.send_from(slot));
+        match service.retries.per_try_timeout {
+            Some(per_try) => tokio::time::timeout(per_try, send)
+                .await
+                .map_err(|_| per_try),
+            None => Ok(send.await),
+        }
     };
     // Not sent (no connection, or the per-try timeout): dropped here.
     *slot = None;

@@ -168,7 +168,9 @@ impl Outbound {
             }) => Box::pin(serve_delayed(&target, request, delay, refuse)).await,
             _ => {
                 let mut slot = Some(request);
-                serve(&target, &mut slot).await
+                // Awaited pinned where it is made: `.await` would move it.
+                let serving = std::pin::pin!(serve(&target, &mut slot));
+                serving.await
             }
         };
         // A failure for the upstream statistics: a proxy error or a 5xx.
@@ -201,13 +203,13 @@ fn serve<'a>(
     target: &'a Target,
     slot: &'a mut Option<Req>,
 ) -> impl std::future::Future<Output = Result<Rsp, ProxyError>> + 'a {
-    timeout::within(
-        target.timeout, // whole request: queue + all tries
+    timeout::within(target.timeout, || {
+        // whole request: queue + all tries
         resilience::hold(&target.service.limiter, &target.service.name, || {
             // per-service in-flight + pending limits, then
             retry::retry(target, slot) // budget, backoff, replay buffer; each try:
-        }), // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection
-    )
+        }) // endpoint::send_one_try: balancer pick, per-try timeout, outlier detection
+    })
 }
 
 /// [`serve`] after an injected delay, which counts within the request's
@@ -230,7 +232,7 @@ async fn serve_delayed(
         })
         .await
     };
-    timeout::within(target.timeout, delayed).await
+    timeout::within(target.timeout, || delayed).await
 }
 
 #[cfg(test)]
@@ -361,16 +363,25 @@ mod sizes_tmp {
         let p = || -> &'static Arc<crate::transport::EndpointPool> { todo!() };
         eprintln!("Req {}", std::mem::size_of::<Req>());
         eprintln!("Rsp {}", std::mem::size_of::<Rsp>());
-        eprintln!("Result<Rsp,ProxyError> {}", std::mem::size_of::<Result<Rsp, ProxyError>>());
+        eprintln!(
+            "Result<Rsp,ProxyError> {}",
+            std::mem::size_of::<Result<Rsp, ProxyError>>()
+        );
         eprintln!("ProxyError {}", std::mem::size_of::<ProxyError>());
         eprintln!("Body {}", std::mem::size_of::<crate::body::Body>());
         eprintln!("Target {}", std::mem::size_of::<Target>());
         let sl = || -> &'static mut Option<Req> { todo!() };
         eprintln!("serve {}", size(|| serve(t(), sl())));
         eprintln!("retry {}", size(|| retry::retry(t(), sl())));
-        eprintln!("send_one_try {}", size(|| endpoint::send_one_try(t(), sl(), None)));
+        eprintln!(
+            "send_one_try {}",
+            size(|| endpoint::send_one_try(t(), sl(), None))
+        );
         eprintln!("pool.send {}", size(|| p().send_from(sl())));
-        eprintln!("hold {}", size(|| resilience::hold(&t().service.limiter, "x", || retry::retry(t(), sl()))));
+        eprintln!(
+            "hold {}",
+            size(|| resilience::hold(&t().service.limiter, "x", || retry::retry(t(), sl())))
+        );
         let o = || -> Arc<Outbound> { todo!() };
         eprintln!("handle {}", size(|| o().handle(r())));
     }

@@ -82,7 +82,8 @@ pub async fn retry(target: &Target, slot: &mut Option<Req>) -> Result<Rsp, Proxy
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
             }
         }
-        let result = send_one_try(target, slot, failed.as_deref()).await;
+        // Awaited pinned where it is made: `.await` would move it.
+        let result = std::pin::pin!(send_one_try(target, slot, failed.as_deref())).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on, target.grpc) else {
             return finish(result, tries, None, target.grpc);
         };
