@@ -110,7 +110,7 @@ pub async fn send_one_try(
         Err(_) => true,
     };
     if outcome.is_ok() {
-        endpoint.observe_rtt(in_flight.elapsed());
+        in_flight.observe_rtt();
     }
     service.outliers.record(endpoint, failed);
     if let Err(error) = &outcome {
