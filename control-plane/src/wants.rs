@@ -1,7 +1,7 @@
 //! On-demand discovery, the control plane's half: the services a proxy
 //! asked for by name (`want=` on its long-poll) because its app called
 //! one its snapshot does not hold. Kept per proxy service, bounded, and
-//! added to that service's scope ([`crate::scope::with_wanted`]) when
+//! added to that service's scope (`scope::with_wanted`) when
 //! authorization lets the service call them. Held in memory only: proxies
 //! send their wants with every poll, so a restarted or other replica
 //! learns them at the first one.

@@ -24,6 +24,26 @@ pub fn has_duplicate_host<B>(request: &http::Request<B>) -> bool {
         .is_some()
 }
 
+/// [`of_request`] for routing, and whether `request` carries more than one
+/// `Host` header (`Err`: see [`has_duplicate_host`]), with one lookup of
+/// `Host` instead of two.
+pub fn of_routed_request<B>(request: &http::Request<B>) -> Result<Option<&str>, DuplicateHost> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(DuplicateHost);
+    }
+    Ok(request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.and_then(|h| h.to_str().ok())))
+}
+
+/// A request with more than one `Host` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateHost;
+
 /// `authority` split into its host and port.
 ///
 /// - `api`, `api:80`, `API.mesh:15001`: the host keeps its case (lookups
@@ -113,5 +133,35 @@ mod tests {
         assert_eq!(split("api:http"), ("api:http", None));
         assert_eq!(split("api:99999"), ("api:99999", None));
         assert_eq!(split("api:+80"), ("api:+80", None));
+    }
+}
+
+#[cfg(test)]
+mod routed_tests {
+    use super::{of_request, of_routed_request, DuplicateHost};
+
+    fn request(uri: &str, hosts: &[&str]) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(uri);
+        for host in hosts {
+            builder = builder.header(http::header::HOST, *host);
+        }
+        builder.body(()).unwrap_or_default()
+    }
+
+    #[test]
+    fn agrees_with_of_request_and_refuses_two_hosts() {
+        for (uri, hosts) in [
+            ("/", &["api:80"][..]),
+            ("http://api.mesh/x", &["other"][..]),
+            ("http://api.mesh/x", &[][..]),
+            ("/", &[][..]),
+        ] {
+            let r = request(uri, hosts);
+            assert_eq!(of_routed_request(&r), Ok(of_request(&r)), "{uri} {hosts:?}");
+        }
+        let two = request("/", &["api", "web"]);
+        assert_eq!(of_routed_request(&two), Err(DuplicateHost));
+        let two_with_uri = request("http://api/", &["api", "api"]);
+        assert_eq!(of_routed_request(&two_with_uri), Err(DuplicateHost));
     }
 }

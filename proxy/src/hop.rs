@@ -62,11 +62,11 @@ pub fn to_upstream(
     endpoint: &Authority,
     http2: bool,
 ) -> Result<Request<Body>, ProxyError> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // HTTP/1.1 to HTTP/1.1 in origin form (what apps send): the URI is
+    // already what goes upstream, so it is kept instead of rebuilt.
+    let uri = request.uri();
+    let origin_form =
+        uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some();
     let mut parts = http::uri::Parts::default();
     if http2 {
         let from_host = request
@@ -86,9 +86,16 @@ pub fn to_upstream(
             .map_err(|_| ProxyError::BadRequest("authority is not a valid Host".into()))?;
         request.headers_mut().insert(header::HOST, host);
     }
-    parts.path_and_query = Some(path);
-    *request.uri_mut() = Uri::from_parts(parts)
-        .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+    if http2 || !origin_form {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.path_and_query = Some(path);
+        *request.uri_mut() = Uri::from_parts(parts)
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+    }
     *request.version_mut() = if http2 {
         Version::HTTP_2
     } else {
@@ -107,6 +114,29 @@ pub fn from_upstream(mut response: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_origin_form_request_keeps_its_uri_for_http1() {
+        let request = Request::builder()
+            .uri("/v1/x?q=1")
+            .header("host", "api")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let endpoint = Authority::from_static("10.0.0.1:8080");
+        let out = to_upstream(request, &endpoint, false).unwrap_or_default();
+        assert_eq!(out.uri(), "/v1/x?q=1");
+        assert_eq!(out.uri().scheme(), None);
+        assert_eq!(out.headers()["host"], "api");
+        assert_eq!(out.version(), Version::HTTP_11);
+        // The same request to an HTTP/2 upstream gets the absolute form.
+        let request = Request::builder()
+            .uri("/v1/x?q=1")
+            .header("host", "api")
+            .body(Body::Empty)
+            .unwrap_or_default();
+        let out = to_upstream(request, &endpoint, true).unwrap_or_default();
+        assert_eq!(out.uri(), "http://api/v1/x?q=1");
+    }
 
     #[test]
     fn rewrites_uri_and_keeps_host() {

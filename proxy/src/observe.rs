@@ -29,7 +29,9 @@ pub struct Observer {
 /// One request being observed.
 pub struct Observation {
     started: Instant,
-    arrived: SystemTime,
+    /// The wall clock at arrival, read only for what reports it (a tap, a
+    /// span, the access log): `None` when none of them is on.
+    arrived: Option<SystemTime>,
     span: Option<HopSpan>,
     line: Option<(String, String, String)>,
     grpc: bool,
@@ -86,26 +88,24 @@ impl Observer {
         peer: Option<&str>,
     ) -> Observation {
         let started = Instant::now();
-        let arrived = SystemTime::now();
         let grpc = grpc::is_grpc(request.headers());
         // One relaxed load while nobody taps.
-        let tap = self
-            .tap
-            .is_active()
-            .then(|| Box::new(TapRequest::of(request, arrived)));
-        // Nothing to build when neither tracing nor the access log is on:
-        // the common case pays for two clock reads only.
+        let tapped = self.tap.is_active();
+        // Nothing to build when no tap, no tracing and no access log is
+        // on: the common case pays for one clock read only.
         let tracing = self.telemetry.is_on();
-        if !tracing && self.access_log.is_none() {
+        if !tapped && !tracing && self.access_log.is_none() {
             return Observation {
                 started,
-                arrived,
+                arrived: None,
                 span: None,
                 line: None,
                 grpc,
-                tap,
+                tap: None,
             };
         }
+        let arrived = SystemTime::now();
+        let tap = tapped.then(|| Box::new(TapRequest::of(request, arrived)));
         let line = self.access_log.as_ref().map(|_| {
             let authority = crate::authority::of_request(request).unwrap_or("");
             (
@@ -133,7 +133,7 @@ impl Observer {
         };
         Observation {
             started,
-            arrived,
+            arrived: Some(arrived),
             span,
             line,
             grpc,
@@ -191,7 +191,7 @@ impl Observer {
         let entry = |line: (String, String, String), trace_id: Option<String>| {
             let (method, authority, path) = line;
             Entry {
-                timestamp: timestamp(observation.arrived),
+                timestamp: timestamp(observation.arrived.unwrap_or_else(SystemTime::now)),
                 direction: self.direction.as_str(),
                 service: service.to_owned(),
                 peer_identity: peer.map(str::to_owned),

@@ -4,7 +4,7 @@
 # noisy machine, unlike timings). Tether against nginx and HAProxy, each as
 # one hop in front of the same backend, one worker thread.
 #
-#   deploy/scripts/bench/profile.sh [REQUESTS=20000]   Env: OUT=bench-results/profile MTLS=1
+#   deploy/scripts/bench/profile.sh [REQUESTS=20000]   Env: OUT=bench-results/profile MTLS=1 ONLY_TETHER=1
 #
 # Prints instructions per request for each proxy (the startup and shutdown
 # are included, amortised over REQUESTS), and writes callgrind.out.* and
@@ -107,6 +107,7 @@ YAML
   profile tether-features http://127.0.0.1:16938/
 fi
 
+if [ "${ONLY_TETHER:-0}" != 1 ]; then
 mkdir -p "$work/nginx/tmp"; chmod -R 777 "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<CONF
 worker_processes 1; master_process off; daemon off; pid $work/nginx/pid; error_log $work/nginx/error.log warn;
@@ -141,6 +142,7 @@ backend next
 CONF
 start haproxy "${vg[@]}" --callgrind-out-file="$out/callgrind.out.haproxy" haproxy -db -f "$work/haproxy.cfg"
 profile haproxy http://127.0.0.1:16921/
+fi
 
 if [ "${MTLS:-0}" = 1 ]; then
   "$bin/tether-pki" init --dir "$work/pki" >/dev/null

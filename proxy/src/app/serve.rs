@@ -94,10 +94,9 @@ pub(super) fn serve_outbound(
         listener,
         options,
         families.listeners.clone(),
-        move |request| {
-            let outbound = Arc::clone(&outbound);
-            async move { outbound.handle(request).await }
-        },
+        // The request's future itself, not wrapped in an `async` block:
+        // see `Outbound::handle`.
+        move |request| Arc::clone(&outbound).handle(request),
     );
 }
 

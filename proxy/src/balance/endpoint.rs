@@ -151,9 +151,11 @@ impl EndpointState {
     }
 
     fn since_created_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.created)
-            .as_nanos() as u64
+        self.since_created_ns_at(Instant::now())
+    }
+
+    fn since_created_ns_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.created).as_nanos() as u64
     }
 
     /// Folds one observed round trip into the peak-EWMA estimate. A slower
@@ -161,7 +163,12 @@ impl EndpointState {
     /// one pulls it down with exponential decay. Concurrent updates may
     /// overwrite each other, which only drops a sample.
     pub fn observe_rtt(&self, rtt: Duration) {
-        let now = self.since_created_ns();
+        self.observe_rtt_at(rtt, Instant::now());
+    }
+
+    /// [`observe_rtt`](Self::observe_rtt) with the clock already read.
+    fn observe_rtt_at(&self, rtt: Duration, now: Instant) {
+        let now = self.since_created_ns_at(now);
         let sample = rtt.as_nanos() as f64;
         let bits = self.rtt_ns.load(Ordering::Relaxed);
         let next = if bits == 0 {
@@ -256,6 +263,16 @@ impl InFlight {
     /// Time since the request started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Folds this request's round trip, until now, into its endpoint's
+    /// estimate ([`EndpointState::observe_rtt`]): one clock read for the
+    /// round trip and the estimate's decay, where `observe_rtt(elapsed())`
+    /// reads it twice.
+    pub fn observe_rtt(&self) {
+        let now = Instant::now();
+        self.endpoint
+            .observe_rtt_at(now.saturating_duration_since(self.started), now);
     }
 }
 

@@ -9,11 +9,13 @@ use crate::grpc;
 use crate::hop::{from_upstream, to_upstream};
 use crate::telemetry::InFlightSpan;
 
-/// Sends one try of `request` to one endpoint of `target`, not the one at
-/// `avoid` (where the last try could not connect) when another can be had.
+/// Sends one try of the request in `slot` to one endpoint of `target`, not
+/// the one at `avoid` (where the last try could not connect) when another
+/// can be had. Leaves the slot empty, whatever the outcome (an unsent
+/// request is dropped, as it would be if it had been passed by value).
 pub async fn send_one_try(
     target: &Target,
-    request: Req,
+    slot: &mut Option<Req>,
     avoid: Option<&str>,
 ) -> Result<Rsp, ProxyError> {
     let service = &target.service;
@@ -26,9 +28,16 @@ pub async fn send_one_try(
             .unwrap_or(&target.endpoints),
         _ => &target.endpoints,
     };
-    let endpoint = set
-        .pick_avoiding(avoid)
-        .map_err(|error| ProxyError::unpicked(error, &service.name))?;
+    let endpoint = match set.pick_avoiding(avoid) {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            *slot = None;
+            return Err(ProxyError::unpicked(error, &service.name));
+        }
+    };
+    let Some(request) = slot.take() else {
+        return Err(ProxyError::NotReady("no request to send"));
+    };
     let in_flight = endpoint.start();
     // The first try's endpoint is a span attribute; each later try is a
     // `retry` event naming its own, so a plain request carries no event
@@ -43,12 +52,21 @@ pub async fn send_one_try(
             .headers_mut()
             .insert(grpc::GRPC_TIMEOUT, grpc::encode_timeout(left));
     }
-    let result = match service.retries.per_try_timeout {
-        Some(per_try) => tokio::time::timeout(per_try, pool.send(request))
-            .await
-            .map_err(|_| per_try),
-        None => Ok(pool.send(request).await),
+    // Back in the slot, which the pool takes it from when a connection is
+    // ready: the request is not stored once more in each future below.
+    *slot = Some(request);
+    let result = {
+        // Awaited pinned where it is made: `.await` and `timeout` would move it.
+        let send = std::pin::pin!(pool.send_from(slot));
+        match service.retries.per_try_timeout {
+            Some(per_try) => tokio::time::timeout(per_try, send)
+                .await
+                .map_err(|_| per_try),
+            None => Ok(send.await),
+        }
     };
+    // Not sent (no connection, or the per-try timeout): dropped here.
+    *slot = None;
     let outcome = match result {
         Err(per_try) => Err(ProxyError::PerTryTimeout(per_try)),
         // The peer sidecar could not reach its app: nothing was processed.
@@ -92,7 +110,7 @@ pub async fn send_one_try(
         Err(_) => true,
     };
     if outcome.is_ok() {
-        endpoint.observe_rtt(in_flight.elapsed());
+        in_flight.observe_rtt();
     }
     service.outliers.record(endpoint, failed);
     if let Err(error) = &outcome {

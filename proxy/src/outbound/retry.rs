@@ -40,21 +40,33 @@ use crate::resilience::RetryOn;
 use crate::telemetry::InFlightSpan;
 use crate::traffic::retry_after::{self, Wait};
 
-/// Sends `request` to `target`, retrying per its policy; each try goes to
-/// [`send_one_try`].
-pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
+/// Sends the request in `slot` to `target`, retrying per its policy; each
+/// try goes to [`send_one_try`] through the same slot (see
+/// [`super::serve`]). Leaves the slot empty.
+pub async fn retry(target: &Target, slot: &mut Option<Req>) -> Result<Rsp, ProxyError> {
     let service = &target.service;
     let policy = &service.retries;
     service.budget.deposit();
     if policy.attempts == 0 {
-        if let Some(mirror) = &target.mirror {
-            mirror.send(super::mirror::bodiless_copy(&request));
+        if let (Some(mirror), Some(request)) = (&target.mirror, slot.as_ref()) {
+            mirror.send(super::mirror::bodiless_copy(request));
         }
-        return send_one_try(target, request, None).await;
+        return send_one_try(target, slot, None).await;
     }
+    let Some(request) = slot.take() else {
+        return Err(ProxyError::NotReady("no request to send"));
+    };
     let idempotent = is_idempotent(request.method());
-    let (mut first, template) =
-        keep_for_replay(request, policy.replay_buffer_bytes, target.grpc).await?;
+    // Most requests (no body, or one that is not kept) need no await here:
+    // only a body to buffer builds and awaits the buffering future.
+    let (first, template) = match keep_now(request, policy.replay_buffer_bytes, target.grpc) {
+        Kept::Ready(first, template) => (first, template),
+        Kept::Buffer(request) => {
+            let (first, template) = buffer_for_replay(request).await?;
+            (first, Some(template))
+        }
+    };
+    *slot = Some(first);
     if let Some(mirror) = &target.mirror {
         // Only a body already buffered for replay is copied.
         mirror.send(template.as_ref().and_then(Replay::buffered_copy));
@@ -63,14 +75,15 @@ pub async fn retry(target: &Target, request: Req) -> Result<Rsp, ProxyError> {
     // The endpoint of the last connect failure: the next try avoids it.
     let mut failed: Option<String> = None;
     loop {
-        let this_try = match first.take() {
-            Some(request) => request,
-            None => match template.as_ref().and_then(Replay::request) {
-                Some(request) => request,
+        // The first try sends the request itself; a later one a copy.
+        if tries > 1 {
+            match template.as_ref().and_then(Replay::request) {
+                Some(request) => *slot = Some(request),
                 None => return Err(ProxyError::NotReady("retry without a replayable body")),
-            },
-        };
-        let result = send_one_try(target, this_try, failed.as_deref()).await;
+            }
+        }
+        // Awaited pinned where it is made: `.await` would move it.
+        let result = std::pin::pin!(send_one_try(target, slot, failed.as_deref())).await;
         let Some(connect_only) = wants_retry(&result, &policy.retry_on, target.grpc) else {
             return finish(result, tries, None, target.grpc);
         };
@@ -238,54 +251,84 @@ impl Replay {
     }
 }
 
-/// Returns the request to send first and, when the body can be replayed, a
-/// template to rebuild later tries from. Buffers at most `cap` bytes, and
-/// only when the body's length is declared; a gRPC body of unknown length
-/// streams, kept as it goes.
+/// What [`keep_now`] decided without reading the body.
+// Made once per request and taken apart at once: boxing the larger variant
+// would allocate on every request to save a move of 256 bytes.
+#[allow(clippy::large_enum_variant)]
+enum Kept {
+    /// The request to send first and, when its body can be replayed, the
+    /// template of later tries.
+    Ready(Req, Option<Replay>),
+    /// A body of declared length within the cap: [`buffer_for_replay`].
+    Buffer(Req),
+}
+
+/// Decides how `request` is kept for replay, reading nothing: an empty body
+/// is replayable as it is; only a declared length within `cap` is buffered
+/// (by [`buffer_for_replay`]); a gRPC body of unknown length streams, kept
+/// as it goes; any other body is not replayable.
+fn keep_now(request: Req, cap: usize, grpc: bool) -> Kept {
+    let body = request.body();
+    if body.is_end_stream() {
+        let (parts, _) = request.into_parts();
+        let template = Replay::of(&parts, ReplayBody::Kept(Bytes::new()));
+        return Kept::Ready(Request::from_parts(parts, Body::Empty), Some(template));
+    }
+    let hint = body.size_hint();
+    if hint.exact().is_some_and(|n| n <= cap as u64) {
+        return Kept::Buffer(request);
+    }
+    if grpc && hint.exact().is_none() && hint.lower() <= cap as u64 {
+        let (parts, body) = request.into_parts();
+        let streamed = crate::grpc::Replayable::new(body, cap);
+        let first = streamed.body().unwrap_or_default();
+        let template = Replay::of(&parts, ReplayBody::Streamed(streamed));
+        return Kept::Ready(Request::from_parts(parts, first), Some(template));
+    }
+    Kept::Ready(request, None)
+}
+
+/// Reads a body of declared length within the cap ([`Kept::Buffer`]) and
+/// returns the request to send first with the template of later tries.
+async fn buffer_for_replay(request: Req) -> Result<(Req, Replay), ProxyError> {
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
+        .to_bytes();
+    let template = Replay::of(&parts, ReplayBody::Kept(bytes.clone()));
+    Ok((Request::from_parts(parts, Body::full(bytes)), template))
+}
+
+impl Replay {
+    /// The template of `parts` (its trace context included) with `body`.
+    fn of(parts: &http::request::Parts, body: ReplayBody) -> Self {
+        Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            trace: parts.extensions.get::<InFlightSpan>().cloned(),
+            body,
+        }
+    }
+}
+
+/// [`keep_now`], then [`buffer_for_replay`] when it says so.
+#[cfg(test)]
 async fn keep_for_replay(
     request: Req,
     cap: usize,
     grpc: bool,
 ) -> Result<(Option<Req>, Option<Replay>), ProxyError> {
-    let body = request.body();
-    let hint = body.size_hint();
-    let replayable = body.is_end_stream() || hint.exact().is_some_and(|n| n <= cap as u64);
-    if !replayable {
-        if grpc && hint.exact().is_none() && hint.lower() <= cap as u64 {
-            let (parts, body) = request.into_parts();
-            let streamed = crate::grpc::Replayable::new(body, cap);
-            let first = streamed.body().unwrap_or_default();
-            let template = Replay {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-                trace: parts.extensions.get::<InFlightSpan>().cloned(),
-                body: ReplayBody::Streamed(streamed),
-            };
-            return Ok((Some(Request::from_parts(parts, first)), Some(template)));
+    match keep_now(request, cap, grpc) {
+        Kept::Ready(first, template) => Ok((Some(first), template)),
+        Kept::Buffer(request) => {
+            let (first, template) = buffer_for_replay(request).await?;
+            Ok((Some(first), Some(template)))
         }
-        return Ok((Some(request), None));
     }
-    let (parts, body) = request.into_parts();
-    let bytes = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        body.collect()
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?
-            .to_bytes()
-    };
-    let template = Replay {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        trace: parts.extensions.get::<InFlightSpan>().cloned(),
-        body: ReplayBody::Kept(bytes.clone()),
-    };
-    let first = Request::from_parts(parts, Body::full(bytes));
-    Ok((Some(first), Some(template)))
 }
 
 #[cfg(test)]

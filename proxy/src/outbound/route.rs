@@ -66,10 +66,9 @@ pub(crate) fn matched<'a, B>(
     state: &'a MeshState,
     request: &Request<B>,
 ) -> Result<(&'a Arc<UpstreamService>, Option<usize>), ProxyError> {
-    if crate::authority::has_duplicate_host(request) {
-        return Err(ProxyError::BadRequest("more than one Host header".into()));
-    }
-    let authority = crate::authority::of_request(request).ok_or(ProxyError::MissingAuthority)?;
+    let authority = crate::authority::of_routed_request(request)
+        .map_err(|_| ProxyError::BadRequest("more than one Host header".into()))?
+        .ok_or(ProxyError::MissingAuthority)?;
     let name = service_name(authority);
     let service = lookup(state, name).ok_or_else(|| ProxyError::UnknownService(name.to_owned()))?;
     let path = request.uri().path();

@@ -29,7 +29,8 @@ where
         .acquire()
         .await
         .map_err(|_| ProxyError::Overloaded(name.to_owned()))?;
-    inner().await
+    // Made in place and awaited pinned: `inner().await` would move it.
+    std::pin::pin!(inner()).await
 }
 
 /// Limits the requests in flight to one service.

@@ -39,6 +39,10 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// [`EndpointPool::send_from`] was handed an empty slot (a bug of its
+/// caller; answered as an error, never a panic).
+const NO_REQUEST: &str = "no request to send";
+
 /// Why a request to an endpoint failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -141,18 +145,35 @@ impl EndpointPool {
     /// connection, whatever its method: nothing reached the endpoint.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<Body>,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, ClientError> {
+        self.send_from(&mut Some(request)).await
+    }
+
+    /// [`send`](Self::send) for the request in `slot`, taken from it only
+    /// once a connection is ready: the request path keeps its request in
+    /// one slot instead of in the future of every layer. A request not sent
+    /// (no connection could be had) is left in the slot.
+    pub async fn send_from(
+        self: &Arc<Self>,
+        slot: &mut Option<Request<Body>>,
     ) -> Result<Response<Body>, ClientError> {
         let mut resent = false;
         loop {
             let mut error = if self.settings.http2 {
                 let mut sender = self.http2_sender().await?;
+                let Some(request) = slot.take() else {
+                    return Err(ClientError::Connect(NO_REQUEST.into()));
+                };
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok(response.map(Body::from)),
                     Err(error) => error,
                 }
             } else {
                 let mut sender = self.http1_sender().await?;
+                let Some(request) = slot.take() else {
+                    return Err(ClientError::Connect(NO_REQUEST.into()));
+                };
                 match sender.try_send_request(request).await {
                     Ok(response) => {
                         let pool: Weak<EndpointPool> = Arc::downgrade(self);
@@ -162,8 +183,8 @@ impl EndpointPool {
                     Err(error) => error,
                 }
             };
-            request = match error.take_message() {
-                Some(unsent) if !resent => unsent,
+            *slot = match error.take_message() {
+                Some(unsent) if !resent => Some(unsent),
                 Some(_) => return Err(ClientError::NotSent(error.into_error())),
                 None => return Err(ClientError::Request(error.into_error())),
             };
