@@ -17,8 +17,6 @@ pub const MAX_WANTS_PER_POLL: usize = 64;
 /// hold what they asked for first (a typo storm cannot grow the scope
 /// without bound).
 pub const MAX_WANTS_PER_SERVICE: usize = 256;
-/// Longest service name accepted (a DNS label).
-const MAX_NAME: usize = 63;
 
 /// Every proxy service's wanted names.
 #[derive(Debug)]
@@ -46,7 +44,7 @@ impl Wants {
             let wanted = by_service.entry(service.to_owned()).or_default();
             for name in names
                 .split(',')
-                .filter(|n| valid(n))
+                .filter(|n| tether_api::is_service_name(n))
                 .take(MAX_WANTS_PER_POLL)
             {
                 if wanted.len() >= MAX_WANTS_PER_SERVICE {
@@ -80,16 +78,6 @@ impl Wants {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
-}
-
-/// A service name as the mesh spells them: lowercase letters, digits and
-/// `-`, at most 63 characters.
-fn valid(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -202,20 +202,9 @@ impl ControlPlaneClient {
         grace: Duration,
         wanted: Option<&str>,
     ) -> Result<Option<Snapshot>, ControlCallError> {
-        let mut path = snapshot_path(service, current, wait.as_secs());
-        if let Some(names) = wanted {
-            path.push_str("&want=");
-            path.push_str(names);
-        }
-        let request = Request::get(path)
-            .header(PROXY_ID_HEADER, proxy_id)
-            .body(Bytes::new());
-        let (status, body) = self.call(request, wait + grace).await?;
-        match status {
-            StatusCode::OK => decode(&body, "snapshot").map(Some),
-            StatusCode::NOT_MODIFIED => Ok(None),
-            status => Err(refused(status, &body)),
-        }
+        let path = snapshot_path(service, current, wait.as_secs());
+        self.long_poll(path, proxy_id, wait + grace, wanted, "snapshot")
+            .await
     }
 
     /// As [`Self::snapshot`], saying that this proxy merges deltas:
@@ -231,7 +220,21 @@ impl ControlPlaneClient {
         grace: Duration,
         wanted: Option<&str>,
     ) -> Result<Option<SnapshotUpdate>, ControlCallError> {
-        let mut path = snapshot_delta_path(service, current, wait.as_secs(), replica);
+        let path = snapshot_delta_path(service, current, wait.as_secs(), replica);
+        self.long_poll(path, proxy_id, wait + grace, wanted, "snapshot update")
+            .await
+    }
+
+    /// One long-poll at `path` (plus `&want=` names), bounded by
+    /// `timeout`: the decoded answer, or `None` for `304`.
+    async fn long_poll<T: DeserializeOwned>(
+        &self,
+        mut path: String,
+        proxy_id: &str,
+        timeout: Duration,
+        wanted: Option<&str>,
+        what: &'static str,
+    ) -> Result<Option<T>, ControlCallError> {
         if let Some(names) = wanted {
             path.push_str("&want=");
             path.push_str(names);
@@ -239,9 +242,9 @@ impl ControlPlaneClient {
         let request = Request::get(path)
             .header(PROXY_ID_HEADER, proxy_id)
             .body(Bytes::new());
-        let (status, body) = self.call(request, wait + grace).await?;
+        let (status, body) = self.call(request, timeout).await?;
         match status {
-            StatusCode::OK => decode(&body, "snapshot update").map(Some),
+            StatusCode::OK => decode(&body, what).map(Some),
             StatusCode::NOT_MODIFIED => Ok(None),
             status => Err(refused(status, &body)),
         }

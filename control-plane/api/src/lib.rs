@@ -57,3 +57,14 @@ pub use traffic::{
 pub use validate::{
     PolicyProblem, MAX_BUDGET_MIN_PER_SECOND, MAX_BUDGET_RATIO, MAX_BUDGET_TTL, MIN_BUDGET_TTL,
 };
+
+/// Whether `name` is spelled as the mesh's service names are (lowercase
+/// letters, digits, `-` and `_`, 1 to 63 bytes): what a proxy may ask for
+/// on demand, and what the control plane takes from such a request.
+pub fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

@@ -33,8 +33,6 @@ pub const MAX_WANTED: usize = 64;
 /// How long a name that was not found fails at once before it is asked
 /// for again (a new service may be registered meanwhile).
 pub const MISSING_HOLD: Duration = Duration::from_secs(30);
-/// Longest name asked for (a DNS label).
-const MAX_NAME: usize = 63;
 
 /// Names asked for and the applied snapshots requests wait on.
 #[derive(Debug)]
@@ -101,7 +99,7 @@ impl OnDemand {
     /// (`false`, counted).
     pub async fn discover(&self, name: &str, state: &ArcSwap<MeshState>) -> bool {
         let name = name.to_ascii_lowercase();
-        if !valid(&name) {
+        if !tether_api::is_service_name(&name) {
             return false;
         }
         let mut applied = self.applied.subscribe();
@@ -180,14 +178,6 @@ enum Ask {
     Already,
     Held,
     Full,
-}
-
-fn valid(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
