@@ -16,6 +16,7 @@ pub mod issuer;
 pub mod locate;
 pub mod metrics;
 pub mod plan;
+pub mod private_file;
 pub mod reload;
 pub mod revocations;
 pub mod rollout;

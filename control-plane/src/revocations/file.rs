@@ -4,8 +4,6 @@
 //! so with several replicas and a static catalog a revocation must be
 //! written into every replica's copy.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -69,22 +67,6 @@ impl FileStore {
             revoked,
         })
         .map_err(|e| fail(std::io::Error::other(e)))?;
-        let mut tmp = self.path.as_os_str().to_owned();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        file.write_all(&json).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            fail(e)
-        })
+        crate::private_file::write_atomic(&self.path, &json).map_err(fail)
     }
 }

@@ -2,8 +2,6 @@
 //! JSON, written atomically (a temporary file beside it, mode 0600, then a
 //! rename) after every change, and read at start.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tether_api::RolloutList;
@@ -56,20 +54,7 @@ pub fn save(path: &Path, list: &RolloutList) -> Result<(), StateFileError> {
         source,
     };
     let json = serde_json::to_vec_pretty(list).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(&json).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::private_file::write_atomic(path, &json).map_err(io)
 }
 
 #[cfg(test)]
