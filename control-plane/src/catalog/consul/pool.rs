@@ -170,25 +170,11 @@ impl Pool {
         let sender = match &self.connector {
             Connector::Plain(connector) => {
                 let io = connector.clone().oneshot(self.base.clone()).await?;
-                let (sender, connection) = http1::handshake(io).await?;
-                gauge.inc();
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                    gauge.dec();
-                    drop(permit);
-                });
-                sender
+                spawn_connection(io, permit, gauge).await?
             }
             Connector::Tls(connector) => {
                 let io = connector.clone().oneshot(self.base.clone()).await?;
-                let (sender, connection) = http1::handshake(io).await?;
-                gauge.inc();
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                    gauge.dec();
-                    drop(permit);
-                });
-                sender
+                spawn_connection(io, permit, gauge).await?
             }
         };
         Ok(sender)
@@ -202,6 +188,26 @@ impl Drop for DecOnDrop<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// HTTP/1.1 over `io`: the connection runs in its own task, which holds
+/// `permit` and counts itself in `gauge` until the socket closes.
+async fn spawn_connection<IO>(
+    io: IO,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+) -> Result<SendRequest<Empty<Bytes>>, BoxError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io).await?;
+    gauge.inc();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        gauge.dec();
+        drop(permit);
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]
