@@ -140,13 +140,7 @@ impl ControlPlane {
         let mut plane = Self::unstarted(&text);
         if let Some((dir, lifetime)) = &self.ca {
             let copy = plane.dir.path().join("ca");
-            let status = Command::new("cp")
-                .arg("-a")
-                .arg(dir)
-                .arg(&copy)
-                .status()
-                .unwrap_or_else(|e| panic!("cp: {e}"));
-            assert!(status.success(), "cannot copy the CA directory");
+            crate::tokens::copy_ca_dir(dir, &copy);
             plane.ca = Some((copy, lifetime.clone()));
             plane.admin = Some(([127, 0, 0, 1], free_port()).into());
         }
