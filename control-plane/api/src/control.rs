@@ -1,11 +1,13 @@
 //! The proxy ↔ control-plane API: paths, reports and status.
 //!
 //! - `GET {SNAPSHOT_PATH_PREFIX}<service>?version=N&wait=30s` answers `200` with a
-//!   [`crate::Snapshot`] as soon as the current version differs from `N`, or `304`
-//!   when `wait` runs out first. `version=0` (or none) answers at once. Versions
-//!   are derived from the wall clock (`max(previous + 1, unix millis)`), so they
-//!   keep growing across control-plane restarts; a proxy still treats any
-//!   *different* version as news, never only a larger one.
+//!   [`crate::Snapshot`] as soon as the current version is newer than `N`, or
+//!   `304` when `wait` runs out first. `version=0` (or none) answers at once.
+//!   Versions are derived from the wall clock (`max(previous + 1, unix
+//!   millis)`), so they keep growing across control-plane restarts, and `N`
+//!   moves the replica's clock past it, so they stay ordered across replicas
+//!   (a version more than 60 s ahead of the replica's clock is replaced, not
+//!   waited out). `&want=a,b` names services a proxy holding only some asks for.
 //!   With `&delta=<replica>` ([`crate::snapshot_delta_path`]) the answer is a
 //!   [`crate::SnapshotUpdate`]: a delta from `N` or the full snapshot.
 //! - Each snapshot request carries the proxy's id in the `tether-proxy-id` header.
